@@ -1,0 +1,127 @@
+"""The `.loopgate.yml` schema, version 1.
+
+Every model forbids unknown keys: a typo in a gate's configuration must stop the run, not be ignored
+and silently loosen the gate. Durations are seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+"""DNS-1123 label, short enough to prefix with a routing key and stay a valid Kubernetes name."""
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalService(Strict):
+    """How the local runtime builds and starts one service."""
+
+    run: str = Field(description="Command started with `sh -c`; `{port}` is replaced by the port to listen on.")
+    build: str | None = Field(default=None, description="Command run once in the service's cwd before start.")
+    health: str = Field(default="/healthz", description="HTTP path that answers 2xx when the service is ready.")
+    cwd: str = Field(default=".", description="Working directory, relative to the repository root.")
+    ready_timeout: Seconds = Field(default=30, description="Seconds to wait for the health check to pass.")
+    build_timeout: Seconds = Field(default=600, description="Seconds the build may take.")
+
+    @field_validator("run")
+    @classmethod
+    def _run_takes_port(cls, value: str) -> str:
+        if "{port}" not in value:
+            raise ValueError("must contain {port}: the runtime chooses the port")
+        return value
+
+    @field_validator("health")
+    @classmethod
+    def _health_is_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an HTTP path starting with /")
+        return value
+
+
+class PostgresState(Strict):
+    database: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+
+class State(Strict):
+    """Data a service owns; each fork gets its own copy, made at fork time (DESIGN "Data")."""
+
+    sqlite: str | None = Field(default=None, description="SQLite file, relative to the service's state dir.")
+    postgres: PostgresState | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> State:
+        if (self.sqlite is None) == (self.postgres is None):
+            raise ValueError("set exactly one of sqlite or postgres")
+        if self.sqlite is not None and (self.sqlite.startswith("/") or ".." in self.sqlite.split("/")):
+            raise ValueError("sqlite must be a relative path inside the service's state dir")
+        return self
+
+
+class Service(Strict):
+    paths: list[str] = Field(min_length=1, description="Globs (git pathspec style, ** allowed) owned by the service.")
+    local: LocalService
+    state: State | None = None
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    run: str = Field(description="Command started with `sh -c` in the repository root.")
+    timeout: Seconds = 600
+    paths: list[str] = Field(default_factory=list, description="The suite's own files, to detect head changes.")
+    gating: bool = Field(default=True, description="A failing non-gating suite is reported but does not fail.")
+
+
+class Verify(Strict):
+    suites: list[Suite] = Field(default_factory=list)
+
+    @field_validator("suites")
+    @classmethod
+    def _unique_names(cls, suites: list[Suite]) -> list[Suite]:
+        seen: set[str] = set()
+        for suite in suites:
+            if suite.name in seen:
+                raise ValueError(f"suite name {suite.name!r} is used twice")
+            seen.add(suite.name)
+        return suites
+
+
+class Routing(Strict):
+    baggage_member: str = Field(default="loopgate-sandbox", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    header: str = Field(default="x-loopgate-sandbox", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class LocalRuntime(Strict):
+    kind: Literal["local"] = "local"
+
+
+class KubernetesRuntime(Strict):
+    """Reserved: the Kubernetes runtime's shape; its fields arrive with that runtime."""
+
+    kind: Literal["kubernetes"]
+    namespace: str | None = None
+
+
+class Config(Strict):
+    version: Literal[1]
+    services: dict[str, Service] = Field(default_factory=dict)
+    verify: Verify = Field(default_factory=Verify)
+    routing: Routing = Field(default_factory=Routing)
+    runtime: Annotated[LocalRuntime | KubernetesRuntime, Field(discriminator="kind")] = Field(
+        default_factory=LocalRuntime
+    )
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, services: dict[str, Service]) -> dict[str, Service]:
+        for name in services:
+            if not re.match(SERVICE_NAME, name):
+                raise ValueError(f"service name {name!r} must be a DNS-1123 label (a-z, 0-9, '-'; ≤ 40)")
+        return services

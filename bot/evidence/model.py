@@ -1,0 +1,145 @@
+"""The Evidence: the one record every stage extends and every report renders.
+
+It is a public contract for agents (`schema_version` 1, JSON Schema in docs/evidence.schema.json):
+changing a field's meaning bumps the version; adding an optional field does not.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    INCONCLUSIVE = "inconclusive"
+
+
+class ErrorKind(StrEnum):
+    CONFIG = "config"
+    INFRASTRUCTURE = "infrastructure"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GitRef(Record):
+    ref: str
+    sha: str | None = None
+
+
+class ServiceResult(Record):
+    name: str
+    forked: bool
+    reason: str = Field(description="Why the service was or was not forked, e.g. the changed paths.")
+    image_or_source: str | None = Field(default=None, description="What the fork ran: a commit and dir.")
+    ready_ms: int | None = Field(default=None, description="Fork start to healthy, build excluded.")
+    build_ms: int | None = None
+    tagged_requests: int = Field(default=0, description="Requests of this sandbox the fork received.")
+    status: Literal["baseline", "ready", "build_failed", "start_failed"] = "baseline"
+    url: str | None = Field(default=None, description="The fork's own address while it runs.")
+    log_tail: str | None = None
+
+
+class Counts(Record):
+    tests: int = 0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+class TestFailure(Record):
+    test: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+
+class SuiteResult(Record):
+    name: str
+    source: Literal["base", "head"]
+    status: Literal["passed", "failed", "errored", "timed_out"]
+    gating: bool = True
+    exit_code: int | None = None
+    counts: Counts = Field(default_factory=Counts)
+    duration_ms: int = 0
+    failures: list[TestFailure] = Field(default_factory=list)
+    log_tail: str = ""
+
+
+class Finding(Record):
+    kind: str
+    pointer: str
+    baseline: str | None = None
+    sandbox: str | None = None
+    breaking: bool
+
+
+class DiffResult(Record):
+    request: str
+    service: str
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class Propagation(Record):
+    service: str
+    drops_baggage_to: list[str] = Field(default_factory=list)
+
+
+class Stage(Record):
+    name: str
+    started_at: datetime
+    duration_ms: int
+    outcome: Literal["ok", "failed", "skipped", "error", "cancelled"]
+    detail: str | None = None
+
+
+class Links(Record):
+    html: str | None = None
+    json_: str | None = Field(default=None, alias="json")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Evidence(Record):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    verdict: Verdict | None = Field(default=None, description="None while the run is in flight.")
+    error_kind: ErrorKind | None = Field(default=None, description="Set with verdict `error`.")
+    reasons: list[str] = Field(default_factory=list, description="One line each, most important first.")
+    repo: str
+    base: GitRef
+    head: GitRef
+    merge_sha: str | None = None
+    trigger: str = "cli"
+    routing_key: str | None = None
+    changed_files: list[str] = Field(default_factory=list)
+    services: list[ServiceResult] = Field(default_factory=list)
+    suites: list[SuiteResult] = Field(default_factory=list)
+    diff: list[DiffResult] = Field(default_factory=list)
+    propagation: list[Propagation] = Field(default_factory=list)
+    stages: list[Stage] = Field(default_factory=list)
+    links: Links = Field(default_factory=Links)
+    notes: list[str] = Field(default_factory=list, description="Facts worth knowing that decide nothing.")
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+    def service(self, name: str) -> ServiceResult | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def forks(self) -> list[ServiceResult]:
+        return [s for s in self.services if s.forked]
