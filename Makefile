@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+
+.PHONY: demo test lint typecheck bench system-deps clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,examples]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/loopgate demo
+
+# Headless Chromium renders the HTML evidence page in tests; install it where it is missing.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the HTML report tests"; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check bot action tests bench examples
+	$(VENV)/bin/mypy
+	$(PY) -m pytest --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bot action tests bench examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench.sandbox_vs_copy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

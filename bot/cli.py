@@ -1,0 +1,356 @@
+"""The `loopgate` command. Errors become exit codes here, at the edge, and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from bot.config import LoopgateError, RuntimeSettings
+from bot.evidence import Evidence, Verdict, exit_code
+from bot.pipeline import Pipeline, VerifyRequest, make_plan
+from bot.report import render_comment, render_html, render_json
+from bot.runtimes.local import LocalRuntime
+from bot.runtimes.local.allowlist import env_var_name
+from bot.runtimes.protocol import Source
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Prove agent changes in sandboxes.")
+env_app = typer.Typer(no_args_is_help=True, help="The shared baseline: start, stop, inspect.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="Sandboxes for the inner loop: forks you can call.")
+app.add_typer(env_app, name="env")
+app.add_typer(sandbox_app, name="sandbox")
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shop"
+
+RepoOption = Annotated[Path, typer.Option("--repo", help="Path to the git repository.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Use this config instead of .loopgate.yml at the base commit.")
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    errors.print(f"loopgate: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def _settings() -> RuntimeSettings:
+    return RuntimeSettings()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (CI cancelling a job) takes the same path as Ctrl-C, so teardown still runs."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StageProgress:
+    """Rich spinner on a terminal, one plain line per stage otherwise (CI logs, agents)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.status: Status | None = None
+
+    def __call__(self, name: str, event: str) -> None:
+        if event == "started":
+            self.started[name] = time.monotonic()
+            if console.is_terminal:
+                self.status = console.status(f"{name} …")
+                self.status.start()
+            return
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        elapsed = int((time.monotonic() - self.started.pop(name, time.monotonic())) * 1000)
+        mark = {"ok": "✓", "skipped": "-", "failed": "✗"}.get(event, "!")
+        console.print(f"{mark} {name:<9} {event:<9} {elapsed:>6} ms", markup=False)
+
+
+def _print_summary(evidence: Evidence) -> None:
+    services = Table(title="services", show_edge=False)
+    for column in ("service", "forked", "status", "ready ms", "tagged requests", "reason"):
+        services.add_column(column)
+    for s in evidence.services:
+        ready = str(s.ready_ms) if s.ready_ms is not None else "-"
+        services.add_row(s.name, "yes" if s.forked else "no", s.status, ready, str(s.tagged_requests), s.reason)
+    if evidence.services:
+        console.print(services)
+    if evidence.suites:
+        suites = Table(title="suites", show_edge=False)
+        for column in ("suite", "source", "status", "passed", "failed", "ms"):
+            suites.add_column(column)
+        for r in evidence.suites:
+            failed = r.counts.failed + r.counts.errors
+            suites.add_row(r.name, r.source, r.status, str(r.counts.passed), str(failed), str(r.duration_ms))
+        console.print(suites)
+        for r in evidence.suites:
+            for failure in r.failures[:10]:
+                where = f" ({failure.file}:{failure.line})" if failure.file else ""
+                console.print(f"  ✗ {r.name}: {failure.test}{where}: {failure.message.splitlines()[0]}", markup=False)
+    for reason in evidence.reasons:
+        console.print(f"- {reason}", markup=False)
+    for note in evidence.notes:
+        console.print(f"note: {note}", markup=False)
+
+
+def _write_outputs(evidence: Evidence, json_out: Path | None, markdown: Path | None, html: Path | None) -> None:
+    for path, render in ((json_out, render_json), (markdown, render_comment), (html, render_html)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(evidence), encoding="utf-8")
+
+
+def _run_verify(request: VerifyRequest, json_out: Path | None, markdown: Path | None, html: Path | None) -> int:
+    runtime = LocalRuntime(_settings())
+    pipeline = Pipeline(runtime, listener=StageProgress())
+    try:
+        with _terminate_as_interrupt():
+            evidence = pipeline.verify(request)
+    except KeyboardInterrupt:
+        errors.print("loopgate: interrupted; the sandbox was torn down")
+        return 130
+    _print_summary(evidence)
+    _write_outputs(evidence, json_out, markdown, html)
+    if pipeline.kept is not None:
+        sandbox = pipeline.kept.sandbox
+        console.print(f"kept sandbox {sandbox.routing_key}: send `baggage: {_baggage(sandbox.routing_key)}` to", markup=False)
+        for name, url in sorted(sandbox.baseline.entry_urls.items()):
+            console.print(f"  {name}: {url}", markup=False)
+        console.print(f"delete it with: loopgate sandbox delete {sandbox.routing_key}", markup=False)
+    verdict = evidence.verdict.value if evidence.verdict else "error"
+    console.print(f"verdict: {verdict}", markup=False)
+    return exit_code(evidence)
+
+
+def _baggage(key: str) -> str:
+    return f"loopgate-sandbox={key}"
+
+
+@app.command()
+def verify(
+    repo: RepoOption = Path("."),
+    base: Annotated[str, typer.Option(help="Base ref: what the baseline runs.")] = "main",
+    head: Annotated[str, typer.Option(help="Head ref: the agent's change.")] = "HEAD",
+    config: ConfigOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the Evidence JSON here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the Markdown report here.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the sandbox up afterwards.")] = False,
+) -> None:
+    """Verify HEAD against BASE: fork the changed services, run the suites, decide."""
+    request = VerifyRequest(repo=repo, base_ref=base, head_ref=head, config_file=config, keep=keep)
+    raise typer.Exit(_run_verify(request, json_out, markdown, html))
+
+
+def _changes() -> list[str]:
+    return sorted(p.stem for p in (EXAMPLES / "changes").glob("*.patch"))
+
+
+def make_demo_repo(target: Path, change: str) -> None:
+    """A throwaway repository: the example shop on `main`, the change applied on `agent/<change>`."""
+    patch = EXAMPLES / "changes" / f"{change}.patch"
+    if not patch.is_file():
+        raise LoopgateError(f"unknown change {change!r}; choose one of: {', '.join(_changes())}")
+    shutil.copytree(
+        EXAMPLES,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes"),
+    )
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", *args],
+            cwd=target,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "GIT_AUTHOR_NAME": "shop team", "GIT_AUTHOR_EMAIL": "team@shop.example",
+                 "GIT_COMMITTER_NAME": "shop team", "GIT_COMMITTER_EMAIL": "team@shop.example"},
+        )
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "shop: baseline")
+    git("checkout", "-q", "-b", f"agent/{change}")
+    git("apply", "--index", str(patch))
+    git("commit", "-q", "-m", f"agent: {change}")
+    git("checkout", "-q", "main")
+
+
+@app.command()
+def demo(
+    change: Annotated[str, typer.Option(help="Which example change the agent pushes.")] = "refactor-orders",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the Evidence JSON here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown")] = None,
+    html: Annotated[Path | None, typer.Option("--html")] = None,
+) -> None:
+    """Verify an example agent change to the example shop, end to end, on this machine."""
+    workdir = Path(tempfile.mkdtemp(prefix="loopgate-demo-"))
+    try:
+        repo = workdir / "shop"
+        try:
+            make_demo_repo(repo, change)
+        except LoopgateError as exc:
+            raise _fail(str(exc), 2) from None
+        console.print(f"demo repository {repo}: agent/{change} → main", markup=False)
+        request = VerifyRequest(repo=repo, base_ref="main", head_ref=f"agent/{change}", trigger="demo")
+        code = _run_verify(request, json_out, markdown, html)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def gc() -> None:
+    """Remove sandboxes and baselines whose owning process is gone."""
+    removed = LocalRuntime(_settings()).gc()
+    for line in removed:
+        console.print(f"removed {line}", markup=False)
+    console.print(f"{len(removed)} removed", markup=False)
+
+
+# -- env --------------------------------------------------------------------------------------------
+
+
+@env_app.command("up")
+def env_up(repo: RepoOption = Path("."), base: str = "main", config: ConfigOption = None) -> None:
+    """Start (or find) the baseline for BASE and leave it running for later runs to share."""
+    try:
+        plan = make_plan(repo, base, base, config)
+        baseline = LocalRuntime(_settings(), persistent=True).up_baseline(Source(repo, plan.base_sha), plan.config)
+    except LoopgateError as exc:
+        raise _fail(str(exc), 2 if exc.kind == "config" else 3) from None
+    state = "already running" if baseline.reused else "started"
+    console.print(f"baseline {baseline.env_id} {state} at {plan.base_sha[:12]}", markup=False)
+    for name, url in sorted(baseline.entry_urls.items()):
+        console.print(f"  {env_var_name(name)}={url}", markup=False)
+
+
+@env_app.command("down")
+def env_down(
+    repo: RepoOption = Path("."),
+    base: str = "main",
+    all_envs: Annotated[bool, typer.Option("--all", help="Stop every baseline.")] = False,
+) -> None:
+    """Stop a baseline and every sandbox on it."""
+    runtime = LocalRuntime(_settings())
+    if all_envs:
+        targets = [record.env_id for record, _ in runtime.baselines()]
+    else:
+        try:
+            plan_base = make_plan(repo, base, base).base_sha
+        except LoopgateError as exc:
+            raise _fail(str(exc), 2) from None
+        found = runtime.find_baseline(repo, plan_base)
+        targets = [found.env_id] if found else []
+    for env_id in targets:
+        runtime.down(env_id)
+        console.print(f"stopped {env_id}", markup=False)
+    if not targets:
+        console.print("no baseline running", markup=False)
+
+
+@env_app.command("status")
+def env_status() -> None:
+    """List baselines, their health and sandboxes."""
+    runtime = LocalRuntime(_settings())
+    baselines = runtime.baselines()
+    if not baselines:
+        console.print("no baseline running", markup=False)
+    for record, healthy in baselines:
+        owner = "kept (env up)" if record.owner is None else f"owned by pid {record.owner.pid}"
+        health = "healthy" if healthy else "unhealthy"
+        console.print(f"{record.env_id} {health} {owner} repo={record.repo} base={record.base_sha[:12]}", markup=False)
+        for name, port in sorted(record.listeners.items()):
+            console.print(f"  {name}: http://127.0.0.1:{port}", markup=False)
+        for sandbox in runtime.registry.sandboxes(record.env_id):
+            console.print(f"  sandbox {sandbox.routing_key}: forks {', '.join(sandbox.forks) or '-'}", markup=False)
+
+
+# -- sandbox ----------------------------------------------------------------------------------------
+
+
+@sandbox_app.command("create")
+def sandbox_create(
+    repo: RepoOption = Path("."),
+    base: str = "main",
+    head: str = "HEAD",
+    config: ConfigOption = None,
+) -> None:
+    """Fork what HEAD changed and route it; print the routing key and entry URLs."""
+    runtime = LocalRuntime(_settings(), persistent=True)
+    pipeline = Pipeline(runtime, listener=StageProgress())
+    request = VerifyRequest(repo=repo, base_ref=base, head_ref=head, config_file=config, sandbox_only=True)
+    with _terminate_as_interrupt():
+        evidence = pipeline.verify(request)
+    if pipeline.kept is None:
+        _print_summary(evidence)
+        if evidence.verdict is Verdict.PASS:
+            raise _fail("no service is affected by the change: there is nothing to fork", 0)
+        raise typer.Exit(exit_code(evidence))
+    key = pipeline.kept.sandbox.routing_key
+    console.print(f"routing key: {key}", markup=False)
+    console.print(f"LOOPGATE_ROUTING_KEY={key}", markup=False)
+    console.print(f"LOOPGATE_BAGGAGE={_baggage(key)}", markup=False)
+    for name, url in sorted(pipeline.kept.sandbox.baseline.entry_urls.items()):
+        console.print(f"{env_var_name(name)}={url}", markup=False)
+    console.print(f"forks: {', '.join(s.name for s in evidence.forks)}", markup=False)
+    console.print(f"delete with: loopgate sandbox delete {key}", markup=False)
+
+
+@sandbox_app.command("delete")
+def sandbox_delete(key: str) -> None:
+    """Tear a sandbox down: routes, forks, files."""
+    runtime = LocalRuntime(_settings())
+    sandbox = runtime.load_sandbox(key)
+    if sandbox is None:
+        raise _fail(f"no sandbox {key!r} (see `loopgate sandbox list`)", 2)
+    runtime.teardown(sandbox)
+    console.print(f"deleted {key}", markup=False)
+
+
+@sandbox_app.command("list")
+def sandbox_list() -> None:
+    """Sandboxes on this machine."""
+    records = LocalRuntime(_settings()).sandboxes()
+    if not records:
+        console.print("no sandboxes", markup=False)
+    for record in records:
+        owner = "kept" if record.owner is None else f"pid {record.owner.pid}"
+        forks = ", ".join(f"{n}@{p.port}" for n, p in record.forks.items()) or "-"
+        console.print(f"{record.routing_key} env={record.env_id} head={record.head_sha[:12]} {owner} forks: {forks}", markup=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except LoopgateError as exc:
+        errors.print(f"loopgate: {exc}", markup=False)
+        sys.exit(2 if exc.kind == "config" else 3)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

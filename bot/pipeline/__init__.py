@@ -1,0 +1,7 @@
+"""The verification flow, stage by stage."""
+
+from bot.pipeline.plan import Plan, make_plan
+from bot.pipeline.run import Kept, Pipeline, VerifyRequest, new_run_id
+from bot.pipeline.stages import StageListener
+
+__all__ = ["Kept", "Pipeline", "Plan", "StageListener", "VerifyRequest", "make_plan", "new_run_id"]

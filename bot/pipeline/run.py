@@ -1,0 +1,186 @@
+"""The flow: plan, baseline, build, fork, route, verify, decide, teardown.
+
+Every stage extends the one Evidence; teardown runs on success, failure, exception and Ctrl-C. The
+pipeline knows nothing of GitHub or terminals: callers (CLI, worker, action) report the Evidence.
+"""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import Config, LoopgateError
+from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, decide, utcnow
+from bot.pipeline.plan import Plan, make_plan
+from bot.pipeline.stages import StageListener, StageRecorder
+from bot.runtimes.protocol import Baseline, Runtime, Sandbox, Source, SuiteRequest
+from bot.verify import fork_coverage, judge_suite
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    repo: Path
+    base_ref: str
+    head_ref: str
+    config_file: Path | None = None
+    trigger: str = "cli"
+    keep: bool = False
+    run_id: str | None = None
+    sandbox_only: bool = False
+    """Stop once the forks are routed and keep them: `loopgate sandbox create`, the agent's inner loop."""
+
+
+@dataclass
+class Kept:
+    """What `--keep` left running, so the caller can tell the user how to reach and delete it."""
+
+    sandbox: Sandbox
+
+
+def new_run_id() -> str:
+    """Unguessable: run ids end up in URLs of private evidence pages."""
+    return secrets.token_urlsafe(12).replace("-", "a").replace("_", "b").lower()
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime, listener: StageListener | None = None) -> None:
+        self.runtime = runtime
+        self.listener = listener
+        self.kept: Kept | None = None
+
+    def verify(self, request: VerifyRequest) -> Evidence:
+        evidence = Evidence(
+            run_id=request.run_id or new_run_id(),
+            repo=str(request.repo),
+            base=GitRef(ref=request.base_ref),
+            head=GitRef(ref=request.head_ref),
+            trigger=request.trigger,
+        )
+        stages = StageRecorder(evidence, self.listener)
+        baseline: Baseline | None = None
+        sandbox: Sandbox | None = None
+        try:
+            with stages.stage("plan") as result:
+                plan = make_plan(request.repo, request.base_ref, request.head_ref, request.config_file)
+                self._record_plan(evidence, plan)
+                result.detail = f"{len(plan.changed_files)} files changed, {len(plan.affected)} services affected"
+            if not plan.affected and not plan.run_head_suites:
+                for name in ("baseline", "build", "fork", "route", "verify"):
+                    stages.skipped(name, "no service is affected by the change")
+            else:
+                base = Source(request.repo, plan.base_sha)
+                with stages.stage("baseline") as result:
+                    baseline = self.runtime.up_baseline(base, plan.config)
+                    result.detail = "reused a running baseline" if baseline.reused else "started"
+                sandbox = self.runtime.new_sandbox(baseline, plan.config, Source(request.repo, plan.merge_sha))
+                evidence.routing_key = sandbox.routing_key
+                self._build_and_fork(stages, evidence, plan, sandbox)
+                if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
+                    with stages.stage("route"):
+                        self.runtime.route(sandbox)
+                    if request.sandbox_only:
+                        return evidence
+                    self._verify(stages, evidence, plan, sandbox)
+                else:
+                    stages.skipped("route", "a fork failed")
+                    stages.skipped("verify", "a fork failed")
+            with stages.stage("decide"):
+                evidence.verdict, evidence.reasons = decide(evidence)
+        except LoopgateError as exc:
+            evidence.verdict = Verdict.ERROR
+            evidence.error_kind = ErrorKind.CONFIG if exc.kind == "config" else ErrorKind.INFRASTRUCTURE
+            evidence.reasons = [str(exc)]
+            if exc.kind == "change":
+                evidence.verdict, evidence.error_kind = Verdict.FAIL, None
+        finally:
+            keep = request.keep or (request.sandbox_only and evidence.verdict is None)
+            self._teardown(stages, evidence, baseline, sandbox, keep)
+            evidence.finished_at = utcnow()
+        return evidence
+
+    def _record_plan(self, evidence: Evidence, plan: Plan) -> None:
+        evidence.base.sha, evidence.head.sha, evidence.merge_sha = plan.base_sha, plan.head_sha, plan.merge_sha
+        evidence.changed_files = plan.changed_files
+        evidence.notes.extend(plan.notes)
+        for name in sorted(plan.config.services):
+            hits = plan.affected.get(name)
+            reason = f"changed: {', '.join(hits[:3])}{' …' if len(hits) > 3 else ''}" if hits else "unchanged"
+            evidence.services.append(ServiceResult(name=name, forked=bool(hits), reason=reason))
+
+    def _build_and_fork(self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
+        names = list(plan.affected)
+        if not names:
+            stages.skipped("build", "no service is affected")
+            stages.skipped("fork", "no service is affected")
+            return
+        specs = {name: plan.config.services[name] for name in names}
+        with stages.stage("build") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
+            builds = dict(zip(names, pool.map(lambda n: self.runtime.build(sandbox, n, specs[n]), names), strict=True))
+            for name, built in builds.items():
+                service = evidence.service(name)
+                assert service is not None
+                service.image_or_source, service.build_ms = built.source, built.duration_ms
+                if not built.ok:
+                    service.status, service.log_tail = "build_failed", built.log_tail
+                    service.reason = f"{service.reason}; build failed: {built.detail}"
+                    result.outcome = "failed"
+        if result.outcome == "failed":
+            stages.skipped("fork", "a build failed")
+            return
+        with stages.stage("fork") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
+            for forked in pool.map(lambda n: self.runtime.fork(sandbox, n, specs[n]), names):
+                service = evidence.service(forked.service)
+                assert service is not None
+                service.status, service.ready_ms, service.url = forked.status, forked.ready_ms, forked.url
+                if forked.status != "ready":
+                    service.log_tail = forked.log_tail
+                    service.reason = f"{service.reason}; fork {forked.detail}"
+                    result.outcome = "failed"
+
+    def _verify(self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
+        with stages.stage("verify") as result:
+            for suite in plan.config.verify.suites:
+                request = SuiteRequest(suite.name, suite.run, suite.timeout, "base")
+                evidence.suites.append(judge_suite(suite.name, "base", suite.gating, self.runtime.run_suite(sandbox, request)))
+            if plan.run_head_suites:
+                head_config: Config = plan.head_config or plan.config
+                for suite in head_config.verify.suites:
+                    request = SuiteRequest(suite.name, suite.run, suite.timeout, "head")
+                    # Head's suites are reported, never gating: they cannot loosen the team's gate.
+                    evidence.suites.append(judge_suite(suite.name, "head", False, self.runtime.run_suite(sandbox, request)))
+            observed = self.runtime.observed_requests(sandbox)
+            coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
+            for name, hits in coverage.items():
+                service = evidence.service(name)
+                assert service is not None
+                service.tagged_requests = hits
+            if any(s.status != "passed" for s in evidence.suites if s.gating):
+                result.outcome = "failed"
+
+    def _teardown(
+        self,
+        stages: StageRecorder,
+        evidence: Evidence,
+        baseline: Baseline | None,
+        sandbox: Sandbox | None,
+        keep: bool,
+    ) -> None:
+        if baseline is None:
+            return
+        if keep and sandbox is not None:
+            self.runtime.keep(sandbox)
+            self.kept = Kept(sandbox)
+            stages.skipped("teardown", "--keep: the sandbox stays up")
+            return
+        try:
+            with stages.stage("teardown"):
+                if sandbox is not None:
+                    self.runtime.teardown(sandbox)
+                self.runtime.release_baseline(baseline)
+        except LoopgateError as exc:
+            evidence.notes.append(f"teardown: {exc}")
+            if evidence.verdict in (None, Verdict.PASS):
+                evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
+                evidence.reasons = [f"teardown failed: {exc}"]

@@ -1,0 +1,105 @@
+"""The one place loopgate runs `git`: resolving refs, merging without a checkout, worktrees, diffs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from bot.config import ConfigError, InfrastructureError
+
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "loopgate",
+    "GIT_AUTHOR_EMAIL": "loopgate@localhost",
+    "GIT_COMMITTER_NAME": "loopgate",
+    "GIT_COMMITTER_EMAIL": "loopgate@localhost",
+}
+
+
+class MergeConflict(ConfigError):
+    pass
+
+
+class Git:
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(self.repo), *args],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **_GIT_ENV},
+                timeout=300,
+            )
+        except FileNotFoundError:
+            raise InfrastructureError("git is not installed") from None
+        if check and done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise InfrastructureError(f"git {args[0]} failed: {last}")
+        return done
+
+    def check_repository(self) -> None:
+        if not self.repo.is_dir():
+            raise ConfigError(f"{self.repo}: no such directory")
+        if self.run("rev-parse", "--git-dir", check=False).returncode != 0:
+            raise ConfigError(f"{self.repo}: not a git repository")
+
+    def resolve(self, ref: str) -> str:
+        done = self.run("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        if done.returncode != 0:
+            raise ConfigError(f"unknown ref {ref!r} in {self.repo}")
+        return done.stdout.strip()
+
+    def merge(self, base: str, head: str) -> str:
+        """Commit the merge of head into base without touching any checkout (like a PR's merge ref)."""
+        if self._is_ancestor(head, base):
+            return base
+        if self._is_ancestor(base, head):
+            # Fast-forward: the merge is head itself, so the fork runs exactly what the agent pushed.
+            return head
+        done = self.run("merge-tree", "--write-tree", "--name-only", "--no-messages", base, head, check=False)
+        if done.returncode == 1:
+            files = [line for line in done.stdout.splitlines()[1:] if line]
+            raise MergeConflict(
+                f"merge conflict: head does not merge cleanly into base in {', '.join(files[:5]) or '?'}"
+                " (rebase needed)"
+            )
+        if done.returncode != 0:
+            raise InfrastructureError(f"git merge-tree failed: {done.stderr.strip()}")
+        tree = done.stdout.splitlines()[0].strip()
+        message = f"loopgate: merge {head[:12]} into {base[:12]}"
+        return self.run("commit-tree", tree, "-p", base, "-p", head, "-m", message).stdout.strip()
+
+    def _is_ancestor(self, older: str, newer: str) -> bool:
+        return self.run("merge-base", "--is-ancestor", older, newer, check=False).returncode == 0
+
+    def changed_files(self, base: str, head: str) -> list[str]:
+        """Files the head changed since it left base (three-dot: the merge-base diff)."""
+        out = self.run("diff", "--name-only", "--no-renames", "-z", f"{base}...{head}").stdout
+        return sorted(name for name in out.split("\0") if name)
+
+    def changed_between(self, old: str, new: str) -> list[str]:
+        out = self.run("diff", "--name-only", "--no-renames", "-z", old, new).stdout
+        return sorted(name for name in out.split("\0") if name)
+
+    def show(self, sha: str, path: str) -> str | None:
+        done = self.run("show", f"{sha}:{path}", check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    def subject(self, sha: str) -> str:
+        return self.run("log", "-1", "--format=%s", sha).stdout.strip()
+
+    def worktree_add(self, path: Path, sha: str) -> None:
+        self.run("worktree", "add", "--detach", "--force", str(path), sha)
+
+    def worktree_remove(self, path: Path) -> None:
+        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+        self.run("worktree", "prune", check=False)
+
+    def worktrees(self) -> list[Path]:
+        out = self.run("worktree", "list", "--porcelain").stdout
+        return [Path(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("worktree ")]

@@ -1,0 +1,134 @@
+"""Envoy's JSON access log read back as :class:`ObservedRequest` records.
+
+The access log is the evidence that a fork really received tagged traffic (``observed_requests``),
+so it is read incrementally (by byte offset) while Envoy keeps appending to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.runtimes.local.xds import ROUTING_KEY_RE, parse_cluster_name
+
+
+@dataclass(frozen=True)
+class ObservedRequest:
+    """One request as one Envoy listener saw it."""
+
+    service: str
+    routing_key: str | None
+    """Sandbox the request was tagged for (baggage member, else the header); None if untagged."""
+    target: str | None
+    """Routing key of the fork that served it; None for the baseline (or when nothing served it)."""
+    method: str
+    path: str
+    status: int
+    traceparent: str | None
+    baggage: str | None
+    started_at: str
+    duration_ms: int
+    response_flags: str
+
+
+def baggage_routing_key(baggage: str | None, member: str) -> str | None:
+    """Value of W3C baggage member ``member`` in a ``baggage`` header value, or None.
+
+    An exact key match (``loopgate-sandbox`` never matches ``loopgate-sandbox2``), ignoring optional
+    whitespace and ``;properties``, as Envoy's routes match it.
+    """
+    if not baggage:
+        return None
+    for item in baggage.split(","):
+        key, sep, rest = item.partition("=")
+        if not sep or key.strip(" \t") != member:
+            continue
+        value = rest.split(";", 1)[0].strip(" \t")
+        return value or None
+    return None
+
+
+def read_access_log(
+    path: Path,
+    *,
+    offset: int = 0,
+    baggage_member: str = "loopgate-sandbox",
+    header: str = "x-loopgate-sandbox",
+) -> tuple[list[ObservedRequest], int]:
+    """Records from byte ``offset`` on, and the offset to continue from.
+
+    A last line without its newline is still being written: it is left for the next call. A log
+    shorter than ``offset`` was truncated or replaced and is read from the start.
+    """
+    try:
+        with path.open("rb") as log:
+            log.seek(0, 2)
+            if log.tell() < offset:
+                offset = 0
+            log.seek(offset)
+            data = log.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    records: list[ObservedRequest] = []
+    for line in data[: end + 1].splitlines():
+        record = _parse(line, baggage_member, header)
+        if record is not None:
+            records.append(record)
+    return records, offset + end + 1
+
+
+def _parse(line: bytes, baggage_member: str, header: str) -> ObservedRequest | None:
+    """One log line; None for blank or foreign lines, which must not stop the reader."""
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("service"), str):
+        return None
+    baggage = _text(raw.get("baggage"))
+    tagged_by_header = _text(raw.get(header))
+    routing_key = baggage_routing_key(baggage, baggage_member)
+    if routing_key is None and tagged_by_header and ROUTING_KEY_RE.fullmatch(tagged_by_header):
+        routing_key = tagged_by_header
+    return ObservedRequest(
+        service=raw["service"],
+        routing_key=routing_key,
+        target=_target(_text(raw.get("upstream_cluster"))),
+        method=_text(raw.get("method")) or "",
+        path=_text(raw.get("path")) or "",
+        status=_int(raw.get("status")),
+        traceparent=_text(raw.get("traceparent")),
+        baggage=baggage,
+        started_at=_text(raw.get("start_time")) or "",
+        duration_ms=_int(raw.get("duration_ms")),
+        response_flags=_text(raw.get("response_flags")) or "-",
+    )
+
+
+def _text(value: Any) -> str | None:
+    """Envoy writes a missing value as null (or '-' in text formats)."""
+    if value is None:
+        return None
+    text = str(value)
+    return None if text in ("", "-") else text
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _target(cluster: str | None) -> str | None:
+    if cluster is None:
+        return None
+    try:
+        return parse_cluster_name(cluster)[1]
+    except ValueError:
+        return None

@@ -1,0 +1,124 @@
+"""Child processes of the local runtime: started in their own session, identified beyond their pid.
+
+A pid alone can be reused after a crash; `ProcessRef` pairs it with the process's start time, so
+`loopgate gc` never signals a stranger that happens to have inherited a dead owner's pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import psutil
+from pydantic import BaseModel
+
+
+class ProcessRef(BaseModel):
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef:
+        return cls(pid=pid, create_time=psutil.Process(pid).create_time())
+
+    @classmethod
+    def current(cls) -> ProcessRef:
+        return cls.of(os.getpid())
+
+    def alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            return (
+                abs(process.create_time() - self.create_time) < 0.01
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+
+def spawn(command: str, *, cwd: Path, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `sh -c command` as the leader of a new session, so its whole tree can be stopped at once."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            ["sh", "-c", command],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_group(ref: ProcessRef, *, grace: float = 5.0) -> None:
+    """SIGTERM the process group led by `ref`, SIGKILL what is left after `grace` seconds."""
+    if not ref.alive():
+        _kill_group(ref.pid, signal.SIGKILL)  # orphans of a dead leader may still hold its group
+        return
+    members = _group_members(ref.pid)
+    _kill_group(ref.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=grace)
+    if alive:
+        _kill_group(ref.pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=2)
+    try:
+        os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
+    except ChildProcessError:
+        pass
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:
+    """Poll `url` until it answers 2xx; return None when healthy, else why not."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                return f"exited with code {code} before becoming healthy"
+            try:
+                response = client.get(url)
+                if 200 <= response.status_code < 300:
+                    return None
+                last = f"health check answered {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = f"health check failed: {type(exc).__name__}"
+            time.sleep(0.05)
+    return f"not healthy after {timeout:g}s ({last})"
+
+
+def tail(path: Path, *, lines: int = 60, limit: int = 8_000) -> str:
+    """The end of a log, bounded in lines and bytes so a chatty process cannot flood the Evidence."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            data = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

@@ -1,0 +1,489 @@
+"""The local runtime: services as processes, one Envoy in front of them, git worktrees as sources.
+
+One baseline per (repository, base commit) is shared by every sandbox; a sandbox adds forks of the
+changed services and routes for its routing key, never restarting Envoy or the baseline.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import string
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from bot.config import Config, InfrastructureError, RuntimeSettings, Service
+from bot.runtimes.git import Git
+from bot.runtimes.local.accesslog import read_access_log
+from bot.runtimes.local.allowlist import child_env, env_var_name
+from bot.runtimes.local.envoy import DataPlane, EnvoyError
+from bot.runtimes.local.ports import free_port, ports_from
+from bot.runtimes.local.processes import ProcessRef, spawn, stop_group, tail, wait_healthy
+from bot.runtimes.local.registry import EnvRecord, ProcessRecord, Registry, SandboxRecord, env_id_for
+from bot.runtimes.local.state import copy_sqlite
+from bot.runtimes.local.xds import DataPlaneSpec, Upstream
+from bot.runtimes.protocol import (
+    Baseline,
+    BuildOutcome,
+    ForkOutcome,
+    ObservedRequest,
+    Sandbox,
+    Source,
+    SuiteOutcome,
+    SuiteRequest,
+)
+
+_KEY_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_routing_key() -> str:
+    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(10))
+
+
+class LocalRuntime:
+    def __init__(self, settings: RuntimeSettings, *, persistent: bool = False) -> None:
+        """`persistent`: what this process starts outlives it (`env up`, `sandbox create`)."""
+        self.settings = settings
+        self.registry = Registry(settings.state_dir)
+        self.persistent = persistent
+
+    # -- ownership ---------------------------------------------------------------------------------
+
+    def _owner(self) -> ProcessRef | None:
+        return None if self.persistent else ProcessRef.current()
+
+    # -- baseline ----------------------------------------------------------------------------------
+
+    def up_baseline(self, base: Source, config: Config) -> Baseline:
+        env_id = env_id_for(base.repo, base.sha)
+        with self.registry.lock(env_id):
+            record = self.registry.load_env(env_id)
+            if record is not None and self._env_healthy(record):
+                if self.persistent and record.owner is not None:
+                    record.owner = None
+                    self.registry.save_env(record)
+                return self._baseline(record, reused=True)
+            if record is not None:
+                self._stop_env(record)
+            record = self._start_env(env_id, base, config)
+            return self._baseline(record, reused=False)
+
+    def find_baseline(self, repo: Path, base_sha: str) -> Baseline | None:
+        record = self.registry.load_env(env_id_for(repo, base_sha))
+        if record is None or not self._env_healthy(record):
+            return None
+        return self._baseline(record, reused=True)
+
+    def baselines(self) -> list[tuple[EnvRecord, bool]]:
+        records = (self.registry.load_env(env_id) for env_id in self.registry.env_ids())
+        return [(r, self._env_healthy(r)) for r in records if r is not None]
+
+    def release_baseline(self, baseline: Baseline) -> None:
+        with self.registry.lock(baseline.env_id):
+            record = self.registry.load_env(baseline.env_id)
+            if record is None or record.owner is None or record.owner != ProcessRef.current():
+                return
+            others = [s for s in self.registry.sandboxes(record.env_id) if _owner_alive(s.owner)]
+            if others:
+                # Still in use: hand it to a sandbox owner, so `gc` reclaims it once they are gone.
+                record.owner = others[0].owner
+                self.registry.save_env(record)
+                return
+            self._stop_env(record)
+
+    def down(self, env_id: str) -> None:
+        with self.registry.lock(env_id):
+            record = self.registry.load_env(env_id)
+            if record is None:
+                return
+            for sandbox in self.registry.sandboxes(env_id):
+                self._teardown_record(record, sandbox)
+            self._stop_env(record)
+
+    def _baseline(self, record: EnvRecord, *, reused: bool) -> Baseline:
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in record.listeners.items()}
+        return Baseline(
+            env_id=record.env_id,
+            base=Source(repo=Path(record.repo), sha=record.base_sha),
+            entry_urls=urls,
+            reused=reused,
+        )
+
+    def _env_healthy(self, record: EnvRecord) -> bool:
+        plane = DataPlane(self.registry.env_dir(record.env_id) / "envoy")
+        return plane.is_running() and all(p.process.alive() for p in record.services.values())
+
+    def _start_env(self, env_id: str, base: Source, config: Config) -> EnvRecord:
+        env_dir = self.registry.env_dir(env_id)
+        if env_dir.exists():
+            shutil.rmtree(env_dir, ignore_errors=True)
+        env_dir.mkdir(parents=True)
+        names = sorted(config.services)
+        if self.settings.envoy_base_port:
+            block = ports_from(self.settings.envoy_base_port, len(names) + 1, "Envoy")
+            admin_port, listener_ports = block[0], block[1:]
+        else:
+            admin_port, listener_ports = free_port(), [free_port() for _ in names]
+        record = EnvRecord(
+            env_id=env_id,
+            repo=str(base.repo.resolve()),
+            base_sha=base.sha,
+            owner=self._owner(),
+            config_json=config.model_dump_json(),
+            listeners=dict(zip(names, listener_ports, strict=True)),
+            admin_port=admin_port,
+        )
+        self.registry.save_env(record)
+        try:
+            Git(base.repo).worktree_add(env_dir / "worktree", base.sha)
+            ports = {name: free_port() for name in names}
+            plane = DataPlane(env_dir / "envoy")
+            plane.start(
+                self._spec(record, ports, {}, config),
+                admin_port,
+                concurrency=self.settings.envoy_concurrency,
+            )
+            results = _parallel(
+                {name: partial(self._start_baseline_service, record, config, name, ports[name]) for name in names}
+            )
+            self.registry.save_env(record)
+            failed = {name: why for name, why in results.items() if why is not None}
+            if failed:
+                name, why = sorted(failed.items())[0]
+                raise InfrastructureError(f"baseline {name} {why}")
+            return record
+        except EnvoyError as exc:
+            self._stop_env(record)
+            raise InfrastructureError(str(exc)) from None
+        except BaseException:
+            self._stop_env(record)
+            raise
+
+    def _start_baseline_service(self, record: EnvRecord, config: Config, name: str, port: int) -> str | None:
+        spec = config.services[name]
+        env_dir = self.registry.env_dir(record.env_id)
+        cwd = env_dir / "worktree" / spec.local.cwd
+        log = env_dir / "logs" / f"{name}.log"
+        extra = self._service_env(record, name, spec, env_dir / "state" / name)
+        env = child_env(env_dir / "home" / name, extra)
+        if not cwd.is_dir():
+            return f"cannot start: cwd {spec.local.cwd} does not exist at the base commit"
+        if spec.local.build:
+            why = _run_build(spec, cwd, env, log)
+            if why:
+                return f"{why}: {_last_line(log)}"
+        process = spawn(spec.local.run.replace("{port}", str(port)), cwd=cwd, env=env, log=log)
+        record.services[name] = ProcessRecord(
+            service=name, port=port, process=ProcessRef.of(process.pid), log=str(log)
+        )
+        why = wait_healthy(process, f"http://127.0.0.1:{port}{spec.local.health}", spec.local.ready_timeout)
+        return f"{why}: {_last_line(log)}" if why else None
+
+    def _service_env(self, record: EnvRecord, name: str, spec: Service, state_dir: Path) -> dict[str, str]:
+        extra = {env_var_name(peer): f"http://127.0.0.1:{port}" for peer, port in record.listeners.items()}
+        extra["LOOPGATE_SERVICE"] = name
+        if spec.state is not None and spec.state.sqlite is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            extra["LOOPGATE_STATE"] = str(state_dir / spec.state.sqlite)
+        return extra
+
+    def _stop_env(self, record: EnvRecord) -> None:
+        env_dir = self.registry.env_dir(record.env_id)
+        for sandbox in self.registry.sandboxes(record.env_id):
+            self._teardown_record(record, sandbox, unroute=False)
+        DataPlane(env_dir / "envoy").stop()
+        for service in record.services.values():
+            stop_group(service.process)
+        Git(Path(record.repo)).worktree_remove(env_dir / "worktree")
+        shutil.rmtree(env_dir, ignore_errors=True)
+
+    # -- data plane --------------------------------------------------------------------------------
+
+    def _spec(
+        self,
+        record: EnvRecord,
+        baseline_ports: dict[str, int],
+        forks: dict[str, dict[str, Upstream]],
+        config: Config,
+    ) -> DataPlaneSpec:
+        return DataPlaneSpec(
+            listeners=record.listeners,
+            baseline={name: Upstream("127.0.0.1", port) for name, port in baseline_ports.items()},
+            forks=forks,
+            baggage_member=config.routing.baggage_member,
+            header=config.routing.header,
+        )
+
+    def _apply_routes(self, env_id: str) -> None:
+        """Recompute every route of the env from the records on disk; callers hold the env lock."""
+        record = self.registry.load_env(env_id)
+        if record is None:
+            raise InfrastructureError(f"baseline {env_id} is gone")
+        config = Config.model_validate_json(record.config_json)
+        forks = {
+            s.routing_key: {name: Upstream("127.0.0.1", p.port) for name, p in s.forks.items()}
+            for s in self.registry.sandboxes(env_id)
+            if s.routed and s.forks
+        }
+        ports = {name: p.port for name, p in record.services.items()}
+        try:
+            DataPlane(self.registry.env_dir(env_id) / "envoy").apply(self._spec(record, ports, forks, config))
+        except EnvoyError as exc:
+            raise InfrastructureError(str(exc)) from None
+
+    # -- sandboxes ---------------------------------------------------------------------------------
+
+    def new_sandbox(self, baseline: Baseline, config: Config, head: Source) -> Sandbox:
+        key = new_routing_key()
+        plane = DataPlane(self.registry.env_dir(baseline.env_id) / "envoy")
+        offset = plane.access_log.stat().st_size if plane.access_log.exists() else 0
+        with self.registry.lock(baseline.env_id):
+            self.registry.save_sandbox(
+                SandboxRecord(
+                    routing_key=key,
+                    env_id=baseline.env_id,
+                    head_sha=head.sha,
+                    owner=self._owner(),
+                    log_offset=offset,
+                )
+            )
+        return Sandbox(routing_key=key, baseline=baseline, config=config)
+
+    def load_sandbox(self, key: str) -> Sandbox | None:
+        record = self.registry.find_sandbox(key)
+        env = self.registry.load_env(record.env_id) if record else None
+        if record is None or env is None:
+            return None
+        config = Config.model_validate_json(env.config_json)
+        return Sandbox(routing_key=key, baseline=self._baseline(env, reused=True), config=config)
+
+    def sandboxes(self) -> list[SandboxRecord]:
+        return [s for env_id in self.registry.env_ids() for s in self.registry.sandboxes(env_id)]
+
+    def _sandbox_dir(self, sandbox: Sandbox) -> Path:
+        return self.registry.sandbox_dir(sandbox.baseline.env_id, sandbox.routing_key)
+
+    def source_dir(self, sandbox: Sandbox) -> Path:
+        """The sandbox's checkout of the merge commit, made on first use."""
+        worktree = self._sandbox_dir(sandbox) / "worktree"
+        if not worktree.is_dir():
+            record = self._record(sandbox)
+            Git(sandbox.baseline.base.repo).worktree_add(worktree, record.head_sha)
+        return worktree
+
+    def _record(self, sandbox: Sandbox) -> SandboxRecord:
+        record = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
+        if record is None:
+            raise InfrastructureError(f"sandbox {sandbox.routing_key} is gone")
+        return record
+
+    def _service_context(self, sandbox: Sandbox, service: str, spec: Service) -> tuple[Path, dict[str, str]]:
+        sandbox_dir = self._sandbox_dir(sandbox)
+        env_record = self.registry.load_env(sandbox.baseline.env_id)
+        if env_record is None:
+            raise InfrastructureError(f"baseline {sandbox.baseline.env_id} is gone")
+        extra = self._service_env(env_record, service, spec, sandbox_dir / "state" / service)
+        return self.source_dir(sandbox) / spec.local.cwd, child_env(sandbox_dir / "home" / service, extra)
+
+    def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome:
+        record = self._record(sandbox)
+        source = f"{record.head_sha[:12]}:{spec.local.cwd}"
+        cwd, env = self._service_context(sandbox, service, spec)
+        if not cwd.is_dir():
+            return BuildOutcome(service, False, source, detail=f"cwd {spec.local.cwd} does not exist")
+        if not spec.local.build:
+            return BuildOutcome(service, True, source)
+        log = self._sandbox_dir(sandbox) / "logs" / f"{service}.build.log"
+        started = time.monotonic()
+        why = _run_build(spec, cwd, env, log)
+        elapsed = int((time.monotonic() - started) * 1000)
+        return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
+
+    def fork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
+        cwd, env = self._service_context(sandbox, service, spec)
+        if spec.state is not None and spec.state.sqlite is not None:
+            baseline_state = self.registry.env_dir(sandbox.baseline.env_id) / "state" / service
+            copy_sqlite(baseline_state / spec.state.sqlite, Path(env["LOOPGATE_STATE"]))
+        log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
+        port = free_port()
+        started = time.monotonic()
+        process = spawn(spec.local.run.replace("{port}", str(port)), cwd=cwd, env=env, log=log)
+        forked = ProcessRecord(service=service, port=port, process=ProcessRef.of(process.pid), log=str(log))
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.forks[service] = forked
+            self.registry.save_sandbox(record)
+        why = wait_healthy(process, f"{forked.url}{spec.local.health}", spec.local.ready_timeout)
+        ready_ms = int((time.monotonic() - started) * 1000)
+        if why:
+            return ForkOutcome(service, "start_failed", ready_ms=ready_ms, log_tail=tail(log), detail=why)
+        return ForkOutcome(service, "ready", url=forked.url, ready_ms=ready_ms)
+
+    def keep(self, sandbox: Sandbox) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.owner = None
+            self.registry.save_sandbox(record)
+            env = self.registry.load_env(sandbox.baseline.env_id)
+            if env is not None and env.owner is not None:
+                env.owner = None
+                self.registry.save_env(env)
+
+    def route(self, sandbox: Sandbox) -> None:
+        self._set_routed(sandbox, True)
+
+    def unroute(self, sandbox: Sandbox) -> None:
+        self._set_routed(sandbox, False)
+
+    def _set_routed(self, sandbox: Sandbox, routed: bool) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            if record.routed == routed:
+                return
+            record.routed = routed
+            self.registry.save_sandbox(record)
+            self._apply_routes(sandbox.baseline.env_id)
+
+    def suite_env(self, sandbox: Sandbox) -> dict[str, str]:
+        """What a suite (or an agent by hand) needs to address the sandbox."""
+        member = sandbox.config.routing.baggage_member
+        env = {env_var_name(name): url for name, url in sandbox.baseline.entry_urls.items()}
+        env["LOOPGATE_ROUTING_KEY"] = sandbox.routing_key
+        env["LOOPGATE_BAGGAGE"] = f"{member}={sandbox.routing_key}"
+        return env
+
+    def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome:
+        sandbox_dir = self._sandbox_dir(sandbox)
+        if suite.source == "base":
+            cwd = self.registry.env_dir(sandbox.baseline.env_id) / "worktree"
+        else:
+            cwd = self.source_dir(sandbox)
+        junit = sandbox_dir / "junit" / f"{suite.name}-{suite.source}.xml"
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.unlink(missing_ok=True)
+        log = sandbox_dir / "logs" / f"suite-{suite.name}-{suite.source}.log"
+        extra = {**self.suite_env(sandbox), "LOOPGATE_JUNIT_XML": str(junit), **suite.extra_env}
+        env = child_env(sandbox_dir / "home" / f"suite-{suite.name}", extra)
+        started = time.monotonic()
+        process = spawn(suite.command, cwd=cwd, env=env, log=log)
+        ref = ProcessRef.of(process.pid)
+        timed_out = False
+        try:
+            process.wait(timeout=suite.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            stop_group(ref, grace=3)  # also ends what the suite left running in its group
+            process.wait()
+        return SuiteOutcome(
+            exit_code=None if timed_out else process.returncode,
+            timed_out=timed_out,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            junit_xml=junit if junit.is_file() else None,
+            log_tail=tail(log),
+        )
+
+    def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
+        record = self._record(sandbox)
+        plane = DataPlane(self.registry.env_dir(sandbox.baseline.env_id) / "envoy")
+        raw, _ = read_access_log(
+            plane.access_log,
+            offset=record.log_offset,
+            baggage_member=sandbox.config.routing.baggage_member,
+            header=sandbox.config.routing.header,
+        )
+        key = sandbox.routing_key
+        return [
+            ObservedRequest(
+                service=r.service,
+                routing_key=r.routing_key,
+                target=r.target,
+                method=r.method,
+                path=r.path,
+                status=r.status,
+                traceparent=r.traceparent,
+                started_at=r.started_at,
+                duration_ms=r.duration_ms,
+            )
+            for r in raw
+            if r.routing_key == key or r.target == key
+        ]
+
+    def teardown(self, sandbox: Sandbox) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            env = self.registry.load_env(sandbox.baseline.env_id)
+            record = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
+            if env is not None and record is not None:
+                self._teardown_record(env, record)
+
+    def _teardown_record(self, env: EnvRecord, record: SandboxRecord, *, unroute: bool = True) -> None:
+        """Routes first, then processes, then files; each step runs even when an earlier one failed."""
+        errors: list[str] = []
+        if record.routed and unroute:
+            record.routed = False
+            self.registry.save_sandbox(record)
+            try:
+                self._apply_routes(env.env_id)
+            except InfrastructureError as exc:
+                errors.append(str(exc))
+        for fork in record.forks.values():
+            stop_group(fork.process)
+        sandbox_dir = self.registry.sandbox_dir(env.env_id, record.routing_key)
+        Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")
+        shutil.rmtree(sandbox_dir, ignore_errors=True)
+        if errors:
+            raise InfrastructureError(errors[0])
+
+    # -- garbage collection ------------------------------------------------------------------------
+
+    def gc(self) -> list[str]:
+        """Remove what belongs to owners that are no longer alive; nothing else."""
+        removed: list[str] = []
+        for env_id in self.registry.env_ids():
+            with self.registry.lock(env_id):
+                env = self.registry.load_env(env_id)
+                if env is None:
+                    shutil.rmtree(self.registry.env_dir(env_id), ignore_errors=True)
+                    removed.append(f"env {env_id} (incomplete)")
+                    continue
+                for sandbox in self.registry.sandboxes(env_id):
+                    if sandbox.owner is not None and not sandbox.owner.alive():
+                        self._teardown_record(env, sandbox)
+                        removed.append(f"sandbox {sandbox.routing_key} (owner pid {sandbox.owner.pid} is gone)")
+                live = self.registry.sandboxes(env_id)
+                if env.owner is not None and not env.owner.alive() and not live:
+                    self._stop_env(env)
+                    removed.append(f"baseline {env_id} (owner pid {env.owner.pid} is gone)")
+        return removed
+
+
+def _owner_alive(owner: ProcessRef | None) -> bool:
+    return owner is None or owner.alive()
+
+
+def _run_build(spec: Service, cwd: Path, env: dict[str, str], log: Path) -> str | None:
+    assert spec.local.build is not None
+    process = spawn(spec.local.build, cwd=cwd, env=env, log=log)
+    ref = ProcessRef.of(process.pid)
+    try:
+        code = process.wait(timeout=spec.local.build_timeout)
+    except subprocess.TimeoutExpired:
+        return f"build timed out after {spec.local.build_timeout:g}s"
+    finally:
+        stop_group(ref, grace=2)
+    return f"build exited with code {code}" if code != 0 else None
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in tail(log, lines=20).splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else "(no output)"
+
+
+def _parallel(jobs: dict[str, Callable[[], str | None]]) -> dict[str, str | None]:
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}

@@ -1,0 +1,124 @@
+"""The Runtime protocol: the one interface the pipeline drives, whatever runs the services.
+
+A runtime runs things and reports raw outcomes; `bot.verify` judges them. The local runtime implements
+it with processes and one Envoy; the Kubernetes runtime will implement it with Deployments and mesh
+routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from bot.config import Config, Service
+
+
+@dataclass(frozen=True)
+class Source:
+    """A commit of a repository, as the pipeline resolved it."""
+
+    repo: Path
+    sha: str
+
+
+@dataclass(frozen=True)
+class Baseline:
+    env_id: str
+    base: Source
+    entry_urls: Mapping[str, str]
+    """Service name -> the data plane's address for it: what services and suites call."""
+    reused: bool
+    """True when an already running baseline (e.g. from `loopgate env up`) was attached."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    routing_key: str
+    baseline: Baseline
+    config: Config
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    service: str
+    ok: bool
+    source: str
+    """What was built, e.g. `<merge sha>:<dir>` locally or an image reference."""
+    duration_ms: int = 0
+    log_tail: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ForkOutcome:
+    service: str
+    status: Literal["ready", "start_failed"]
+    url: str | None = None
+    ready_ms: int | None = None
+    log_tail: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class SuiteRequest:
+    name: str
+    command: str
+    timeout: float
+    source: Literal["base", "head"]
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    exit_code: int | None
+    timed_out: bool
+    duration_ms: int
+    junit_xml: Path | None
+    log_tail: str
+
+
+@dataclass(frozen=True)
+class ObservedRequest:
+    """One request as the data plane saw it."""
+
+    service: str
+    routing_key: str | None
+    """The sandbox the request was tagged for, None when untagged."""
+    target: str | None
+    """The routing key of the fork that served it; None when the baseline did."""
+    method: str
+    path: str
+    status: int
+    traceparent: str | None
+    started_at: str
+    duration_ms: int
+
+
+class Runtime(Protocol):
+    def up_baseline(self, base: Source, config: Config) -> Baseline: ...
+
+    def release_baseline(self, baseline: Baseline) -> None:
+        """Stop the baseline if this process started it and no live sandbox still uses it."""
+
+    def new_sandbox(self, baseline: Baseline, config: Config, head: Source) -> Sandbox: ...
+
+    def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome: ...
+
+    def fork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome: ...
+
+    def keep(self, sandbox: Sandbox) -> None:
+        """Let the sandbox and its baseline outlive this process (`--keep`)."""
+
+    def route(self, sandbox: Sandbox) -> None: ...
+
+    def unroute(self, sandbox: Sandbox) -> None: ...
+
+    def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome: ...
+
+    def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]: ...
+
+    def teardown(self, sandbox: Sandbox) -> None: ...
+
+    def gc(self) -> list[str]: ...
