@@ -34,7 +34,7 @@ sandbox_app = typer.Typer(no_args_is_help=True, help="Sandboxes for the inner lo
 app.add_typer(env_app, name="env")
 app.add_typer(sandbox_app, name="sandbox")
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shop"
@@ -91,6 +91,9 @@ class StageProgress:
 
 
 def _print_summary(evidence: Evidence) -> None:
+    if not console.is_terminal:
+        _print_plain(evidence)
+        return
     services = Table(title="services", show_edge=False)
     for column in ("service", "forked", "status", "ready ms", "tagged requests", "reason"):
         services.add_column(column)
@@ -107,10 +110,30 @@ def _print_summary(evidence: Evidence) -> None:
             failed = r.counts.failed + r.counts.errors
             suites.add_row(r.name, r.source, r.status, str(r.counts.passed), str(failed), str(r.duration_ms))
         console.print(suites)
-        for r in evidence.suites:
-            for failure in r.failures[:10]:
-                where = f" ({failure.file}:{failure.line})" if failure.file else ""
-                console.print(f"  ✗ {r.name}: {failure.test}{where}: {failure.message.splitlines()[0]}", markup=False)
+    _print_failures_and_reasons(evidence)
+
+
+def _print_plain(evidence: Evidence) -> None:
+    """Logs and agents read lines, not boxes: one line per service, suite and failure."""
+    for s in evidence.services:
+        ready = f" ready {s.ready_ms} ms," if s.ready_ms is not None else ""
+        line = f"service {s.name}: {'forked' if s.forked else 'baseline'} ({s.status},{ready}"
+        console.print(f"{line} {s.tagged_requests} tagged requests) {s.reason}", markup=False)
+    for r in evidence.suites:
+        failed = r.counts.failed + r.counts.errors
+        console.print(
+            f"suite {r.name} ({r.source}): {r.status}, {r.counts.passed} passed, {failed} failed, {r.duration_ms} ms",
+            markup=False,
+        )
+    _print_failures_and_reasons(evidence)
+
+
+def _print_failures_and_reasons(evidence: Evidence) -> None:
+    for r in evidence.suites:
+        for failure in r.failures[:10]:
+            where = f" ({failure.file}:{failure.line})" if failure.file else ""
+            first = failure.message.splitlines()[0] if failure.message else ""
+            console.print(f"  ✗ {r.name}: {failure.test}{where}: {first}", markup=False)
     for reason in evidence.reasons:
         console.print(f"- {reason}", markup=False)
     for note in evidence.notes:

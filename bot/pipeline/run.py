@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import Config, LoopgateError
+from bot.config import Config, InfrastructureError, LoopgateError
 from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, decide, utcnow
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import StageListener, StageRecorder
@@ -86,6 +86,7 @@ class Pipeline:
                 else:
                     stages.skipped("route", "a fork failed")
                     stages.skipped("verify", "a fork failed")
+                self._require_healthy_baseline(baseline)
             with stages.stage("decide"):
                 evidence.verdict, evidence.reasons = decide(evidence)
         except LoopgateError as exc:
@@ -99,6 +100,13 @@ class Pipeline:
             self._teardown(stages, evidence, baseline, sandbox, keep)
             evidence.finished_at = utcnow()
         return evidence
+
+    def _require_healthy_baseline(self, baseline: Baseline) -> None:
+        """A failure is only the change's fault while the baseline is healthy; otherwise nobody's code is
+        to blame and the verdict is an infrastructure error."""
+        problem = self.runtime.baseline_health(baseline)
+        if problem is not None:
+            raise InfrastructureError(f"the baseline became unhealthy during the run: {problem}")
 
     def _record_plan(self, evidence: Evidence, plan: Plan) -> None:
         evidence.base.sha, evidence.head.sha, evidence.merge_sha = plan.base_sha, plan.head_sha, plan.merge_sha

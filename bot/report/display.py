@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from bot.evidence import (
     Counts,
@@ -21,7 +22,9 @@ from bot.evidence import (
     Verdict,
 )
 
-# One clear word per verdict, no emoji: the verdict must read the same in a terminal, a mail and a screen reader.
+T = TypeVar("T")
+
+# One clear word per verdict, no emoji: it must read the same in a terminal, a mail and a screen reader.
 VERDICT_WORDS = {
     Verdict.PASS: "PASS",
     Verdict.FAIL: "FAIL",
@@ -45,6 +48,8 @@ STATUS_WORDS = {
     "skipped": "skipped",
     "cancelled": "cancelled",
 }
+
+PROBLEMS = frozenset({"failed", "errored", "timed_out", "build_failed", "start_failed", "error"})
 
 SHORT_SHA = 7
 NOTHING = "—"
@@ -85,6 +90,10 @@ def status_word(status: str) -> str:
     return STATUS_WORDS.get(status, status)
 
 
+def is_problem(status: str) -> bool:
+    return status in PROBLEMS
+
+
 def short_sha(sha: str | None) -> str:
     return sha[:SHORT_SHA] if sha else "unknown"
 
@@ -119,7 +128,7 @@ def yes_no(flag: bool) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def counts(value: Counts) -> str:
@@ -158,7 +167,7 @@ def forked(services: list[ServiceResult]) -> list[ServiceResult]:
 
 
 def finding_rows(diff: list[DiffResult]) -> list[FindingRow]:
-    """Requests × findings, flattened into table rows, breaking ones first (stable otherwise)."""
+    """Requests by findings, flattened into table rows, breaking ones first (stable otherwise)."""
     rows = [FindingRow(r.request, r.service, f) for r in diff for f in r.findings]
     return sorted(rows, key=lambda row: not row.finding.breaking)
 
@@ -169,6 +178,15 @@ def differing(diff: list[DiffResult]) -> list[DiffResult]:
 
 def breaking(diff: list[DiffResult]) -> list[Finding]:
     return [f for r in diff for f in r.findings if f.breaking]
+
+
+def gates(suite: SuiteResult) -> bool:
+    """Whether the suite decides the verdict: head's suites are reported but never loosen the gate."""
+    return suite.gating and suite.source == "base"
+
+
+def rest(items: list[T]) -> list[T]:
+    return items[1:]
 
 
 def suites_with(suites: list[SuiteResult], status: str) -> list[SuiteResult]:

@@ -9,6 +9,7 @@ passed through one of them is a `Markdown` instance, so the environment can esca
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import quote
 
 
@@ -28,7 +29,7 @@ _LOG_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _INLINE_SPECIAL = re.compile(r"[\\`*_\[\]|~$&<>]")
 _INLINE_REPLACEMENT = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 # A line starting with these opens a heading, quote, list or thematic break, even inside a list item.
-_BLOCK_START = re.compile(r"^(?:[#+\-=]|(\d{1,9})([.)]))")
+_BLOCK_START = re.compile(r"^(?:[#+\-=]|(\d{1,9})([.)])(?= |$))")
 _MENTION = re.compile(r"@(?=[A-Za-z0-9-])")
 _BACKTICK_RUN = re.compile(r"`+")
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)((?:\\\\)*)\|")
@@ -80,6 +81,7 @@ def code(text: str) -> Markdown:
     return Markdown(f"{ticks}{pad}{flat}{pad}{ticks}")
 
 
+@lru_cache(maxsize=64)
 def clean_log(text: str) -> str:
     """A log tail as a browser shows it: no terminal colours, no control characters, `\\n` line ends."""
     text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")

@@ -99,6 +99,9 @@ class ObservedRequest:
 class Runtime(Protocol):
     def up_baseline(self, base: Source, config: Config) -> Baseline: ...
 
+    def baseline_health(self, baseline: Baseline) -> str | None:
+        """None when the baseline and data plane are healthy, else what is wrong with them."""
+
     def release_baseline(self, baseline: Baseline) -> None:
         """Stop the baseline if this process started it and no live sandbox still uses it."""
 

@@ -30,11 +30,12 @@ from bot.runtimes.local.xds import DataPlaneSpec, Upstream
 
 STOP_GRACE_S = 5.0
 DRAIN_LIMIT_S = 5.0
-_POLL_S = 0.02
+_POLL_S = 0.01
 _ADMIN_TIMEOUT_S = 2.0
-_ROUTE_SETTLE_S = 0.05
+_ROUTE_SETTLE_S = 0.02
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[[\w-]+\] (?:\[[^\]]*\] )?")
+_INIT_ERROR = re.compile(r"error `(.+)` initializing config")
 _REJECTION = re.compile(r"(?:rejected|failure|Unable to)", re.IGNORECASE)
 
 
@@ -152,16 +153,16 @@ class DataPlane:
                 start_new_session=True,
                 close_fds=True,
             )
-        # Recorded before waiting, so a crash of this process still leaves Envoy stoppable.
-        state = _State(
-            pid=self._child.pid,
-            create_time=psutil.Process(self._child.pid).create_time(),
-            admin_port=admin_port,
-            version=version,
-            spec=spec,
-        )
-        self._save(state)
         try:
+            # Recorded before waiting, so a crash of this process still leaves Envoy stoppable.
+            state = _State(
+                pid=self._child.pid,
+                create_time=psutil.Process(self._child.pid).create_time(),
+                admin_port=admin_port,
+                version=version,
+                spec=spec,
+            )
+            self._save(state)
             self._wait_ready(state, ready_timeout)
         except BaseException:
             self.stop()
@@ -170,16 +171,22 @@ class DataPlane:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; a no-op when nothing runs."""
         state = self._load()
+        procs: dict[int, psutil.Process] = {}
         proc = _live_process(state) if state else None
         if proc is not None:
+            procs[proc.pid] = proc
+        if self._child is not None and self._child.poll() is None:
+            # Our own child even if state.json never got written (a failure right after spawning).
+            with contextlib.suppress(psutil.Error):
+                procs.setdefault(self._child.pid, psutil.Process(self._child.pid))
+        for proc in procs.values():
             _signal_group(proc.pid, signal.SIGTERM)
             if not _wait_gone(proc, STOP_GRACE_S):
                 _signal_group(proc.pid, signal.SIGKILL)
                 if not _wait_gone(proc, STOP_GRACE_S):
                     raise EnvoyError(f"envoy (pid {proc.pid}) survived SIGKILL; kill it by hand")
         if self._child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._child.wait(timeout=STOP_GRACE_S)
+            self._child.poll()
             self._child = None
         self._state_path.unlink(missing_ok=True)
 
@@ -217,8 +224,6 @@ class DataPlane:
 
             gone = sorted(set(merged) - set(wanted))
             if gone:
-                # Workers pick up new routes just after the main thread reports them.
-                time.sleep(_ROUTE_SETTLE_S)
                 admin.wait_drained(gone, min(deadline, time.monotonic() + DRAIN_LIMIT_S))
                 state = self._push_clusters(admin, state, wanted, deadline)
         self._save(replace(state, spec=spec))
@@ -253,6 +258,8 @@ class DataPlane:
             _write_atomic(xds.rds_path(self._workdir, service), xds.routes_response(service, spec, version))
         expected = {_rds_prefix(service): version for service in services}
         self._await_versions(admin, expected, before, deadline, "route")
+        # Envoy reports the version from its main thread and hands the table to workers just after.
+        time.sleep(_ROUTE_SETTLE_S)
         return state
 
     def _await_versions(
@@ -328,8 +335,6 @@ class DataPlane:
             raise EnvoyError(self._exit_message())
 
     def _alive(self) -> bool:
-        if self._child is not None:
-            return self._child.poll() is None
         return self.is_running()
 
     def _exit_message(self) -> str:
@@ -348,7 +353,11 @@ class DataPlane:
             log.seek(log_offset)
             lines = log.read().decode(errors="replace").splitlines()
         found = [line for line in lines if _REJECTION.search(line)]
-        return _last_problem(found) if found else f"see {self.envoy_log}"
+        reason = _last_problem(found).split("update rejected: ", 1)[-1] if found else ""
+        if not reason or "goo.gle/debug" in reason:
+            # Release builds replace proto validation details with a link; the log has no more either.
+            return f"invalid configuration (Envoy gives no detail); see {self.envoy_log}"
+        return reason
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -402,7 +411,10 @@ class _Admin:
 
     def __init__(self, port: int) -> None:
         self._client = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", timeout=_ADMIN_TIMEOUT_S, trust_env=False
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=_ADMIN_TIMEOUT_S,
+            trust_env=False,
+            verify=False,  # plain HTTP on loopback; skips loading CA certificates on every call
         )
 
     def __enter__(self) -> _Admin:
@@ -466,7 +478,8 @@ class _Admin:
 
 
 def _write_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    _write_text_atomic(path, yaml.safe_dump(dict(document), sort_keys=False))
+    # JSON is YAML: Envoy parses it by the .yaml name, and Python writes and reads it far faster.
+    _write_text_atomic(path, json.dumps(document, indent=1) + "\n")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -478,9 +491,13 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = yaml.safe_load(text)  # edited by hand
     return doc if isinstance(doc, dict) else {}
 
 
@@ -553,7 +570,9 @@ def _last_problem(lines: list[str]) -> str:
     for level in ("[critical]", "[error]", ""):
         for line in reversed(lines):
             if level in line and line.strip():
-                return " ".join(_LOG_PREFIX.sub("", line).split())
+                text = " ".join(_LOG_PREFIX.sub("", line).split())
+                quoted = _INIT_ERROR.search(text)
+                return quoted.group(1) if quoted else text
     return "no output"
 
 

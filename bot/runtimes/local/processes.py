@@ -58,19 +58,28 @@ def spawn(command: str, *, cwd: Path, env: Mapping[str, str], log: Path) -> subp
 
 def stop_group(ref: ProcessRef, *, grace: float = 5.0) -> None:
     """SIGTERM the process group led by `ref`, SIGKILL what is left after `grace` seconds."""
-    if not ref.alive():
-        _kill_group(ref.pid, signal.SIGKILL)  # orphans of a dead leader may still hold its group
-        return
-    members = _group_members(ref.pid)
-    _kill_group(ref.pid, signal.SIGTERM)
+    stop_groups([ref], grace=grace)
+
+
+def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
+    """Stop several process groups at once: each gets its grace period concurrently, not in turn."""
+    members: list[psutil.Process] = []
+    for ref in refs:
+        if ref.alive():
+            members += _group_members(ref.pid)
+            _kill_group(ref.pid, signal.SIGTERM)
+        else:
+            _kill_group(ref.pid, signal.SIGKILL)  # orphans of a dead leader may still hold its group
     _, alive = psutil.wait_procs(members, timeout=grace)
     if alive:
-        _kill_group(ref.pid, signal.SIGKILL)
+        for ref in refs:
+            _kill_group(ref.pid, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=2)
-    try:
-        os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
-    except ChildProcessError:
-        pass
+    for ref in refs:
+        try:
+            os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
+        except ChildProcessError:
+            pass
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

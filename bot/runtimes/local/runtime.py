@@ -22,7 +22,7 @@ from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.ports import free_port, ports_from
-from bot.runtimes.local.processes import ProcessRef, spawn, stop_group, tail, wait_healthy
+from bot.runtimes.local.processes import ProcessRef, spawn, stop_group, stop_groups, tail, wait_healthy
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, Registry, SandboxRecord, env_id_for
 from bot.runtimes.local.state import copy_sqlite
 from bot.runtimes.local.xds import DataPlaneSpec, Upstream
@@ -114,8 +114,19 @@ class LocalRuntime:
         )
 
     def _env_healthy(self, record: EnvRecord) -> bool:
-        plane = DataPlane(self.registry.env_dir(record.env_id) / "envoy")
-        return plane.is_running() and all(p.process.alive() for p in record.services.values())
+        return self._env_problem(record) is None
+
+    def _env_problem(self, record: EnvRecord) -> str | None:
+        if not DataPlane(self.registry.env_dir(record.env_id) / "envoy").is_running():
+            return "Envoy is not running"
+        dead = sorted(name for name, p in record.services.items() if not p.process.alive())
+        if dead:
+            return f"baseline {', '.join(dead)} exited (log: {record.services[dead[0]].log})"
+        return None
+
+    def baseline_health(self, baseline: Baseline) -> str | None:
+        record = self.registry.load_env(baseline.env_id)
+        return "the baseline's record is gone" if record is None else self._env_problem(record)
 
     def _start_env(self, env_id: str, base: Source, config: Config) -> EnvRecord:
         env_dir = self.registry.env_dir(env_id)
@@ -196,8 +207,7 @@ class LocalRuntime:
         for sandbox in self.registry.sandboxes(record.env_id):
             self._teardown_record(record, sandbox, unroute=False)
         DataPlane(env_dir / "envoy").stop()
-        for service in record.services.values():
-            stop_group(service.process)
+        stop_groups([service.process for service in record.services.values()])
         Git(Path(record.repo)).worktree_remove(env_dir / "worktree")
         shutil.rmtree(env_dir, ignore_errors=True)
 
@@ -430,8 +440,7 @@ class LocalRuntime:
                 self._apply_routes(env.env_id)
             except InfrastructureError as exc:
                 errors.append(str(exc))
-        for fork in record.forks.values():
-            stop_group(fork.process)
+        stop_groups([fork.process for fork in record.forks.values()])
         sandbox_dir = self.registry.sandbox_dir(env.env_id, record.routing_key)
         Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")
         shutil.rmtree(sandbox_dir, ignore_errors=True)

@@ -196,6 +196,8 @@ def _listener(workdir: Path, service: str, port: int, spec: DataPlaneSpec) -> di
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": stat_prefix(service),
+        # Envoy would end a request silent for 5 minutes; a slow service must fail by its callers' rules.
+        "stream_idle_timeout": "0s",
         "rds": {
             "route_config_name": route_config_name(service),
             "config_source": _file_source(rds_path(workdir, service)),

@@ -1,0 +1,165 @@
+"""The two Jinja2 environments: Markdown (escaped by default) and HTML (autoescaped).
+
+Markdown has no autoescape of its own, so the Markdown environment's `finalize` escapes every value
+a template prints unless a filter has already made it `Markdown`; forgetting a filter can make a
+cell look odd but never lets untrusted text through. Filters that depend on the size budget read the
+`shrink` knobs from the render context.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
+
+from bot.report import display, escape
+from bot.report.budget import Listing, LogTail, Shrink, head, tail
+
+T = TypeVar("T")
+
+TEMPLATES_ENV = "LOOPGATE_TEMPLATES_DIR"
+# Failure messages can be whole assertion diffs; a table cell shows their start, the JSON has all.
+MESSAGE_CHARS = 300
+# No single name, reason or ref may dominate a report; these values are otherwise unbounded.
+VALUE_CHARS = 500
+
+
+def templates_dir() -> Path:
+    """The repository's `templates/`, or `$LOOPGATE_TEMPLATES_DIR` for an installed image."""
+    override = os.environ.get(TEMPLATES_ENV)
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "templates"
+
+
+def markdown_environment() -> Environment:
+    return _markdown_environment(templates_dir())
+
+
+def html_environment() -> Environment:
+    return _html_environment(templates_dir())
+
+
+@lru_cache(maxsize=4)
+def _markdown_environment(directory: Path) -> Environment:
+    environment = _base(directory, autoescape=False, finalize=_finalize_markdown)
+    environment.filters.update(
+        text=escape.inline,
+        cell=_cell,
+        code=_code,
+        code_block=escape.code_block,
+        link=escape.link,
+        plain=_plain,
+        message=lambda text: escape.inline(display.clip(escape.one_line(text), MESSAGE_CHARS)),
+    )
+    return environment
+
+
+@lru_cache(maxsize=4)
+def _html_environment(directory: Path) -> Environment:
+    environment = _base(directory, autoescape=True, finalize=_finalize_html)
+    environment.filters.update(clean_log=escape.clean_log, href=_href)
+    return environment
+
+
+def _base(directory: Path, *, autoescape: bool, finalize: Callable[[Any], Any]) -> Environment:
+    environment = Environment(
+        loader=FileSystemLoader(directory),
+        undefined=StrictUndefined,
+        autoescape=autoescape,
+        finalize=finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters.update(
+        verdict_word=display.verdict_word,
+        verdict_label=display.verdict_label,
+        verdict_class=display.verdict_class,
+        status=display.status_word,
+        short_sha=display.short_sha,
+        duration=display.duration,
+        timestamp=display.timestamp,
+        thousands=display.thousands,
+        yes_no=display.yes_no,
+        plural=display.plural,
+        counts=display.counts,
+        total_counts=display.total_counts,
+        location=display.location,
+        clip=lambda text: display.clip(text, VALUE_CHARS),
+        failing=display.failing,
+        broken=display.broken,
+        forked=display.forked,
+        finding_rows=display.finding_rows,
+        differing=display.differing,
+        breaking=display.breaking,
+        suites_with=display.suites_with,
+        gates=display.gates,
+        rest=display.rest,
+        run_duration=display.run_duration,
+        rows=_rows,
+        first_failures=_first_failures,
+        log_tail=_log_tail,
+    )
+    environment.tests.update(config_error=display.is_config_error, problem=display.is_problem)
+    return environment
+
+
+@pass_context
+def _rows(context: Context, items: Sequence[T]) -> Listing[T]:
+    return head(items, _shrink(context).rows)
+
+
+@pass_context
+def _first_failures(context: Context, items: Sequence[T]) -> Listing[T]:
+    return head(items, _shrink(context).failures)
+
+
+@pass_context
+def _log_tail(context: Context, text: str | None) -> LogTail:
+    return tail(escape.clean_log(text or ""), _shrink(context).log_chars)
+
+
+def _shrink(context: Context) -> Shrink:
+    shrink = context["shrink"]
+    if not isinstance(shrink, Shrink):
+        raise TypeError("a report template is rendered without its Shrink knobs")
+    return shrink
+
+
+def _cell(value: object) -> escape.Markdown:
+    if value is None:
+        return escape.Markdown(display.NOTHING)
+    if isinstance(value, escape.Markdown):
+        return escape.cell(value)
+    return escape.cell(display.clip(str(value), VALUE_CHARS))
+
+
+def _plain(value: object) -> escape.Markdown:
+    """One line of text for outputs that GitHub shows as plain text (the check title), unescaped."""
+    return escape.Markdown(escape.one_line(str(value)))
+
+
+def _code(value: object) -> escape.Markdown | None:
+    return None if value is None else escape.code(display.clip(str(value), VALUE_CHARS))
+
+
+def _finalize_markdown(value: object) -> object:
+    if value is None:
+        return display.NOTHING
+    if isinstance(value, escape.Markdown | int):
+        return value
+    return escape.inline(display.clip(str(value), VALUE_CHARS))
+
+
+def _finalize_html(value: object) -> object:
+    return display.NOTHING if value is None else value
+
+
+def _href(url: str) -> str | None:
+    """Only http(s) and paths become links; a `javascript:` URL in the Evidence stays text."""
+    lowered = url.strip().lower()
+    return url.strip() if lowered.startswith(("http://", "https://", "/")) else None

@@ -1,0 +1,73 @@
+"""Every output of a run, rendered from its Evidence alone and fitted to its budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jinja2 import Template
+
+from bot.evidence import Evidence
+from bot.report import budget
+from bot.report.budget import FULL, Budget, Shrink, fit
+from bot.report.display import clip
+from bot.report.environment import html_environment, markdown_environment
+
+COMMENT_MARKER = "<!-- loopgate:evidence -->"
+"""The first line of the sticky comment: how loopgate finds its own comment to edit in place."""
+
+
+@dataclass(frozen=True)
+class CheckOutput:
+    """The `output` of a check run, each field within GitHub's limit."""
+
+    title: str
+    summary: str
+    text: str
+
+
+def render_comment(evidence: Evidence) -> str:
+    return _fitted("comment.md.j2", evidence, budget.COMMENT)
+
+
+def render_check(evidence: Evidence) -> CheckOutput:
+    template = markdown_environment().get_template("check.md.j2")
+    title = _block(template, "title", evidence, FULL).strip()
+    return CheckOutput(
+        title=clip(title, budget.CHECK_TITLE_CHARS),
+        summary=fit(lambda shrink: _block(template, "summary", evidence, shrink), budget.CHECK_SUMMARY),
+        text=fit(lambda shrink: _block(template, "text", evidence, shrink), budget.CHECK_TEXT),
+    )
+
+
+def render_html(evidence: Evidence) -> str:
+    """The evidence page: no budget, since the server serves it whole."""
+    template = html_environment().get_template("run.html.j2")
+    return template.render(evidence=evidence, shrink=FULL)
+
+
+def render_pr_body(evidence: Evidence) -> str:
+    return _fitted("pr_body.md.j2", evidence, budget.PR_BODY)
+
+
+def render_step_summary(evidence: Evidence) -> str:
+    return _fitted("step_summary.md.j2", evidence, budget.STEP_SUMMARY)
+
+
+def render_json(evidence: Evidence) -> str:
+    """The Evidence itself, for agents; the schema is docs/evidence.schema.json."""
+    return evidence.model_dump_json(indent=2)
+
+
+def _fitted(name: str, evidence: Evidence, limit: Budget) -> str:
+    template = markdown_environment().get_template(name)
+    return fit(lambda shrink: _ending(template.render(evidence=evidence, shrink=shrink)), limit)
+
+
+def _block(template: Template, name: str, evidence: Evidence, shrink: Shrink) -> str:
+    context = template.new_context({"evidence": evidence, "shrink": shrink})
+    return _ending("".join(template.blocks[name](context)))
+
+
+def _ending(markdown: str) -> str:
+    """One newline at the end: sections end in a blank line to separate them, the last needs none."""
+    return markdown.rstrip("\n") + "\n"
