@@ -88,17 +88,18 @@ def tail(text: str, limit: int | None) -> LogTail:
     return LogTail(kept, len(text) - len(kept))
 
 
-def fit(render: Callable[[Shrink], str], budget: Budget) -> str:
+def fit(render: Callable[[Shrink], str], budget: Budget, start: Shrink = FULL) -> str:
     """The render with the largest knobs, taken in `KNOBS` order, whose output fits the budget.
 
-    Deterministic: the same Evidence gives the same output. Each knob is binary-searched with the
+    `start` is what the output shows when nothing needs cutting (a short output may cap its lists by
+    design). Deterministic: the same Evidence gives the same output. Each knob is searched with the
     earlier ones at zero; the note is sized with the widest number it can show, then filled in.
     """
-    full = render(FULL)
+    full = render(start)
     if budget.fits(full):
         return full
     size = len(full)
-    shrink = replace(FULL, omitted=size)
+    shrink = replace(start, omitted=size)
     for knob in KNOBS:
         shrink, fitted = _largest(render, budget, shrink, knob, size)
         if fitted:

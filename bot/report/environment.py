@@ -143,8 +143,10 @@ def _plain(value: object) -> escape.Markdown:
     return escape.Markdown(escape.one_line(str(value)))
 
 
-def _code(value: object) -> escape.Markdown | None:
-    return None if value is None else escape.code(display.clip(str(value), VALUE_CHARS))
+def _code(value: object) -> escape.Markdown:
+    """A code span, or a dash for nothing: an empty span cannot be written in Markdown."""
+    span = escape.code(display.clip(str(value), VALUE_CHARS)) if value is not None else ""
+    return span or escape.Markdown(display.NOTHING)
 
 
 def _finalize_markdown(value: object) -> object:

@@ -38,7 +38,7 @@ ZERO_WIDTH_SPACE = "\u200b"
 
 def one_line(text: str) -> str:
     """Collapse text to a single line without invisible characters; it is the base of every inline form."""
-    return _INVISIBLE.sub("", _WHITESPACE.sub(" ", text)).strip()
+    return _WHITESPACE.sub(" ", _INVISIBLE.sub("", text)).strip()
 
 
 def neutralise_mentions(text: str) -> str:

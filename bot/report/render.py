@@ -15,6 +15,9 @@ from bot.report.environment import html_environment, markdown_environment
 COMMENT_MARKER = "<!-- loopgate:evidence -->"
 """The first line of the sticky comment: how loopgate finds its own comment to edit in place."""
 
+SUMMARY_REASONS = 10
+"""The check summary is the short form: the first reasons and the counts; the text has the rest."""
+
 
 @dataclass(frozen=True)
 class CheckOutput:
@@ -34,7 +37,11 @@ def render_check(evidence: Evidence) -> CheckOutput:
     title = _block(template, "title", evidence, FULL).strip()
     return CheckOutput(
         title=clip(title, budget.CHECK_TITLE_CHARS),
-        summary=fit(lambda shrink: _block(template, "summary", evidence, shrink), budget.CHECK_SUMMARY),
+        summary=fit(
+            lambda shrink: _block(template, "summary", evidence, shrink),
+            budget.CHECK_SUMMARY,
+            start=Shrink(rows=SUMMARY_REASONS),
+        ),
         text=fit(lambda shrink: _block(template, "text", evidence, shrink), budget.CHECK_TEXT),
     )
 

@@ -1,0 +1,99 @@
+"""Shared fixtures: one state dir and one shop baseline for the whole test run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bot.config import RuntimeSettings
+from bot.pipeline import make_plan
+from bot.runtimes.local import LocalRuntime
+from bot.runtimes.protocol import Baseline, Source
+from tests.gitrepo import GitRepo
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOP = ROOT / "examples" / "shop"
+LOOPGATE = Path(sys.executable).parent / "loopgate"
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("loopgate-state")
+    previous = os.environ.get("LOOPGATE_STATE_DIR")
+    os.environ["LOOPGATE_STATE_DIR"] = str(path)
+    yield path
+    LocalRuntime(RuntimeSettings(state_dir=path)).gc()
+    for env_id in LocalRuntime(RuntimeSettings(state_dir=path)).registry.env_ids():
+        LocalRuntime(RuntimeSettings(state_dir=path)).down(env_id)
+    if previous is None:
+        os.environ.pop("LOOPGATE_STATE_DIR", None)
+    else:
+        os.environ["LOOPGATE_STATE_DIR"] = previous
+
+
+def processes_under(path: Path) -> list[str]:
+    """Processes loopgate started for this state dir: their cwd or command line lies inside it."""
+    found = []
+    root = str(path)
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if root in cmdline or (process.info["cwd"] or "").startswith(root):
+                found.append(f"{process.pid} {cmdline[:120]}")
+        except psutil.Error:
+            continue
+    return found
+
+
+BRANCH_FILES: dict[str, dict[str, str]] = {
+    "agent/docs-only": {"README.md": "# shop\n\nBetter docs, no code.\n"},
+}
+
+
+@pytest.fixture(scope="session")
+def shop_repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
+    """The example shop on `main`, with one branch per agent change the tests need."""
+    root = tmp_path_factory.mktemp("shop")
+    path = root / "shop"
+    shutil.copytree(SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes"))
+    repo = GitRepo.init(path)
+    for patch in sorted((SHOP / "changes").glob("*.patch")):
+        repo.branch(f"agent/{patch.stem}", patch=patch)
+    for branch, files in BRANCH_FILES.items():
+        repo.branch(branch, files)
+    orders = (path / "services/orders/orders_app.py").read_text()
+    inventory = (path / "services/inventory/inventory_app.py").read_text()
+    repo.branch("agent/orders-note", {"services/orders/orders_app.py": orders + "\n# a harmless note\n"})
+    repo.branch("agent/inventory-note", {"services/inventory/inventory_app.py": inventory + "\n# a note\n"})
+    repo.branch(
+        "agent/orders-crash",
+        {"services/orders/orders_app.py": orders + '\nraise RuntimeError("orders: cannot read ORDERS_SECRET")\n'},
+    )
+    return repo
+
+
+@pytest.fixture(scope="session")
+def shop_baseline(state_dir: Path, shop_repo: GitRepo) -> Iterator[Baseline]:
+    """One baseline for the run, kept as `loopgate env up` keeps it; every verify reuses it."""
+    runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir), persistent=True)
+    plan = make_plan(shop_repo.path, "main", "main")
+    baseline = runtime.up_baseline(Source(shop_repo.path, plan.base_sha), plan.config)
+    yield baseline
+    runtime.down(baseline.env_id)
+
+
+def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LOOPGATE), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
