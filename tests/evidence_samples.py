@@ -8,6 +8,7 @@ the pipeline records directly.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from bot.evidence import (
     Counts,
@@ -72,7 +73,10 @@ def _at(seconds: float) -> datetime:
     return STARTED + timedelta(seconds=seconds)
 
 
-def _stages(outcomes: dict[str, str] | None = None) -> list[Stage]:
+Outcome = Literal["ok", "failed", "skipped", "error", "cancelled"]
+
+
+def _stages(outcomes: dict[str, Outcome] | None = None) -> list[Stage]:
     """The ten stages of the flow with plausible durations; `outcomes` overrides some."""
     timings = [
         ("plan", 40),
@@ -88,7 +92,7 @@ def _stages(outcomes: dict[str, str] | None = None) -> list[Stage]:
     stages, clock = [], 0.0
     for name, duration_ms in timings:
         outcome = (outcomes or {}).get(name, "ok")
-        stages.append(Stage(name=name, started_at=_at(clock), duration_ms=duration_ms, outcome=outcome))  # type: ignore[arg-type]
+        stages.append(Stage(name=name, started_at=_at(clock), duration_ms=duration_ms, outcome=outcome))
         clock += duration_ms / 1000
     return stages
 
@@ -170,8 +174,13 @@ def passing() -> Evidence:
             request="POST /api/checkout",
             service="orders",
             findings=[
-                Finding(kind="header_changed", pointer="/headers/server-timing", baseline="db;dur=3",
-                        sandbox="db;dur=4", breaking=False)
+                Finding(
+                    kind="header_changed",
+                    pointer="/headers/server-timing",
+                    baseline="db;dur=3",
+                    sandbox="db;dur=4",
+                    breaking=False,
+                )
             ],
         ),
     ]
@@ -232,17 +241,26 @@ def failing() -> Evidence:
             request="GET /api/items/sku-tea-towel",
             service="inventory",
             findings=[
-                Finding(kind="field_removed", pointer="/available", baseline="1000000", sandbox=None,
-                        breaking=True),
-                Finding(kind="field_added", pointer="/in_stock", baseline=None, sandbox="1000000",
-                        breaking=False),
+                Finding(
+                    kind="field_removed",
+                    pointer="/available",
+                    baseline="1000000",
+                    sandbox=None,
+                    breaking=True,
+                ),
+                Finding(
+                    kind="field_added", pointer="/in_stock", baseline=None, sandbox="1000000", breaking=False
+                ),
             ],
         ),
         DiffResult(
             request="POST /api/checkout",
             service="gateway",
-            findings=[Finding(kind="status_changed", pointer="/status", baseline="201", sandbox="502",
-                              breaking=True)],
+            findings=[
+                Finding(
+                    kind="status_changed", pointer="/status", baseline="201", sandbox="502", breaking=True
+                )
+            ],
         ),
     ]
     evidence.propagation = [Propagation(service="gateway"), Propagation(service="orders")]
@@ -291,8 +309,13 @@ def config_error() -> Evidence:
     evidence.error_kind = ErrorKind.CONFIG
     evidence.reasons = [".loopgate.yml:12: services.shipping.local.run: must contain {port}"]
     evidence.stages = [
-        Stage(name="plan", started_at=STARTED, duration_ms=210, outcome="error",
-              detail=".loopgate.yml:12: services.shipping.local.run: must contain {port}"),
+        Stage(
+            name="plan",
+            started_at=STARTED,
+            duration_ms=210,
+            outcome="error",
+            detail=".loopgate.yml:12: services.shipping.local.run: must contain {port}",
+        ),
         Stage(name="teardown", started_at=_at(0.21), duration_ms=4, outcome="ok"),
     ]
     evidence.links = Links()

@@ -146,7 +146,7 @@ def test_failing_report_has_every_part_of_the_evidence() -> None:
         "| `e2e/test_checkout.py::test_checkout_in_stock_then_read_order` |",
         "| `e2e/test_checkout.py:43` |",
         "| `e2e/test_checkout.py:62` |",
-        "| `GET /api/items/sku-tea-towel` | `inventory` | field\\_removed | `/available` | `1000000` | — | yes |",
+        "| `inventory` | field\\_removed | `/available` | `1000000` | — | yes |",
         "| verify | FAILED | 14.8 s |",
         "[HTML report](https://loopgate.example.com/runs/r-2d71c0be9a5f4e13?token=t0k3n)",
         "[JSON](https://loopgate.example.com/api/runs/r-2d71c0be9a5f4e13?token=t0k3n)",
@@ -232,7 +232,14 @@ def test_templates_dir_can_be_overridden(tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize(
     ("ms", "shown"),
-    [(None, "—"), (0, "0 ms"), (999, "999 ms"), (4_200, "4.2 s"), (185_000, "3 min 05 s"), (3_720_000, "1 h 02 min")],
+    [
+        (None, "—"),
+        (0, "0 ms"),
+        (999, "999 ms"),
+        (4_200, "4.2 s"),
+        (185_000, "3 min 05 s"),
+        (3_720_000, "1 h 02 min"),
+    ],
 )
 def test_durations_read_as_people_say_them(ms: int | None, shown: str) -> None:
     assert display.duration(ms) == shown
@@ -252,8 +259,12 @@ def huge_evidence() -> Evidence:
             status="failed",
             counts=Counts(tests=4000, passed=1000, failed=3000),
             failures=[
-                Failure(test=f"e2e/test_{k}.py::test_{i}", message="boom " * 100 + "\n```\n@someone",
-                            file=f"e2e/test_{k}.py", line=i)
+                Failure(
+                    test=f"e2e/test_{k}.py::test_{i}",
+                    message="boom " * 100 + "\n```\n@someone",
+                    file=f"e2e/test_{k}.py",
+                    line=i,
+                )
                 for i in range(3000)
             ],
             log_tail=log,
@@ -261,8 +272,11 @@ def huge_evidence() -> Evidence:
         for k in range(3)
     ]
     evidence.diff = [
-        DiffResult(request=f"GET /api/items/{i}", service="inventory",
-                   findings=[Finding(kind="field_removed", pointer=f"/items/{i}", baseline="1", breaking=True)])
+        DiffResult(
+            request=f"GET /api/items/{i}",
+            service="inventory",
+            findings=[Finding(kind="field_removed", pointer=f"/items/{i}", baseline="1", breaking=True)],
+        )
         for i in range(3000)
     ]
     evidence.reasons = [f"suite e2e-{k} failed" for k in range(3)] + [f"finding {i}" for i in range(3000)]
@@ -313,8 +327,12 @@ def test_log_tails_are_cut_first_keeping_their_end() -> None:
 def test_failure_lists_are_cut_before_tables() -> None:
     evidence = samples.failing()
     suite = evidence.suites[0]
-    suite.failures = [Failure(test=f"e2e/test_many.py::test_{i}", message="assert False " * 20,
-                                  file="e2e/test_many.py", line=i) for i in range(2000)]
+    suite.failures = [
+        Failure(
+            test=f"e2e/test_many.py::test_{i}", message="assert False " * 20, file="e2e/test_many.py", line=i
+        )
+        for i in range(2000)
+    ]
     comment = render_comment(evidence)
     assert budget.COMMENT.fits(comment) and TRUNCATED in comment
     assert "e2e/test_many.py::test_0`" in comment
@@ -339,16 +357,65 @@ def test_last_resort_cut_keeps_whole_lines_and_closes_its_fence() -> None:
 # --- escaping, for arbitrary text ----------------------------------------------------------------
 
 HOSTILE_FRAGMENTS = [
-    "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<!-- x -->", "<details>", "</td>",
-    "@octocat", "@org/team", "a@b.com", "@", "-@x", "```", "````", "~~~", "`", "|", "\\|", "\\", "\n", "\r",
-    "\r\n", "\t", "    ", "# ", "- ", "+ ", "1. ", "2) ", "> ", "---", "***", "===", "*", "_", "[", "]", "(", ")",
-    "![x](https://evil.example/x.png)", "[click](https://evil.example)", "<https://evil.example>",
-    "[ref]: https://evil.example", "&lt;", "&#60;", "&amp;", "$x$", "~~s~~", "\u202e", "\x00", "\x1b[31m",
-    "\u2028", "\x85", "\xa0", "é", "😀", "javascript:alert(1)",
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "<!-- x -->",
+    "<details>",
+    "</td>",
+    "@octocat",
+    "@org/team",
+    "a@b.com",
+    "@",
+    "-@x",
+    "```",
+    "````",
+    "~~~",
+    "`",
+    "|",
+    "\\|",
+    "\\",
+    "\n",
+    "\r",
+    "\r\n",
+    "\t",
+    "    ",
+    "# ",
+    "- ",
+    "+ ",
+    "1. ",
+    "2) ",
+    "> ",
+    "---",
+    "***",
+    "===",
+    "*",
+    "_",
+    "[",
+    "]",
+    "(",
+    ")",
+    "![x](https://evil.example/x.png)",
+    "[click](https://evil.example)",
+    "<https://evil.example>",
+    "[ref]: https://evil.example",
+    "&lt;",
+    "&#60;",
+    "&amp;",
+    "$x$",
+    "~~s~~",
+    "\u202e",
+    "\x00",
+    "\x1b[31m",
+    "\u2028",
+    "\x85",
+    "\xa0",
+    "é",
+    "😀",
+    "javascript:alert(1)",
 ]
-hostile_text = st.lists(
-    st.one_of(st.sampled_from(HOSTILE_FRAGMENTS), st.text(max_size=4)), max_size=12
-).map("".join)
+hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE_FRAGMENTS), st.text(max_size=4)), max_size=12).map(
+    "".join
+)
 PROPERTY = settings(max_examples=300, deadline=None)
 
 
@@ -362,8 +429,13 @@ def test_inline_text_is_literal_text_in_a_list_item(text: str) -> None:
     shown = escape.one_line(text)
     if shown:
         assert [t.type for t in tokens] == [
-            "bullet_list_open", "list_item_open", "paragraph_open", "inline", "paragraph_close",
-            "list_item_close", "bullet_list_close",
+            "bullet_list_open",
+            "list_item_open",
+            "paragraph_open",
+            "inline",
+            "paragraph_close",
+            "list_item_close",
+            "bullet_list_close",
         ]
         assert visible_texts(tokens) == [escape.neutralise_mentions(shown)]
 
@@ -422,14 +494,20 @@ def hostile_evidence(text: str) -> Evidence:
     evidence.reasons = [text, *evidence.reasons]
     evidence.notes = [text]
     evidence.changed_files = [text]
-    evidence.services.append(ServiceResult(name=text, forked=True, reason=text, status="start_failed",
-                                           log_tail=text))
+    evidence.services.append(
+        ServiceResult(name=text, forked=True, reason=text, status="start_failed", log_tail=text)
+    )
     suite = evidence.suites[0]
     suite.name = text
     suite.failures = [Failure(test=text, message=text, file=text, line=1), *suite.failures]
     suite.log_tail = text + "\n" + suite.log_tail + text
-    evidence.diff.append(DiffResult(request=text, service=text, findings=[
-        Finding(kind=text, pointer=text, baseline=text, sandbox=text, breaking=True)]))
+    evidence.diff.append(
+        DiffResult(
+            request=text,
+            service=text,
+            findings=[Finding(kind=text, pointer=text, baseline=text, sandbox=text, breaking=True)],
+        )
+    )
     evidence.stages[0].detail = text
     return evidence
 
@@ -454,4 +532,3 @@ def test_reports_neutralise_untrusted_text(text: str) -> None:
 def test_mentions_are_broken_but_still_read_the_same() -> None:
     assert escape.inline("ping @octocat and @org/team") == "ping @\u200boctocat and @\u200borg/team"
     assert escape.code("@octocat") == "`@octocat`"
-

@@ -143,16 +143,17 @@ def cut(markdown: str, budget: Budget) -> str:
     """Last resort when even the smallest render is too big: whole lines up to the budget, an open
     fence closed, and the note. Only reached by single values too long for any report."""
     note = "\n\n_… truncated: the report does not fit; full evidence: see JSON_\n"
-    room = budget.limit - budget.measure(note) - 16
+    room = budget.limit - budget.measure(note)
     kept: list[str] = []
     used, fence = 0, ""
     for line in markdown.split("\n"):
+        after = _fence_after(line, fence)
+        closing = budget.measure(after) + 1 if after else 0
         cost = budget.measure(line) + 1
-        if used + cost > room:
+        if used + cost + closing > room:
             break
         kept.append(line)
-        used += cost
-        fence = _fence_after(line, fence)
+        used, fence = used + cost, after
     if fence:
         kept.append(fence)
     return "\n".join(kept) + note

@@ -189,6 +189,15 @@ def rest(items: list[T]) -> list[T]:
     return items[1:]
 
 
+def count(items: list[T]) -> int:
+    return len(items)
+
+
+def headline(reasons: list[str]) -> str | None:
+    """The most important reason: the Evidence keeps reasons most important first."""
+    return reasons[0] if reasons else None
+
+
 def suites_with(suites: list[SuiteResult], status: str) -> list[SuiteResult]:
     return [s for s in suites if s.status == status]
 

@@ -47,7 +47,6 @@ def html_environment() -> Environment:
 def _markdown_environment(directory: Path) -> Environment:
     environment = _base(directory, autoescape=False, finalize=_finalize_markdown)
     environment.filters.update(
-        text=escape.inline,
         cell=_cell,
         code=_code,
         code_block=escape.code_block,
@@ -99,6 +98,8 @@ def _base(directory: Path, *, autoescape: bool, finalize: Callable[[Any], Any]) 
         suites_with=display.suites_with,
         gates=display.gates,
         rest=display.rest,
+        count=display.count,
+        headline=display.headline,
         run_duration=display.run_duration,
         rows=_rows,
         first_failures=_first_failures,
@@ -145,7 +146,7 @@ def _plain(value: object) -> escape.Markdown:
 
 def _code(value: object) -> escape.Markdown:
     """A code span, or a dash for nothing: an empty span cannot be written in Markdown."""
-    span = escape.code(display.clip(str(value), VALUE_CHARS)) if value is not None else ""
+    span = escape.code(display.clip(str(value), VALUE_CHARS)) if value is not None else escape.Markdown()
     return span or escape.Markdown(display.NOTHING)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ class SandboxRecord(BaseModel):
     log_offset: int = 0
     routed: bool = False
     forks: dict[str, ProcessRecord] = Field(default_factory=dict)
+    jobs: list[ProcessRef] = Field(default_factory=list, description="Builds and suites while they run.")
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -128,6 +128,3 @@ class Registry:
                 return record
         return None
 
-
-def dump_json(data: object) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)

@@ -11,7 +11,8 @@ import shutil
 import string
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -38,6 +39,8 @@ from bot.runtimes.protocol import (
 )
 
 _KEY_ALPHABET = string.ascii_lowercase + string.digits
+ACCESS_LOG_SETTLE_S = 0.25
+"""Envoy flushes its access log every 100 ms: past two flushes, every answered request is in it."""
 
 
 def new_routing_key() -> str:
@@ -309,7 +312,7 @@ class LocalRuntime:
             return BuildOutcome(service, True, source)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.build.log"
         started = time.monotonic()
-        why = _run_build(spec, cwd, env, log)
+        why = _run_build(spec, cwd, env, log, lambda ref: self._job(sandbox, ref))
         elapsed = int((time.monotonic() - started) * 1000)
         return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
 
@@ -382,13 +385,14 @@ class LocalRuntime:
         process = spawn(suite.command, cwd=cwd, env=env, log=log)
         ref = ProcessRef.of(process.pid)
         timed_out = False
-        try:
-            process.wait(timeout=suite.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            stop_group(ref, grace=3)  # also ends what the suite left running in its group
-            process.wait()
+        with self._job(sandbox, ref):
+            try:
+                process.wait(timeout=suite.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                stop_group(ref, grace=3)  # also ends what the suite left running in its group
+                process.wait()
         return SuiteOutcome(
             exit_code=None if timed_out else process.returncode,
             timed_out=timed_out,
@@ -397,8 +401,25 @@ class LocalRuntime:
             log_tail=tail(log),
         )
 
+    @contextmanager
+    def _job(self, sandbox: Sandbox, ref: ProcessRef) -> Iterator[None]:
+        """Record a running build or suite, so teardown and `gc` can stop it if this process dies."""
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.jobs.append(ref)
+            self.registry.save_sandbox(record)
+        try:
+            yield
+        finally:
+            with self.registry.lock(sandbox.baseline.env_id):
+                current = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
+                if current is not None:
+                    current.jobs = [job for job in current.jobs if job != ref]
+                    self.registry.save_sandbox(current)
+
     def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
         record = self._record(sandbox)
+        time.sleep(ACCESS_LOG_SETTLE_S)
         plane = DataPlane(self.registry.env_dir(sandbox.baseline.env_id) / "envoy")
         raw, _ = read_access_log(
             plane.access_log,
@@ -440,7 +461,7 @@ class LocalRuntime:
                 self._apply_routes(env.env_id)
             except InfrastructureError as exc:
                 errors.append(str(exc))
-        stop_groups([fork.process for fork in record.forks.values()])
+        stop_groups([*record.jobs, *(fork.process for fork in record.forks.values())])
         sandbox_dir = self.registry.sandbox_dir(env.env_id, record.routing_key)
         Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")
         shutil.rmtree(sandbox_dir, ignore_errors=True)
@@ -474,16 +495,23 @@ def _owner_alive(owner: ProcessRef | None) -> bool:
     return owner is None or owner.alive()
 
 
-def _run_build(spec: Service, cwd: Path, env: dict[str, str], log: Path) -> str | None:
+def _run_build(
+    spec: Service,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    track: Callable[[ProcessRef], AbstractContextManager[None]] = lambda _ref: nullcontext(),
+) -> str | None:
     assert spec.local.build is not None
     process = spawn(spec.local.build, cwd=cwd, env=env, log=log)
     ref = ProcessRef.of(process.pid)
-    try:
-        code = process.wait(timeout=spec.local.build_timeout)
-    except subprocess.TimeoutExpired:
-        return f"build timed out after {spec.local.build_timeout:g}s"
-    finally:
-        stop_group(ref, grace=2)
+    with track(ref):
+        try:
+            code = process.wait(timeout=spec.local.build_timeout)
+        except subprocess.TimeoutExpired:
+            return f"build timed out after {spec.local.build_timeout:g}s"
+        finally:
+            stop_group(ref, grace=2)
     return f"build exited with code {code}" if code != 0 else None
 
 

@@ -146,13 +146,17 @@ def stat_prefix(service: str) -> str:
 
 
 def rds_path(workdir: Path, service: str) -> Path:
-    """File the listener of ``service`` watches for route updates."""
-    return workdir / "rds" / f"{service}.yaml"
+    """File the listener of ``service`` watches for route updates.
+
+    ``.json``: Envoy picks its parser by the extension, and its JSON parser is several times faster
+    than its YAML one, which is most of what a route update costs.
+    """
+    return workdir / "rds" / f"{service}.json"
 
 
 def cds_path(workdir: Path) -> Path:
-    """File Envoy watches for cluster updates."""
-    return workdir / "cds.yaml"
+    """File Envoy watches for cluster updates (``.json`` for the same reason as :func:`rds_path`)."""
+    return workdir / "cds.json"
 
 
 def access_log_path(workdir: Path) -> Path:

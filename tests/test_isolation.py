@@ -1,0 +1,111 @@
+"""The routing contract on the real shop: many sandboxes on one baseline, each request where it belongs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.config import RuntimeSettings
+from bot.pipeline import make_plan
+from bot.runtimes.local import LocalRuntime
+from bot.runtimes.protocol import Baseline, ObservedRequest, Sandbox, Source
+from tests.gitrepo import GitRepo
+
+CHECKOUT = {"sku": "sku-tea-towel", "qty": 1, "card": "4242-4242-4242-4242"}
+
+
+def open_sandbox(runtime: LocalRuntime, repo: GitRepo, baseline: Baseline, head: str) -> Sandbox:
+    plan = make_plan(repo.path, "main", head)
+    sandbox = runtime.new_sandbox(baseline, plan.config, Source(repo.path, plan.merge_sha))
+    for name in plan.affected:
+        spec = plan.config.services[name]
+        assert runtime.build(sandbox, name, spec).ok
+        assert runtime.fork(sandbox, name, spec).status == "ready"
+    runtime.route(sandbox)
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def two_sandboxes(
+    state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline
+) -> Iterator[tuple[LocalRuntime, Sandbox, Sandbox]]:
+    runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
+    a = open_sandbox(runtime, shop_repo, shop_baseline, "agent/orders-note")
+    b = open_sandbox(runtime, shop_repo, shop_baseline, "agent/inventory-note")
+    try:
+        yield runtime, a, b
+    finally:
+        runtime.teardown(a)
+        runtime.teardown(b)
+
+
+def checkout(baseline: Baseline, headers: dict[str, str]) -> str:
+    """Checkout then read the order back: gateway → orders → inventory and payments; returns its traceparent id."""
+    response = httpx.post(f"{baseline.entry_urls['gateway']}/api/checkout", json=CHECKOUT, headers=headers, timeout=10)
+    assert response.status_code == 201, response.text
+    order = response.json()
+    read = httpx.get(f"{baseline.entry_urls['gateway']}/api/orders/{order['id']}", headers=headers, timeout=10)
+    assert read.status_code == 200
+    return str(order["id"])
+
+
+def hops(observed: list[ObservedRequest], traceparent_id: str) -> dict[str, set[str | None]]:
+    """Service -> which fork (routing key) or baseline (None) served the requests of one trace."""
+    served: dict[str, set[str | None]] = {}
+    for r in observed:
+        if r.traceparent and traceparent_id in r.traceparent:
+            served.setdefault(r.service, set()).add(r.target)
+    return served
+
+
+def traced(key_header: dict[str, str], trace: str) -> dict[str, str]:
+    return {**key_header, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+
+
+def test_each_sandbox_reaches_exactly_its_forks_at_every_hop(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox]) -> None:
+    runtime, a, b = two_sandboxes
+    base = a.baseline
+    trace_a, trace_b, trace_none = "a" * 32, "b" * 32, "c" * 32
+    checkout(base, traced({"baggage": f"loopgate-sandbox={a.routing_key}"}, trace_a))
+    checkout(base, traced({"baggage": f"loopgate-sandbox={b.routing_key}"}, trace_b))
+    checkout(base, traced({}, trace_none))
+
+    seen_a = hops(runtime.observed_requests(a), trace_a)
+    assert seen_a == {"gateway": {None}, "orders": {a.routing_key}, "inventory": {None}, "payments": {None}}
+    seen_b = hops(runtime.observed_requests(b), trace_b)
+    assert seen_b == {"gateway": {None}, "orders": {None}, "inventory": {b.routing_key}, "payments": {None}}
+    # Untagged traffic is in neither sandbox's view and never reached a fork.
+    assert hops(runtime.observed_requests(a), trace_none) == {}
+    assert hops(runtime.observed_requests(b), trace_none) == {}
+    assert all(r.routing_key == a.routing_key for r in runtime.observed_requests(a) if trace_a in (r.traceparent or ""))
+
+
+def test_header_tag_alone_keeps_its_sandbox_over_three_hops(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox]) -> None:
+    runtime, _, b = two_sandboxes
+    trace = "d" * 32
+    checkout(b.baseline, traced({"x-loopgate-sandbox": b.routing_key}, trace))
+    observed = [r for r in runtime.observed_requests(b) if trace in (r.traceparent or "")]
+    # gateway → orders → inventory: three hops, the last one reaching the fork; the tag survived each.
+    assert {r.service for r in observed} == {"gateway", "orders", "inventory", "payments"}
+    assert all(r.routing_key == b.routing_key for r in observed)
+    assert hops(observed, trace)["inventory"] == {b.routing_key}
+
+
+@pytest.mark.parametrize("mangle", [lambda k: k + "4", lambda k: k[:-1], lambda k: "x" + k])
+def test_similar_keys_never_match(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox], mangle: object) -> None:
+    runtime, a, _ = two_sandboxes
+    near = mangle(a.routing_key)  # type: ignore[operator]
+    trace = "e" * 31 + str(len(near) % 10)
+    checkout(a.baseline, traced({"baggage": f"loopgate-sandbox={near}"}, trace))
+    assert hops(runtime.observed_requests(a), trace) == {}
+
+
+def test_other_baggage_members_and_properties_still_match(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox]) -> None:
+    runtime, a, _ = two_sandboxes
+    trace = "f" * 32
+    baggage = f"userId=alice, loopgate-sandbox = {a.routing_key};ttl=60 ,tenant=acme"
+    checkout(a.baseline, traced({"baggage": baggage}, trace))
+    assert hops(runtime.observed_requests(a), trace)["orders"] == {a.routing_key}
