@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -194,3 +195,69 @@ def test_port_in_use_is_an_infrastructure_error_and_nothing_is_left(state_dir: P
     assert evidence["reasons"] == [f"port {port} (Envoy) is already in use"]
     assert processes_under(tmp_path) == []
     assert len(repo.worktrees()) == 1
+
+
+def test_demo_contract_break_fails_and_leaves_nothing(state_dir: Path, tmp_path: Path) -> None:
+    """The README's second example, as a user runs it: its own throwaway repo and its own baseline."""
+    out = tmp_path / "out.json"
+    before = set(LocalRuntime(RuntimeSettings(state_dir=state_dir)).registry.env_ids())
+    done = run_cli("demo", "--change", "contract-break", "--json", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.rstrip().splitlines()[-1] == "verdict: fail"
+    evidence = json.loads(out.read_text())
+    assert evidence["verdict"] == "fail"
+    assert any("suite e2e failed" in r for r in evidence["reasons"])
+    assert set(LocalRuntime(RuntimeSettings(state_dir=state_dir)).registry.env_ids()) == before
+    assert not Path(evidence["repo"]).exists()  # the throwaway repository is gone too
+    assert [p for p in processes_under(state_dir) if evidence["repo"] in p] == []
+
+
+def test_demo_unknown_change_lists_the_choices() -> None:
+    done = run_cli("demo", "--change", "nope")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "loopgate: unknown change 'nope'; choose one of: contract-break, refactor-orders"
+    )
+
+
+def test_keep_leaves_the_sandbox_up_and_says_how_to_delete_it(
+    shop_repo: GitRepo, shop_baseline: Baseline, state_dir: Path, tmp_path: Path
+) -> None:
+    code, evidence, output = verify(shop_repo, "agent/refactor-orders", tmp_path, "--keep")
+    assert code == 0, output
+    key = evidence["routing_key"]
+    assert f"delete it with: loopgate sandbox delete {key}" in output
+    runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
+    sandbox = runtime.load_sandbox(key)
+    assert sandbox is not None
+    answer = httpx.get(
+        f"{shop_baseline.entry_urls['gateway']}/api/items/sku-notebook",
+        headers={"baggage": f"loopgate-sandbox={key}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    assert run_cli("sandbox", "delete", key).returncode == 0
+    assert_sandboxes_gone(state_dir, shop_baseline, shop_repo)
+
+
+def test_agent_code_gets_an_allow_listed_environment(tmp_path: Path) -> None:
+    """Services and suites run the agent's code: loopgate's secrets must not reach them."""
+    dump = tmp_path / "suite-env.txt"
+    config = TINY_CONFIG.replace('run: "true"', f'run: "env > {dump}; cat $HOME/.gitconfig >> {dump} 2>&1; true"')
+    repo = GitRepo.init(tmp_path / "tiny", {".loopgate.yml": config, "web/index.html": "v1\n"})
+    repo.branch("agent/x", {"web/index.html": "v2\n"})
+    secrets = {
+        "LOOPGATE_WEBHOOK_SECRET": "s3cret-webhook",
+        "LOOPGATE_GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----",
+        "LOOPGATE_DATABASE_URL": "postgresql://admin:pw@db/loopgate",
+        "GITHUB_TOKEN": "ghs_token_value",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+    }
+    out = tmp_path / "e.json"
+    done = run_cli("verify", "--repo", str(repo.path), "--head", "agent/x", "--json", str(out), env=secrets)
+    assert json.loads(out.read_text())["suites"][0]["status"] == "passed", done.stdout
+    seen = dump.read_text()
+    for name, value in secrets.items():
+        assert name not in seen and value not in seen
+    assert "LOOPGATE_ROUTING_KEY=" in seen and "LOOPGATE_WEB_URL=http://127.0.0.1:" in seen
+    assert "No such file" in seen  # a HOME of its own: no user git config or credentials to find
