@@ -99,7 +99,9 @@ def _print_summary(evidence: Evidence) -> None:
         services.add_column(column)
     for s in evidence.services:
         ready = str(s.ready_ms) if s.ready_ms is not None else "-"
-        services.add_row(s.name, "yes" if s.forked else "no", s.status, ready, str(s.tagged_requests), s.reason)
+        services.add_row(
+            s.name, "yes" if s.forked else "no", s.status, ready, str(s.tagged_requests), s.reason
+        )
     if evidence.services:
         console.print(services)
     if evidence.suites:
@@ -121,8 +123,9 @@ def _print_plain(evidence: Evidence) -> None:
         console.print(f"{line} {s.tagged_requests} tagged requests) {s.reason}", markup=False)
     for r in evidence.suites:
         failed = r.counts.failed + r.counts.errors
+        counts = f"{r.counts.passed} passed, {failed} failed, {r.duration_ms} ms"
         console.print(
-            f"suite {r.name} ({r.source}): {r.status}, {r.counts.passed} passed, {failed} failed, {r.duration_ms} ms",
+            f"suite {r.name} ({r.source}): {r.status}, {counts}",
             markup=False,
         )
     _print_failures_and_reasons(evidence)
@@ -140,14 +143,18 @@ def _print_failures_and_reasons(evidence: Evidence) -> None:
         console.print(f"note: {note}", markup=False)
 
 
-def _write_outputs(evidence: Evidence, json_out: Path | None, markdown: Path | None, html: Path | None) -> None:
+def _write_outputs(
+    evidence: Evidence, json_out: Path | None, markdown: Path | None, html: Path | None
+) -> None:
     for path, render in ((json_out, render_json), (markdown, render_comment), (html, render_html)):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render(evidence), encoding="utf-8")
 
 
-def _run_verify(request: VerifyRequest, json_out: Path | None, markdown: Path | None, html: Path | None) -> int:
+def _run_verify(
+    request: VerifyRequest, json_out: Path | None, markdown: Path | None, html: Path | None
+) -> int:
     runtime = LocalRuntime(_settings())
     pipeline = Pipeline(runtime, listener=StageProgress())
     try:
@@ -160,7 +167,10 @@ def _run_verify(request: VerifyRequest, json_out: Path | None, markdown: Path | 
     _write_outputs(evidence, json_out, markdown, html)
     if pipeline.kept is not None:
         sandbox = pipeline.kept.sandbox
-        console.print(f"kept sandbox {sandbox.routing_key}: send `baggage: {_baggage(sandbox.routing_key)}` to", markup=False)
+        console.print(
+            f"kept sandbox {sandbox.routing_key}: send `baggage: {_baggage(sandbox.routing_key)}` to",
+            markup=False,
+        )
         for name, url in sorted(sandbox.baseline.entry_urls.items()):
             console.print(f"  {name}: {url}", markup=False)
         console.print(f"delete it with: loopgate sandbox delete {sandbox.routing_key}", markup=False)
@@ -180,7 +190,9 @@ def verify(
     head: Annotated[str, typer.Option(help="Head ref: the agent's change.")] = "HEAD",
     config: ConfigOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the Evidence JSON here.")] = None,
-    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the Markdown report here.")] = None,
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the Markdown report here.")
+    ] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the sandbox up afterwards.")] = False,
 ) -> None:
@@ -210,8 +222,13 @@ def make_demo_repo(target: Path, change: str) -> None:
             cwd=target,
             check=True,
             capture_output=True,
-            env={**os.environ, "GIT_AUTHOR_NAME": "shop team", "GIT_AUTHOR_EMAIL": "team@shop.example",
-                 "GIT_COMMITTER_NAME": "shop team", "GIT_COMMITTER_EMAIL": "team@shop.example"},
+            env={
+                **os.environ,
+                "GIT_AUTHOR_NAME": "shop team",
+                "GIT_AUTHOR_EMAIL": "team@shop.example",
+                "GIT_COMMITTER_NAME": "shop team",
+                "GIT_COMMITTER_EMAIL": "team@shop.example",
+            },
         )
 
     git("init", "-q", "-b", "main")
@@ -263,7 +280,9 @@ def env_up(repo: RepoOption = Path("."), base: str = "main", config: ConfigOptio
     """Start (or find) the baseline for BASE and leave it running for later runs to share."""
     try:
         plan = make_plan(repo, base, base, config)
-        baseline = LocalRuntime(_settings(), persistent=True).up_baseline(Source(repo, plan.base_sha), plan.config)
+        baseline = LocalRuntime(_settings(), persistent=True).up_baseline(
+            Source(repo, plan.base_sha), plan.config
+        )
     except LoopgateError as exc:
         raise _fail(str(exc), 2 if exc.kind == "config" else 3) from None
     state = "already running" if baseline.reused else "started"
@@ -306,11 +325,15 @@ def env_status() -> None:
     for record, healthy in baselines:
         owner = "kept (env up)" if record.owner is None else f"owned by pid {record.owner.pid}"
         health = "healthy" if healthy else "unhealthy"
-        console.print(f"{record.env_id} {health} {owner} repo={record.repo} base={record.base_sha[:12]}", markup=False)
+        console.print(
+            f"{record.env_id} {health} {owner} repo={record.repo} base={record.base_sha[:12]}", markup=False
+        )
         for name, port in sorted(record.listeners.items()):
             console.print(f"  {name}: http://127.0.0.1:{port}", markup=False)
         for sandbox in runtime.registry.sandboxes(record.env_id):
-            console.print(f"  sandbox {sandbox.routing_key}: forks {', '.join(sandbox.forks) or '-'}", markup=False)
+            console.print(
+                f"  sandbox {sandbox.routing_key}: forks {', '.join(sandbox.forks) or '-'}", markup=False
+            )
 
 
 # -- sandbox ----------------------------------------------------------------------------------------
@@ -364,7 +387,10 @@ def sandbox_list() -> None:
     for record in records:
         owner = "kept" if record.owner is None else f"pid {record.owner.pid}"
         forks = ", ".join(f"{n}@{p.port}" for n, p in record.forks.items()) or "-"
-        console.print(f"{record.routing_key} env={record.env_id} head={record.head_sha[:12]} {owner} forks: {forks}", markup=False)
+        console.print(
+            f"{record.routing_key} env={record.env_id} head={record.head_sha[:12]} {owner} forks: {forks}",
+            markup=False,
+        )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -62,7 +62,9 @@ def shop_repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     """The example shop on `main`, with one branch per agent change the tests need."""
     root = tmp_path_factory.mktemp("shop")
     path = root / "shop"
-    shutil.copytree(SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes"))
+    shutil.copytree(
+        SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
+    )
     repo = GitRepo.init(path)
     for patch in sorted((SHOP / "changes").glob("*.patch")):
         repo.branch(f"agent/{patch.stem}", patch=patch)
@@ -74,7 +76,10 @@ def shop_repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     repo.branch("agent/inventory-note", {"services/inventory/inventory_app.py": inventory + "\n# a note\n"})
     repo.branch(
         "agent/orders-crash",
-        {"services/orders/orders_app.py": orders + '\nraise RuntimeError("orders: cannot read ORDERS_SECRET")\n'},
+        {
+            "services/orders/orders_app.py": orders
+            + '\nraise RuntimeError("orders: cannot read ORDERS_SECRET")\n'
+        },
     )
     return repo
 
@@ -89,7 +94,9 @@ def shop_baseline(state_dir: Path, shop_repo: GitRepo) -> Iterator[Baseline]:
     runtime.down(baseline.env_id)
 
 
-def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(LOOPGATE), *args],
         capture_output=True,

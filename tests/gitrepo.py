@@ -23,7 +23,9 @@ class GitRepo:
     @classmethod
     def init(cls, path: Path, files: dict[str, str] | None = None, source: Path | None = None) -> GitRepo:
         if source is not None:
-            shutil.copytree(source, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db"))
+            shutil.copytree(
+                source, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db")
+            )
         path.mkdir(parents=True, exist_ok=True)
         repo = cls(path)
         repo.git("init", "-q", "-b", "main")
@@ -50,8 +52,9 @@ class GitRepo:
         self.git("commit", "-q", "--allow-empty", "-m", message)
         return self.git("rev-parse", "HEAD")
 
-    def branch(self, name: str, files: dict[str, str] | None = None, patch: Path | None = None,
-               start: str = "main") -> str:
+    def branch(
+        self, name: str, files: dict[str, str] | None = None, patch: Path | None = None, start: str = "main"
+    ) -> str:
         """A branch off `start` with files written or a patch applied; the checkout returns to main."""
         self.git("checkout", "-q", "-B", name, start)
         if patch is not None:
@@ -63,4 +66,8 @@ class GitRepo:
         return sha
 
     def worktrees(self) -> list[str]:
-        return [line for line in self.git("worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+        return [
+            line
+            for line in self.git("worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")
+        ]

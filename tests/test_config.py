@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
             ".loopgate.yml:4 services.orders.paths: expected a list",
         ),
         (
-            "version: 1\nservices:\n  orders:\n    paths: [a]\n    local:\n      run: 'x {port}'\n      helth: /h\n",
+            "version: 1\nservices:\n  orders:\n    paths: [a]\n    local:\n"
+            "      run: 'x {port}'\n      helth: /h\n",
             ".loopgate.yml:7 services.orders.local.helth: unknown key",
         ),
         (
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ),
         (
             "version: 1\nservices:\n  Orders_1:\n    paths: [a]\n    local: {run: 'x {port}'}\n",
-            ".loopgate.yml:2 services: service name 'Orders_1' must be a DNS-1123 label (a-z, 0-9, '-'; ≤ 40)",
+            ".loopgate.yml:2 services: service name 'Orders_1' must be a DNS-1123 label",
         ),
         ("version: 1\nruntime: {kind: nomad}\n", ".loopgate.yml:2 runtime: "),
         ("version: 1\nrouting: {header: X Bad}\n", ".loopgate.yml:2 routing.header: "),

@@ -15,7 +15,9 @@ from tests.conftest import processes_under, run_cli
 from tests.gitrepo import GitRepo
 
 
-def test_env_up_finds_the_running_baseline_and_status_lists_it(shop_repo: GitRepo, shop_baseline: Baseline) -> None:
+def test_env_up_finds_the_running_baseline_and_status_lists_it(
+    shop_repo: GitRepo, shop_baseline: Baseline
+) -> None:
     up = run_cli("env", "up", "--repo", str(shop_repo.path), "--base", "main")
     assert up.returncode == 0, up.stderr
     assert f"baseline {shop_baseline.env_id} already running" in up.stdout
@@ -42,7 +44,10 @@ def test_sandbox_create_call_list_delete(
     # The agent calls the system itself, tagged: the fork serves orders.
     body = {"sku": "sku-notebook", "qty": 1, "card": "4242-4242-4242-4242"}
     answer = httpx.post(
-        f"{gateway.group(1)}/api/checkout", json=body, headers={"baggage": f"loopgate-sandbox={routing_key}"}, timeout=10
+        f"{gateway.group(1)}/api/checkout",
+        json=body,
+        headers={"baggage": f"loopgate-sandbox={routing_key}"},
+        timeout=10,
     )
     assert answer.status_code == 201, answer.text
     runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
@@ -53,7 +58,9 @@ def test_sandbox_create_call_list_delete(
     assert run_cli("gc").stdout.strip() == "0 removed"
 
     listed = run_cli("sandbox", "list")
-    assert re.search(rf"^{routing_key} env={shop_baseline.env_id} .* kept forks: orders@\d+$", listed.stdout, re.M)
+    assert re.search(
+        rf"^{routing_key} env={shop_baseline.env_id} .* kept forks: orders@\d+$", listed.stdout, re.M
+    )
 
     deleted = run_cli("sandbox", "delete", routing_key)
     assert deleted.returncode == 0 and f"deleted {routing_key}" in deleted.stdout

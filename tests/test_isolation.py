@@ -43,11 +43,15 @@ def two_sandboxes(
 
 
 def checkout(baseline: Baseline, headers: dict[str, str]) -> str:
-    """Checkout then read the order back: gateway → orders → inventory and payments; returns its traceparent id."""
-    response = httpx.post(f"{baseline.entry_urls['gateway']}/api/checkout", json=CHECKOUT, headers=headers, timeout=10)
+    """Checkout, then read the order back: gateway → orders → inventory and payments."""
+    response = httpx.post(
+        f"{baseline.entry_urls['gateway']}/api/checkout", json=CHECKOUT, headers=headers, timeout=10
+    )
     assert response.status_code == 201, response.text
     order = response.json()
-    read = httpx.get(f"{baseline.entry_urls['gateway']}/api/orders/{order['id']}", headers=headers, timeout=10)
+    read = httpx.get(
+        f"{baseline.entry_urls['gateway']}/api/orders/{order['id']}", headers=headers, timeout=10
+    )
     assert read.status_code == 200
     return str(order["id"])
 
@@ -65,7 +69,9 @@ def traced(key_header: dict[str, str], trace: str) -> dict[str, str]:
     return {**key_header, "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
 
 
-def test_each_sandbox_reaches_exactly_its_forks_at_every_hop(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox]) -> None:
+def test_each_sandbox_reaches_exactly_its_forks_at_every_hop(
+    two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox],
+) -> None:
     runtime, a, b = two_sandboxes
     base = a.baseline
     trace_a, trace_b, trace_none = "a" * 32, "b" * 32, "c" * 32
@@ -80,10 +86,16 @@ def test_each_sandbox_reaches_exactly_its_forks_at_every_hop(two_sandboxes: tupl
     # Untagged traffic is in neither sandbox's view and never reached a fork.
     assert hops(runtime.observed_requests(a), trace_none) == {}
     assert hops(runtime.observed_requests(b), trace_none) == {}
-    assert all(r.routing_key == a.routing_key for r in runtime.observed_requests(a) if trace_a in (r.traceparent or ""))
+    assert all(
+        r.routing_key == a.routing_key
+        for r in runtime.observed_requests(a)
+        if trace_a in (r.traceparent or "")
+    )
 
 
-def test_header_tag_alone_keeps_its_sandbox_over_three_hops(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox]) -> None:
+def test_header_tag_alone_keeps_its_sandbox_over_three_hops(
+    two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox],
+) -> None:
     runtime, _, b = two_sandboxes
     trace = "d" * 32
     checkout(b.baseline, traced({"x-loopgate-sandbox": b.routing_key}, trace))
@@ -95,7 +107,9 @@ def test_header_tag_alone_keeps_its_sandbox_over_three_hops(two_sandboxes: tuple
 
 
 @pytest.mark.parametrize("mangle", [lambda k: k + "4", lambda k: k[:-1], lambda k: "x" + k])
-def test_similar_keys_never_match(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox], mangle: object) -> None:
+def test_similar_keys_never_match(
+    two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox], mangle: object
+) -> None:
     runtime, a, _ = two_sandboxes
     near = mangle(a.routing_key)  # type: ignore[operator]
     trace = "e" * 31 + str(len(near) % 10)
@@ -103,7 +117,9 @@ def test_similar_keys_never_match(two_sandboxes: tuple[LocalRuntime, Sandbox, Sa
     assert hops(runtime.observed_requests(a), trace) == {}
 
 
-def test_other_baggage_members_and_properties_still_match(two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox]) -> None:
+def test_other_baggage_members_and_properties_still_match(
+    two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox],
+) -> None:
     runtime, a, _ = two_sandboxes
     trace = "f" * 32
     baggage = f"userId=alice, loopgate-sandbox = {a.routing_key};ttl=60 ,tenant=acme"

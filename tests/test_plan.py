@@ -32,7 +32,12 @@ verify:
 def repo(tmp_path: Path) -> GitRepo:
     return GitRepo.init(
         tmp_path / "r",
-        {".loopgate.yml": CONFIG, "svc/api/main.py": "x = 1\n", "svc/worker/w.py": "y = 1\n", "README.md": "hi\n"},
+        {
+            ".loopgate.yml": CONFIG,
+            "svc/api/main.py": "x = 1\n",
+            "svc/worker/w.py": "y = 1\n",
+            "README.md": "hi\n",
+        },
     )
 
 

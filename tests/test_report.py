@@ -416,7 +416,7 @@ HOSTILE_FRAGMENTS = [
 hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE_FRAGMENTS), st.text(max_size=4)), max_size=12).map(
     "".join
 )
-PROPERTY = settings(max_examples=300, deadline=None)
+PROPERTY = settings(max_examples=300, deadline=None, database=None)
 
 
 @PROPERTY
@@ -512,7 +512,7 @@ def hostile_evidence(text: str) -> Evidence:
     return evidence
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_text)
 def test_reports_neutralise_untrusted_text(text: str) -> None:
     evidence = hostile_evidence(text)

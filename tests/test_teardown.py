@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.protocol import Baseline, Sandbox, SuiteOutcome, SuiteRequest
 from tests.conftest import LOOPGATE, processes_under
 from tests.gitrepo import GitRepo
+from tests.test_verify_cli import config_with_suite
 
 
 class ExplodingRuntime(LocalRuntime):
@@ -41,23 +41,28 @@ def assert_clean(state_dir: Path, baseline: Baseline, repo: GitRepo) -> None:
     assert runtime.baseline_health(baseline) is None  # the shared baseline is untouched
 
 
-def test_exception_mid_run_still_tears_down(state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline) -> None:
+def test_exception_mid_run_still_tears_down(
+    state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline
+) -> None:
     pipeline = Pipeline(ExplodingRuntime(RuntimeSettings(state_dir=state_dir)))
     with pytest.raises(RuntimeError, match="injected failure"):
         pipeline.verify(VerifyRequest(repo=shop_repo.path, base_ref="main", head_ref="agent/orders-note"))
     assert_clean(state_dir, shop_baseline, shop_repo)
 
 
-SLOW_CONFIG_SUITE = "sleep 60"
-
-
 def start_slow_verify(repo: GitRepo, tmp_path: Path) -> subprocess.Popen[str]:
-    config = (repo.path / ".loopgate.yml").read_text()
-    head = config.split("verify:")[0] + f"verify:\n  suites:\n    - {{name: slow, run: {json.dumps(SLOW_CONFIG_SUITE)}, timeout: 120}}\n"
-    override = tmp_path / "slow.yml"
-    override.write_text(head)
+    override = config_with_suite(tmp_path, "sleep 60", timeout=120)
     return subprocess.Popen(
-        [str(LOOPGATE), "verify", "--repo", str(repo.path), "--head", "agent/orders-note", "--config", str(override)],
+        [
+            str(LOOPGATE),
+            "verify",
+            "--repo",
+            str(repo.path),
+            "--head",
+            "agent/orders-note",
+            "--config",
+            str(override),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -113,7 +118,9 @@ def test_gc_reclaims_what_a_killed_run_left_and_nothing_else(
     assert done.returncode == 0, done.stderr
     assert f"removed sandbox {left[0].routing_key} (owner pid {process.pid} is gone)" in done.stdout
     assert_clean(state_dir, shop_baseline, shop_repo)
-    assert not [p for p in processes_under(state_dir) if "sleep 60" in p], "the killed run's suite survived gc"
+    assert not [p for p in processes_under(state_dir) if "sleep 60" in p], (
+        "the killed run's suite survived gc"
+    )
 
     again = subprocess.run([str(LOOPGATE), "gc"], capture_output=True, text=True, timeout=60)
     assert again.stdout.strip() == "0 removed"  # the kept baseline has a living owner: not collected

@@ -13,13 +13,15 @@ from bot.config import RuntimeSettings
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.protocol import Baseline
-from tests.conftest import processes_under, run_cli
+from tests.conftest import SHOP, processes_under, run_cli
 from tests.gitrepo import GitRepo
 
 
 def verify(repo: GitRepo, head: str, tmp_path: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
     out = tmp_path / "evidence.json"
-    done = run_cli("verify", "--repo", str(repo.path), "--base", "main", "--head", head, "--json", str(out), *extra)
+    done = run_cli(
+        "verify", "--repo", str(repo.path), "--base", "main", "--head", head, "--json", str(out), *extra
+    )
     evidence = json.loads(out.read_text()) if out.exists() else {}
     return done.returncode, evidence, done.stdout + done.stderr
 
@@ -32,9 +34,13 @@ def assert_sandboxes_gone(state_dir: Path, baseline: Baseline, repo: GitRepo) ->
     assert spec is not None and dict(spec.forks) == {}
 
 
-def test_good_refactor_passes(shop_repo: GitRepo, shop_baseline: Baseline, state_dir: Path, tmp_path: Path) -> None:
+def test_good_refactor_passes(
+    shop_repo: GitRepo, shop_baseline: Baseline, state_dir: Path, tmp_path: Path
+) -> None:
     md, html = tmp_path / "report.md", tmp_path / "report.html"
-    code, evidence, output = verify(shop_repo, "agent/refactor-orders", tmp_path, "--markdown", str(md), "--html", str(html))
+    code, evidence, output = verify(
+        shop_repo, "agent/refactor-orders", tmp_path, "--markdown", str(md), "--html", str(html)
+    )
     assert code == 0, output
     assert output.rstrip().splitlines()[-1] == "verdict: pass"
     assert evidence["verdict"] == "pass"
@@ -63,7 +69,9 @@ def test_contract_break_fails_with_the_suite_as_reason(
     assert_sandboxes_gone(state_dir, shop_baseline, shop_repo)
 
 
-def test_docs_only_change_passes_without_a_sandbox(shop_repo: GitRepo, shop_baseline: Baseline, tmp_path: Path) -> None:
+def test_docs_only_change_passes_without_a_sandbox(
+    shop_repo: GitRepo, shop_baseline: Baseline, tmp_path: Path
+) -> None:
     code, evidence, _ = verify(shop_repo, "agent/docs-only", tmp_path)
     assert code == 0
     assert evidence["reasons"] == ["no service is affected by the change"]
@@ -72,28 +80,18 @@ def test_docs_only_change_passes_without_a_sandbox(shop_repo: GitRepo, shop_base
     assert {s["name"]: s["outcome"] for s in evidence["stages"]}["fork"] == "skipped"
 
 
-UNREACHED_SUITE = """\
-version: 1
-services:
-  gateway: {paths: ["services/gateway/**"], local: {run: "python -m uvicorn gateway_app:app --host 127.0.0.1 --port {port}", cwd: services/gateway}}
-  orders: {paths: ["services/orders/**"], local: {run: "python -m uvicorn orders_app:app --host 127.0.0.1 --port {port}", cwd: services/orders}, state: {sqlite: orders.db}}
-  inventory: {paths: ["services/inventory/**"], local: {run: "python -m uvicorn inventory_app:app --host 127.0.0.1 --port {port}", cwd: services/inventory}}
-  payments: {paths: ["services/payments/**"], local: {run: "python -m uvicorn payments_app:app --host 127.0.0.1 --port {port}", cwd: services/payments}}
-verify:
-  suites:
-    - name: smoke
-      run: %s
-      timeout: %s
-"""
-
-
 def config_with_suite(tmp_path: Path, command: str, timeout: float = 60) -> Path:
+    """The shop's own config with its suites replaced by one smoke suite."""
+    services = (SHOP / ".loopgate.yml").read_text().split("verify:")[0]
     path = tmp_path / "loopgate.yml"
-    path.write_text(UNREACHED_SUITE % (json.dumps(command), timeout))
+    suite = f"verify:\n  suites:\n    - {{name: smoke, run: {json.dumps(command)}, timeout: {timeout}}}\n"
+    path.write_text(services + suite)
     return path
 
 
-def test_fork_the_suites_never_reach_is_inconclusive(shop_repo: GitRepo, shop_baseline: Baseline, tmp_path: Path) -> None:
+def test_fork_the_suites_never_reach_is_inconclusive(
+    shop_repo: GitRepo, shop_baseline: Baseline, tmp_path: Path
+) -> None:
     smoke = (
         "python -c \"import os, httpx; r = httpx.get(os.environ['LOOPGATE_GATEWAY_URL'] + '/healthz',"
         " headers={'baggage': os.environ['LOOPGATE_BAGGAGE']}); assert r.status_code == 200\""
@@ -138,7 +136,7 @@ def test_hanging_suite_times_out_and_its_processes_are_killed(
     [("agent/no-such-branch", "unknown ref 'agent/no-such-branch'")],
 )
 def test_unknown_ref_is_a_config_error(shop_repo: GitRepo, tmp_path: Path, head: str, expected: str) -> None:
-    code, evidence, output = verify(shop_repo, head, tmp_path)
+    code, evidence, _ = verify(shop_repo, head, tmp_path)
     assert code == 2
     assert evidence["verdict"] == "error" and evidence["error_kind"] == "config"
     assert expected in evidence["reasons"][0]
@@ -186,7 +184,13 @@ def test_port_in_use_is_an_infrastructure_error_and_nothing_is_left(state_dir: P
         port = blocker.getsockname()[1]
         out = tmp_path / "e.json"
         done = run_cli(
-            "verify", "--repo", str(repo.path), "--head", "agent/x", "--json", str(out),
+            "verify",
+            "--repo",
+            str(repo.path),
+            "--head",
+            "agent/x",
+            "--json",
+            str(out),
             env={"LOOPGATE_ENVOY_BASE_PORT": str(port)},
         )
     evidence = json.loads(out.read_text())
@@ -243,7 +247,9 @@ def test_keep_leaves_the_sandbox_up_and_says_how_to_delete_it(
 def test_agent_code_gets_an_allow_listed_environment(tmp_path: Path) -> None:
     """Services and suites run the agent's code: loopgate's secrets must not reach them."""
     dump = tmp_path / "suite-env.txt"
-    config = TINY_CONFIG.replace('run: "true"', f'run: "env > {dump}; cat $HOME/.gitconfig >> {dump} 2>&1; true"')
+    config = TINY_CONFIG.replace(
+        'run: "true"', f'run: "env > {dump}; cat $HOME/.gitconfig >> {dump} 2>&1; true"'
+    )
     repo = GitRepo.init(tmp_path / "tiny", {".loopgate.yml": config, "web/index.html": "v1\n"})
     repo.branch("agent/x", {"web/index.html": "v2\n"})
     secrets = {

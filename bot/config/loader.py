@@ -97,7 +97,7 @@ def parse_config(text: str, source: str = ".loopgate.yml") -> Config:
 
 
 def _strip_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Drop the tag a discriminated union adds to error locations (`runtime.local.x`): users never wrote it."""
+    """Drop the tag a discriminated union adds to locations (`runtime.local.x`): users never wrote it."""
     out: list[int | str] = []
     for index, part in enumerate(loc):
         if index > 0 and loc[index - 1] == "runtime" and part in ("local", "kubernetes"):

@@ -24,9 +24,13 @@ class Strict(BaseModel):
 class LocalService(Strict):
     """How the local runtime builds and starts one service."""
 
-    run: str = Field(description="Command started with `sh -c`; `{port}` is replaced by the port to listen on.")
+    run: str = Field(
+        description="Command started with `sh -c`; `{port}` is replaced by the port to listen on."
+    )
     build: str | None = Field(default=None, description="Command run once in the service's cwd before start.")
-    health: str = Field(default="/healthz", description="HTTP path that answers 2xx when the service is ready.")
+    health: str = Field(
+        default="/healthz", description="HTTP path that answers 2xx when the service is ready."
+    )
     cwd: str = Field(default=".", description="Working directory, relative to the repository root.")
     ready_timeout: Seconds = Field(default=30, description="Seconds to wait for the health check to pass.")
     build_timeout: Seconds = Field(default=600, description="Seconds the build may take.")
@@ -66,7 +70,9 @@ class State(Strict):
 
 
 class Service(Strict):
-    paths: list[str] = Field(min_length=1, description="Globs (git pathspec style, ** allowed) owned by the service.")
+    paths: list[str] = Field(
+        min_length=1, description="Globs (git pathspec style, ** allowed) owned by the service."
+    )
     local: LocalService
     state: State | None = None
 
@@ -75,8 +81,12 @@ class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     run: str = Field(description="Command started with `sh -c` in the repository root.")
     timeout: Seconds = 600
-    paths: list[str] = Field(default_factory=list, description="The suite's own files, to detect head changes.")
-    gating: bool = Field(default=True, description="A failing non-gating suite is reported but does not fail.")
+    paths: list[str] = Field(
+        default_factory=list, description="The suite's own files, to detect head changes."
+    )
+    gating: bool = Field(
+        default=True, description="A failing non-gating suite is reported but does not fail."
+    )
 
 
 class Verify(Strict):

@@ -20,5 +20,8 @@ class RuntimeSettings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     envoy_concurrency: int = Field(default=1, ge=1, le=16)
     envoy_base_port: int = Field(
-        default=0, ge=0, le=65000, description="Envoy admin port; the listeners follow it. 0 picks free ports."
+        default=0,
+        ge=0,
+        le=65000,
+        description="Envoy admin port; the listeners follow it. 0 picks free ports.",
     )

@@ -65,7 +65,9 @@ class Pipeline:
             with stages.stage("plan") as result:
                 plan = make_plan(request.repo, request.base_ref, request.head_ref, request.config_file)
                 self._record_plan(evidence, plan)
-                result.detail = f"{len(plan.changed_files)} files changed, {len(plan.affected)} services affected"
+                result.detail = (
+                    f"{len(plan.changed_files)} files changed, {len(plan.affected)} services affected"
+                )
             if not plan.affected and not plan.run_head_suites:
                 for name in ("baseline", "build", "fork", "route", "verify"):
                     stages.skipped(name, "no service is affected by the change")
@@ -74,7 +76,9 @@ class Pipeline:
                 with stages.stage("baseline") as result:
                     baseline = self.runtime.up_baseline(base, plan.config)
                     result.detail = "reused a running baseline" if baseline.reused else "started"
-                sandbox = self.runtime.new_sandbox(baseline, plan.config, Source(request.repo, plan.merge_sha))
+                sandbox = self.runtime.new_sandbox(
+                    baseline, plan.config, Source(request.repo, plan.merge_sha)
+                )
                 evidence.routing_key = sandbox.routing_key
                 self._build_and_fork(stages, evidence, plan, sandbox)
                 if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
@@ -109,7 +113,11 @@ class Pipeline:
             raise InfrastructureError(f"the baseline became unhealthy during the run: {problem}")
 
     def _record_plan(self, evidence: Evidence, plan: Plan) -> None:
-        evidence.base.sha, evidence.head.sha, evidence.merge_sha = plan.base_sha, plan.head_sha, plan.merge_sha
+        evidence.base.sha, evidence.head.sha, evidence.merge_sha = (
+            plan.base_sha,
+            plan.head_sha,
+            plan.merge_sha,
+        )
         evidence.changed_files = plan.changed_files
         evidence.notes.extend(plan.notes)
         for name in sorted(plan.config.services):
@@ -117,7 +125,9 @@ class Pipeline:
             reason = f"changed: {', '.join(hits[:3])}{' …' if len(hits) > 3 else ''}" if hits else "unchanged"
             evidence.services.append(ServiceResult(name=name, forked=bool(hits), reason=reason))
 
-    def _build_and_fork(self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
+    def _build_and_fork(
+        self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox
+    ) -> None:
         names = list(plan.affected)
         if not names:
             stages.skipped("build", "no service is affected")
@@ -125,7 +135,9 @@ class Pipeline:
             return
         specs = {name: plan.config.services[name] for name in names}
         with stages.stage("build") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
-            builds = dict(zip(names, pool.map(lambda n: self.runtime.build(sandbox, n, specs[n]), names), strict=True))
+            builds = dict(
+                zip(names, pool.map(lambda n: self.runtime.build(sandbox, n, specs[n]), names), strict=True)
+            )
             for name, built in builds.items():
                 service = evidence.service(name)
                 assert service is not None
@@ -151,13 +163,17 @@ class Pipeline:
         with stages.stage("verify") as result:
             for suite in plan.config.verify.suites:
                 request = SuiteRequest(suite.name, suite.run, suite.timeout, "base")
-                evidence.suites.append(judge_suite(suite.name, "base", suite.gating, self.runtime.run_suite(sandbox, request)))
+                evidence.suites.append(
+                    judge_suite(suite.name, "base", suite.gating, self.runtime.run_suite(sandbox, request))
+                )
             if plan.run_head_suites:
                 head_config: Config = plan.head_config or plan.config
                 for suite in head_config.verify.suites:
                     request = SuiteRequest(suite.name, suite.run, suite.timeout, "head")
                     # Head's suites are reported, never gating: they cannot loosen the team's gate.
-                    evidence.suites.append(judge_suite(suite.name, "head", False, self.runtime.run_suite(sandbox, request)))
+                    evidence.suites.append(
+                        judge_suite(suite.name, "head", False, self.runtime.run_suite(sandbox, request))
+                    )
             observed = self.runtime.observed_requests(sandbox)
             coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
             for name, hits in coverage.items():

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from bot.runtimes.protocol import ObservedRequest
 
 
-def fork_coverage(routing_key: str, forked: Iterable[str], observed: Iterable[ObservedRequest]) -> dict[str, int]:
+def fork_coverage(
+    routing_key: str, forked: Iterable[str], observed: Iterable[ObservedRequest]
+) -> dict[str, int]:
     hits = Counter(r.service for r in observed if r.target == routing_key)
     return {service: hits.get(service, 0) for service in forked}

@@ -13,7 +13,9 @@ from bot.evidence import Counts, TestFailure
 
 # Where a traceback's failing frame is: pytest ends with "path.py:12: AssertionError", Java and
 # others name "(File.java:12)". The last match is the frame closest to the assertion.
-_LOCATION = re.compile(r"(?m)^(?P<file>[\w./\\-]+\.\w+):(?P<line>\d+): |\((?P<jfile>[\w.-]+\.\w+):(?P<jline>\d+)\)")
+_LOCATION = re.compile(
+    r"(?m)^(?P<file>[\w./\\-]+\.\w+):(?P<line>\d+): |\((?P<jfile>[\w.-]+\.\w+):(?P<jline>\d+)\)"
+)
 MAX_FAILURES = 200
 MAX_MESSAGE = 2_000
 

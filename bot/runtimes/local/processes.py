@@ -6,6 +6,7 @@ A pid alone can be reused after a crash; `ProcessRef` pairs it with the process'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -76,10 +77,8 @@ def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
             _kill_group(ref.pid, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=2)
     for ref in refs:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
-        except ChildProcessError:
-            pass
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
@@ -94,10 +93,8 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:

@@ -127,4 +127,3 @@ class Registry:
             if record is not None:
                 return record
         return None
-

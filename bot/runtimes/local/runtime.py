@@ -12,8 +12,8 @@ import string
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -162,7 +162,10 @@ class LocalRuntime:
                 concurrency=self.settings.envoy_concurrency,
             )
             results = _parallel(
-                {name: partial(self._start_baseline_service, record, config, name, ports[name]) for name in names}
+                {
+                    name: partial(self._start_baseline_service, record, config, name, ports[name])
+                    for name in names
+                }
             )
             self.registry.save_env(record)
             failed = {name: why for name, why in results.items() if why is not None}
@@ -483,7 +486,9 @@ class LocalRuntime:
                 for sandbox in self.registry.sandboxes(env_id):
                     if sandbox.owner is not None and not sandbox.owner.alive():
                         self._teardown_record(env, sandbox)
-                        removed.append(f"sandbox {sandbox.routing_key} (owner pid {sandbox.owner.pid} is gone)")
+                        removed.append(
+                            f"sandbox {sandbox.routing_key} (owner pid {sandbox.owner.pid} is gone)"
+                        )
                 live = self.registry.sandboxes(env_id)
                 if env.owner is not None and not env.owner.alive() and not live:
                     self._stop_env(env)
