@@ -34,6 +34,7 @@ class Record(BaseModel):
 class GitRef(Record):
     ref: str
     sha: str | None = None
+    subject: str | None = Field(default=None, description="The commit's subject line (untrusted text).")
 
 
 class ServiceResult(Record):
@@ -58,6 +59,7 @@ class Counts(Record):
 
 
 class TestFailure(Record):
+    __test__ = False  # not a pytest test class, whatever its name says
     test: str
     message: str
     file: str | None = None

@@ -49,6 +49,7 @@ class Plan:
     changed_files: list[str]
     affected: dict[str, list[str]]
     """Service -> the changed files that made it affected."""
+    head_subject: str = ""
     head_config: Config | None = None
     run_head_suites: bool = False
     notes: list[str] = field(default_factory=list)
@@ -79,7 +80,7 @@ def make_plan(repo: Path, base_ref: str, head_ref: str, config_file: Path | None
         hits = [path for path in changed if matches(path, service.paths)]
         if hits:
             affected[name] = hits
-    plan = Plan(base_sha, head_sha, merge_sha, config, changed, affected)
+    plan = Plan(base_sha, head_sha, merge_sha, config, changed, affected, head_subject=git.subject(head_sha))
     suite_paths = [p for suite in config.verify.suites for p in suite.paths]
     if CONFIG_FILE in changed or any(matches(path, suite_paths) for path in changed):
         plan.run_head_suites = True
