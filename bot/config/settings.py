@@ -19,6 +19,10 @@ class RuntimeSettings(BaseSettings):
 
     state_dir: Path = Field(default_factory=_default_state_dir)
     envoy_concurrency: int = Field(default=1, ge=1, le=16)
+    postgres_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        description="Server for services' declared Postgres state; loopgate creates and drops databases there.",
+    )
     envoy_base_port: int = Field(
         default=0,
         ge=0,

@@ -56,7 +56,11 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
     if gaps:
         # A dropped baggage hop explains an unreached fork; on its own it proves nothing either way.
         for hop in evidence.propagation:
-            gaps += [f"{hop.service} drops baggage on calls to {to}" for to in hop.drops_baggage_to]
+            gaps += [
+                f"{hop.service} drops baggage on calls to {to}: propagate W3C baggage"
+                " (OpenTelemetry propagators tracecontext,baggage; check OTEL_PROPAGATORS)"
+                for to in hop.drops_baggage_to
+            ]
         return Verdict.INCONCLUSIVE, gaps
 
     reasons = [f"{s.name} ({s.source}) passed: {s.counts.passed} tests" for s in gating_ran]

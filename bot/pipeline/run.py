@@ -16,7 +16,7 @@ from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, de
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import StageListener, StageRecorder
 from bot.runtimes.protocol import Baseline, Runtime, Sandbox, Source, SuiteRequest
-from bot.verify import fork_coverage, judge_suite
+from bot.verify import diagnose, fork_coverage, judge_suite, last_tagged_hop
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,11 @@ class Pipeline:
                 service = evidence.service(name)
                 assert service is not None
                 service.tagged_requests = hits
+            if any(hits == 0 for hits in coverage.values()):
+                evidence.propagation = diagnose(sandbox.routing_key, observed)
+                last = last_tagged_hop(sandbox.routing_key, observed)
+                if not evidence.propagation and last is not None:
+                    evidence.notes.append(f"the sandbox's tag was last seen at {last}")
             if any(s.status != "passed" for s in evidence.suites if s.gating):
                 result.outcome = "failed"
 

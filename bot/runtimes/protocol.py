@@ -120,7 +120,8 @@ class Runtime(Protocol):
 
     def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome: ...
 
-    def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]: ...
+    def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
+        """Since the sandbox was made: its own requests and untagged ones, never other sandboxes'."""
 
     def teardown(self, sandbox: Sandbox) -> None: ...
 

@@ -2,6 +2,17 @@
 
 from bot.verify.coverage import fork_coverage
 from bot.verify.junit import JUnitReport, parse_junit
+from bot.verify.observed import Observed, RanSuite
+from bot.verify.propagation import diagnose, last_tagged_hop
 from bot.verify.suites import judge_suite
 
-__all__ = ["JUnitReport", "fork_coverage", "judge_suite", "parse_junit"]
+__all__ = [
+    "JUnitReport",
+    "Observed",
+    "RanSuite",
+    "diagnose",
+    "fork_coverage",
+    "judge_suite",
+    "last_tagged_hop",
+    "parse_junit",
+]

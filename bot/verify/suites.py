@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from bot.evidence import Counts, SuiteResult
-from bot.runtimes.protocol import SuiteOutcome
+from bot.verify.observed import RanSuite
 from bot.verify.junit import parse_junit
 
 
-def judge_suite(name: str, source: str, gating: bool, outcome: SuiteOutcome) -> SuiteResult:
+def judge_suite(name: str, source: str, gating: bool, outcome: RanSuite) -> SuiteResult:
     """Exit code decides; JUnit explains. A zero exit with JUnit failures still fails: runners that
     swallow failures must not open a gate."""
     counts, failures, note = Counts(), [], ""

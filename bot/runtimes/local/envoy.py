@@ -31,8 +31,10 @@ from bot.runtimes.local.xds import DataPlaneSpec, Upstream
 
 STOP_GRACE_S = 5.0
 DRAIN_LIMIT_S = 5.0
-# Envoy acks a file in about a millisecond and answers a filtered stats read in well under one.
+# Envoy acks a file in about a millisecond and answers a filtered stats read in well under one;
+# polls start that fast and back off, so a slow wait (DNS, long requests) does not keep it busy.
 _POLL_S = 0.001
+_POLL_MAX_S = 0.02
 _ADMIN_TIMEOUT_S = 2.0
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[[\w-]+\] (?:\[[^\]]*\] )?")
@@ -229,6 +231,11 @@ class DataPlane:
                 changed = [s for s in spec.listeners if _route_resources(s, spec) != _route_resources(s, old)]
             else:
                 # An earlier apply stopped midway: trust only the files and what Envoy acknowledged.
+                if (self._workdir / "cds.yaml").exists() and not xds.cds_path(self._workdir).exists():
+                    raise EnvoyError(
+                        "this envoy was started by an older loopgate that wrote cds.yaml; "
+                        "stop and start the data plane"
+                    )
                 cds_doc = _read_json(xds.cds_path(self._workdir))
                 current = _clusters_in(cds_doc)
                 cds_synced = acked[_CDS_PREFIX] == str(cds_doc.get("version_info"))
@@ -298,6 +305,7 @@ class DataPlane:
         """
         log_offset = _size(self.envoy_log)
         pending = dict(expected)
+        delay = _POLL_S
         while True:
             stats = admin.xds_stats(drain)
             for prefix in list(pending):
@@ -322,7 +330,8 @@ class DataPlane:
                     f"envoy did not apply {kind} update version {next(iter(pending.values()))} in time "
                     f"(still waiting for {', '.join(sorted(pending))}); see {self.envoy_log}"
                 )
-            time.sleep(_POLL_S)
+            time.sleep(delay)
+            delay = min(delay * 1.5, _POLL_MAX_S)
 
     def _routes_synced(self, service: str, spec: DataPlaneSpec, stats: Mapping[str, str]) -> bool:
         doc = _read_json(xds.rds_path(self._workdir, service))
@@ -513,6 +522,7 @@ def _await_drained(admin: _Admin, clusters: Sequence[str], stats: Mapping[str, s
     ``stats`` is a reading taken after the routes stopped pointing at them; most of the time it
     already shows nothing in flight and no further read is needed.
     """
+    delay = _POLL_S
     while any(
         stats.get(f"cluster.{name}.upstream_rq_{gauge}", "0") != "0"
         for name in clusters
@@ -520,7 +530,8 @@ def _await_drained(admin: _Admin, clusters: Sequence[str], stats: Mapping[str, s
     ):
         if time.monotonic() >= until:
             return
-        time.sleep(_POLL_S)
+        time.sleep(delay)
+        delay = min(delay * 1.5, _POLL_MAX_S)
         stats = admin.xds_stats(clusters)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -41,6 +42,7 @@ class EnvRecord(BaseModel):
     listeners: dict[str, int]
     admin_port: int
     services: dict[str, ProcessRecord] = Field(default_factory=dict)
+    databases: list[str] = Field(default_factory=list, description="Postgres databases to drop at the end.")
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -53,6 +55,7 @@ class SandboxRecord(BaseModel):
     routed: bool = False
     forks: dict[str, ProcessRecord] = Field(default_factory=dict)
     jobs: list[ProcessRef] = Field(default_factory=list, description="Builds and suites while they run.")
+    databases: list[str] = Field(default_factory=list, description="Postgres copies to drop at teardown.")
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -63,7 +66,7 @@ def env_id_for(repo: Path, base_sha: str) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    temp = path.with_suffix(path.suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
     temp.write_text(text, encoding="utf-8")
     os.replace(temp, path)
 

@@ -23,6 +23,7 @@ from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.ports import free_port, ports_from
+from bot.runtimes.local.postgres import Postgres, database_name, database_url
 from bot.runtimes.local.processes import ProcessRef, spawn, stop_group, stop_groups, tail, wait_healthy
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, Registry, SandboxRecord, env_id_for
 from bot.runtimes.local.state import copy_sqlite
@@ -185,10 +186,17 @@ class LocalRuntime:
         env_dir = self.registry.env_dir(record.env_id)
         cwd = env_dir / "worktree" / spec.local.cwd
         log = env_dir / "logs" / f"{name}.log"
-        extra = self._service_env(record, name, spec, env_dir / "state" / name)
+        extra = self._service_env(record, name, spec, env_dir / "state" / name, owner=record.env_id)
         env = child_env(env_dir / "home" / name, extra)
         if not cwd.is_dir():
             return f"cannot start: cwd {spec.local.cwd} does not exist at the base commit"
+        if spec.state is not None and spec.state.postgres is not None:
+            database = database_name(record.env_id, spec.state.postgres.database)
+            record.databases.append(database)  # saved with the record once every service started
+            try:
+                self._postgres().create(database)
+            except InfrastructureError as exc:
+                return f"cannot start: {exc}"
         if spec.local.build:
             why = _run_build(spec, cwd, env, log)
             if why:
@@ -200,13 +208,31 @@ class LocalRuntime:
         why = wait_healthy(process, f"http://127.0.0.1:{port}{spec.local.health}", spec.local.ready_timeout)
         return f"{why}: {_last_line(log)}" if why else None
 
-    def _service_env(self, record: EnvRecord, name: str, spec: Service, state_dir: Path) -> dict[str, str]:
+    def _service_env(
+        self, record: EnvRecord, name: str, spec: Service, state_dir: Path, *, owner: str
+    ) -> dict[str, str]:
+        """`owner` names the Postgres copy: the env id for the baseline, the routing key for a fork."""
         extra = {env_var_name(peer): f"http://127.0.0.1:{port}" for peer, port in record.listeners.items()}
         extra["LOOPGATE_SERVICE"] = name
         if spec.state is not None and spec.state.sqlite is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
             extra["LOOPGATE_STATE"] = str(state_dir / spec.state.sqlite)
+        if spec.state is not None and spec.state.postgres is not None:
+            database = database_name(owner, spec.state.postgres.database)
+            extra["LOOPGATE_STATE"] = database_url(self.settings.postgres_url, database)
         return extra
+
+    def _postgres(self) -> Postgres:
+        return Postgres(self.settings.postgres_url)
+
+    def _drop_databases(self, names: list[str]) -> list[str]:
+        errors = []
+        for name in names:
+            try:
+                self._postgres().drop(name)
+            except InfrastructureError as exc:
+                errors.append(str(exc))
+        return errors
 
     def _stop_env(self, record: EnvRecord) -> None:
         env_dir = self.registry.env_dir(record.env_id)
@@ -214,6 +240,7 @@ class LocalRuntime:
             self._teardown_record(record, sandbox, unroute=False)
         DataPlane(env_dir / "envoy").stop()
         stop_groups([service.process for service in record.services.values()])
+        self._drop_databases(record.databases)
         Git(Path(record.repo)).worktree_remove(env_dir / "worktree")
         shutil.rmtree(env_dir, ignore_errors=True)
 
@@ -302,7 +329,8 @@ class LocalRuntime:
         env_record = self.registry.load_env(sandbox.baseline.env_id)
         if env_record is None:
             raise InfrastructureError(f"baseline {sandbox.baseline.env_id} is gone")
-        extra = self._service_env(env_record, service, spec, sandbox_dir / "state" / service)
+        state_dir = sandbox_dir / "state" / service
+        extra = self._service_env(env_record, service, spec, state_dir, owner=sandbox.routing_key)
         return self.source_dir(sandbox) / spec.local.cwd, child_env(sandbox_dir / "home" / service, extra)
 
     def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome:
@@ -324,6 +352,14 @@ class LocalRuntime:
         if spec.state is not None and spec.state.sqlite is not None:
             baseline_state = self.registry.env_dir(sandbox.baseline.env_id) / "state" / service
             copy_sqlite(baseline_state / spec.state.sqlite, Path(env["LOOPGATE_STATE"]))
+        if spec.state is not None and spec.state.postgres is not None:
+            logical = spec.state.postgres.database
+            copy = database_name(sandbox.routing_key, logical)
+            with self.registry.lock(sandbox.baseline.env_id):
+                record = self._record(sandbox)
+                record.databases.append(copy)
+                self.registry.save_sandbox(record)
+            self._postgres().clone(database_name(sandbox.baseline.env_id, logical), copy)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
         port = free_port()
         started = time.monotonic()
@@ -431,6 +467,8 @@ class LocalRuntime:
             header=sandbox.config.routing.header,
         )
         key = sandbox.routing_key
+        # Untagged requests too (never other sandboxes'): in the sandbox's traces they show where the
+        # tag was lost.
         return [
             ObservedRequest(
                 service=r.service,
@@ -444,7 +482,7 @@ class LocalRuntime:
                 duration_ms=r.duration_ms,
             )
             for r in raw
-            if r.routing_key == key or r.target == key
+            if r.routing_key in (key, None) or r.target == key
         ]
 
     def teardown(self, sandbox: Sandbox) -> None:
@@ -465,6 +503,7 @@ class LocalRuntime:
             except InfrastructureError as exc:
                 errors.append(str(exc))
         stop_groups([*record.jobs, *(fork.process for fork in record.forks.values())])
+        errors += self._drop_databases(record.databases)
         sandbox_dir = self.registry.sandbox_dir(env.env_id, record.routing_key)
         Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")
         shutil.rmtree(sandbox_dir, ignore_errors=True)
