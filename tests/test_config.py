@@ -82,3 +82,17 @@ def test_published_config_schema_is_current() -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / ".loopgate.yml")
+
+
+def test_diff_requests_are_validated() -> None:
+    base = "version: 1\nservices:\n  api: {paths: [a], local: {run: 'x {port}'}}\nverify:\n  diff:\n"
+    with pytest.raises(ConfigError, match=r"^\.loopgate\.yml:6 verify\.diff\.requests: .*at least 1"):
+        parse_config(base + "    requests: []\n")
+    with pytest.raises(ConfigError, match=r":7 verify\.diff\.requests\[0\]: POST writes state on both sides"):
+        parse_config(base + "    requests:\n      - {service: api, method: POST, path: /orders}\n")
+    with pytest.raises(ConfigError, match=r"unknown service 'web'"):
+        parse_config(base + "    requests:\n      - {service: web, path: /}\n")
+    with pytest.raises(ConfigError, match=r":7 verify\.diff\.ignore: 'id' is not a JSON pointer"):
+        parse_config(base + "    requests: [{service: api, path: /}]\n    ignore: [id]\n")
+    config = parse_config(base + "    requests: [{service: api, method: POST, path: /o, unsafe: true}]\n")
+    assert config.verify.diff.requests is not None and config.verify.diff.requests[0].unsafe

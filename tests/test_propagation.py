@@ -38,7 +38,9 @@ def test_untagged_call_inside_a_tagged_request_blames_the_caller() -> None:
         Seen("inventory", None, None, at(10), 5, tp("a")),  # orders' call: orders never had the tag
         Seen("orders", None, None, at(7), 5, tp("b")),  # another trace: unrelated baseline traffic
     ]
-    assert diagnose(KEY, observed) == [Propagation(service="gateway", drops_baggage_to=["inventory", "orders"])]
+    assert diagnose(KEY, observed) == [
+        Propagation(service="gateway", drops_baggage_to=["inventory", "orders"])
+    ]
 
 
 def test_innermost_tagged_request_is_the_caller() -> None:
@@ -51,7 +53,10 @@ def test_innermost_tagged_request_is_the_caller() -> None:
 
 
 def test_fully_propagated_trace_has_no_diagnosis() -> None:
-    observed = [Seen("gateway", KEY, None, at(0), 100, tp("d")), Seen("orders", KEY, KEY, at(10), 50, tp("d"))]
+    observed = [
+        Seen("gateway", KEY, None, at(0), 100, tp("d")),
+        Seen("orders", KEY, KEY, at(10), 50, tp("d")),
+    ]
     assert diagnose(KEY, observed) == []
 
 

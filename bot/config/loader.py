@@ -39,6 +39,8 @@ def _message(error: Any) -> str:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
+    if message[:2].isupper():  # an acronym or a method name: keep it as written
+        return message
     return message[:1].lower() + message[1:]
 
 

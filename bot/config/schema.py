@@ -7,7 +7,7 @@ and silently loosen the gate. Durations are seconds.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -89,8 +89,54 @@ class Suite(Strict):
     )
 
 
+SAFE_METHODS = ("GET", "HEAD")
+
+
+class DiffRequest(Strict):
+    """One request sent to both the baseline and the sandbox; their answers are compared."""
+
+    service: str = Field(description="The service whose entry the request is sent to.")
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    path: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(default=None, description="JSON body.")
+    unsafe: bool = Field(default=False, description="Required for methods that write: they write on both sides.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _unsafe_is_explicit(self) -> DiffRequest:
+        if self.method not in SAFE_METHODS and not self.unsafe:
+            raise ValueError(f"{self.method} writes state on both sides; mark it `unsafe: true` to replay it")
+        return self
+
+
+class Diff(Strict):
+    """Baseline-vs-sandbox response diff."""
+
+    requests: list[DiffRequest] | None = Field(default=None, min_length=1)
+    from_suites: bool = Field(default=True, description="Also replay the suites' own GET/HEAD traffic.")
+    ignore: list[str] = Field(default_factory=list, description="RFC 6901 pointers; `*` matches one segment.")
+    headers: list[str] = Field(default_factory=list, description="Response headers that must not change.")
+    max_requests: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("ignore")
+    @classmethod
+    def _pointers(cls, pointers: list[str]) -> list[str]:
+        for pointer in pointers:
+            if pointer and not pointer.startswith("/"):
+                raise ValueError(f"{pointer!r} is not a JSON pointer (it must start with /)")
+        return pointers
+
+
 class Verify(Strict):
     suites: list[Suite] = Field(default_factory=list)
+    diff: Diff = Field(default_factory=Diff)
 
     @field_validator("suites")
     @classmethod
@@ -127,6 +173,13 @@ class Config(Strict):
     runtime: Annotated[LocalRuntime | KubernetesRuntime, Field(discriminator="kind")] = Field(
         default_factory=LocalRuntime
     )
+
+    @model_validator(mode="after")
+    def _diff_services_exist(self) -> Config:
+        for request in self.verify.diff.requests or []:
+            if request.service not in self.services:
+                raise ValueError(f"verify.diff request {request.path} names unknown service {request.service!r}")
+        return self
 
     @field_validator("services")
     @classmethod

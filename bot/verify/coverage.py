@@ -9,8 +9,6 @@ from collections.abc import Iterable
 from bot.verify.observed import Observed
 
 
-def fork_coverage(
-    routing_key: str, forked: Iterable[str], observed: Iterable[Observed]
-) -> dict[str, int]:
+def fork_coverage(routing_key: str, forked: Iterable[str], observed: Iterable[Observed]) -> dict[str, int]:
     hits = Counter(r.service for r in observed if r.target == routing_key)
     return {service: hits.get(service, 0) for service in forked}

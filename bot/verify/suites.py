@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bot.evidence import Counts, SuiteResult
-from bot.verify.observed import RanSuite
 from bot.verify.junit import parse_junit
+from bot.verify.observed import RanSuite
 
 
 def judge_suite(name: str, source: str, gating: bool, outcome: RanSuite) -> SuiteResult:

@@ -41,7 +41,9 @@ class Postgres:
             return psycopg.connect(self.server_url, autocommit=True, connect_timeout=5)
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InfrastructureError(f"PostgreSQL at {_redact(self.server_url)} is unreachable: {first}") from None
+            raise InfrastructureError(
+                f"PostgreSQL at {_redact(self.server_url)} is unreachable: {first}"
+            ) from None
 
     def create(self, name: str) -> str:
         """A fresh, empty database (dropped first if a crashed run left one); returns its URL."""
@@ -61,7 +63,13 @@ class Postgres:
             raise InfrastructureError(f"state database {source} is missing in the baseline")
         url = self.create(target)
         dump = subprocess.Popen(
-            ["pg_dump", "--format=custom", "--no-owner", "--no-privileges", database_url(self.server_url, source)],
+            [
+                "pg_dump",
+                "--format=custom",
+                "--no-owner",
+                "--no-privileges",
+                database_url(self.server_url, source),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

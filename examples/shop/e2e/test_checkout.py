@@ -4,6 +4,9 @@ Runs against whatever LOOPGATE_GATEWAY_URL points at. When LOOPGATE_BAGGAGE is s
 (`loopgate-sandbox=<key>`), every request carries it as the W3C `baggage` header, so the calls go
 through that sandbox's forks. The baseline is shared and long-lived: the tests order one unit of
 SKUs with ample stock and never depend on exact stock counts.
+
+Every call must answer within REQUEST_TIMEOUT_S, the storefront's latency budget: a shop that answers
+correctly but too late is broken too (and a slow defect fails the suite in seconds, not minutes).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ IN_STOCK_SKU = "sku-tea-towel"
 OUT_OF_STOCK_SKU = "sku-teapot"
 GOOD_CARD = "4242-4242-4242-4242"
 DECLINED_CARD = "4000-0000-0000-0002"
+REQUEST_TIMEOUT_S = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def gateway() -> Iterator[httpx.Client]:
     headers = {}
     if baggage := os.environ.get("LOOPGATE_BAGGAGE"):
         headers["baggage"] = baggage
-    with httpx.Client(base_url=base_url, headers=headers, timeout=30.0) as client:
+    with httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_S) as client:
         yield client
 
 
@@ -44,6 +48,7 @@ def test_checkout_in_stock_then_read_order(gateway: httpx.Client) -> None:
     assert order["qty"] == 1
     assert order["amount_cents"] == price_cents * 1
     assert order["status"] == "confirmed"
+    assert order["charge_id"].startswith("ch_")
 
     lookup = gateway.get(f"/api/orders/{order['id']}")
     assert lookup.status_code == 200, lookup.text
@@ -54,6 +59,21 @@ def test_checkout_in_stock_then_read_order(gateway: httpx.Client) -> None:
         1,
         price_cents,
     )
+
+
+def test_item_through_gateway_has_name_and_price(gateway: httpx.Client) -> None:
+    response = gateway.get(f"/api/items/{IN_STOCK_SKU}")
+    assert response.status_code == 200, response.text
+    item = response.json()
+    assert item["sku"] == IN_STOCK_SKU
+    assert isinstance(item.get("name"), str) and item["name"].strip(), item
+    assert isinstance(item.get("price_cents"), int) and item["price_cents"] > 0, item
+
+
+def test_unknown_item_is_404(gateway: httpx.Client) -> None:
+    response = gateway.get("/api/items/sku-does-not-exist")
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "not_found"
 
 
 def test_checkout_out_of_stock_is_409(gateway: httpx.Client) -> None:

@@ -116,10 +116,12 @@ def error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def upstream_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]
+    """The message of a peer's `{"error": {"code", "message"}}` answer.
+
+    Raises KeyError, TypeError or ValueError when the body has another shape: the error shape is
+    part of every peer's contract, and the caller answers 502 `upstream_bad_response` then.
+    """
+    return str(response.json()["error"]["message"])
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -135,7 +137,7 @@ def init_db(path: str) -> None:
 
 
 def order_view(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "sku", "qty", "amount_cents", "status")}
+    return {k: row[k] for k in ("id", "sku", "qty", "amount_cents", "status", "charge_id")}
 
 
 def create_app(
@@ -210,7 +212,15 @@ def create_app(
                 return error(402, "payment_declined", upstream_message(r))
             if r.status_code != 201:
                 return error(502, "upstream_unavailable", f"payments answered {r.status_code}")
-            charge_id = r.json()["id"]
+            charge = r.json()
+            if charge["amount_cents"] != amount_cents or charge["status"] != "captured":
+                return error(
+                    502,
+                    "upstream_bad_response",
+                    f"payments captured {charge['amount_cents']!r} ({charge['status']!r}),"
+                    f" {amount_cents} was asked",
+                )
+            charge_id = str(charge["id"])
         except UpstreamUnavailable as exc:
             return error(502, "upstream_unavailable", str(exc))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

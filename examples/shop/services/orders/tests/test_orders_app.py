@@ -82,11 +82,12 @@ def test_checkout_reserves_charges_and_stores(client: TestClient, peers: Peers, 
     assert response.status_code == 201, response.text
     order = response.json()
     assert order["id"].startswith("ord_")
-    assert {k: order[k] for k in ("sku", "qty", "amount_cents", "status")} == {
+    assert {k: order[k] for k in ("sku", "qty", "amount_cents", "status", "charge_id")} == {
         "sku": "sku-mug",
         "qty": 2,
         "amount_cents": 2400,
         "status": "confirmed",
+        "charge_id": "ch_1",
     }
     assert peers.paths() == [
         "GET inventory.test/items/sku-mug",
@@ -133,6 +134,26 @@ def test_declined_payment_is_402_and_nothing_stored(client: TestClient) -> None:
     response = checkout(client, card="4000-0000-0000-0002")
     assert response.status_code == 402
     assert response.json()["error"]["code"] == "payment_declined"
+    assert client.get("/orders").json() == {"orders": []}
+
+
+def test_declined_payment_of_another_error_shape_is_a_bad_upstream_response(
+    client: TestClient, peers: Peers
+) -> None:
+    peers.override = lambda r: (
+        httpx.Response(402, json={"message": "declined", "declined": True}) if r.url.path == "/charges" else None
+    )
+    response = checkout(client)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_bad_response"
+
+
+def test_charge_of_another_amount_is_a_bad_upstream_response(client: TestClient, peers: Peers) -> None:
+    captured = {"id": "ch_1", "amount_cents": 1200, "status": "captured"}
+    peers.override = lambda r: httpx.Response(201, json=captured) if r.url.path == "/charges" else None
+    response = checkout(client, qty=2)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_bad_response"
     assert client.get("/orders").json() == {"orders": []}
 
 
