@@ -28,6 +28,8 @@ class VerifyRequest:
     trigger: str = "cli"
     keep: bool = False
     run_id: str | None = None
+    keep_baseline: bool = False
+    """Leave a baseline this process started running for later runs (`loopgate zoo`)."""
     sandbox_only: bool = False
     """Stop once the forks are routed and keep them: `loopgate sandbox create`, the agent's inner loop."""
 
@@ -101,7 +103,7 @@ class Pipeline:
                 evidence.verdict, evidence.error_kind = Verdict.FAIL, None
         finally:
             keep = request.keep or (request.sandbox_only and evidence.verdict is None)
-            self._teardown(stages, evidence, baseline, sandbox, keep)
+            self._teardown(stages, evidence, baseline, sandbox, keep=keep, release=not request.keep_baseline)
             evidence.finished_at = utcnow()
         return evidence
 
@@ -194,7 +196,9 @@ class Pipeline:
         evidence: Evidence,
         baseline: Baseline | None,
         sandbox: Sandbox | None,
+        *,
         keep: bool,
+        release: bool,
     ) -> None:
         if baseline is None:
             return
@@ -207,7 +211,8 @@ class Pipeline:
             with stages.stage("teardown"):
                 if sandbox is not None:
                     self.runtime.teardown(sandbox)
-                self.runtime.release_baseline(baseline)
+                if release:
+                    self.runtime.release_baseline(baseline)
         except LoopgateError as exc:
             evidence.notes.append(f"teardown: {exc}")
             if evidence.verdict in (None, Verdict.PASS):

@@ -70,12 +70,6 @@ def test_item_through_gateway_has_name_and_price(gateway: httpx.Client) -> None:
     assert isinstance(item.get("price_cents"), int) and item["price_cents"] > 0, item
 
 
-def test_unknown_item_is_404(gateway: httpx.Client) -> None:
-    response = gateway.get("/api/items/sku-does-not-exist")
-    assert response.status_code == 404, response.text
-    assert response.json()["error"]["code"] == "not_found"
-
-
 def test_checkout_out_of_stock_is_409(gateway: httpx.Client) -> None:
     response = gateway.post("/api/checkout", json={"sku": OUT_OF_STOCK_SKU, "qty": 1, "card": GOOD_CARD})
     assert response.status_code == 409, response.text

@@ -1,5 +1,8 @@
 """orders: places an order (inventory reservation + payment) and keeps it in SQLite.
 
+An order is confirmed only when payments captured exactly its amount; peers' error bodies must have
+the shop's `{"error": {"code", "message"}}` shape, anything else is a 502 `upstream_bad_response`.
+
 Peers are reached only through LOOPGATE_INVENTORY_URL and LOOPGATE_PAYMENTS_URL; the database
 path comes from LOOPGATE_STATE. Tests inject an httpx transport: `create_app(transport=...)`.
 """
