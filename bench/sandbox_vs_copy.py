@@ -84,6 +84,7 @@ class Results:
     mem_copies: list[int] = field(default_factory=list)
     procs_sandboxes: int = 0
     procs_copies: int = 0
+    envoy_pss_baseline: list[int] = field(default_factory=list)
     envoy_pss: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -324,6 +325,7 @@ def memory(
         entry = f"http://127.0.0.1:{lg.entry_port(ENTRY)}/"
         client.get(entry)
         res.mem_baseline = _pss_readings(lg.pids())
+        res.envoy_pss_baseline = _pss_readings(_envoy(lg))
         routed: list[Sandbox] = []
         for _ in range(opts.sandboxes):
             sandbox, _, _ = lg.sandbox()
@@ -333,8 +335,7 @@ def memory(
         client.get(entry)
         res.procs_sandboxes = count_processes(lg.pids())
         res.mem_sandboxes = _pss_readings(lg.pids())
-        envoy = lg.plane.pid
-        res.envoy_pss = _pss_readings([envoy] if envoy else [])
+        res.envoy_pss = _pss_readings(_envoy(lg))
         log(
             f"loopgate: baseline+Envoy {percentile(res.mem_baseline, 50) / MIB:.0f} MiB, with "
             f"{opts.sandboxes} sandboxes {percentile(res.mem_sandboxes, 50) / MIB:.0f} MiB "
@@ -355,6 +356,11 @@ def memory(
         for copy in list(copies):
             copy.stop()
             copies.remove(copy)
+
+
+def _envoy(lg: Loopgate) -> list[int]:
+    pid = lg.plane.pid
+    return [pid] if pid is not None else []
 
 
 def _pss_readings(pids: list[int], count: int = 3) -> list[int]:
@@ -491,8 +497,9 @@ def details(res: Results, opts: Options) -> str:
         f"apply add {ms(res.apply_add_ms)}; remove {ms(res.apply_remove_ms)}",
         f"processes: {res.procs_sandboxes} for {opts.sandboxes} sandboxes (baseline, Envoy, forks, "
         f"with their sh wrappers), {res.procs_copies} for {opts.sandboxes} copies",
-        f"baseline + Envoy alone: {percentile(res.mem_baseline, 50) / MIB:.0f} MiB; "
-        f"Envoy with {opts.sandboxes} sandboxes routed: {percentile(res.envoy_pss, 50) / MIB:.1f} MiB",
+        f"baseline + Envoy alone: {percentile(res.mem_baseline, 50) / MIB:.0f} MiB; Envoy alone "
+        f"{percentile(res.envoy_pss_baseline, 50) / MIB:.1f} MiB, with {opts.sandboxes} sandboxes routed "
+        f"{percentile(res.envoy_pss, 50) / MIB:.1f} MiB",
     ]
     for label, paired in (("untagged", res.hop_untagged), ("tagged", res.hop_tagged)):
         if paired is not None:

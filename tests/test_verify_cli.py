@@ -66,6 +66,15 @@ def test_contract_break_fails_with_the_suite_as_reason(
     assert suite["status"] == "failed" and suite["counts"]["failed"] >= 1
     assert {f["file"] for f in suite["failures"]} == {"e2e/test_checkout.py"}
     assert "upstream_bad_response" in suite["failures"][0]["message"]
+    # The response diff names the service that changed, on its own listener, not only at the entry.
+    findings = {
+        (d["service"], f["kind"], f["pointer"])
+        for d in evidence["diff"]
+        for f in d["findings"]
+        if f["breaking"]
+    }
+    assert ("inventory", "field_removed", "/available") in findings
+    assert "inventory: field_removed at /available (GET /items/sku-tea-towel)" in evidence["reasons"]
     assert_sandboxes_gone(state_dir, shop_baseline, shop_repo)
 
 

@@ -100,7 +100,9 @@ class DiffRequest(Strict):
     path: str
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = Field(default=None, description="JSON body.")
-    unsafe: bool = Field(default=False, description="Required for methods that write: they write on both sides.")
+    unsafe: bool = Field(
+        default=False, description="Required for methods that write: they write on both sides."
+    )
 
     @field_validator("path")
     @classmethod
@@ -131,6 +133,8 @@ class Diff(Strict):
         for pointer in pointers:
             if pointer and not pointer.startswith("/"):
                 raise ValueError(f"{pointer!r} is not a JSON pointer (it must start with /)")
+            if not re.fullmatch(r"(/([^~/]|~[01])*)*", pointer):
+                raise ValueError(f"{pointer!r} is not a JSON pointer (`~` must be followed by 0 or 1)")
         return pointers
 
 
@@ -178,7 +182,9 @@ class Config(Strict):
     def _diff_services_exist(self) -> Config:
         for request in self.verify.diff.requests or []:
             if request.service not in self.services:
-                raise ValueError(f"verify.diff request {request.path} names unknown service {request.service!r}")
+                raise ValueError(
+                    f"verify.diff request {request.path} names unknown service {request.service!r}"
+                )
         return self
 
     @field_validator("services")

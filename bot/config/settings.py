@@ -21,7 +21,7 @@ class RuntimeSettings(BaseSettings):
     envoy_concurrency: int = Field(default=1, ge=1, le=16)
     postgres_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/postgres",
-        description="Server for services' declared Postgres state; loopgate creates and drops databases there.",
+        description="Server for services' declared Postgres state; loopgate makes and drops databases there.",
     )
     envoy_base_port: int = Field(
         default=0,

@@ -11,12 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from bot.config import Config, InfrastructureError, LoopgateError
 from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, decide, utcnow
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import StageListener, StageRecorder
 from bot.runtimes.protocol import Baseline, Runtime, Sandbox, Source, SuiteRequest
 from bot.verify import diagnose, fork_coverage, judge_suite, last_tagged_hop
+from bot.verify.diff import REQUEST_TIMEOUT_S, http_sender, probes, run_diff
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,13 @@ class Pipeline:
                         judge_suite(suite.name, "head", False, self.runtime.run_suite(sandbox, request))
                     )
             observed = self.runtime.observed_requests(sandbox)
+            chosen = probes(plan.config.verify.diff, observed, sandbox.routing_key)
+            if chosen:
+                baggage = f"{plan.config.routing.baggage_member}={sandbox.routing_key}"
+                with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+                    send = http_sender(sandbox.baseline.entry_urls, baggage, client)
+                    evidence.diff = run_diff(plan.config.verify.diff, chosen, send)
+                observed = self.runtime.observed_requests(sandbox)
             coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
             for name, hits in coverage.items():
                 service = evidence.service(name)

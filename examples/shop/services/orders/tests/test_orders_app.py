@@ -140,9 +140,8 @@ def test_declined_payment_is_402_and_nothing_stored(client: TestClient) -> None:
 def test_declined_payment_of_another_error_shape_is_a_bad_upstream_response(
     client: TestClient, peers: Peers
 ) -> None:
-    peers.override = lambda r: (
-        httpx.Response(402, json={"message": "declined", "declined": True}) if r.url.path == "/charges" else None
-    )
+    flat = {"message": "declined", "declined": True}
+    peers.override = lambda r: httpx.Response(402, json=flat) if r.url.path == "/charges" else None
     response = checkout(client)
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_bad_response"
