@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.config import ConfigError
+from bot.config.globs import matches
 from bot.pipeline import make_plan
-from bot.pipeline.plan import matches
 from tests.gitrepo import GitRepo
 
 CONFIG = """\

@@ -158,6 +158,18 @@ class Routing(Strict):
     header: str = Field(default="x-loopgate-sandbox", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
+DEFAULT_AGENT_BRANCHES = ["devin/**", "codex/**", "copilot/**", "claude/**", "cursor/**", "agent/**"]
+
+
+class Agents(Strict):
+    """Which pushes loopgate gates, and what it does with the verdict (read from the base commit)."""
+
+    branches: list[str] = Field(default_factory=lambda: list(DEFAULT_AGENT_BRANCHES), min_length=1)
+    open_pr: bool = Field(default=True, description="Open a PR for a branch that passes and has none.")
+    draft_on_failure: bool = Field(default=True, description="Turn an open PR into a draft on any non-pass.")
+    pr_base: str | None = Field(default=None, description="Base branch for opened PRs; default branch if unset.")
+
+
 class LocalRuntime(Strict):
     kind: Literal["local"] = "local"
 
@@ -174,6 +186,7 @@ class Config(Strict):
     services: dict[str, Service] = Field(default_factory=dict)
     verify: Verify = Field(default_factory=Verify)
     routing: Routing = Field(default_factory=Routing)
+    agents: Agents = Field(default_factory=Agents)
     runtime: Annotated[LocalRuntime | KubernetesRuntime, Field(discriminator="kind")] = Field(
         default_factory=LocalRuntime
     )
