@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,9 @@ import pytest
 from bot.config import RuntimeSettings
 from bot.pipeline import make_plan
 from bot.runtimes.local import LocalRuntime
+from bot.runtimes.local.accesslog import read_access_log
+from bot.runtimes.local.envoy import DataPlane
+from bot.runtimes.local.runtime import ACCESS_LOG_SETTLE_S
 from bot.runtimes.protocol import Baseline, ObservedRequest, Sandbox, Source
 from tests.gitrepo import GitRepo
 
@@ -83,9 +88,14 @@ def test_each_sandbox_reaches_exactly_its_forks_at_every_hop(
     assert seen_a == {"gateway": {None}, "orders": {a.routing_key}, "inventory": {None}, "payments": {None}}
     seen_b = hops(runtime.observed_requests(b), trace_b)
     assert seen_b == {"gateway": {None}, "orders": {None}, "inventory": {b.routing_key}, "payments": {None}}
-    # Untagged traffic is in neither sandbox's view and never reached a fork.
-    assert hops(runtime.observed_requests(a), trace_none) == {}
-    assert hops(runtime.observed_requests(b), trace_none) == {}
+    # Untagged traffic reached no fork at any hop, and is no sandbox's traffic.
+    everywhere_baseline = {"gateway": {None}, "orders": {None}, "inventory": {None}, "payments": {None}}
+    assert hops(runtime.observed_requests(a), trace_none) == everywhere_baseline
+    assert all(
+        r.routing_key is None for r in runtime.observed_requests(a) if trace_none in (r.traceparent or "")
+    )
+    # Each sandbox sees only its own tagged traffic, never the other's.
+    assert not [r for r in runtime.observed_requests(a) if r.routing_key == b.routing_key]
     assert all(
         r.routing_key == a.routing_key
         for r in runtime.observed_requests(a)
@@ -112,9 +122,13 @@ def test_similar_keys_never_match(
 ) -> None:
     runtime, a, _ = two_sandboxes
     near = mangle(a.routing_key)  # type: ignore[operator]
-    trace = "e" * 31 + str(len(near) % 10)
+    trace = hashlib.sha256(near.encode()).hexdigest()[:32]  # a trace of its own per key
     checkout(a.baseline, traced({"baggage": f"loopgate-sandbox={near}"}, trace))
-    assert hops(runtime.observed_requests(a), trace) == {}
+    time.sleep(ACCESS_LOG_SETTLE_S)
+    log = DataPlane(runtime.registry.env_dir(a.baseline.env_id) / "envoy").access_log
+    seen = [r for r in read_access_log(log)[0] if trace in (r.traceparent or "")]
+    assert {r.service for r in seen} == {"gateway", "orders", "inventory", "payments"}
+    assert all(r.routing_key == near and r.target is None for r in seen)  # its own key, served by baseline
 
 
 def test_other_baggage_members_and_properties_still_match(

@@ -1,6 +1,8 @@
 """The example shop: its unit tests, its two agent changes, and an end-to-end smoke with real processes.
 
-Every process is started here and stopped here, also when a test fails.
+Every process is started here and stopped here, also when a test fails. payments keeps its ledger in
+PostgreSQL (LOOPGATE_TEST_POSTGRES_URL, default `postgresql://postgres@127.0.0.1:5432/postgres`): the
+smoke makes its own temp database and drops it.
 """
 
 from __future__ import annotations
@@ -14,27 +16,32 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 SERVICES = ("gateway", "orders", "inventory", "payments")
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 COMMAND_TIMEOUT_S = 90
+POSTGRES_URL = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPGATE_", "PYTEST_"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in the shop folder
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is ours
+    env["LOOPGATE_TEST_POSTGRES_URL"] = POSTGRES_URL  # payments' unit tests make their own database
     env.update(extra)
     return env
 
@@ -144,7 +151,7 @@ class Recorder:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 recorder.seen.append((self.command, self.path, headers))
                 body = self.rfile.read(int(headers.get("content-length", "0") or 0))
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=10)
                 try:
                     forwarded = {k: v for k, v in headers.items() if k not in ("host", "connection")}
                     conn.request(self.command, self.path, body=body or None, headers=forwarded)
@@ -181,12 +188,33 @@ class Shop:
     payments_recorder: Recorder
     startup_s: dict[str, float]
     logs: Path
+    payments_db: str
+
+
+@contextmanager
+def _temp_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the test server, dropped on exit; yields its URL."""
+    name = f"lg_test_shop_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        parts = urlsplit(POSTGRES_URL)
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _start_services(
-    stack: ExitStack, root: Path, ports: dict[str, int], env: dict[str, str], logs: Path
+    stack: ExitStack,
+    root: Path,
+    ports: dict[str, int],
+    env: dict[str, str],
+    logs: Path,
+    state: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Start services (name -> port) from `root` as .loopgate.yml says; return seconds to /healthz 200."""
+    """Start services (name -> port) from `root` as .loopgate.yml says, each with its LOOPGATE_STATE
+    from `state`; return seconds to /healthz 200."""
     config = yaml.safe_load((root / ".loopgate.yml").read_text())["services"]
     started: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     for name, port in ports.items():
@@ -195,7 +223,7 @@ def _start_services(
         proc = subprocess.Popen(
             shlex.split(local["run"].format(port=port)),
             cwd=root / local["cwd"],
-            env=env,
+            env=env | ({"LOOPGATE_STATE": state[name]} if state and name in state else {}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -209,8 +237,8 @@ def _start_services(
                 if name in ready:
                     continue
                 if proc.poll() is not None:
-                    log = (logs / f"{name}-{ports[name]}.log").read_text(errors="replace")
-                    pytest.fail(f"{name} exited with {proc.returncode}:\n{log[-3000:]}")
+                    output = (logs / f"{name}-{ports[name]}.log").read_text(errors="replace")
+                    pytest.fail(f"{name} exited with {proc.returncode}:\n{output[-3000:]}")
                 try:
                     if client.get(f"http://127.0.0.1:{ports[name]}/healthz").status_code == 200:
                         ready[name] = time.monotonic() - t0
@@ -234,10 +262,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             LOOPGATE_ORDERS_URL=urls["orders"],
             LOOPGATE_INVENTORY_URL=urls["inventory"],
             LOOPGATE_PAYMENTS_URL=recorder.url,  # payments, with every received header kept
-            LOOPGATE_STATE=str(tmp / "state" / "orders.db"),
         )
-        startup = _start_services(stack, SHOP, ports, env, tmp)
-        yield Shop(urls, recorder, startup, tmp)
+        state = {
+            "orders": str(tmp / "state" / "orders.db"),
+            "payments": stack.enter_context(_temp_database()),
+        }
+        startup = _start_services(stack, SHOP, ports, env, tmp, state)
+        yield Shop(urls, recorder, startup, tmp, state["payments"])
 
 
 def test_e2e_suite_passes_against_the_real_services(shop: Shop, tmp_path: Path) -> None:
@@ -284,6 +315,16 @@ def test_baggage_and_traceparent_reach_payments(shop: Shop) -> None:
     assert "loopgate-sandbox" not in shop.payments_recorder.seen[0][2].get("baggage", "")
 
 
+def test_order_keeps_the_charge_that_payments_keeps_in_postgres(shop: Shop) -> None:
+    body = {"sku": "sku-notebook", "qty": 2, "card": "4242-4242-4242-4242"}
+    order = httpx.post(f"{shop.urls['gateway']}/api/checkout", json=body, timeout=30).json()
+    charge = httpx.get(f"{shop.urls['payments']}/charges/{order['charge_id']}", timeout=10).json()
+    assert (charge["amount_cents"], charge["status"]) == (order["amount_cents"], "captured")
+    with psycopg.connect(shop.payments_db) as db:
+        row = db.execute("SELECT amount_cents, card_last4 FROM charges WHERE id = %s", (order["charge_id"],))
+        assert row.fetchone() == (order["amount_cents"], "4242")
+
+
 def test_contract_break_fails_checkout_through_the_gateway(shop: Shop, tmp_path: Path) -> None:
     """The broken inventory behind the real orders and gateway: checkout must not answer 201."""
     broken = _scratch_repo(tmp_path, "contract-break.patch")
@@ -294,10 +335,9 @@ def test_contract_break_fails_checkout_through_the_gateway(shop: Shop, tmp_path:
         LOOPGATE_ORDERS_URL=urls["orders"],
         LOOPGATE_INVENTORY_URL=urls["inventory"],
         LOOPGATE_PAYMENTS_URL=shop.urls["payments"],
-        LOOPGATE_STATE=str(tmp_path / "orders.db"),
     )
     with ExitStack() as stack:
-        _start_services(stack, broken, ports, env, tmp_path)
+        _start_services(stack, broken, ports, env, tmp_path, {"orders": str(tmp_path / "orders.db")})
         body = {"sku": "sku-tea-towel", "qty": 1, "card": "4242-4242-4242-4242"}
         response = httpx.post(f"{urls['gateway']}/api/checkout", json=body, timeout=30)
     assert response.status_code == 502, response.text

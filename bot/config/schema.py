@@ -167,7 +167,9 @@ class Agents(Strict):
     branches: list[str] = Field(default_factory=lambda: list(DEFAULT_AGENT_BRANCHES), min_length=1)
     open_pr: bool = Field(default=True, description="Open a PR for a branch that passes and has none.")
     draft_on_failure: bool = Field(default=True, description="Turn an open PR into a draft on any non-pass.")
-    pr_base: str | None = Field(default=None, description="Base branch for opened PRs; default branch if unset.")
+    pr_base: str | None = Field(
+        default=None, description="Base branch for opened PRs; default branch if unset."
+    )
 
 
 class LocalRuntime(Strict):

@@ -29,3 +29,29 @@ class RuntimeSettings(BaseSettings):
         le=65000,
         description="Envoy admin port; the listeners follow it. 0 picks free ports.",
     )
+
+
+class AppSettings(RuntimeSettings):
+    """The GitHub App server (`loopgate serve`). A missing required setting stops start-up by name."""
+
+    github_app_id: int
+    github_private_key: str | None = None
+    github_private_key_path: Path | None = None
+    webhook_secret: str = Field(min_length=1)
+    github_api_url: str = "https://api.github.com"
+    database_url: str | None = Field(default=None, description="Default: SQLite under the state dir.")
+    public_url: str = "http://127.0.0.1:8080"
+    api_token: str | None = None
+    workers: int = Field(default=2, ge=0, le=64)
+    runtime: str = "local"
+    git_cache_dir: Path | None = None
+
+    def private_key(self) -> str:
+        if self.github_private_key:
+            return self.github_private_key
+        if self.github_private_key_path is not None:
+            return self.github_private_key_path.read_text(encoding="utf-8")
+        raise ValueError("set LOOPGATE_GITHUB_PRIVATE_KEY or LOOPGATE_GITHUB_PRIVATE_KEY_PATH")
+
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'loopgate.db'}"

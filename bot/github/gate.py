@@ -37,7 +37,9 @@ def conclusion(verdict: Verdict | None) -> str:
     return CHECK_CONCLUSIONS[verdict] if verdict is not None else "failure"
 
 
-def gate_actions(verdict: Verdict | None, agents: Agents, pull: OpenPull | None, drafted_by_us: bool) -> list[Action]:
+def gate_actions(
+    verdict: Verdict | None, agents: Agents, pull: OpenPull | None, drafted_by_us: bool
+) -> list[Action]:
     """Only `pass` opens or readies a PR; anything else may turn an open PR into a draft."""
     if verdict is Verdict.PASS:
         if pull is None:

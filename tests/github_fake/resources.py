@@ -528,8 +528,9 @@ def content(repo: Repo, entry: TreeEntry, ref: str, urls: Urls, data: bytes | No
     return out
 
 
-def installation_token(token: str, expires_at: str, permissions: dict[str, str], repos: list[Repo] | None,
-                       urls: Urls) -> dict[str, Any]:
+def installation_token(
+    token: str, expires_at: str, permissions: dict[str, str], repos: list[Repo] | None, urls: Urls
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "token": token,
         "expires_at": expires_at,

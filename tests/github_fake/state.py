@@ -118,16 +118,21 @@ class Git:
         return None
 
     def branch_sha(self, branch: str) -> str | None:
-        done = self._run("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", ok=(0, 1, 128))
+        done = self._run(
+            "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", ok=(0, 1, 128)
+        )
         return done.stdout.decode().strip() if done.returncode == 0 else None
 
     def branches(self) -> dict[str, str]:
         out = self.text("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads")
-        return dict(line.split(" ", 1) for line in out.splitlines() if line)  # type: ignore[misc]
+        pairs = (line.split(" ", 1) for line in out.splitlines() if line)
+        return {name: sha for name, sha in pairs}
 
     def head_branch(self) -> str | None:
         done = self._run("symbolic-ref", "--quiet", "--short", "HEAD", ok=(0, 1, 128))
-        return done.stdout.decode().strip() or None if done.returncode == 0 else None
+        if done.returncode != 0:
+            return None
+        return done.stdout.decode().strip() or None
 
     def commit(self, sha: str) -> GitCommit:
         fmt = "%H%x00%T%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B"
@@ -231,9 +236,9 @@ class Git:
             else:
                 name = tokens[i + 1]
                 i += 2
-            added, deleted = counts.get(name, (0, 0))
+            plus, minus = counts.get(name, (0, 0))
             blob = None if code[0] == "D" else self._blob_sha(b, name)
-            out.append(FileChange(kinds.get(code[0], "changed"), name, previous, added, deleted, blob))
+            out.append(FileChange(kinds.get(code[0], "changed"), name, previous, plus, minus, blob))
         return out
 
     def _blob_sha(self, ref: str, path: str) -> str | None:
@@ -395,7 +400,9 @@ class Repo:
         """A pull's head: its branch's tip while the branch exists, else the last one seen."""
         sha = self.git.branch_sha(pull.head_ref) if pull.head_owner == self.owner_login else None
         if sha is None and pull.head_owner != self.owner_login:
-            sha = self.git.branch_sha(f"{pull.head_owner}/{pull.head_ref}") or self.git.branch_sha(pull.head_ref)
+            sha = self.git.branch_sha(f"{pull.head_owner}/{pull.head_ref}") or self.git.branch_sha(
+                pull.head_ref
+            )
         if sha and pull.state == "open":
             pull.last_head_sha = sha
         return sha if (sha and pull.state == "open") else (pull.last_head_sha or sha or ZERO_SHA)
@@ -478,9 +485,13 @@ class FakeState:
             raise ValueError(f"repository name {full_name!r} is not OWNER/NAME")
         if not (Path(path) / ".git").exists() and not (Path(path) / "HEAD").exists():
             raise ValueError(f"{path} is not a git repository")
-        repo = Repo(full_name=full_name, path=Path(path), id=next_id(), owner=self.user(owner), private=private)
+        repo = Repo(
+            full_name=full_name, path=Path(path), id=next_id(), owner=self.user(owner), private=private
+        )
         self.repos[full_name.lower()] = repo
-        inst = next((i for i in self.installations.values() if i.account.login.lower() == owner.lower()), None)
+        inst = next(
+            (i for i in self.installations.values() if i.account.login.lower() == owner.lower()), None
+        )
         if inst is None:
             inst = Installation(
                 id=next_id(),

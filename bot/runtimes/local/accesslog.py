@@ -7,6 +7,7 @@ so it is read incrementally (by byte offset) while Envoy keeps appending to it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def baggage_routing_key(baggage: str | None, member: str) -> str | None:
         key, sep, rest = item.partition("=")
         if not sep or key.strip(" \t") != member:
             continue
-        value = rest.split(";", 1)[0].strip(" \t")
+        value = re.split(r";|%3[Bb]", rest, maxsplit=1)[0].strip(" \t")
         return value or None
     return None
 

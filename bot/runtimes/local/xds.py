@@ -39,7 +39,10 @@ _LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 # %REQ(baggage)% (route header additions, access log) sees only the first of several baggage header
 # lines; folding them into one value first keeps every member when the sandbox member is appended and
 # makes the access log show what routing matched on (Envoy's matchers join the lines with ',').
-_MERGE_BAGGAGE_LUA = """
+_REQUEST_LUA = """
+-- Several `baggage` lines become one value, so `%REQ(baggage)%` and the access log see every member.
+-- A tagged request without trace context gets one (from Envoy's random x-request-id), so every hop of
+-- the sandbox's traffic can be followed in the access log, even when no caller started a trace.
 function envoy_on_request(handle)
   local headers = handle:headers()
   local count = headers:getNumValues("baggage")
@@ -51,8 +54,22 @@ function envoy_on_request(handle)
     headers:remove("baggage")
     headers:add("baggage", table.concat(values, ","))
   end
+  if headers:get("traceparent") == nil then
+    local baggage = headers:get("baggage") or ""
+    if headers:get("__HEADER__") ~= nil or string.find(baggage, "__MEMBER__", 1, true) ~= nil then
+      local id = string.gsub(headers:get("x-request-id") or "", "-", "")
+      if string.match(id, "^%x+$") and string.len(id) == 32 then
+        headers:add("traceparent", "00-" .. id .. "-" .. string.sub(id, 17, 32) .. "-01")
+      end
+    end
+  end
 end
 """
+
+
+def request_lua(spec: DataPlaneSpec) -> str:
+    """The listener's Lua filter for this spec's header and member names (validated to be plain)."""
+    return _REQUEST_LUA.replace("__HEADER__", spec.header).replace("__MEMBER__", spec.baggage_member)
 
 CONNECT_TIMEOUT = "1s"
 # Envoy's default circuit breakers (1024) would turn a load test into 503s that no service caused.
@@ -221,7 +238,7 @@ def _listener(workdir: Path, service: str, port: int, spec: DataPlaneSpec) -> di
                 "name": "envoy.filters.http.lua",
                 "typed_config": {
                     "@type": _LUA_TYPE,
-                    "default_source_code": {"inline_string": _MERGE_BAGGAGE_LUA},
+                    "default_source_code": {"inline_string": request_lua(spec)},
                 },
             },
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
@@ -302,7 +319,8 @@ def baggage_member_regex(member: str, key: str | None) -> str:
     """
     value = re.escape(key) if key is not None else r"[^,;]*"
     ows = r"[ \t]*"
-    return f"(?:.*,)?{ows}{re.escape(member)}{ows}={ows}{value}{ows}(?:;[^,]*)?(?:,.*)?"
+    # `%3B`: OpenTelemetry Python re-sends a member's properties percent-encoded inside its value.
+    return f"(?:.*,)?{ows}{re.escape(member)}{ows}={ows}{value}{ows}(?:(?:;|%3[Bb])[^,]*)?(?:,.*)?"
 
 
 def routes_response(service: str, spec: DataPlaneSpec, version: str) -> dict[str, Any]:

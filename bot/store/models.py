@@ -1,0 +1,146 @@
+"""The tables: webhook deliveries, App installations, verification runs.
+
+These models describe the schema the migrations build; a change here needs a new revision in
+`bot/store/migrations/versions/` (see `bot.store.migrate`). The store hands out snapshots, never
+these objects, so no caller ever holds a session.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUNNING = "status = 'running'"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both backends.
+
+    PostgreSQL keeps `timestamptz`; SQLite has no time zones, so values are stored as naive UTC in
+    SQLAlchemy's fixed-width text format, which also sorts and compares correctly as text.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value} given to the store; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
+
+
+class Delivery(Base):
+    """One webhook delivery, keyed by `X-GitHub-Delivery`: a redelivery finds its row and stops."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str | None] = mapped_column(String(64))
+    repo: Mapped[str | None] = mapped_column(String(256))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime]
+    # Handled means its runs are enqueued; a delivery received but not handled before a crash is
+    # found again at start, since GitHub's redelivery of it is (rightly) a no-op.
+    processed_at: Mapped[datetime | None]
+    # The body exactly as received: it is what the signature covered.
+    payload: Mapped[str] = mapped_column(Text)
+
+
+class Installation(Base):
+    __tablename__ = "installations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account: Mapped[str] = mapped_column(String(256))
+    repositories: Mapped[list[str]] = mapped_column(JSON)
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime]
+
+
+class Run(Base):
+    """One verification of (repo, head SHA, check name, attempt), from queued to concluded."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("repo", "head_sha", "check_name", "attempt", name="uq_runs_key"),
+        # The claim query: oldest queued first.
+        Index("ix_runs_status_created_at", "status", "created_at"),
+        Index("ix_runs_repo_branch", "repo", "branch"),
+        # At most one running run per branch, enforced by the database itself, so that two
+        # PostgreSQL workers claiming two runs of one branch at the same instant cannot both win.
+        Index(
+            "uq_runs_one_running_per_branch",
+            "repo",
+            "branch",
+            unique=True,
+            sqlite_where=text(RUNNING),
+            postgresql_where=text(RUNNING),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    repo: Mapped[str] = mapped_column(String(256))
+    branch: Mapped[str] = mapped_column(String(256))
+    head_sha: Mapped[str] = mapped_column(String(64))
+    check_name: Mapped[str] = mapped_column(String(128))
+    attempt: Mapped[int] = mapped_column(Integer)
+    base_ref: Mapped[str | None] = mapped_column(String(256))
+    clone_url: Mapped[str | None] = mapped_column(String(1024))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    delivery_id: Mapped[str | None] = mapped_column(String(64))
+    trigger: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    conclusion: Mapped[str | None] = mapped_column(String(32))
+    evidence: Mapped[str | None] = mapped_column(Text)
+    check_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    routing_key: Mapped[str | None] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    superseded_by: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_reason: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,31 @@
+"""A contract fake of the GitHub API for loopgate's tests.
+
+    with GitHubFake.running(repos={"acme/shop": repo_path}) as fake:
+        gi = GithubIntegration(auth=Auth.AppAuth(fake.app_id, fake.private_key_pem), base_url=fake.url)
+        ...
+        fake.assert_no_violations()
+
+Every REST request is checked against `shared/contracts/github/openapi/subset.json`, every GraphQL
+document against `shared/contracts/github/graphql/schema.graphql`, every response against its schema.
+`webhooks` loads, adapts, validates, signs and delivers the published webhook examples.
+"""
+
+from tests.github_fake.contract import CONTRACTS_ENV, OpenAPIContract, contracts_dir, load_contract
+from tests.github_fake.server import GitHubFake, RecordedRequest, Violation
+from tests.github_fake.state import CheckRun, FakeState, IssueComment, Pull, Repo, Status
+
+__all__ = [
+    "CONTRACTS_ENV",
+    "CheckRun",
+    "FakeState",
+    "GitHubFake",
+    "IssueComment",
+    "OpenAPIContract",
+    "Pull",
+    "RecordedRequest",
+    "Repo",
+    "Status",
+    "Violation",
+    "contracts_dir",
+    "load_contract",
+]
