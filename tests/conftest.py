@@ -74,6 +74,14 @@ def shop_repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     inventory = (path / "services/inventory/inventory_app.py").read_text()
     repo.branch("agent/orders-note", {"services/orders/orders_app.py": orders + "\n# a harmless note\n"})
     repo.branch("agent/inventory-note", {"services/inventory/inventory_app.py": inventory + "\n# a note\n"})
+    payments = (path / "services/payments/payments_app.py").read_text()
+    repo.branch(
+        "agent/orders-and-payments-note",
+        {
+            "services/orders/orders_app.py": orders + "\n# a note\n",
+            "services/payments/payments_app.py": payments + "\n# a note\n",
+        },
+    )
     repo.branch(
         "agent/orders-crash",
         {

@@ -12,6 +12,7 @@ import pytest
 from bot.config import RuntimeSettings
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.envoy import DataPlane
+from bot.runtimes.local.registry import env_id_for
 from bot.runtimes.protocol import Baseline
 from tests.conftest import SHOP, processes_under, run_cli
 from tests.gitrepo import GitRepo
@@ -276,3 +277,16 @@ def test_agent_code_gets_an_allow_listed_environment(tmp_path: Path) -> None:
         assert name not in seen and value not in seen
     assert "LOOPGATE_ROUTING_KEY=" in seen and "LOOPGATE_WEB_URL=http://127.0.0.1:" in seen
     assert "No such file" in seen  # a HOME of its own: no user git config or credentials to find
+
+
+def test_state_missing_in_the_baseline_is_an_error_never_a_pass(tmp_path: Path, state_dir: Path) -> None:
+    config = TINY_CONFIG.replace("cwd: web, health: /}", "cwd: web, health: /}\n    state: {sqlite: web.db}")
+    repo = GitRepo.init(tmp_path / "tiny", {".loopgate.yml": config, "web/index.html": "v1\n"})
+    repo.branch("agent/x", {"web/index.html": "v2\n"})
+    code, evidence, output = verify(repo, "agent/x", tmp_path)
+    assert code == 3, output
+    assert evidence["verdict"] == "error" and evidence["error_kind"] == "infrastructure"
+    assert evidence["reasons"][0].startswith("state database ")
+    assert evidence["reasons"][0].endswith("web.db is missing in the baseline")
+    env_dir = state_dir / "envs" / env_id_for(repo.path, repo.git("rev-parse", "main"))
+    assert not env_dir.exists()  # its own baseline was stopped and removed
