@@ -119,7 +119,8 @@ def utcnow() -> datetime:
 class Evidence(Record):
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str
-    verdict: Verdict | None = Field(default=None, description="None while the run is in flight.")
+    verdict: Verdict | None = Field(default=None, description="None while in flight, or when cancelled.")
+    cancelled: bool = Field(default=False, description="Stopped before a verdict (superseded, deleted).")
     error_kind: ErrorKind | None = Field(default=None, description="Set with verdict `error`.")
     reasons: list[str] = Field(default_factory=list, description="One line each, most important first.")
     repo: str

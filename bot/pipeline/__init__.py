@@ -1,7 +1,16 @@
 """The verification flow, stage by stage."""
 
 from bot.pipeline.plan import Plan, make_plan
-from bot.pipeline.run import Kept, Pipeline, VerifyRequest, new_run_id
+from bot.pipeline.run import Cancelled, Kept, Pipeline, VerifyRequest, new_run_id
 from bot.pipeline.stages import StageListener
 
-__all__ = ["Kept", "Pipeline", "Plan", "StageListener", "VerifyRequest", "make_plan", "new_run_id"]
+__all__ = [
+    "Cancelled",
+    "Kept",
+    "Pipeline",
+    "Plan",
+    "StageListener",
+    "VerifyRequest",
+    "make_plan",
+    "new_run_id",
+]

@@ -7,7 +7,9 @@ pipeline knows nothing of GitHub or terminals: callers (CLI, worker, action) rep
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import httpx
 from bot.config import Config, InfrastructureError, LoopgateError
 from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, decide, utcnow
 from bot.pipeline.plan import Plan, make_plan
-from bot.pipeline.stages import StageListener, StageRecorder
+from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import Baseline, Runtime, Sandbox, Source, SuiteRequest
 from bot.verify import diagnose, fork_coverage, judge_suite, last_tagged_hop
 from bot.verify.diff import REQUEST_TIMEOUT_S, http_sender, probes, run_diff
@@ -50,10 +52,27 @@ def new_run_id() -> str:
 
 
 class Pipeline:
-    def __init__(self, runtime: Runtime, listener: StageListener | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        listener: StageListener | None = None,
+        should_stop: Callable[[], str | None] | None = None,
+    ) -> None:
+        """`should_stop` returns why the run must stop, or None; it is polled between stages and
+        while suites run."""
         self.runtime = runtime
         self.listener = listener
+        self.should_stop = should_stop or (lambda: None)
         self.kept: Kept | None = None
+
+    def _checkpoint(self) -> None:
+        why = self.should_stop()
+        if why is not None:
+            raise Cancelled(why)
+
+    def _stage(self, stages: StageRecorder, name: str) -> AbstractContextManager[StageResult]:
+        self._checkpoint()
+        return stages.stage(name)
 
     def verify(self, request: VerifyRequest) -> Evidence:
         evidence = Evidence(
@@ -78,7 +97,7 @@ class Pipeline:
                     stages.skipped(name, "no service is affected by the change")
             else:
                 base = Source(request.repo, plan.base_sha)
-                with stages.stage("baseline") as result:
+                with self._stage(stages, "baseline") as result:
                     baseline = self.runtime.up_baseline(base, plan.config)
                     result.detail = "reused a running baseline" if baseline.reused else "started"
                 sandbox = self.runtime.new_sandbox(
@@ -87,7 +106,7 @@ class Pipeline:
                 evidence.routing_key = sandbox.routing_key
                 self._build_and_fork(stages, evidence, plan, sandbox)
                 if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
-                    with stages.stage("route"):
+                    with self._stage(stages, "route"):
                         self.runtime.route(sandbox)
                     if request.sandbox_only:
                         return evidence
@@ -98,6 +117,9 @@ class Pipeline:
                 self._require_healthy_baseline(baseline)
             with stages.stage("decide"):
                 evidence.verdict, evidence.reasons = decide(evidence)
+        except Cancelled as exc:
+            evidence.verdict, evidence.cancelled = None, True
+            evidence.reasons = [f"cancelled: {exc}"]
         except LoopgateError as exc:
             evidence.verdict = Verdict.ERROR
             evidence.error_kind = ErrorKind.CONFIG if exc.kind == "config" else ErrorKind.INFRASTRUCTURE
@@ -105,7 +127,9 @@ class Pipeline:
             if exc.kind == "change":
                 evidence.verdict, evidence.error_kind = Verdict.FAIL, None
         finally:
-            keep = request.keep or (request.sandbox_only and evidence.verdict is None)
+            keep = request.keep or (
+                request.sandbox_only and evidence.verdict is None and not evidence.cancelled
+            )
             self._teardown(stages, evidence, baseline, sandbox, keep=keep, release=not request.keep_baseline)
             evidence.finished_at = utcnow()
         return evidence
@@ -116,6 +140,9 @@ class Pipeline:
         problem = self.runtime.baseline_health(baseline)
         if problem is not None:
             raise InfrastructureError(f"the baseline became unhealthy during the run: {problem}")
+
+    def _stopping(self) -> bool:
+        return self.should_stop() is not None
 
     def _record_plan(self, evidence: Evidence, plan: Plan) -> None:
         evidence.base.sha, evidence.head.sha, evidence.merge_sha = (
@@ -139,7 +166,7 @@ class Pipeline:
             stages.skipped("fork", "no service is affected")
             return
         specs = {name: plan.config.services[name] for name in names}
-        with stages.stage("build") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
+        with self._stage(stages, "build") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
             builds = dict(
                 zip(names, pool.map(lambda n: self.runtime.build(sandbox, n, specs[n]), names), strict=True)
             )
@@ -154,7 +181,7 @@ class Pipeline:
         if result.outcome == "failed":
             stages.skipped("fork", "a build failed")
             return
-        with stages.stage("fork") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
+        with self._stage(stages, "fork") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
             for forked in pool.map(lambda n: self.runtime.fork(sandbox, n, specs[n]), names):
                 service = evidence.service(forked.service)
                 assert service is not None
@@ -165,16 +192,22 @@ class Pipeline:
                     result.outcome = "failed"
 
     def _verify(self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
-        with stages.stage("verify") as result:
+        with self._stage(stages, "verify") as result:
             for suite in plan.config.verify.suites:
-                request = SuiteRequest(suite.name, suite.run, suite.timeout, "base")
+                self._checkpoint()
+                request = SuiteRequest(
+                    suite.name, suite.run, suite.timeout, "base", should_stop=self._stopping
+                )
                 evidence.suites.append(
                     judge_suite(suite.name, "base", suite.gating, self.runtime.run_suite(sandbox, request))
                 )
             if plan.run_head_suites:
                 head_config: Config = plan.head_config or plan.config
                 for suite in head_config.verify.suites:
-                    request = SuiteRequest(suite.name, suite.run, suite.timeout, "head")
+                    self._checkpoint()
+                    request = SuiteRequest(
+                        suite.name, suite.run, suite.timeout, "head", should_stop=self._stopping
+                    )
                     # Head's suites are reported, never gating: they cannot loosen the team's gate.
                     evidence.suites.append(
                         judge_suite(suite.name, "head", False, self.runtime.run_suite(sandbox, request))

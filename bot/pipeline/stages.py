@@ -15,6 +15,10 @@ StageListener = Callable[[str, str], None]
 knowing about terminals."""
 
 
+class Cancelled(Exception):
+    """The caller asked the run to stop (a newer push superseded it, its branch was deleted)."""
+
+
 class StageRecorder:
     def __init__(self, evidence: Evidence, listener: StageListener | None = None) -> None:
         self.evidence = evidence
@@ -27,7 +31,7 @@ class StageRecorder:
         self.listener(name, "started")
         try:
             yield result
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Cancelled):
             result.outcome = "cancelled"
             raise
         except BaseException:

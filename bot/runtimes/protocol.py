@@ -7,7 +7,7 @@ routes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -68,6 +68,8 @@ class SuiteRequest:
     timeout: float
     source: Literal["base", "head"]
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    should_stop: Callable[[], bool] | None = None
+    """Polled while the suite runs; True stops it (the run was superseded or cancelled)."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from bot.store.snapshots import RunStatus
 TRIES = 8
 
 
-def next_run(backend: str) -> Select[tuple[Run]]:
+def next_run(backend: str) -> Select[Run]:
     busy = aliased(Run)
     branch_busy = exists().where(
         busy.repo == Run.repo, busy.branch == Run.branch, busy.status == RunStatus.RUNNING.value

@@ -64,9 +64,7 @@ def create(url: URL) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)
         return engine
-    return create_engine(
-        url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
-    )
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
@@ -108,4 +106,3 @@ def translated(url: URL, doing: str) -> Iterator[None]:
         if exc.connection_invalidated:
             raise infrastructure_error(exc, url, doing) from exc
         raise
-

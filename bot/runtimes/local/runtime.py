@@ -426,9 +426,7 @@ class LocalRuntime:
         timed_out = False
         with self._job(sandbox, ref):
             try:
-                process.wait(timeout=suite.timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                timed_out = not _wait(process, suite.timeout, suite.should_stop)
             finally:
                 stop_group(ref, grace=3)  # also ends what the suite left running in its group
                 process.wait()
@@ -533,6 +531,19 @@ class LocalRuntime:
                     self._stop_env(env)
                     removed.append(f"baseline {env_id} (owner pid {env.owner.pid} is gone)")
         return removed
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool] | None) -> bool:
+    """Wait for exit; False when the time ran out or the caller asked to stop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            process.wait(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            if should_stop is not None and should_stop():
+                return False
+    return process.poll() is not None
 
 
 def _owner_alive(owner: ProcessRef | None) -> bool:

@@ -71,6 +71,7 @@ def request_lua(spec: DataPlaneSpec) -> str:
     """The listener's Lua filter for this spec's header and member names (validated to be plain)."""
     return _REQUEST_LUA.replace("__HEADER__", spec.header).replace("__MEMBER__", spec.baggage_member)
 
+
 CONNECT_TIMEOUT = "1s"
 # Envoy's default circuit breakers (1024) would turn a load test into 503s that no service caused.
 _CIRCUIT_LIMIT = 100_000

@@ -1,0 +1,466 @@
+"""The Store: every read and write of deliveries, installations and runs, one transaction each."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Engine, Select, func, or_, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.config import RuntimeSettings
+from bot.evidence import Verdict, utcnow
+from bot.store import claim as claiming
+from bot.store import database, migrate
+from bot.store.models import Delivery, Installation, Run
+from bot.store.snapshots import (
+    FINISHED,
+    IN_FLIGHT,
+    DeliverySnapshot,
+    InstallationSnapshot,
+    NewRun,
+    RunSnapshot,
+    RunStatus,
+)
+
+ROUTING_KEY = re.compile(r"^[a-z0-9]{6,16}$")
+_KEY = ("repo", "head_sha", "check_name", "attempt")
+_QUEUED, _RUNNING, _CANCELLED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.CANCELLED.value
+_IN_FLIGHT = [status.value for status in IN_FLIGHT]
+
+
+class UnknownRun(LookupError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r} in the store")
+
+
+class Store:
+    """The durable state of the App. Thread-safe; open one per process and share it."""
+
+    def __init__(self, engine: Engine, url: URL) -> None:
+        self._engine = engine
+        self._url = url
+        self._read = sessionmaker(bind=engine, expire_on_commit=False)
+        # On SQLite a write transaction begins IMMEDIATE (see bot.store.database._begin).
+        writer = engine.execution_options(**{database.WRITE_OPTION: True})
+        self._write = sessionmaker(bind=writer, expire_on_commit=False)
+        self.backend = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str | None = None, *, state_dir: Path | None = None) -> Store:
+        """Connect and migrate to head. Without a URL: SQLite in `state_dir` (`LOOPGATE_STATE_DIR`)."""
+        if url is None:
+            url = database.default_url(state_dir or RuntimeSettings().state_dir)
+        parsed = database.normalise(url)
+        engine = database.create(parsed)
+        try:
+            with database.translated(parsed, "connecting and migrating"):
+                migrate.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, parsed)
+
+    @property
+    def url(self) -> str:
+        """The database URL without its password."""
+        return database.redact(self._url)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _session(self, doing: str, *, write: bool = False) -> Iterator[Session]:
+        factory = self._write if write else self._read
+        with database.translated(self._url, doing), factory() as session, session.begin():
+            yield session
+
+    def _insert(self, model: type[Delivery | Installation | Run]) -> postgresql.Insert | sqlite.Insert:
+        return postgresql.insert(model) if self.backend == "postgresql" else sqlite.insert(model)
+
+    # Deliveries
+
+    def record_delivery(
+        self,
+        delivery_id: str,
+        event: str,
+        action: str | None,
+        repo: str | None,
+        installation_id: int | None,
+        payload_text: str,
+    ) -> bool:
+        """Persist a webhook delivery: True when new, False when GitHub redelivered it."""
+        values = {
+            "id": delivery_id,
+            "event": event,
+            "action": action,
+            "repo": repo,
+            "installation_id": installation_id,
+            "received_at": utcnow(),
+            "payload": payload_text,
+        }
+        stmt = self._insert(Delivery).values(values).on_conflict_do_nothing(index_elements=["id"])
+        with self._session("recording a delivery", write=True) as session:
+            return session.execute(stmt.returning(Delivery.id)).first() is not None
+
+    def mark_delivery_processed(self, delivery_id: str) -> None:
+        """The delivery's runs are enqueued: a restart need not handle it again."""
+        with self._session("marking a delivery processed", write=True) as session:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is not None and delivery.processed_at is None:
+                delivery.processed_at = utcnow()
+
+    def unprocessed_deliveries(self, limit: int = 100) -> list[DeliverySnapshot]:
+        """Deliveries received but never marked processed (a crash between 202 and enqueue)."""
+        query = (
+            select(Delivery)
+            .where(Delivery.processed_at.is_(None))
+            .order_by(Delivery.received_at, Delivery.id)
+            .limit(limit)
+        )
+        with self._session("listing unprocessed deliveries") as session:
+            return [_delivery(row) for row in session.scalars(query)]
+
+    def delivery(self, delivery_id: str) -> DeliverySnapshot | None:
+        with self._session("reading a delivery") as session:
+            row = session.get(Delivery, delivery_id)
+            return None if row is None else _delivery(row)
+
+    # Installations
+
+    def upsert_installation(
+        self, installation_id: int, account: str, repositories: Sequence[str], suspended: bool = False
+    ) -> InstallationSnapshot:
+        values: dict[str, Any] = {
+            "account": account,
+            "repositories": list(repositories),
+            "suspended": suspended,
+            "updated_at": utcnow(),
+        }
+        stmt = (
+            self._insert(Installation)
+            .values({"id": installation_id, **values})
+            .on_conflict_do_update(index_elements=["id"], set_=values)
+        )
+        with self._session("recording an installation", write=True) as session:
+            session.execute(stmt)
+            row = session.get_one(Installation, installation_id, populate_existing=True)
+            return _installation(row)
+
+    def remove_installation(self, installation_id: int) -> bool:
+        """Forget an uninstalled App installation; False when it was not known."""
+        with self._session("removing an installation", write=True) as session:
+            row = session.get(Installation, installation_id)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+    def installation(self, installation_id: int) -> InstallationSnapshot | None:
+        with self._session("reading an installation") as session:
+            row = session.get(Installation, installation_id)
+            return None if row is None else _installation(row)
+
+    # Runs: enqueueing and superseding
+
+    def enqueue(self, run: NewRun) -> tuple[RunSnapshot, bool]:
+        """Queue a run; when (repo, head_sha, check_name, attempt) exists, that run and False."""
+        if run.attempt < 1:
+            raise ValueError(f"attempt must be 1 or more, not {run.attempt}")
+        now = utcnow()
+        values = {
+            **asdict(run),
+            "status": _QUEUED,
+            "cancel_requested": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        stmt = self._insert(Run).values(values).on_conflict_do_nothing(index_elements=list(_KEY))
+        try:
+            with self._session("enqueueing a run", write=True) as session:
+                inserted = session.execute(stmt.returning(Run.id)).first() is not None
+                existing = session.scalars(
+                    select(Run).where(*(getattr(Run, name) == getattr(run, name) for name in _KEY))
+                ).one()
+                return _run(existing), inserted
+        except IntegrityError:
+            # The key is free, so the id collided: ids are meant to be unguessable, hence unique.
+            raise ValueError(f"run id {run.id!r} is already taken by another run") from None
+
+    def next_attempt(self, repo: str, head_sha: str, check_name: str) -> int:
+        query = select(func.max(Run.attempt)).where(
+            Run.repo == repo, Run.head_sha == head_sha, Run.check_name == check_name
+        )
+        with self._session("reading attempts") as session:
+            return (session.scalar(query) or 0) + 1
+
+    def supersede(self, repo: str, branch: str, by_sha: str) -> list[RunSnapshot]:
+        """A push of `by_sha` replaces the branch's other runs: queued ones are cancelled now,
+        running ones asked to stop. Returns those runs so the caller cancels checks and tears down."""
+        with self._session("superseding runs", write=True) as session:
+            return _stop(
+                session,
+                select(Run).where(Run.repo == repo, Run.branch == branch, Run.head_sha != by_sha),
+                reason=f"superseded by {by_sha}",
+                by_sha=by_sha,
+            )
+
+    def cancel_branch(self, repo: str, branch: str, reason: str) -> list[RunSnapshot]:
+        """Like `supersede`, for every run of the branch: it was deleted."""
+        with self._session("cancelling a branch", write=True) as session:
+            return _stop(session, select(Run).where(Run.repo == repo, Run.branch == branch), reason=reason)
+
+    # Runs: the worker's side
+
+    def claim(self, worker_id: str) -> RunSnapshot | None:
+        """Take the oldest queued run whose branch has none running; None when there is none.
+
+        See `bot.store.claim` for how this stays exactly-once on each backend.
+        """
+        for _ in range(claiming.TRIES):
+            try:
+                with self._session("claiming a run", write=True) as session:
+                    run = session.scalars(claiming.next_run(self.backend)).first()
+                    if run is None:
+                        return None
+                    now = utcnow()
+                    run.status = _RUNNING
+                    run.claimed_by = worker_id
+                    run.claimed_at = now
+                    run.heartbeat_at = now
+                    run.updated_at = now
+                    session.flush()
+                    return _run(run)
+            except IntegrityError:
+                continue  # another worker started a run of this branch an instant ago
+        return None
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Mark a running run alive; returns `cancel_requested`, so a worker learns it in one trip."""
+        with self._session("recording a heartbeat", write=True) as session:
+            run = _locked(session, run_id)
+            if run.status == _RUNNING:
+                run.heartbeat_at = utcnow()
+            return _should_stop(run)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """Should the worker stop? True when cancellation was requested or the run was cancelled."""
+        with self._session("reading a run") as session:
+            return _should_stop(_get(session, run_id))
+
+    def set_check_run(self, run_id: str, check_run_id: int) -> RunSnapshot:
+        return self._set(run_id, check_run_id=check_run_id)
+
+    def set_comment(self, run_id: str, comment_id: int) -> RunSnapshot:
+        return self._set(run_id, comment_id=comment_id)
+
+    def set_pr(self, run_id: str, number: int) -> RunSnapshot:
+        return self._set(run_id, pr_number=number)
+
+    def set_routing_key(self, run_id: str, key: str) -> RunSnapshot:
+        if not ROUTING_KEY.match(key):
+            raise ValueError(f"routing key {key!r} is not [a-z0-9]{{6,16}}")
+        return self._set(run_id, routing_key=key)
+
+    def _set(self, run_id: str, **values: object) -> RunSnapshot:
+        with self._session("updating a run", write=True) as session:
+            run = _locked(session, run_id)
+            for name, value in values.items():
+                setattr(run, name, value)
+            run.updated_at = utcnow()
+            session.flush()
+            return _run(run)
+
+    def complete(
+        self,
+        run_id: str,
+        verdict: str | None,
+        conclusion: str,
+        evidence_json: str | None,
+        status: str = RunStatus.COMPLETED.value,
+    ) -> RunSnapshot:
+        """Conclude a run: `completed` with its verdict, or `cancelled` (superseded, deleted)."""
+        finished = RunStatus(status)
+        if finished not in FINISHED:
+            raise ValueError(f"a run concludes completed or cancelled, not {status!r}")
+        if verdict is not None:
+            verdict = Verdict(verdict).value
+        now = utcnow()
+        with self._session("concluding a run", write=True) as session:
+            run = _locked(session, run_id)
+            run.status = finished.value
+            run.verdict = verdict
+            run.conclusion = conclusion
+            run.evidence = evidence_json
+            run.finished_at = now
+            run.updated_at = now
+            session.flush()
+            return _run(run)
+
+    # Runs: recovery
+
+    def in_flight(self) -> list[RunSnapshot]:
+        """Queued or running runs, oldest first: what a restart must resume or conclude."""
+        query = select(Run).where(Run.status.in_(_IN_FLIGHT)).order_by(Run.created_at, Run.id)
+        with self._session("listing runs in flight") as session:
+            return [_run(row) for row in session.scalars(query)]
+
+    def stale_running(self, older_than: timedelta) -> list[RunSnapshot]:
+        """Running runs whose worker has not sent a heartbeat for `older_than`: it died."""
+        cutoff = utcnow() - older_than
+        query = (
+            select(Run)
+            .where(Run.status == _RUNNING, or_(Run.heartbeat_at < cutoff, Run.heartbeat_at.is_(None)))
+            .order_by(Run.created_at, Run.id)
+        )
+        with self._session("listing stale runs") as session:
+            return [_run(row) for row in session.scalars(query)]
+
+    def requeue(self, run_id: str) -> RunSnapshot:
+        """Put a running run back in the queue, at its old place; other statuses are left as they are."""
+        with self._session("requeueing a run", write=True) as session:
+            run = _locked(session, run_id)
+            if run.status == _RUNNING:
+                run.status = _QUEUED
+                run.claimed_by = None
+                run.claimed_at = None
+                run.heartbeat_at = None
+                run.updated_at = utcnow()
+                session.flush()
+            return _run(run)
+
+    # Runs: reading
+
+    def get(self, run_id: str) -> RunSnapshot | None:
+        with self._session("reading a run") as session:
+            row = session.get(Run, run_id)
+            return None if row is None else _run(row)
+
+    def find(
+        self, repo: str | None = None, branch: str | None = None, sha: str | None = None, limit: int = 50
+    ) -> list[RunSnapshot]:
+        """Runs newest first; `sha` may be a prefix of the head SHA."""
+        query = select(Run)
+        if repo is not None:
+            query = query.where(Run.repo == repo)
+        if branch is not None:
+            query = query.where(Run.branch == branch)
+        if sha is not None:
+            query = query.where(Run.head_sha.startswith(sha, autoescape=True))
+        query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit)
+        with self._session("finding runs") as session:
+            return [_run(row) for row in session.scalars(query)]
+
+    def latest_for_branch(self, repo: str, branch: str) -> RunSnapshot | None:
+        runs = self.find(repo=repo, branch=branch, limit=1)
+        return runs[0] if runs else None
+
+    def counts_by_verdict(self) -> dict[str, int]:
+        query = select(Run.verdict, func.count()).where(Run.verdict.is_not(None)).group_by(Run.verdict)
+        with self._session("counting verdicts") as session:
+            return {str(verdict): int(count) for verdict, count in session.execute(query)}
+
+    def queue_depth(self) -> int:
+        query = select(func.count()).select_from(Run).where(Run.status == _QUEUED)
+        with self._session("counting the queue") as session:
+            return int(session.scalar(query) or 0)
+
+    def ping(self) -> bool:
+        """Readiness: can the database answer right now? Never raises."""
+        try:
+            with self._engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+
+def _get(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise UnknownRun(run_id)
+    return run
+
+
+def _locked(session: Session, run_id: str) -> Run:
+    """The run, row-locked on PostgreSQL for this read-modify-write (SQLite holds the whole file)."""
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is None:
+        raise UnknownRun(run_id)
+    return run
+
+
+def _should_stop(run: Run) -> bool:
+    return run.cancel_requested or run.status == _CANCELLED
+
+
+def _stop(session: Session, query: Select[Run], reason: str, by_sha: str | None = None) -> list[RunSnapshot]:
+    # FOR UPDATE: a claim committing meanwhile is waited for and seen, so a run that just started is
+    # asked to stop rather than overwritten as a cancelled queued one.
+    runs = session.scalars(query.where(Run.status.in_(_IN_FLIGHT)).with_for_update()).all()
+    now = utcnow()
+    affected = []
+    for run in runs:
+        if run.status == _RUNNING and run.cancel_requested:
+            continue  # already asked to stop; its first reason stands
+        if run.status == _QUEUED:
+            run.status = _CANCELLED
+            run.conclusion = "cancelled"
+            run.finished_at = now
+        else:
+            run.cancel_requested = True
+        run.superseded_by = by_sha
+        run.cancel_reason = reason
+        run.updated_at = now
+        affected.append(run)
+    session.flush()
+    return [_run(run) for run in affected]
+
+
+def _run(row: Run) -> RunSnapshot:
+    values = {
+        field.name: getattr(row, field.name)
+        for field in fields(RunSnapshot)
+        if field.name not in ("status", "evidence_json")
+    }
+    return RunSnapshot(**values, status=RunStatus(row.status), evidence_json=row.evidence)
+
+
+def _installation(row: Installation) -> InstallationSnapshot:
+    return InstallationSnapshot(
+        id=row.id,
+        account=row.account,
+        repositories=tuple(row.repositories),
+        suspended=row.suspended,
+        updated_at=row.updated_at,
+    )
+
+
+def _delivery(row: Delivery) -> DeliverySnapshot:
+    return DeliverySnapshot(
+        id=row.id,
+        event=row.event,
+        action=row.action,
+        repo=row.repo,
+        installation_id=row.installation_id,
+        received_at=row.received_at,
+        processed_at=row.processed_at,
+        payload=row.payload,
+    )
