@@ -1,8 +1,8 @@
 """The verification flow, stage by stage."""
 
 from bot.pipeline.plan import Plan, make_plan
-from bot.pipeline.run import Cancelled, Kept, Pipeline, VerifyRequest, new_run_id
-from bot.pipeline.stages import StageListener
+from bot.pipeline.run import Kept, Pipeline, VerifyRequest, new_run_id
+from bot.pipeline.stages import Cancelled, StageListener
 
 __all__ = [
     "Cancelled",
