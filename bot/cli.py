@@ -18,11 +18,12 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
-from bot.config import LoopgateError, RuntimeSettings
+from bot.config import AppSettings, LoopgateError, RuntimeSettings
 from bot.evidence import Evidence, Verdict, exit_code
 from bot.pipeline import Pipeline, VerifyRequest, make_plan
 from bot.report import render_comment, render_html, render_json
@@ -328,6 +329,94 @@ def zoo(
         markup=False,
     )
     raise typer.Exit(0 if result.ok else 1)
+
+
+app_app = typer.Typer(no_args_is_help=True, help="The GitHub App: its manifest.")
+app.add_typer(app_app, name="app")
+APP_MANIFEST = Path(__file__).resolve().parents[1] / "app.yml"
+
+
+@app_app.command("manifest")
+def app_manifest(
+    url: Annotated[str, typer.Option(help="Where this loopgate server is reachable from GitHub.")] = "",
+) -> None:
+    """Print the App manifest (JSON) for GitHub's manifest flow."""
+    import yaml
+
+    manifest = yaml.safe_load(APP_MANIFEST.read_text(encoding="utf-8"))
+    if url:
+        base = url.rstrip("/")
+        manifest["hook_attributes"]["url"] = f"{base}/webhooks/github"
+        manifest["redirect_url"] = f"{base}/"
+    console.print(json.dumps(manifest, indent=2), markup=False)
+
+
+def _app_settings() -> AppSettings:
+    try:
+        return AppSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "LOOPGATE_" + str(first["loc"][0]).upper()
+        why = "is required" if first["type"] == "missing" else first["msg"]
+        raise _fail(f"{name} {why}", 2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Run the GitHub App: webhook server plus LOOPGATE_WORKERS worker loops."""
+    import uvicorn
+
+    from bot.github.client import GitHubApp
+    from bot.pipeline import new_run_id
+    from bot.server import Metrics, create_app
+    from bot.server.webhooks import replay_unprocessed
+    from bot.store import Store
+    from bot.worker import Mirrors, RunEnvironment, WorkerPool, recover
+
+    settings = _app_settings()
+    try:
+        private_key = settings.private_key()
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        store = Store.open(settings.database(), state_dir=settings.state_dir)
+    except LoopgateError as exc:
+        raise _fail(str(exc), 3) from None
+    metrics = Metrics()
+    github = GitHubApp(settings.github_app_id, private_key, settings.github_api_url)
+    runtime = LocalRuntime(settings)
+
+    def observe(evidence: Evidence) -> None:
+        for stage in evidence.stages:
+            metrics.stage_seconds.labels(stage.name).observe(stage.duration_ms / 1000)
+
+    env = RunEnvironment(
+        settings,
+        store,
+        github,
+        runtime,
+        Mirrors(settings.git_cache_dir or settings.state_dir / "mirrors"),
+        observe,
+    )
+    for run_id in recover(env):
+        errors.print(f"loopgate: concluded run {run_id} left in flight by a previous process", markup=False)
+    replay_unprocessed(store, new_run_id)
+    pool = WorkerPool(env, settings.workers)
+    pool.start()
+    server = create_app(
+        settings, store, github, workers_alive=pool.alive, new_run_id=new_run_id, metrics=metrics
+    )
+    try:
+        uvicorn.run(server, host=host, port=port, log_level="warning")
+    finally:
+        pool.stop()
+        for record, _ in runtime.baselines():
+            if record.owner is not None and record.owner.pid == os.getpid():
+                runtime.down(record.env_id)
+        store.close()
 
 
 @app.command()

@@ -85,12 +85,13 @@ def store(url: str) -> Iterator[Store]:
         yield opened
 
 
-def new_run(branch: str = "agent/fix", sha: str = SHA_A, **overrides: Any) -> NewRun:
+def new_run(branch: str = "agent/fix", sha: str | None = None, **overrides: Any) -> NewRun:
+    """A run of `branch`; without a SHA, a fresh one (a SHA is part of a run's key, a branch is not)."""
     values: dict[str, Any] = {
         "id": uuid.uuid4().hex,
         "repo": REPO,
         "branch": branch,
-        "head_sha": sha,
+        "head_sha": sha or (uuid.uuid4().hex + uuid.uuid4().hex)[:40],
         "check_name": CHECK,
         "trigger": "push",
         "base_ref": "main",
@@ -101,7 +102,9 @@ def new_run(branch: str = "agent/fix", sha: str = SHA_A, **overrides: Any) -> Ne
     return NewRun(**{**values, **overrides})
 
 
-def enqueued(store: Store, branch: str = "agent/fix", sha: str = SHA_A, **overrides: Any) -> RunSnapshot:
+def enqueued(
+    store: Store, branch: str = "agent/fix", sha: str | None = None, **overrides: Any
+) -> RunSnapshot:
     run, created = store.enqueue(new_run(branch, sha, **overrides))
     assert created
     return run
@@ -128,7 +131,7 @@ def in_threads(count: int, target: Any) -> list[Any]:
 
 
 def test_a_redelivery_is_a_noop(store: Store) -> None:
-    payload = '{"ref": "refs/heads/agent/fix",  "after": "%s", "z": 1, "a": [1, 2]}' % SHA_A
+    payload = '{"ref": "refs/heads/agent/fix",  "after": "' + SHA_A + '", "z": 1, "a": [1, 2]}'
 
     assert store.record_delivery("d-1", "push", None, REPO, 42, payload) is True
     assert store.record_delivery("d-1", "push", None, REPO, 42, payload) is False
@@ -169,13 +172,13 @@ def test_installations(store: Store) -> None:
 
 
 def test_enqueue_is_idempotent_on_repo_sha_check_and_attempt(store: Store) -> None:
-    first = enqueued(store)
+    first = enqueued(store, sha=SHA_A)
 
-    again, created = store.enqueue(new_run())  # a new id, the same key: GitHub told us twice
+    again, created = store.enqueue(new_run(sha=SHA_A))  # a new id, the same key: GitHub told us twice
     assert (created, again.id) == (False, first.id)
     assert store.next_attempt(REPO, SHA_A, CHECK) == 2
 
-    second = enqueued(store, attempt=2)
+    second = enqueued(store, sha=SHA_A, attempt=2)
     assert second.attempt == 2
     assert store.next_attempt(REPO, SHA_A, CHECK) == 3
     assert store.next_attempt(REPO, SHA_B, CHECK) == 1
@@ -185,7 +188,7 @@ def test_enqueue_is_idempotent_on_repo_sha_check_and_attempt(store: Store) -> No
 
 
 def test_concurrent_enqueues_of_one_key_make_one_run(store: Store) -> None:
-    results = in_threads(8, lambda _: store.enqueue(new_run()))
+    results = in_threads(8, lambda _: store.enqueue(new_run(sha=SHA_A)))
     assert sorted(created for _, created in results) == [False] * 7 + [True]
     assert len({run.id for run, _ in results}) == 1
     assert store.queue_depth() == 1
@@ -195,7 +198,7 @@ def test_a_newer_push_supersedes_the_branch(store: Store) -> None:
     running = enqueued(store, sha=SHA_A)
     assert store.claim("w1") == store.get(running.id)
     queued = enqueued(store, sha=SHA_B)
-    other_branch = enqueued(store, branch="agent/other", sha=SHA_B)
+    other_branch = enqueued(store, branch="agent/other")
 
     affected = store.supersede(REPO, "agent/fix", by_sha=SHA_C)
 
@@ -223,4 +226,264 @@ def test_a_newer_push_supersedes_the_branch(store: Store) -> None:
 
     newest = enqueued(store, sha=SHA_C)
     assert store.supersede(REPO, "agent/fix", by_sha=SHA_C) == [], "a push never supersedes its own SHA"
-    assert store.claim("w2") == store.get(other_branch.id) | {}  # type: ignore[operator]
+    claimed = store.claim("w2")
+    assert claimed is not None and claimed.id == other_branch.id, "agent/fix still has a run stopping"
+    assert store.claim("w3") is None
+
+    store.complete(running.id, None, "cancelled", None, status="cancelled")
+    claimed = store.claim("w3")
+    assert claimed is not None and claimed.id == newest.id
+
+
+def test_a_deleted_branch_cancels_all_its_runs(store: Store) -> None:
+    running = enqueued(store, sha=SHA_A)
+    store.claim("w1")
+    queued = enqueued(store, sha=SHA_A, check_name="another check")
+
+    affected = store.cancel_branch(REPO, "agent/fix", reason="branch deleted")
+
+    assert {run.id: (run.status, run.cancel_requested) for run in affected} == {
+        running.id: (RunStatus.RUNNING, True),
+        queued.id: (RunStatus.CANCELLED, False),
+    }
+    assert all(run.cancel_reason == "branch deleted" and run.superseded_by is None for run in affected)
+    assert [run.id for run in store.in_flight()] == [running.id]
+
+
+# Claiming
+
+
+def test_one_running_run_per_branch(store: Store) -> None:
+    first = enqueued(store, "agent/fix", SHA_A)
+    second = enqueued(store, "agent/fix", SHA_A, check_name="another check")
+    elsewhere = enqueued(store, "agent/other", SHA_B)
+    same_branch_other_repo = enqueued(store, "agent/fix", SHA_A, repo="acme/web")
+
+    claims = [store.claim(f"w{i}") for i in range(4)]
+
+    expected = [first.id, elsewhere.id, same_branch_other_repo.id, None]
+    assert [run.id if run else None for run in claims] == expected
+    store.complete(first.id, "pass", "success", None)
+    after = store.claim("w5")
+    assert after is not None and after.id == second.id
+
+
+def test_claim_takes_the_oldest_queued_run_and_a_requeued_run_keeps_its_place(store: Store) -> None:
+    runs = [enqueued(store, f"agent/b{i}") for i in range(5)]
+
+    first = store.claim("w1")
+    assert first is not None and first.id == runs[0].id
+    assert (first.status, first.claimed_by) == (RunStatus.RUNNING, "w1")
+    assert first.claimed_at is not None and first.heartbeat_at == first.claimed_at
+
+    requeued = store.requeue(first.id)
+    assert (requeued.status, requeued.claimed_by, requeued.heartbeat_at) == (RunStatus.QUEUED, None, None)
+    order = [store.claim("w2") for _ in range(6)]
+    assert [run.id if run else None for run in order] == [run.id for run in runs] + [None]
+    assert store.queue_depth() == 0
+
+
+# What a run records
+
+
+def test_ids_are_stored_the_moment_they_exist_and_read_back(store: Store) -> None:
+    run = enqueued(store, pr_number=None)
+    store.claim("w1")
+
+    store.set_check_run(run.id, 2**40)  # GitHub ids outgrew 32 bits long ago
+    store.set_comment(run.id, 2**35 + 1)
+    store.set_pr(run.id, 17)
+    store.set_routing_key(run.id, "k3y9abc1")
+
+    stored = store.get(run.id)
+    assert stored is not None
+    assert (stored.check_run_id, stored.comment_id, stored.pr_number, stored.routing_key) == (
+        2**40,
+        2**35 + 1,
+        17,
+        "k3y9abc1",
+    )
+    assert (stored.base_ref, stored.clone_url, stored.installation_id, stored.delivery_id) == (
+        "main",
+        f"https://github.com/{REPO}.git",
+        42,
+        run.delivery_id,
+    )
+    assert stored.created_at.tzinfo is not None and stored.updated_at >= stored.created_at
+    with pytest.raises(ValueError, match="routing key"):
+        store.set_routing_key(run.id, "Not-DNS-Safe")
+    with pytest.raises(UnknownRun):
+        store.set_check_run("no-such-run", 1)
+
+
+def test_complete_stores_the_verdict_and_evidence(store: Store) -> None:
+    passing, failing = enqueued(store, "agent/a"), enqueued(store, "agent/b")
+    evidence = evidence_samples.passing()
+    store.claim("w1")
+
+    done = store.complete(passing.id, "pass", "success", evidence.model_dump_json())
+    store.complete(failing.id, "fail", "failure", None)
+
+    assert (done.status, done.verdict, done.conclusion) == (RunStatus.COMPLETED, "pass", "success")
+    assert done.finished_at is not None and not done.in_flight
+    assert isinstance(done.evidence(), Evidence) and done.evidence() == evidence
+    assert store.counts_by_verdict() == {"pass": 1, "fail": 1}
+    with pytest.raises(ValueError):
+        store.complete(passing.id, "maybe", "success", None)
+    with pytest.raises(ValueError):
+        store.complete(passing.id, "pass", "success", None, status="running")
+
+
+def test_find_newest_first(store: Store) -> None:
+    old = enqueued(store, "agent/fix", SHA_A)
+    new = enqueued(store, "agent/fix", SHA_B)
+    other = enqueued(store, "agent/other", SHA_A, repo="acme/web")
+
+    assert [r.id for r in store.find()] == [other.id, new.id, old.id]
+    assert [r.id for r in store.find(repo=REPO)] == [new.id, old.id]
+    assert [r.id for r in store.find(sha=SHA_A[:7])] == [other.id, old.id]
+    assert [r.id for r in store.find(repo=REPO, branch="agent/fix", sha=SHA_B)] == [new.id]
+    assert [r.id for r in store.find(limit=1)] == [other.id]
+    assert store.find(sha="a%") == [], "a LIKE wildcard in the SHA is matched literally"
+    latest = store.latest_for_branch(REPO, "agent/fix")
+    assert latest is not None and latest.id == new.id
+    assert store.latest_for_branch(REPO, "agent/none") is None
+
+
+# Restarts
+
+
+def test_a_new_store_after_a_crash_sees_every_run_in_flight(url: str) -> None:
+    crashed = Store.open(url)
+    running = enqueued(crashed, "agent/a")
+    done = enqueued(crashed, "agent/b")
+    crashed.claim("w-dead")
+    crashed.set_check_run(running.id, 99)
+    crashed.claim("w-dead")
+    crashed.complete(done.id, "pass", "success", None)
+    queued = enqueued(crashed, "agent/c")
+    # The process dies here: no close, no cleanup.
+
+    with Store.open(url) as restarted:
+        in_flight = {run.id: run for run in restarted.in_flight()}
+        assert set(in_flight) == {running.id, queued.id}
+        assert in_flight[running.id].status == RunStatus.RUNNING
+        assert (in_flight[running.id].claimed_by, in_flight[running.id].check_run_id) == ("w-dead", 99)
+
+        time.sleep(0.01)
+        assert [run.id for run in restarted.stale_running(timedelta(0))] == [running.id]
+        assert restarted.stale_running(timedelta(hours=1)) == []
+        restarted.requeue(running.id)
+        resumed = restarted.claim("w-new")
+        assert resumed is not None and (resumed.id, resumed.check_run_id) == (running.id, 99)
+    crashed.close()
+
+
+def test_migrations_run_twice_are_a_noop_and_match_the_models(url: str) -> None:
+    with Store.open(url) as first:
+        run = enqueued(first)
+    with Store.open(url) as second:
+        assert second.get(run.id) == run
+        with second._engine.connect() as connection:  # a look behind the API, for the schema only
+            assert current(connection) == "0001"
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+
+
+def test_replicas_starting_together_migrate_once(url: str) -> None:
+    stores = in_threads(4, lambda _: Store.open(url))
+    try:
+        assert all(store.ping() for store in stores)
+    finally:
+        for store in stores:
+            store.close()
+
+
+# Errors
+
+
+def test_an_unreachable_postgres_names_the_redacted_url() -> None:
+    with pytest.raises(InfrastructureError) as caught:
+        Store.open("postgresql://loopgate:s3cr3t@127.0.0.1:1/loopgate")
+    message = str(caught.value)
+    assert "postgresql+psycopg://loopgate:***@127.0.0.1:1/loopgate" in message
+    assert "s3cr3t" not in message and "\n" not in message
+
+
+def test_an_unusable_sqlite_path_and_unknown_schemes_are_infrastructure_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InfrastructureError, match=r"file/loopgate\.db"):
+        Store.open(f"sqlite:///{tmp_path / 'file' / 'loopgate.db'}")
+    with pytest.raises(InfrastructureError, match="neither"):
+        Store.open("mysql://root:pw@localhost/x")
+
+
+def test_the_default_is_sqlite_in_the_state_dir(tmp_path: Path) -> None:
+    with Store.open(state_dir=tmp_path) as store:
+        assert store.backend == "sqlite" and store.url.endswith(f"{tmp_path}/loopgate.db")
+    assert (tmp_path / "loopgate.db").exists()
+
+
+def test_ping_is_false_when_the_database_is_gone() -> None:
+    url = store_database.normalise("postgresql://postgres@127.0.0.1:1/nowhere")
+    store = Store(store_database.create(url), url)
+    assert store.ping() is False
+    store.close()
+
+
+# Many workers in many processes
+
+
+def _claim_everything(url: str, name: str, threads: int, start: Any, results: Any) -> None:
+    store = Store.open(url)
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def work(worker: str) -> None:
+        while True:
+            run = store.claim(worker)
+            if run is None:
+                if store.queue_depth() == 0:
+                    return
+                continue  # every queued run was locked by someone else at that instant
+            with lock:
+                claimed.append((run.id, worker))
+
+    start.wait(timeout=60)
+    pool = [threading.Thread(target=work, args=(f"{name}-t{i}",)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    store.close()
+    results.put(claimed)
+
+
+@pytest.mark.timeout(120)
+def test_workers_in_two_processes_claim_each_run_exactly_once(store: Store, url: str) -> None:
+    runs = [enqueued(store, f"agent/b{i:03}") for i in range(200)]
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    processes = [
+        context.Process(target=_claim_everything, args=(url, f"p{i}", 4, start, results)) for i in range(2)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        per_process = [results.get(timeout=90) for _ in processes]
+    except queue.Empty:
+        pytest.fail("a claiming process did not finish")
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+    assert [process.exitcode for process in processes] == [0, 0]
+
+    claims = [claim for claimed in per_process for claim in claimed]
+    duplicates = [run_id for run_id, count in Counter(run_id for run_id, _ in claims).items() if count > 1]
+    assert duplicates == []
+    assert {run_id for run_id, _ in claims} == {run.id for run in runs}, "a run was lost"
+    assert all(per_process), f"one process claimed nothing: {[len(c) for c in per_process]}"
+    stored = {run.id: run.claimed_by for run in store.in_flight()}
+    assert stored == dict(claims), "the store agrees with what each worker was told"

@@ -3,9 +3,10 @@
 from bot.config.errors import ChangeError, ConfigError, InfrastructureError, LoopgateError
 from bot.config.loader import load_config, parse_config
 from bot.config.schema import Config, Service, Suite
-from bot.config.settings import RuntimeSettings
+from bot.config.settings import AppSettings, RuntimeSettings
 
 __all__ = [
+    "AppSettings",
     "ChangeError",
     "Config",
     "ConfigError",

@@ -73,7 +73,9 @@ def publish(client: RepoClient, evidence: Evidence, agents: Agents, target: Targ
             try:
                 if action is Action.OPEN_PR:
                     title = (evidence.head.subject or f"loopgate: verified {target.branch}")[:256]
-                    number = client.create_pull(target.branch, target.base_branch, title, render_pr_body(evidence))
+                    number = client.create_pull(
+                        target.branch, target.base_branch, title, render_pr_body(evidence)
+                    )
                     evidence.notes.append(f"opened pull request #{number}")
                 elif action is Action.CONVERT_TO_DRAFT and number is not None:
                     client.convert_to_draft(number)
@@ -100,5 +102,7 @@ def publish(client: RepoClient, evidence: Evidence, agents: Agents, target: Targ
     )
     comment_id = target.comment_id
     if number is not None:
-        comment_id = client.upsert_comment(number, render_comment(evidence), COMMENT_MARKER, target.comment_id)
+        comment_id = client.upsert_comment(
+            number, render_comment(evidence), COMMENT_MARKER, target.comment_id
+        )
     return Published(conclusion=conclusion, pr_number=number, comment_id=comment_id, drafted=drafted)

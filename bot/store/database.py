@@ -59,7 +59,12 @@ def redact(url: str | URL) -> str:
 def create(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InfrastructureError(
+                    f"database {redact(url)}: cannot make its directory: {exc.strerror}"
+                ) from exc
         engine = create_engine(url)
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin)

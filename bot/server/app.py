@@ -1,0 +1,74 @@
+"""The App's HTTP side, built by a factory from Settings so tests build their own."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bot.config import AppSettings
+from bot.github.client import GitHubApp
+from bot.github.gate import is_gated
+from bot.report import COMMENT_MARKER, render_comment
+from bot.server.metrics import Metrics
+from bot.server.runs import runs_router
+from bot.server.webhooks import webhook_router
+from bot.store import Store
+
+log = logging.getLogger("loopgate.server")
+
+
+def create_app(
+    settings: AppSettings,
+    store: Store,
+    github: GitHubApp,
+    *,
+    workers_alive: Callable[[], bool] = lambda: True,
+    new_run_id: Callable[[], str],
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    metrics = metrics or Metrics()
+    app = FastAPI(title="loopgate", docs_url=None, redoc_url=None)
+    app.state.metrics = metrics
+
+    def refresh_comment(repo: str, branch: str, number: int | None) -> None:
+        """A PR opened or updated on a gated branch: attach or refresh the sticky comment."""
+        run = store.latest_for_branch(repo, branch)
+        evidence = run.evidence() if run else None
+        if run is None or evidence is None or number is None or not is_gated(branch):
+            return
+        try:
+            client = github.repo(repo, run.installation_id)
+            comment_id = client.upsert_comment(
+                number, render_comment(evidence), COMMENT_MARKER, run.comment_id
+            )
+            store.set_comment(run.id, comment_id)
+            store.set_pr(run.id, number)
+        except Exception:
+            log.exception("refreshing the comment on %s#%s failed", repo, number)
+
+    app.include_router(webhook_router(settings, store, metrics, refresh_comment, new_run_id))
+    app.include_router(runs_router(settings, store))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        database, workers = store.ping(), workers_alive()
+        ready = database and workers
+        body = {"database": "ok" if database else "unreachable", "workers": "ok" if workers else "stopped"}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        for verdict, count in store.counts_by_verdict().items():
+            metrics.runs.labels(verdict).set(count)
+        metrics.queue_depth.set(store.queue_depth())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

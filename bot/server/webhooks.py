@@ -1,0 +1,261 @@
+"""The webhook route accepts, verifies, persists and enqueues; it never does pipeline work.
+
+Events dispatch through a table of handlers (`@handlers.on("push")`), each acting once as DESIGN
+"Durability and idempotency" says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.responses import JSONResponse
+
+from bot.config import AppSettings
+from bot.github.events import (
+    MalformedEvent,
+    parse_check_run,
+    parse_check_suite,
+    parse_delete,
+    parse_installation,
+    parse_pull_request,
+    parse_push,
+)
+from bot.github.gate import CHECK_NAME, is_gated
+from bot.github.signature import verify_signature
+from bot.server.metrics import Metrics
+from bot.store import Store
+from bot.store.snapshots import NewRun
+
+log = logging.getLogger("loopgate.webhooks")
+MAX_BODY = 25 * 1024 * 1024
+Handler = Callable[["Context", dict[str, Any]], str]
+
+
+@dataclass
+class Context:
+    store: Store
+    delivery_id: str
+    background: BackgroundTasks
+    refresh_comment: Callable[[str, str, int | None], None]
+    new_run_id: Callable[[], str]
+
+
+@dataclass
+class Handlers:
+    table: dict[tuple[str, str | None], Handler] = field(default_factory=dict)
+
+    def on(self, event: str, action: str | None = None) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.table[(event, action)] = handler
+            return handler
+
+        return register
+
+    def find(self, event: str, action: str | None) -> Handler | None:
+        return self.table.get((event, action)) or self.table.get((event, None))
+
+
+handlers = Handlers()
+
+
+def _enqueue(
+    ctx: Context, repo: str, branch: str, sha: str, trigger: str, clone_url: str, installation: int | None
+) -> str:
+    attempt = ctx.store.next_attempt(repo, sha, CHECK_NAME)
+    run, created = ctx.store.enqueue(
+        NewRun(
+            id=ctx.new_run_id(),
+            repo=repo,
+            branch=branch,
+            head_sha=sha,
+            check_name=CHECK_NAME,
+            trigger=trigger,
+            attempt=attempt,
+            clone_url=clone_url,
+            installation_id=installation,
+            delivery_id=ctx.delivery_id,
+        )
+    )
+    return f"queued run {run.id}" if created else f"run {run.id} already queued"
+
+
+@handlers.on("push")
+def on_push(ctx: Context, payload: dict[str, Any]) -> str:
+    push = parse_push(payload)
+    if push.deleted:
+        return "ignored: branch deletions act on the delete event"
+    if not is_gated(push.branch):
+        return "ignored: not an agent branch"
+    assert push.branch is not None
+    superseded = ctx.store.supersede(push.repo.full_name, push.branch, push.after)
+    outcome = _enqueue(
+        ctx, push.repo.full_name, push.branch, push.after, "push", push.repo.clone_url, push.installation_id
+    )
+    return outcome + (f"; superseded {len(superseded)}" if superseded else "")
+
+
+@handlers.on("delete")
+def on_delete(ctx: Context, payload: dict[str, Any]) -> str:
+    deleted = parse_delete(payload)
+    if deleted is None or not is_gated(deleted.branch):
+        return "ignored"
+    stopped = ctx.store.cancel_branch(deleted.repo.full_name, deleted.branch, "the branch was deleted")
+    return f"cancelled {len(stopped)} runs"
+
+
+def _rerun(ctx: Context, rerun: Any) -> str:
+    branch = rerun.branch
+    if not branch:
+        previous = ctx.store.find(repo=rerun.repo.full_name, sha=rerun.head_sha, limit=1)
+        branch = previous[0].branch if previous else None
+    if not branch or not is_gated(branch):
+        return "ignored: not an agent branch"
+    return _enqueue(
+        ctx,
+        rerun.repo.full_name,
+        branch,
+        rerun.head_sha,
+        "rerun",
+        rerun.repo.clone_url,
+        rerun.installation_id,
+    )
+
+
+@handlers.on("check_run", "rerequested")
+def on_check_run_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
+    if payload.get("check_run", {}).get("name") != CHECK_NAME:
+        return "ignored: another app's check"
+    return _rerun(ctx, parse_check_run(payload))
+
+
+@handlers.on("check_run", "requested_action")
+def on_requested_action(ctx: Context, payload: dict[str, Any]) -> str:
+    rerun = parse_check_run(payload)
+    if rerun.requested_action != "rerun":
+        return "ignored: unknown action"
+    return _rerun(ctx, rerun)
+
+
+@handlers.on("check_suite", "rerequested")
+def on_check_suite_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
+    return _rerun(ctx, parse_check_suite(payload))
+
+
+@handlers.on("check_suite", "requested")
+def on_check_suite_requested(ctx: Context, payload: dict[str, Any]) -> str:
+    return "ignored: the push starts the run"
+
+
+@handlers.on("pull_request")
+def on_pull_request(ctx: Context, payload: dict[str, Any]) -> str:
+    pull = parse_pull_request(payload)
+    if pull.action not in ("opened", "reopened", "synchronize", "ready_for_review") or not is_gated(
+        pull.head_branch
+    ):
+        return "ignored"
+    ctx.background.add_task(ctx.refresh_comment, pull.repo.full_name, pull.head_branch, pull.number)
+    return "comment refresh scheduled"
+
+
+@handlers.on("installation")
+@handlers.on("installation_repositories")
+def on_installation(ctx: Context, payload: dict[str, Any]) -> str:
+    change = parse_installation(payload)
+    if change.action == "deleted":
+        ctx.store.remove_installation(change.installation_id)
+        return "installation removed"
+    current = ctx.store.installation(change.installation_id)
+    repos = set(current.repositories if current else ()) | set(change.added)
+    ctx.store.upsert_installation(
+        change.installation_id,
+        change.account,
+        sorted(repos - set(change.removed)),
+        change.action == "suspend",
+    )
+    return "installation recorded"
+
+
+@handlers.on("ping")
+def on_ping(ctx: Context, payload: dict[str, Any]) -> str:
+    return "pong"
+
+
+def replay_unprocessed(store: Store, new_run_id: Callable[[], str]) -> int:
+    """Deliveries persisted by a process that died before acting on them are acted on now."""
+    replayed = 0
+    for delivery in store.unprocessed_deliveries():
+        handler = handlers.find(delivery.event, delivery.action)
+        if handler is not None:
+            try:
+                payload = json.loads(delivery.payload)
+                handler(Context(store, delivery.id, BackgroundTasks(), lambda *_: None, new_run_id), payload)
+            except (ValueError, MalformedEvent):
+                log.warning("delivery %s cannot be replayed", delivery.id)
+        store.mark_delivery_processed(delivery.id)
+        replayed += 1
+    return replayed
+
+
+def webhook_router(
+    settings: AppSettings,
+    store: Store,
+    metrics: Metrics,
+    refresh_comment: Callable[[str, str, int | None], None],
+    new_run_id: Callable[[], str],
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/webhooks/github", status_code=202)
+    async def receive(request: Request, background: BackgroundTasks) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            metrics.rejected.labels("too_large").inc()
+            return JSONResponse({"error": "payload over 25 MB"}, status_code=413)
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            metrics.rejected.labels("too_large").inc()
+            return JSONResponse({"error": "payload over 25 MB"}, status_code=413)
+        if not verify_signature(body, settings.webhook_secret, request.headers.get("x-hub-signature-256")):
+            metrics.rejected.labels("signature").inc()
+            return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
+        event = request.headers.get("x-github-event", "")
+        delivery = request.headers.get("x-github-delivery", "")
+        if not event or not delivery:
+            metrics.rejected.labels("headers").inc()
+            return JSONResponse(
+                {"error": "X-GitHub-Event and X-GitHub-Delivery are required"}, status_code=400
+            )
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            metrics.rejected.labels("malformed").inc()
+            return JSONResponse({"error": f"malformed JSON: {exc}"}, status_code=400)
+        action = payload.get("action") if isinstance(payload.get("action"), str) else None
+        repo = (payload.get("repository") or {}).get("full_name")
+        installation = (payload.get("installation") or {}).get("id")
+        if not store.record_delivery(
+            delivery, event, action, repo, installation, body.decode("utf-8", "replace")
+        ):
+            metrics.redeliveries.inc()
+            return JSONResponse({"status": "duplicate delivery: already handled"}, status_code=200)
+        metrics.deliveries.labels(event).inc()
+        handler = handlers.find(event, action)
+        if handler is None:
+            outcome = "ignored: event not used"
+        else:
+            try:
+                outcome = handler(Context(store, delivery, background, refresh_comment, new_run_id), payload)
+            except MalformedEvent as exc:
+                metrics.rejected.labels("malformed").inc()
+                return JSONResponse({"error": str(exc)}, status_code=400)
+        store.mark_delivery_processed(delivery)
+        return JSONResponse({"status": outcome}, status_code=202)
+
+    return router
