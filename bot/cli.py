@@ -386,7 +386,9 @@ def serve(
     except LoopgateError as exc:
         raise _fail(str(exc), 3) from None
     metrics = Metrics()
-    github = GitHubApp(settings.github_app_id, private_key, settings.github_api_url)
+    github = GitHubApp(
+        settings.github_app_id, private_key, settings.github_api_url, throttle=settings.github_throttle
+    )
     runtime = LocalRuntime(settings)
 
     def observe(evidence: Evidence) -> None:

@@ -45,6 +45,9 @@ class AppSettings(RuntimeSettings):
     workers: int = Field(default=2, ge=0, le=64)
     runtime: str = "local"
     git_cache_dir: Path | None = None
+    github_throttle: bool = Field(
+        default=True, description="Pace requests as GitHub asks integrations to; off for a local fake."
+    )
 
     def private_key(self) -> str:
         if self.github_private_key:

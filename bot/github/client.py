@@ -28,7 +28,7 @@ def _retry() -> GithubRetry:
     return GithubRetry(
         total=5,
         backoff_factor=0.5,
-        status_forcelist=(500, 502, 503, 504),
+        status_forcelist=[500, 502, 503, 504],
         allowed_methods=frozenset({"GET", "HEAD", "PATCH", "PUT", "DELETE"}),
         secondary_rate_wait=30,
     )

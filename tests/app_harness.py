@@ -1,0 +1,141 @@
+"""The App under test: the real `loopgate serve` process over HTTP, talking to the GitHub contract fake."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import LOOPGATE
+from tests.github_fake import GitHubFake, webhooks
+from tests.gitrepo import GitRepo
+
+SECRET = "test-webhook-secret"
+API_TOKEN = "test-api-token"
+REPO = "acme/shop"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AppServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+    def deliver(self, event: str, payload: dict[str, Any], delivery_id: str | None = None) -> httpx.Response:
+        return webhooks.deliver(f"{self.url}/webhooks/github", event, payload, SECRET, delivery_id)
+
+    def api(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
+
+    def runs(self, **query: str) -> list[dict[str, Any]]:
+        response = httpx.get(
+            f"{self.url}/api/runs", params=query, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10
+        )
+        response.raise_for_status()
+        runs: list[dict[str, Any]] = response.json()
+        return runs
+
+    def wait_for_run(
+        self, sha: str, timeout: float = 120, status: tuple[str, ...] = ("completed",)
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [r for r in self.runs(sha=sha) if r["status"] in status]
+            if found:
+                return found[0]
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"no run for {sha[:12]} reached {status} in {timeout}s: {self.runs(sha=sha)}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def app_server(
+    fake: GitHubFake,
+    state_dir: Path,
+    *,
+    workers: int = 1,
+    database_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[AppServer]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "LOOPGATE_GITHUB_APP_ID": str(fake.app_id),
+        "LOOPGATE_GITHUB_PRIVATE_KEY": fake.private_key_pem,
+        "LOOPGATE_WEBHOOK_SECRET": SECRET,
+        "LOOPGATE_GITHUB_API_URL": fake.url,
+        "LOOPGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "LOOPGATE_API_TOKEN": API_TOKEN,
+        "LOOPGATE_WORKERS": str(workers),
+        "LOOPGATE_STATE_DIR": str(state_dir),
+        "LOOPGATE_GITHUB_THROTTLE": "false",
+        **({"LOOPGATE_DATABASE_URL": database_url} if database_url else {}),
+        **(extra_env or {}),
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir / f"server-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(LOOPGATE), "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = AppServer(f"http://127.0.0.1:{port}", process, env, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+def push_payload(
+    repo: GitRepo, branch: str, sha: str, before: str | None = None, *, installation_id: int | None = None
+) -> dict[str, Any]:
+    return webhooks.adapt(
+        webhooks.load_payload("push", "with-installation"),
+        repo_full_name=REPO,
+        clone_url=f"file://{repo.path}",
+        default_branch="main",
+        ref=f"refs/heads/{branch}",
+        before=before or "0" * 40,
+        after=sha,
+        installation_id=installation_id,
+    )
+
+
+def new_delivery() -> str:
+    return str(uuid.uuid4())
