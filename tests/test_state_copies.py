@@ -30,7 +30,9 @@ def orders(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM orders").fetchone()[0])
 
 
-def test_forks_write_to_their_own_copies(state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline) -> None:
+def test_forks_write_to_their_own_copies(
+    state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline
+) -> None:
     runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
     settings = runtime.settings
     gateway = shop_baseline.entry_urls["gateway"]
@@ -43,7 +45,9 @@ def test_forks_write_to_their_own_copies(state_dir: Path, shop_repo: GitRepo, sh
 
     sandbox = open_sandbox(runtime, shop_repo, shop_baseline, "agent/orders-and-payments-note")
     fork_db = database_url(settings.postgres_url, database_name(sandbox.routing_key, "payments"))
-    fork_orders = runtime.registry.sandbox_dir(shop_baseline.env_id, sandbox.routing_key) / "state/orders/orders.db"
+    fork_orders = (
+        runtime.registry.sandbox_dir(shop_baseline.env_id, sandbox.routing_key) / "state/orders/orders.db"
+    )
     try:
         assert (charges(fork_db), orders(fork_orders)) == before  # a copy made at fork time
         tagged = {"baggage": f"loopgate-sandbox={sandbox.routing_key}"}
