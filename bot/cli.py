@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -412,7 +413,10 @@ def serve(
         settings, store, github, workers_alive=pool.alive, new_run_id=new_run_id, metrics=metrics
     )
     try:
-        uvicorn.run(server, host=host, port=port, log_level="warning")
+        # uvicorn re-raises SIGTERM after its graceful shutdown; as an interrupt it lets this block
+        # stop the workers and the baselines this process started.
+        with _terminate_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
+            uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:
         pool.stop()
         for record, _ in runtime.baselines():

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import LOOPGATE
+from tests.conftest import LOOPGATE, processes_under
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
 
@@ -120,6 +120,8 @@ def app_server(
         yield server
     finally:
         server.stop()
+    left = processes_under(state_dir)
+    assert left == [], f"the server left processes behind: {left}"
 
 
 def push_payload(

@@ -112,3 +112,23 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the real PostgreSQL server (`make test` starts one where none runs)."""
+    import uuid
+
+    import psycopg
+
+    server = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"loopgate_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(server, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {server} is unreachable ({exc}); `make test` starts it")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

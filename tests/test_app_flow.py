@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +15,8 @@ import pytest
 
 from tests.app_harness import REPO, SECRET, AppServer, app_server, new_delivery
 from tests.app_harness import push_payload as shop_push
-from tests.conftest import ROOT, SHOP
+from tests.conftest import ROOT, SHOP, processes_under
+from tests.test_report_html import chromium
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
 
@@ -148,3 +151,119 @@ def test_head_cannot_drop_the_failing_suite(shop: GitRepo, fake: GitHubFake, ser
     evidence = server.api(f"/api/runs/{run['id']}").json()
     assert [s["source"] for s in evidence["suites"]] == ["base"]
     assert not [p for p in fake.pulls(REPO) if p.head_ref == "agent/drop-suite"]
+
+
+def test_malformed_config_fails_the_check_with_file_and_line(tmp_path: Path) -> None:
+    config = (
+        (SHOP / ".loopgate.yml")
+        .read_text()
+        .replace('paths: ["services/orders/**"]', "paths: services/orders")
+    )
+    repo = GitRepo.init(tmp_path / "broken", {".loopgate.yml": config, "README.md": "x\n"})
+    head = repo.branch("agent/anything", {"README.md": "y\n"})
+    with GitHubFake.running(repos={REPO: repo.path}) as fake, app_server(fake, tmp_path / "state") as server:
+        assert server.deliver("push", push_payload(fake, repo, "agent/anything", head)).status_code == 202
+        run = server.wait_for_run(head)
+        assert run["verdict"] == "error" and run["conclusion"] == "failure"
+        (check,) = check_for(fake, head)
+        line = next(i for i, text in enumerate(config.splitlines(), 1) if "paths: services/orders" in text)
+        assert f".loopgate.yml:{line} services.orders.paths: expected a list" in check.output["summary"]
+        fake.assert_no_violations()
+
+
+def test_no_config_is_a_neutral_check_explaining_setup(tmp_path: Path) -> None:
+    repo = GitRepo.init(tmp_path / "plain", {"README.md": "x\n"})
+    head = repo.branch("agent/anything", {"README.md": "y\n"})
+    with GitHubFake.running(repos={REPO: repo.path}) as fake, app_server(fake, tmp_path / "state") as server:
+        server.deliver("push", push_payload(fake, repo, "agent/anything", head))
+        assert server.wait_for_run(head)["conclusion"] == "neutral"
+        (check,) = check_for(fake, head)
+        assert check.conclusion == "neutral" and "no .loopgate.yml" in check.output["summary"]
+        assert not fake.pulls(REPO)
+
+
+def test_evidence_page_renders_in_chromium_without_console_errors(
+    shop: GitRepo, fake: GitHubFake, server: AppServer, tmp_path: Path
+) -> None:
+    head = sha(shop, "agent/contract-break")
+    if not server.runs(sha=head):  # on its own, this test makes the run the others share
+        server.deliver("push", push_payload(fake, shop, "agent/contract-break", head))
+    run = server.wait_for_run(head)
+    (check,) = check_for(fake, head)
+    done = chromium(
+        "--dump-dom", "--enable-logging=stderr", "--v=0", check.details_url, profile=tmp_path / "profile"
+    )
+    dom = done.stdout
+    assert "FAIL" in dom and "e2e" in dom and "test_checkout_in_stock_then_read_order" in dom
+    assert "/available" in dom  # the diff table
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line]
+    assert console == [], console
+    assert run["id"] in dom or "loopgate" in dom
+
+
+def slow_branch(repo: GitRepo, name: str) -> str:
+    """A change whose suite takes long enough to be interrupted: inventory answers slowly."""
+    return repo.branch(name, patch=SHOP / "changes" / "timeout-retry.patch")
+
+
+def test_newer_push_supersedes_the_running_one(shop: GitRepo, fake: GitHubFake, server: AppServer) -> None:
+    first = slow_branch(shop, "agent/superseded")
+    server.deliver("push", push_payload(fake, shop, "agent/superseded", first))
+    server.wait_for_run(first, status=("running",))
+    shop.git("checkout", "-q", "agent/superseded")
+    second = shop.commit("agent: try again")
+    shop.write("NOTES.md", "second attempt\n")
+    second = shop.commit("agent: second attempt")
+    shop.git("checkout", "-q", "main")
+    server.deliver("push", push_payload(fake, shop, "agent/superseded", second, before=first))
+    old = server.wait_for_run(first, status=("cancelled",), timeout=60)
+    assert old["conclusion"] == "cancelled"
+    (check,) = check_for(fake, first)
+    assert check.conclusion == "cancelled"
+    assert f"superseded by {second[:12]}" in check.output["summary"] + check.output.get("text", "")
+    assert server.wait_for_run(second, timeout=180)["status"] == "completed"
+    fake.assert_no_violations()
+
+
+def test_two_workers_on_postgres_claim_each_run_once(
+    shop: GitRepo, tmp_path: Path, postgres_database: str
+) -> None:
+    heads = {b: sha(shop, b) for b in ("agent/refactor-orders", "agent/contract-break")}
+    with (
+        GitHubFake.running(repos={REPO: shop.path}) as fake,
+        app_server(fake, tmp_path / "state", workers=2, database_url=postgres_database) as server,
+    ):
+        for branch, head in heads.items():
+            assert server.deliver("push", push_payload(fake, shop, branch, head)).status_code == 202
+        finished = {branch: server.wait_for_run(head, timeout=180) for branch, head in heads.items()}
+        assert {b: r["verdict"] for b, r in finished.items()} == {
+            "agent/refactor-orders": "pass",
+            "agent/contract-break": "fail",
+        }
+        for head in heads.values():
+            assert len(server.runs(sha=head)) == 1
+            assert len(check_for(fake, head)) == 1
+        fake.assert_no_violations()
+
+
+def test_killed_server_leaves_no_run_pending_and_no_sandbox(shop: GitRepo, tmp_path: Path) -> None:
+    head = slow_branch(shop, "agent/interrupted")
+    state = tmp_path / "state"
+    with GitHubFake.running(repos={REPO: shop.path}) as fake:
+        with app_server(fake, state) as first:
+            first.deliver("push", push_payload(fake, shop, "agent/interrupted", head))
+            first.wait_for_run(head, status=("running",))
+            deadline = time.monotonic() + 60
+            while not list(state.glob("envs/*/sandboxes/*/sandbox.json")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert list(state.glob("envs/*/sandboxes/*/sandbox.json")), "the run never made its sandbox"
+            first.stop(signal.SIGKILL)
+            assert processes_under(state) != []  # the sandbox outlived its owner, as after a crash
+            with app_server(fake, state) as second:
+                run = second.wait_for_run(head, status=("completed",), timeout=60)
+                assert run["verdict"] == "error"
+                (check,) = check_for(fake, head)
+                assert check.status == "completed" and check.conclusion == "failure"
+                assert "restarted" in check.output["summary"]
+                assert list(state.glob("envs/*/sandboxes/*")) == []
+        fake.assert_no_violations()

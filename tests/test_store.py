@@ -268,6 +268,16 @@ def test_one_running_run_per_branch(store: Store) -> None:
     assert after is not None and after.id == second.id
 
 
+def test_workers_racing_for_one_branch_start_one_run(store: Store) -> None:
+    for i in range(12):
+        enqueued(store, "agent/fix", check_name=f"check {i}")
+
+    claims = in_threads(8, lambda i: store.claim(f"w{i}"))
+
+    assert len([run for run in claims if run is not None]) == 1
+    assert [run.status for run in store.in_flight()].count(RunStatus.RUNNING) == 1
+
+
 def test_claim_takes_the_oldest_queued_run_and_a_requeued_run_keeps_its_place(store: Store) -> None:
     runs = [enqueued(store, f"agent/b{i}") for i in range(5)]
 

@@ -13,7 +13,7 @@ one atomic step:
   second UPDATE fail, and that worker looks again (by then it sees the branch busy).
 - **SQLite** has neither row locks nor SKIP LOCKED: a transaction locks the whole database. The claim
   runs in a `BEGIN IMMEDIATE` transaction, which takes the write lock before the SELECT. Claims are
-  therefore serialised (others wait on the busy timeout, a millisecond each) and each sees the
+  therefore serialised (the others wait, within the busy timeout) and each sees the
   previous claim committed. A plain deferred BEGIN would let two claimers read the same queued run;
   the second to write would then fail at once with SQLITE_BUSY, which the busy timeout cannot cure.
 """

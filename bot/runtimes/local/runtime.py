@@ -133,16 +133,16 @@ class LocalRuntime:
         return "the baseline's record is gone" if record is None else self._env_problem(record)
 
     def _start_env(self, env_id: str, base: Source, config: Config) -> EnvRecord:
-        env_dir = self.registry.env_dir(env_id)
-        if env_dir.exists():
-            shutil.rmtree(env_dir, ignore_errors=True)
-        env_dir.mkdir(parents=True)
         names = sorted(config.services)
         if self.settings.envoy_base_port:
             block = ports_from(self.settings.envoy_base_port, len(names) + 1, "Envoy")
             admin_port, listener_ports = block[0], block[1:]
         else:
             admin_port, listener_ports = free_port(), [free_port() for _ in names]
+        env_dir = self.registry.env_dir(env_id)
+        if env_dir.exists():
+            shutil.rmtree(env_dir, ignore_errors=True)
+        env_dir.mkdir(parents=True)
         record = EnvRecord(
             env_id=env_id,
             repo=str(base.repo.resolve()),
@@ -311,11 +311,15 @@ class LocalRuntime:
         return self.registry.sandbox_dir(sandbox.baseline.env_id, sandbox.routing_key)
 
     def source_dir(self, sandbox: Sandbox) -> Path:
-        """The sandbox's checkout of the merge commit, made on first use."""
+        """The sandbox's checkout of the merge commit, made once, on first use, by whichever of the
+        parallel builds gets there first (the env lock serialises them)."""
         worktree = self._sandbox_dir(sandbox) / "worktree"
-        if not worktree.is_dir():
-            record = self._record(sandbox)
-            Git(sandbox.baseline.base.repo).worktree_add(worktree, record.head_sha)
+        if worktree.is_dir():
+            return worktree
+        with self.registry.lock(sandbox.baseline.env_id):
+            if not worktree.is_dir():
+                record = self._record(sandbox)
+                Git(sandbox.baseline.base.repo).worktree_add(worktree, record.head_sha)
         return worktree
 
     def _record(self, sandbox: Sandbox) -> SandboxRecord:
