@@ -16,9 +16,9 @@ import pytest
 from tests.app_harness import REPO, SECRET, AppServer, app_server, new_delivery
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import ROOT, SHOP, processes_under
-from tests.test_report_html import chromium
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
+from tests.test_report_html import chromium
 
 CHECK = "loopgate / sandbox verification"
 
