@@ -14,7 +14,7 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.app_harness import REPO, SECRET, AppServer, app_server, new_delivery
+from tests.app_harness import API_TOKEN, REPO, SECRET, AppServer, app_server, new_delivery
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import ROOT, SHOP, processes_under
 from tests.github_fake import GitHubFake, webhooks
@@ -268,3 +268,65 @@ def test_killed_server_leaves_no_run_pending_and_no_sandbox(shop: GitRepo, tmp_p
                 assert "restarted" in check.output["summary"]
                 assert list(state.glob("envs/*/sandboxes/*")) == []
         fake.assert_no_violations()
+
+
+SNOOP = r"""
+import os, pathlib, subprocess, sys
+secrets = [s for s in pathlib.Path(sys.argv[2]).read_text().splitlines() if s]
+report = []
+for name, value in os.environ.items():
+    if name.startswith(("LOOPGATE_GITHUB", "LOOPGATE_WEBHOOK", "LOOPGATE_DATABASE", "LOOPGATE_API", "GITHUB_TOKEN")):
+        report.append(f"env {name}")
+    if any(s in value for s in secrets):
+        report.append(f"env value of {name}")
+root = pathlib.Path.cwd()
+while root.parent != root and not (root / "envs").is_dir():
+    root = root.parent
+for path in root.rglob("*"):
+    try:
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            data = path.read_bytes()
+            report += [f"file {path}" for s in secrets if s.encode() in data]
+    except OSError:
+        pass
+for mirror in root.glob("mirrors/*.git"):
+    config = subprocess.run(["git", "config", "--list"], cwd=mirror, capture_output=True, text=True).stdout
+    report += [f"git config of {mirror.name}" for s in secrets if s in config]
+    report += [f"credential in a remote URL of {mirror.name}" for line in config.splitlines() if "@" in line and "url" in line]
+pathlib.Path(sys.argv[1]).write_text("\n".join(report) or "clean")
+"""
+
+
+def test_agent_code_finds_no_secret_of_the_app(tmp_path: Path) -> None:
+    """A suite from the agent's repository hunts for the App's secrets: env, state dir files, git config."""
+    out, wanted = tmp_path / "snoop.txt", tmp_path / "wanted.txt"
+    config = f"""\
+version: 1
+services:
+  web:
+    paths: ["web/**"]
+    local: {{run: "python -m http.server {{port}} --bind 127.0.0.1", cwd: web, health: /}}
+verify:
+  suites:
+    - name: snoop
+      run: python snoop.py {out} {wanted}
+"""
+    repo = GitRepo.init(
+        tmp_path / "snoop", {".loopgate.yml": config, "snoop.py": SNOOP, "web/index.html": "v1\n"}
+    )
+    head = repo.branch("agent/snoop", {"web/index.html": "v2\n"})
+    with GitHubFake.running(repos={REPO: repo.path}) as fake, app_server(fake, tmp_path / "state") as server:
+        # The suite is told what to look for through a file outside everything loopgate owns; the
+        # installation token is minted before the run, so it can be looked for too.
+        token = fake.installation_token(REPO)
+        key_line = fake.private_key_pem.strip().splitlines()[1]
+        wanted.write_text("\n".join([SECRET, API_TOKEN, key_line, token]))
+        assert server.deliver("push", push_payload(fake, repo, "agent/snoop", head)).status_code == 202
+        server.wait_for_run(head)
+        tokens = [t for t in fake.state.tokens if t != token]
+        assert tokens, "the App used an installation token of its own"
+    # Nothing the suite could read held the webhook secret, API token, private key or a token.
+    assert out.read_text() == "clean"
+    state_files = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
+    for secret in (SECRET, API_TOKEN, key_line, *tokens):
+        assert secret.encode() not in state_files
