@@ -275,7 +275,7 @@ import os, pathlib, subprocess, sys
 secrets = [s for s in pathlib.Path(sys.argv[2]).read_text().splitlines() if s]
 report = []
 for name, value in os.environ.items():
-    if name.startswith(("LOOPGATE_GITHUB", "LOOPGATE_WEBHOOK", "LOOPGATE_DATABASE", "LOOPGATE_API", "GITHUB_TOKEN")):
+    if name.startswith(("LOOPGATE_GITHUB", "LOOPGATE_WEBHOOK", "LOOPGATE_DATABASE", "LOOPGATE_API")):
         report.append(f"env {name}")
     if any(s in value for s in secrets):
         report.append(f"env value of {name}")
@@ -292,7 +292,8 @@ for path in root.rglob("*"):
 for mirror in root.glob("mirrors/*.git"):
     config = subprocess.run(["git", "config", "--list"], cwd=mirror, capture_output=True, text=True).stdout
     report += [f"git config of {mirror.name}" for s in secrets if s in config]
-    report += [f"credential in a remote URL of {mirror.name}" for line in config.splitlines() if "@" in line and "url" in line]
+    urls = [line for line in config.splitlines() if "url=" in line]
+    report += [f"credential in a remote URL of {mirror.name}" for line in urls if "@" in line]
 pathlib.Path(sys.argv[1]).write_text("\n".join(report) or "clean")
 """
 
