@@ -40,7 +40,7 @@ app.add_typer(env_app, name="env")
 app.add_typer(sandbox_app, name="sandbox")
 
 console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shop"
 
