@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from bot.config import AppSettings
 from bot.github.events import (
@@ -36,13 +37,35 @@ MAX_BODY = 25 * 1024 * 1024
 Handler = Callable[["Context", dict[str, Any]], str]
 
 
+class Redelivery(Exception):
+    """GitHub sent a delivery already handled: answer it, act on nothing."""
+
+
 @dataclass
 class Context:
+    """What a handler needs. Handlers record their delivery themselves — `accept()`, or
+    `accept_push()` which records it together with the run in one transaction."""
+
     store: Store
     delivery_id: str
+    event: str
+    action: str | None
+    payload_text: str
     background: BackgroundTasks
     refresh_comment: Callable[[str, str, int | None], None]
     new_run_id: Callable[[], str]
+    replaying: bool = False
+
+    def accept(self) -> None:
+        if self.replaying:
+            return
+        payload = json.loads(self.payload_text)
+        repo = (payload.get("repository") or {}).get("full_name")
+        installation = (payload.get("installation") or {}).get("id")
+        if not self.store.record_delivery(
+            self.delivery_id, self.event, self.action, repo, installation, self.payload_text
+        ):
+            raise Redelivery
 
 
 @dataclass
@@ -87,20 +110,39 @@ def _enqueue(
 @handlers.on("push")
 def on_push(ctx: Context, payload: dict[str, Any]) -> str:
     push = parse_push(payload)
-    if push.deleted:
-        return "ignored: branch deletions act on the delete event"
-    if not is_gated(push.branch):
-        return "ignored: not an agent branch"
+    if push.deleted or not is_gated(push.branch):
+        ctx.accept()
+        return "ignored: " + (
+            "branch deletions act on the delete event" if push.deleted else "not an agent branch"
+        )
     assert push.branch is not None
-    superseded = ctx.store.supersede(push.repo.full_name, push.branch, push.after)
-    outcome = _enqueue(
-        ctx, push.repo.full_name, push.branch, push.after, "push", push.repo.clone_url, push.installation_id
+    run = NewRun(
+        id=ctx.new_run_id(),
+        repo=push.repo.full_name,
+        branch=push.branch,
+        head_sha=push.after,
+        check_name=CHECK_NAME,
+        trigger="push",
+        clone_url=push.repo.clone_url,
+        installation_id=push.installation_id,
+        delivery_id=ctx.delivery_id,
     )
-    return outcome + (f"; superseded {len(superseded)}" if superseded else "")
+    if ctx.replaying:
+        ctx.store.supersede(run.repo, run.branch, run.head_sha)
+        return _enqueue(
+            ctx, run.repo, run.branch, run.head_sha, "push", push.repo.clone_url, push.installation_id
+        )
+    new, queued, superseded = ctx.store.accept_push(
+        ctx.delivery_id, ctx.payload_text, run, push.installation_id
+    )
+    if not new or queued is None:
+        raise Redelivery
+    return f"queued run {queued.id}" + (f"; superseded {len(superseded)}" if superseded else "")
 
 
 @handlers.on("delete")
 def on_delete(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     deleted = parse_delete(payload)
     if deleted is None or not is_gated(deleted.branch):
         return "ignored"
@@ -128,6 +170,7 @@ def _rerun(ctx: Context, rerun: Any) -> str:
 
 @handlers.on("check_run", "rerequested")
 def on_check_run_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     if payload.get("check_run", {}).get("name") != CHECK_NAME:
         return "ignored: another app's check"
     return _rerun(ctx, parse_check_run(payload))
@@ -135,6 +178,7 @@ def on_check_run_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
 
 @handlers.on("check_run", "requested_action")
 def on_requested_action(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     rerun = parse_check_run(payload)
     if rerun.requested_action != "rerun":
         return "ignored: unknown action"
@@ -143,16 +187,19 @@ def on_requested_action(ctx: Context, payload: dict[str, Any]) -> str:
 
 @handlers.on("check_suite", "rerequested")
 def on_check_suite_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     return _rerun(ctx, parse_check_suite(payload))
 
 
 @handlers.on("check_suite", "requested")
 def on_check_suite_requested(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     return "ignored: the push starts the run"
 
 
 @handlers.on("pull_request")
 def on_pull_request(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     pull = parse_pull_request(payload)
     if pull.action not in ("opened", "reopened", "synchronize", "ready_for_review") or not is_gated(
         pull.head_branch
@@ -165,6 +212,7 @@ def on_pull_request(ctx: Context, payload: dict[str, Any]) -> str:
 @handlers.on("installation")
 @handlers.on("installation_repositories")
 def on_installation(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     change = parse_installation(payload)
     if change.action == "deleted":
         ctx.store.remove_installation(change.installation_id)
@@ -182,6 +230,7 @@ def on_installation(ctx: Context, payload: dict[str, Any]) -> str:
 
 @handlers.on("ping")
 def on_ping(ctx: Context, payload: dict[str, Any]) -> str:
+    ctx.accept()
     return "pong"
 
 
@@ -193,12 +242,34 @@ def replay_unprocessed(store: Store, new_run_id: Callable[[], str]) -> int:
         if handler is not None:
             try:
                 payload = json.loads(delivery.payload)
-                handler(Context(store, delivery.id, BackgroundTasks(), lambda *_: None, new_run_id), payload)
+                ctx = Context(
+                    store,
+                    delivery.id,
+                    delivery.event,
+                    delivery.action,
+                    delivery.payload,
+                    BackgroundTasks(),
+                    lambda *_: None,
+                    new_run_id,
+                    replaying=True,
+                )
+                handler(ctx, payload)
             except (ValueError, MalformedEvent):
                 log.warning("delivery %s cannot be replayed", delivery.id)
         store.mark_delivery_processed(delivery.id)
         replayed += 1
     return replayed
+
+
+def _act(ctx: Context, payload: dict[str, Any]) -> str:
+    handler = handlers.find(ctx.event, ctx.action)
+    if handler is None:
+        ctx.accept()
+        return "ignored: event not used"
+    outcome = handler(ctx, payload)
+    if ctx.event != "push":
+        ctx.store.mark_delivery_processed(ctx.delivery_id)
+    return outcome
 
 
 def webhook_router(
@@ -238,24 +309,26 @@ def webhook_router(
             metrics.rejected.labels("malformed").inc()
             return JSONResponse({"error": f"malformed JSON: {exc}"}, status_code=400)
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
-        repo = (payload.get("repository") or {}).get("full_name")
-        installation = (payload.get("installation") or {}).get("id")
-        if not store.record_delivery(
-            delivery, event, action, repo, installation, body.decode("utf-8", "replace")
-        ):
+        ctx = Context(
+            store,
+            delivery,
+            event,
+            action,
+            body.decode("utf-8", "replace"),
+            background,
+            refresh_comment,
+            new_run_id,
+        )
+        try:
+            # Database work runs off the event loop, so slow commits never stall other deliveries.
+            outcome = await run_in_threadpool(_act, ctx, payload)
+        except Redelivery:
             metrics.redeliveries.inc()
             return JSONResponse({"status": "duplicate delivery: already handled"}, status_code=200)
+        except MalformedEvent as exc:
+            metrics.rejected.labels("malformed").inc()
+            return JSONResponse({"error": str(exc)}, status_code=400)
         metrics.deliveries.labels(event).inc()
-        handler = handlers.find(event, action)
-        if handler is None:
-            outcome = "ignored: event not used"
-        else:
-            try:
-                outcome = handler(Context(store, delivery, background, refresh_comment, new_run_id), payload)
-            except MalformedEvent as exc:
-                metrics.rejected.labels("malformed").inc()
-                return JSONResponse({"error": str(exc)}, status_code=400)
-        store.mark_delivery_processed(delivery)
         return JSONResponse({"status": outcome}, status_code=202)
 
     return router

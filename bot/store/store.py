@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, fields
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Engine, Select, func, or_, select, text
+from sqlalchemy import Engine, Select, func, insert, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -54,6 +55,7 @@ class Store:
         writer = engine.execution_options(**{database.WRITE_OPTION: True})
         self._write = sessionmaker(bind=writer, expire_on_commit=False)
         self.backend = engine.dialect.name
+        self._sqlite_writers = threading.Lock()
 
     @classmethod
     def open(cls, url: str | None = None, *, state_dir: Path | None = None) -> Store:
@@ -89,7 +91,11 @@ class Store:
     @contextmanager
     def _session(self, doing: str, *, write: bool = False) -> Iterator[Session]:
         factory = self._write if write else self._read
-        with database.translated(self._url, doing), factory() as session, session.begin():
+        # SQLite lets one writer in at a time and makes the others sleep and retry with growing
+        # pauses (its busy handler); queueing this process's writers on a lock instead keeps the
+        # webhook's tail latency to the commits themselves. Other processes still meet the busy timeout.
+        queue = self._sqlite_writers if write and self.backend == "sqlite" else nullcontext()
+        with queue, database.translated(self._url, doing), factory() as session, session.begin():
             yield session
 
     def _insert(self, model: type[Delivery | Installation | Run]) -> postgresql.Insert | sqlite.Insert:
@@ -119,6 +125,58 @@ class Store:
         stmt = self._insert(Delivery).values(values).on_conflict_do_nothing(index_elements=["id"])
         with self._session("recording a delivery", write=True) as session:
             return session.execute(stmt.returning(Delivery.id)).first() is not None
+
+    def accept_push(
+        self,
+        delivery_id: str,
+        payload_text: str,
+        run: NewRun,
+        installation_id: int | None,
+    ) -> tuple[bool, RunSnapshot | None, list[RunSnapshot]]:
+        """One transaction for a gated push: record the delivery, supersede the branch's older runs
+        and queue the new run (next attempt for its key). Either all of it happens or none, so a
+        crash can never leave a recorded delivery without its run; and it is one commit where
+        separate calls would take five. Statements take their values as parameters so SQLAlchemy
+        compiles each once: this is the webhook's hot path. Returns (new delivery, queued run,
+        superseded runs)."""
+        now = utcnow()
+        delivery = {
+            "id": delivery_id,
+            "event": "push",
+            "action": None,
+            "repo": run.repo,
+            "installation_id": installation_id,
+            "received_at": now,
+            "processed_at": now,
+            "payload": payload_text,
+        }
+        insert_delivery = (
+            self._insert(Delivery).on_conflict_do_nothing(index_elements=["id"]).returning(Delivery.id)
+        )
+        with self._session("accepting a push", write=True) as session:
+            if session.execute(insert_delivery, [delivery]).first() is None:
+                return False, None, []
+            superseded = _stop(
+                session,
+                select(Run).where(
+                    Run.repo == run.repo, Run.branch == run.branch, Run.head_sha != run.head_sha
+                ),
+                reason=f"superseded by {run.head_sha}",
+                by_sha=run.head_sha,
+            )
+            attempts = select(func.max(Run.attempt)).where(
+                Run.repo == run.repo, Run.head_sha == run.head_sha, Run.check_name == run.check_name
+            )
+            values = {
+                **asdict(run),
+                "attempt": (session.scalar(attempts) or 0) + 1,
+                "status": _QUEUED,
+                "cancel_requested": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+            session.execute(insert(Run), [values])
+            return True, _snapshot_of_new(values), superseded
 
     def mark_delivery_processed(self, delivery_id: str) -> None:
         """The delivery's runs are enqueued: a restart need not handle it again."""
@@ -432,6 +490,13 @@ def _stop(session: Session, query: Select[Run], reason: str, by_sha: str | None 
         affected.append(run)
     session.flush()
     return [_run(run) for run in affected]
+
+
+def _snapshot_of_new(values: dict[str, object]) -> RunSnapshot:
+    """The snapshot of a run just inserted, from its values, without reading it back."""
+    known = {f.name: values.get(f.name) for f in fields(RunSnapshot)}
+    known["status"] = RunStatus(str(values["status"]))
+    return RunSnapshot(**known)  # type: ignore[arg-type]
 
 
 def _run(row: Run) -> RunSnapshot:
