@@ -1,0 +1,229 @@
+"""Each GitHub event acts once, as DESIGN says: re-runs, deletions, PR events, installations,
+oversized bodies, and the operational endpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.app_harness import REPO, SECRET, AppServer, app_server
+from tests.app_harness import push_payload as shop_push
+from tests.conftest import SHOP, run_cli
+from tests.github_fake import GitHubFake, webhooks
+from tests.gitrepo import GitRepo
+
+CHECK = "loopgate / sandbox verification"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
+    path = tmp_path_factory.mktemp("events") / "shop"
+    shutil.copytree(
+        SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
+    )
+    repo = GitRepo.init(path)
+    repo.branch("agent/refactor-orders", patch=SHOP / "changes" / "refactor-orders.patch")
+    repo.branch("agent/contract-break", patch=SHOP / "changes" / "contract-break.patch")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def fake(shop: GitRepo) -> Iterator[GitHubFake]:
+    with GitHubFake.running(repos={REPO: shop.path}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(fake: GitHubFake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    with app_server(fake, tmp_path_factory.mktemp("events-state")) as running:
+        yield running
+
+
+def adapted(fake: GitHubFake, event: str, name: str, **changes: Any) -> dict[str, Any]:
+    return webhooks.adapt(
+        webhooks.load_payload(event, name),
+        repo_full_name=REPO,
+        clone_url=f"file://{fake.state.require_repo(REPO).path}",
+        default_branch="main",
+        installation_id=fake.installation_id(REPO),
+        **changes,
+    )
+
+
+def run_branch(fake: GitHubFake, shop: GitRepo, server: AppServer, branch: str) -> dict[str, Any]:
+    head = shop.git("rev-parse", branch)
+    server.deliver("push", shop_push(shop, branch, head, installation_id=fake.installation_id(REPO)))
+    return server.wait_for_run(head)
+
+
+def test_rerequested_check_and_rerun_button_start_new_attempts(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    first = run_branch(fake, shop, server, "agent/contract-break")
+    head = first["head_sha"]
+    check = next(c for c in fake.check_runs(REPO, head_sha=head) if c.name == CHECK)
+    rerequest = adapted(
+        fake,
+        "check_run",
+        "rerequested",
+        head_sha=head,
+        head_ref="agent/contract-break",
+        check_run_id=check.id,
+        check_name=CHECK,
+        app_id=fake.app_id,
+    )
+    assert server.deliver("check_run", rerequest).status_code == 202
+    button = adapted(
+        fake,
+        "check_run",
+        "requested_action",
+        head_sha=head,
+        head_ref="agent/contract-break",
+        check_run_id=check.id,
+        check_name=CHECK,
+        app_id=fake.app_id,
+        overrides={"requested_action": {"identifier": "rerun"}},
+    )
+    assert server.deliver("check_run", button).status_code == 202
+    end = time.monotonic() + 180
+    done: list[dict[str, Any]] = []
+    while len(done) < 3 and time.monotonic() < end:
+        time.sleep(0.3)
+        done = [r for r in server.runs(sha=head) if r["status"] == "completed"]
+    assert sorted(r["attempt"] for r in done) == [1, 2, 3], server.runs(sha=head)
+    assert [r["verdict"] for r in done] == ["fail"] * 3, done
+    fake.assert_no_violations()
+
+
+def test_check_suite_requested_is_ignored(shop: GitRepo, fake: GitHubFake, server: AppServer) -> None:
+    head = shop.git("rev-parse", "agent/refactor-orders")
+    before = len(server.runs(sha=head))
+    payload = adapted(fake, "check_suite", "requested", head_sha=head, head_ref="agent/refactor-orders")
+    answer = server.deliver("check_suite", payload)
+    assert answer.status_code == 202 and "the push starts the run" in answer.json()["status"]
+    assert len(server.runs(sha=head)) == before
+
+
+def test_deleted_branch_cancels_its_queued_run(shop: GitRepo, fake: GitHubFake, server: AppServer) -> None:
+    head = shop.branch("agent/short-lived", {"services/orders/NOTE.md": "x\n"})
+    server.deliver(
+        "push", shop_push(shop, "agent/short-lived", head, installation_id=fake.installation_id(REPO))
+    )
+    deleted = adapted(fake, "delete", "with-installation", ref="agent/short-lived")
+    deleted["ref_type"] = "branch"
+    assert server.deliver("delete", deleted).status_code == 202
+    run = server.wait_for_run(head, status=("cancelled", "completed"))
+    if run["status"] == "completed":  # the worker was quicker than the delete: nothing left to stop
+        assert run["verdict"] is not None
+    else:
+        assert run["conclusion"] == "cancelled"
+    # A push reporting the deletion is not a second signal: it is ignored.
+    gone = shop_push(
+        shop, "agent/short-lived", "0" * 40, before=head, installation_id=fake.installation_id(REPO)
+    )
+    assert "ignored" in server.deliver("push", gone).json()["status"]
+
+
+def test_pull_request_events_attach_one_sticky_comment(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    shop.branch("agent/commented", patch=SHOP / "changes" / "contract-break.patch")
+    run = run_branch(fake, shop, server, "agent/commented")
+    pull = fake.open_pull(REPO, "agent/commented", "main", title="agent change")
+    for action in ("opened", "synchronize", "ready_for_review"):
+        payload = adapted(
+            fake,
+            "pull_request",
+            action,
+            number=pull.number,
+            head_ref="agent/commented",
+            head_sha=run["head_sha"],
+            base_ref="main",
+        )
+        assert server.deliver("pull_request", payload).status_code == 202
+    fake.wait_until(lambda: len(fake.comments(REPO, pull.number)) == 1, timeout=20)
+    (comment,) = fake.comments(REPO, pull.number)
+    assert comment.body.startswith("<!-- loopgate:evidence -->") and "FAIL" in comment.body
+    assert not fake.pull(REPO, pull.number).draft  # comment events never gate; pushes do
+
+
+def test_draft_refusal_is_reported_and_the_verdict_stands(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    head = shop.branch("agent/refused", patch=SHOP / "changes" / "contract-break.patch")
+    pull = fake.open_pull(REPO, "agent/refused", "main", title="agent change")
+    fake.refuse_draft_conversion = "Resource not accessible by integration"
+    try:
+        server.deliver(
+            "push", shop_push(shop, "agent/refused", head, installation_id=fake.installation_id(REPO))
+        )
+        run = server.wait_for_run(head)
+    finally:
+        fake.refuse_draft_conversion = None
+    assert run["verdict"] == "fail" and run["conclusion"] == "failure"
+    evidence = server.api(f"/api/runs/{run['id']}").json()
+    assert any(note.startswith("could not convert to draft: GitHub answered") for note in evidence["notes"])
+    assert not fake.pull(REPO, pull.number).draft
+
+
+def test_installation_events_are_recorded_and_ping_answered(fake: GitHubFake, server: AppServer) -> None:
+    created = webhooks.adapt(webhooks.load_payload("installation", "created"), repo_full_name=REPO)
+    assert server.deliver("installation", created).status_code == 202
+    added = webhooks.adapt(webhooks.load_payload("installation_repositories", "added"), repo_full_name=REPO)
+    assert server.deliver("installation_repositories", added).status_code == 202
+    assert server.deliver("ping", webhooks.load_payload("ping")).json()["status"] == "pong"
+
+
+def test_oversized_and_malformed_bodies(server: AppServer) -> None:
+    huge = b"{" + b" " * (25 * 1024 * 1024 + 1) + b"}"
+    headers = webhooks.headers_for("push", huge, SECRET)
+    assert (
+        httpx.post(f"{server.url}/webhooks/github", content=huge, headers=headers, timeout=30).status_code
+        == 413
+    )
+    headers = webhooks.headers_for("push", b"[1, 2]", SECRET)
+    assert httpx.post(f"{server.url}/webhooks/github", content=b"[1, 2]", headers=headers).status_code == 400
+
+
+def test_health_readiness_and_metrics(server: AppServer) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200 and ready.json() == {"database": "ok", "workers": "ok"}
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'loopgate_webhook_deliveries_total{event="push"}' in metrics
+    assert "loopgate_queue_depth" in metrics
+    assert 'loopgate_stage_duration_seconds_count{stage="verify"}' in metrics
+    assert 'loopgate_runs{verdict="fail"}' in metrics
+
+
+def test_app_manifest_lists_the_permissions_and_events() -> None:
+    done = run_cli("app", "manifest", "--url", "https://lg.example.com")
+    manifest = json.loads(done.stdout)
+    assert manifest["default_permissions"] == {
+        "checks": "write",
+        "contents": "read",
+        "pull_requests": "write",
+        "metadata": "read",
+    }
+    assert set(manifest["default_events"]) == {
+        "push",
+        "pull_request",
+        "check_run",
+        "check_suite",
+        "delete",
+        "installation_repositories",
+    }
+    assert manifest["hook_attributes"]["url"] == "https://lg.example.com/webhooks/github"
+
+
+def test_missing_setting_stops_start_up_by_name(tmp_path: Path) -> None:
+    done = run_cli("serve", env={"LOOPGATE_GITHUB_APP_ID": "1", "LOOPGATE_WEBHOOK_SECRET": ""})
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("loopgate: LOOPGATE_WEBHOOK_SECRET")
