@@ -75,3 +75,23 @@ def test_bad_manifest_exits_2_with_its_cause(tmp_path: Path) -> None:
     missing = small_manifest(tmp_path, GOOD_AND_BAD.replace("contract-break.patch", "gone.patch"))
     done = run_cli("zoo", "--manifest", str(missing))
     assert done.returncode == 2 and "contract-break: patch gone.patch not found" in done.stderr
+
+
+def test_propagation_break_is_inconclusive_and_names_the_service(tmp_path: Path) -> None:
+    entries = """\
+changes:
+  - name: propagation-break
+    patch: propagation-break.patch
+    kind: defect
+    service: inventory,gateway
+    expected: inconclusive
+    expect_finding: gateway drops baggage
+    description: gateway keeps traceparent but stops forwarding baggage
+"""
+    manifest = small_manifest(tmp_path, entries)
+    out = tmp_path / "zoo.json"
+    done = run_cli("zoo", "--manifest", str(manifest), "--json", str(out), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["verdict"] == "inconclusive" and row["finding_found"]
+    assert row["finding"] == "inventory: the sandbox's requests never reached the fork"
