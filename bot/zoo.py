@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.config import ConfigError, LoopgateError
+from bot.config import ConfigError
 from bot.evidence import Evidence, Verdict
 from bot.pipeline import Pipeline, VerifyRequest, make_plan
 from bot.report import render_comment
@@ -233,8 +233,6 @@ def run_zoo(
         finally:
             runtime.release_baseline(baseline)
         return ZooResult(rows)
-    except LoopgateError:
-        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
