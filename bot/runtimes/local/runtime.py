@@ -314,8 +314,8 @@ class LocalRuntime:
         """The sandbox's checkout of the merge commit, made once, on first use, by whichever of the
         parallel builds gets there first (the env lock serialises them)."""
         worktree = self._sandbox_dir(sandbox) / "worktree"
-        if worktree.is_dir():
-            return worktree
+        # Checked under the lock only: `git worktree add` makes the directory before it has filled
+        # it, so a parallel build that saw the directory alone could find its service dir missing.
         with self.registry.lock(sandbox.baseline.env_id):
             if not worktree.is_dir():
                 record = self._record(sandbox)
