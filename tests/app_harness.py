@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import LOOPGATE, processes_under
 from tests.github_fake import GitHubFake, webhooks
@@ -141,3 +142,17 @@ def push_payload(
 
 def new_delivery() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture(scope="module")
+def fake(shop: GitRepo) -> Iterator[GitHubFake]:
+    """The GitHub contract fake holding the module's `shop` repository."""
+    with GitHubFake.running(repos={REPO: shop.path}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(fake: GitHubFake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """One `loopgate serve` per test module, talking to `fake`."""
+    with app_server(fake, tmp_path_factory.mktemp("app-state")) as running:
+        yield running

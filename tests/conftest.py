@@ -57,17 +57,21 @@ BRANCH_FILES: dict[str, dict[str, str]] = {
 }
 
 
+def make_shop(path: Path, changes: list[str]) -> GitRepo:
+    """The example shop as a git repository on `main`, each named change on `agent/<name>`."""
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
+    shutil.copytree(SHOP, path, ignore=ignore)
+    repo = GitRepo.init(path)
+    for change in changes:
+        repo.branch(f"agent/{change}", patch=SHOP / "changes" / f"{change}.patch")
+    return repo
+
+
 @pytest.fixture(scope="session")
 def shop_repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     """The example shop on `main`, with one branch per agent change the tests need."""
-    root = tmp_path_factory.mktemp("shop")
-    path = root / "shop"
-    shutil.copytree(
-        SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
-    )
-    repo = GitRepo.init(path)
-    for patch in sorted((SHOP / "changes").glob("*.patch")):
-        repo.branch(f"agent/{patch.stem}", patch=patch)
+    path = tmp_path_factory.mktemp("shop") / "shop"
+    repo = make_shop(path, sorted(p.stem for p in (SHOP / "changes").glob("*.patch")))
     for branch, files in BRANCH_FILES.items():
         repo.branch(branch, files)
     orders = (path / "services/orders/orders_app.py").read_text()
@@ -132,3 +136,7 @@ def postgres_database() -> Iterator[str]:
     yield server.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The App tests' `fake` and `server` fixtures (each test module brings its own `shop`).
+pytest_plugins = ["tests.app_harness"]

@@ -4,18 +4,16 @@ oversized bodies, and the operational endpoints."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.app_harness import REPO, SECRET, AppServer, app_server
+from tests.app_harness import REPO, SECRET, AppServer
 from tests.app_harness import push_payload as shop_push
-from tests.conftest import SHOP, run_cli
+from tests.conftest import SHOP, make_shop, run_cli
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
 
@@ -24,26 +22,7 @@ CHECK = "loopgate / sandbox verification"
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
-    path = tmp_path_factory.mktemp("events") / "shop"
-    shutil.copytree(
-        SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
-    )
-    repo = GitRepo.init(path)
-    repo.branch("agent/refactor-orders", patch=SHOP / "changes" / "refactor-orders.patch")
-    repo.branch("agent/contract-break", patch=SHOP / "changes" / "contract-break.patch")
-    return repo
-
-
-@pytest.fixture(scope="module")
-def fake(shop: GitRepo) -> Iterator[GitHubFake]:
-    with GitHubFake.running(repos={REPO: shop.path}) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(fake: GitHubFake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    with app_server(fake, tmp_path_factory.mktemp("events-state")) as running:
-        yield running
+    return make_shop(tmp_path_factory.mktemp("events") / "shop", ["refactor-orders", "contract-break"])
 
 
 def adapted(fake: GitHubFake, event: str, name: str, **changes: Any) -> dict[str, Any]:

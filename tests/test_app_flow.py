@@ -4,10 +4,8 @@ pipeline on the example shop."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ import pytest
 
 from tests.app_harness import API_TOKEN, REPO, SECRET, AppServer, app_server, new_delivery
 from tests.app_harness import push_payload as shop_push
-from tests.conftest import ROOT, SHOP, processes_under
+from tests.conftest import ROOT, SHOP, make_shop, processes_under
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
 from tests.test_report_html import chromium
@@ -27,28 +25,11 @@ CHECK = "loopgate / sandbox verification"
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     path = tmp_path_factory.mktemp("app") / "shop"
-    shutil.copytree(
-        SHOP, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
-    )
-    repo = GitRepo.init(path)
-    for change in ("refactor-orders", "contract-break"):
-        repo.branch(f"agent/{change}", patch=SHOP / "changes" / f"{change}.patch")
+    repo = make_shop(path, ["refactor-orders", "contract-break"])
     config = (path / ".loopgate.yml").read_text()
     without_suites = config.split("verify:")[0] + "verify:\n  suites: []\n"
     repo.branch("agent/drop-suite", {".loopgate.yml": without_suites}, start="agent/contract-break")
     return repo
-
-
-@pytest.fixture(scope="module")
-def fake(shop: GitRepo) -> Iterator[GitHubFake]:
-    with GitHubFake.running(repos={REPO: shop.path}) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(fake: GitHubFake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    with app_server(fake, tmp_path_factory.mktemp("app-state")) as running:
-        yield running
 
 
 def push_payload(fake: GitHubFake, repo: GitRepo, branch: str, head: str, before: str | None = None) -> dict:  # type: ignore[type-arg]

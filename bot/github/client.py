@@ -40,6 +40,19 @@ class _Token:
     expires_at: datetime
 
 
+class _KeyedLocks:
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, int], threading.Lock] = {}
+
+    def hold(self, key: tuple[str, int]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+_comment_locks = _KeyedLocks()
+
+
 class GitHubApp:
     """App-level calls (JWT) and a cache of installation clients."""
 
@@ -155,7 +168,12 @@ class RepoClient:
 
     def upsert_comment(self, number: int, body: str, marker: str, known_id: int | None) -> int:
         """One sticky comment per PR: edit ours in place (found by id or marker and the App's login);
-        post a new one when it was deleted."""
+        post a new one when it was deleted. Upserts of one PR take turns in this process, or two
+        events arriving together would each find no comment and post one."""
+        with _comment_locks.hold((self.full_name, number)):
+            return self._upsert_comment(number, body, marker, known_id)
+
+    def _upsert_comment(self, number: int, body: str, marker: str, known_id: int | None) -> int:
         issue = self._repo.get_issue(number)
         login = self.app.bot_login()
         for comment in issue.get_comments():
