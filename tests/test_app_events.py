@@ -206,3 +206,45 @@ def test_missing_setting_stops_start_up_by_name(tmp_path: Path) -> None:
     done = run_cli("serve", env={"LOOPGATE_GITHUB_APP_ID": "1", "LOOPGATE_WEBHOOK_SECRET": ""})
     assert done.returncode == 2
     assert done.stderr.strip().startswith("loopgate: LOOPGATE_WEBHOOK_SECRET")
+
+
+def test_a_later_pass_marks_the_drafted_pr_ready(shop: GitRepo, fake: GitHubFake, server: AppServer) -> None:
+    shop.branch("agent/fixed-later", patch=SHOP / "changes" / "contract-break.patch")
+    pull = fake.open_pull(REPO, "agent/fixed-later", "main", title="agent change")
+    assert run_branch(fake, shop, server, "agent/fixed-later")["verdict"] == "fail"
+    assert fake.pull(REPO, pull.number).draft
+    shop.git("checkout", "-q", "agent/fixed-later")
+    shop.write("services/inventory/NOTES.md", "still broken\n")
+    shop.commit("agent: another try")  # fails again, finding the PR already a draft
+    shop.git("checkout", "-q", "main")
+    assert run_branch(fake, shop, server, "agent/fixed-later")["verdict"] == "fail"
+    shop.git("checkout", "-q", "agent/fixed-later")
+    shop.git("apply", "-R", "--index", str(SHOP / "changes" / "contract-break.patch"))
+    shop.commit("agent: keep the field name")
+    shop.git("checkout", "-q", "main")
+    assert run_branch(fake, shop, server, "agent/fixed-later")["verdict"] == "pass"
+    assert not fake.pull(REPO, pull.number).draft
+    assert [p.number for p in fake.pulls(REPO) if p.head_ref == "agent/fixed-later"] == [pull.number]
+    fake.assert_no_violations()
+
+
+def test_when_main_moves_the_old_baseline_is_retired(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    """Runs at the end of the module: it moves `main`."""
+    state = Path(server.env["LOOPGATE_STATE_DIR"])
+    run_branch(fake, shop, server, "agent/refactor-orders")
+    old = {json.loads(p.read_text())["base_sha"] for p in state.glob("envs/*/env.json")}
+    shop.write("docs/RELEASE.md", "main moved on\n")
+    new_main = shop.commit("team: release notes")
+    shop.branch("agent/after-release", patch=SHOP / "changes" / "refactor-orders.patch")
+    assert run_branch(fake, shop, server, "agent/after-release")["verdict"] == "pass"
+    assert old and new_main not in old
+
+    def remaining() -> set[str]:
+        return {json.loads(p.read_text())["base_sha"] for p in state.glob("envs/*/env.json")}
+
+    deadline = time.monotonic() + 30  # retiring happens right after the run is recorded
+    while remaining() != {new_main} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert remaining() == {new_main}

@@ -18,6 +18,8 @@ from bot.github.gate import Action, gate_actions
 from bot.report import COMMENT_MARKER, render_check, render_comment, render_pr_body
 
 MAX_ANNOTATIONS = 500
+DRAFTED_NOTE = "converted to draft until verified"
+READY_NOTE = "marked ready for review"
 RERUN = {"label": "Re-run", "description": "Verify this commit again", "identifier": "rerun"}
 
 
@@ -80,11 +82,11 @@ def publish(client: RepoClient, evidence: Evidence, agents: Agents, target: Targ
                 elif action is Action.CONVERT_TO_DRAFT and number is not None:
                     client.convert_to_draft(number)
                     drafted = True
-                    evidence.notes.append(f"pull request #{number} converted to draft until verified")
+                    evidence.notes.append(f"pull request #{number} {DRAFTED_NOTE}")
                 elif action is Action.MARK_READY and number is not None:
                     client.mark_ready(number)
                     drafted = False
-                    evidence.notes.append(f"pull request #{number} marked ready for review")
+                    evidence.notes.append(f"pull request #{number} {READY_NOTE}")
             except GithubException as exc:
                 # GitHub may refuse a draft conversion for some tokens: say so; the verdict stands.
                 evidence.notes.append(f"could not {action.value.replace('_', ' ')}: {describe(exc)}")

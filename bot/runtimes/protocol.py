@@ -107,6 +107,10 @@ class Runtime(Protocol):
     def release_baseline(self, baseline: Baseline) -> None:
         """Stop the baseline if this process started it and no live sandbox still uses it."""
 
+    def retire_stale_baselines(self, current: Source) -> list[str]:
+        """Stop baselines of `current.repo` at other base commits that this process started and no
+        live sandbox uses: a long-running App would otherwise keep one per commit the base ever had."""
+
     def new_sandbox(self, baseline: Baseline, config: Config, head: Source) -> Sandbox: ...
 
     def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome: ...

@@ -6,27 +6,28 @@ crash interrupted.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.config import AppSettings, ConfigError, parse_config
+from bot.config import AppSettings, ConfigError, LoopgateError, parse_config
 from bot.config.schema import Agents
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, utcnow
 from bot.github.client import GitHubApp, RepoClient
 from bot.github.gate import CHECK_NAME, is_gated
-from bot.github.publish import Target, publish
+from bot.github.publish import DRAFTED_NOTE, READY_NOTE, Target, publish
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.pipeline.plan import CONFIG_FILE
 from bot.report.links import run_links
 from bot.runtimes.git import Git
-from bot.runtimes.protocol import Runtime
+from bot.runtimes.protocol import Runtime, Source
 from bot.store import Store
 from bot.store.snapshots import RunSnapshot
 from bot.worker.mirror import Mirrors
 
+log = logging.getLogger("loopgate.worker")
 HEARTBEAT_S = 5.0
-DRAFTED_NOTE = "converted to draft until verified"
 SETUP_HELP = (
     f"This repository has no {CONFIG_FILE} at the base commit, so loopgate does not gate it."
     " Add one (see docs/github-app.md) to verify agent branches against the real services."
@@ -118,6 +119,10 @@ class RunExecutor:
         verified.repo, verified.base.ref, verified.head.ref = run.repo, base_branch, run.branch
         verified.links = evidence.links
         self._publish(client, run, verified, config.agents, base_branch, check_id)
+        try:
+            env.runtime.retire_stale_baselines(Source(mirror, base_sha))
+        except LoopgateError:
+            log.exception("retiring old baselines of %s failed", run.repo)
 
     def _publish(
         self,
@@ -128,11 +133,7 @@ class RunExecutor:
         base: str,
         check_id: int,
     ) -> None:
-        previous = self.env.store.latest_for_branch(run.repo, run.branch)
-        drafted = False
-        if previous is not None and previous.id != run.id and previous.evidence_json:
-            prior = previous.evidence()
-            drafted = prior is not None and any(DRAFTED_NOTE in note for note in prior.notes)
+        drafted = self._drafted_by_us(run)
         target = Target(run.branch, base, check_id, comment_id=run.comment_id, drafted_by_us=drafted)
         published = publish(client, evidence, agents or Agents(), target)
         if published.pr_number is not None:
@@ -145,6 +146,21 @@ class RunExecutor:
             run.id, verdict, published.conclusion, evidence.model_dump_json(), status=status
         )
         self.env.on_finished(evidence)
+
+    def _drafted_by_us(self, run: RunSnapshot) -> bool:
+        """Is the branch's PR a draft because loopgate made it one? Only then may a pass mark it ready:
+        a draft the author chose stays a draft. The newest finished run that changed the PR's draft
+        state decides; failing runs that found it already drafted change nothing."""
+        for earlier in self.env.store.find(repo=run.repo, branch=run.branch, limit=50):
+            if earlier.id == run.id or earlier.in_flight or not earlier.evidence_json:
+                continue
+            evidence = earlier.evidence()
+            notes = evidence.notes if evidence is not None else []
+            if any(READY_NOTE in note for note in notes):
+                return False
+            if any(DRAFTED_NOTE in note for note in notes):
+                return True
+        return False
 
     def _heartbeat(self, run_id: str, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):

@@ -99,6 +99,24 @@ class LocalRuntime:
                 return
             self._stop_env(record)
 
+    def retire_stale_baselines(self, current: Source) -> list[str]:
+        repo, me, retired = str(current.repo.resolve()), ProcessRef.current(), []
+        for env_id in self.registry.env_ids():
+            with self.registry.lock(env_id):
+                record = self.registry.load_env(env_id)
+                if (
+                    record is None
+                    or record.repo != repo
+                    or record.base_sha == current.sha
+                    or record.owner != me
+                ):
+                    continue
+                if any(_owner_alive(s.owner) for s in self.registry.sandboxes(env_id)):
+                    continue
+                self._stop_env(record)
+                retired.append(env_id)
+        return retired
+
     def down(self, env_id: str) -> None:
         with self.registry.lock(env_id):
             record = self.registry.load_env(env_id)
