@@ -38,6 +38,17 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["LOOPGATE_STATE_DIR"] = previous
 
 
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill after 5 s: a test never leaves its own children behind."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def processes_under(path: Path) -> list[str]:
     """Processes loopgate started for this state dir: their cwd or command line lies inside it."""
     found = []

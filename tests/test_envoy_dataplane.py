@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import psutil
 import pytest
 
-from bot.runtimes.local.accesslog import ObservedRequest, baggage_routing_key, read_access_log
+from bot.runtimes.local.accesslog import LoggedRequest, baggage_routing_key, read_access_log
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.xds import (
     DataPlaneSpec,
@@ -460,7 +460,7 @@ def test_stop_leaves_no_process_and_is_idempotent(system: System, tmp_path: Path
 # -- 7. access log ---------------------------------------------------------------------------------
 
 
-def _observed(plane: DataPlane, marker: str, count: int) -> list[ObservedRequest]:
+def _observed(plane: DataPlane, marker: str, count: int) -> list[LoggedRequest]:
     deadline = time.monotonic() + 5
     while True:
         records, _ = read_access_log(plane.access_log)

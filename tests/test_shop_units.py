@@ -30,6 +30,8 @@ import pytest
 import yaml
 from psycopg import sql
 
+from tests.conftest import stop_process
+
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 SERVICES = ("gateway", "orders", "inventory", "payments")
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -66,7 +68,7 @@ def _pytest_in_parallel(runs: list[tuple[Path, str]]) -> dict[str, subprocess.Co
             results[target] = subprocess.CompletedProcess(proc.args, proc.returncode, out)
     finally:
         for proc in procs.values():
-            _stop(proc)
+            stop_process(proc)
     return results
 
 
@@ -75,16 +77,6 @@ def _assert_all_passed(results: dict[str, subprocess.CompletedProcess[str]]) -> 
     assert not failed, "\n\n".join(f"--- {t}\n{out}" for t, out in failed.items())
     for target, result in results.items():
         assert " passed" in result.stdout, f"{target}: no test ran\n{result.stdout}"
-
-
-def _stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _scratch_repo(tmp: Path, patch: str) -> Path:
@@ -227,7 +219,7 @@ def _start_services(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        stack.callback(_stop, proc)
+        stack.callback(stop_process, proc)
         started[name] = (proc, time.monotonic())
     ready: dict[str, float] = {}
     deadline = time.monotonic() + 30

@@ -36,6 +36,8 @@ import pytest
 import yaml
 from psycopg import sql
 
+from tests.conftest import stop_process
+
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 CHANGES = SHOP / "changes"
 MANIFEST = CHANGES / "zoo.yml"
@@ -89,16 +91,6 @@ def _env(**extra: str) -> dict[str, str]:
     env["LOOPGATE_TEST_POSTGRES_URL"] = POSTGRES_URL  # payments' unit tests make their own database
     env.update(extra)
     return env
-
-
-def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _touched_services(patch: Path) -> set[str]:
@@ -230,7 +222,7 @@ def _spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        stack.callback(_stop, started.procs[name])
+        stack.callback(stop_process, started.procs[name])
     return started
 
 
@@ -304,7 +296,7 @@ def _unit_tests(stack: ExitStack, repo: Path, service: str) -> subprocess.Popen[
         stderr=subprocess.STDOUT,
         text=True,
     )
-    stack.callback(_stop, proc)
+    stack.callback(stop_process, proc)
     return proc
 
 

@@ -1,4 +1,4 @@
-"""Envoy's JSON access log read back as :class:`ObservedRequest` records.
+"""Envoy's JSON access log read back as :class:`LoggedRequest` records.
 
 The access log is the evidence that a fork really received tagged traffic (``observed_requests``),
 so it is read incrementally (by byte offset) while Envoy keeps appending to it.
@@ -13,25 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from bot.runtimes.local.xds import ROUTING_KEY_RE, parse_cluster_name
+from bot.runtimes.protocol import ObservedRequest
 
 
 @dataclass(frozen=True)
-class ObservedRequest:
-    """One request as one Envoy listener saw it."""
+class LoggedRequest(ObservedRequest):
+    """One request as one Envoy listener logged it: what the Runtime protocol reports, plus the raw
+    baggage and Envoy's response flags, which only the data plane's own tests read."""
 
-    service: str
-    routing_key: str | None
-    """Sandbox the request was tagged for (baggage member, else the header); None if untagged."""
-    target: str | None
-    """Routing key of the fork that served it; None for the baseline (or when nothing served it)."""
-    method: str
-    path: str
-    status: int
-    traceparent: str | None
-    baggage: str | None
-    started_at: str
-    duration_ms: int
-    response_flags: str
+    baggage: str | None = None
+    response_flags: str = "-"
 
 
 def baggage_routing_key(baggage: str | None, member: str) -> str | None:
@@ -57,7 +48,7 @@ def read_access_log(
     offset: int = 0,
     baggage_member: str = "loopgate-sandbox",
     header: str = "x-loopgate-sandbox",
-) -> tuple[list[ObservedRequest], int]:
+) -> tuple[list[LoggedRequest], int]:
     """Records from byte ``offset`` on, and the offset to continue from.
 
     A last line without its newline is still being written: it is left for the next call. A log
@@ -75,7 +66,7 @@ def read_access_log(
     end = data.rfind(b"\n")
     if end < 0:
         return [], offset
-    records: list[ObservedRequest] = []
+    records: list[LoggedRequest] = []
     for line in data[: end + 1].splitlines():
         record = _parse(line, baggage_member, header)
         if record is not None:
@@ -83,7 +74,7 @@ def read_access_log(
     return records, offset + end + 1
 
 
-def _parse(line: bytes, baggage_member: str, header: str) -> ObservedRequest | None:
+def _parse(line: bytes, baggage_member: str, header: str) -> LoggedRequest | None:
     """One log line; None for blank or foreign lines, which must not stop the reader."""
     try:
         raw = json.loads(line)
@@ -96,7 +87,7 @@ def _parse(line: bytes, baggage_member: str, header: str) -> ObservedRequest | N
     routing_key = baggage_routing_key(baggage, baggage_member)
     if routing_key is None and tagged_by_header and ROUTING_KEY_RE.fullmatch(tagged_by_header):
         routing_key = tagged_by_header
-    return ObservedRequest(
+    return LoggedRequest(
         service=raw["service"],
         routing_key=routing_key,
         target=_target(_text(raw.get("upstream_cluster"))),

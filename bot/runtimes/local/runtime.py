@@ -489,21 +489,7 @@ class LocalRuntime:
         key = sandbox.routing_key
         # Untagged requests too (never other sandboxes'): in the sandbox's traces they show where the
         # tag was lost.
-        return [
-            ObservedRequest(
-                service=r.service,
-                routing_key=r.routing_key,
-                target=r.target,
-                method=r.method,
-                path=r.path,
-                status=r.status,
-                traceparent=r.traceparent,
-                started_at=r.started_at,
-                duration_ms=r.duration_ms,
-            )
-            for r in raw
-            if r.routing_key in (key, None) or r.target == key
-        ]
+        return [r for r in raw if r.routing_key in (key, None) or r.target == key]
 
     def teardown(self, sandbox: Sandbox) -> None:
         with self.registry.lock(sandbox.baseline.env_id):
