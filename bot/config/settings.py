@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,7 +28,21 @@ class RuntimeSettings(BaseSettings):
         default=0,
         ge=0,
         le=65000,
-        description="Envoy admin port; the listeners follow it. 0 picks free ports.",
+        description="First Envoy listener port; the others follow it. 0 picks free ports.",
+    )
+    confine: Literal["on", "off"] = Field(
+        default="on",
+        description="Run builds, forks and suites under bubblewrap. `off` gives up every guarantee of"
+        " docs/security.md, and every report says so first.",
+    )
+    confine_uid: int = Field(default=65534, ge=1, description="The uid confined code runs as (root only).")
+    confine_gid: int = Field(default=65534, ge=1)
+    confine_hide: list[Path] = Field(
+        default_factory=list, description="More paths confined code must not see (secrets, tokens)."
+    )
+    confine_expose: list[Path] = Field(
+        default_factory=list,
+        description="Paths under a hidden one (e.g. a toolchain in loopgate's HOME) confined code may read.",
     )
 
 
