@@ -179,7 +179,9 @@ def _probe(bwrap: str, setpriv: str, drop: bool, uid: int, gid: int) -> None:
     if shutil.which(bwrap) is None:
         raise InfrastructureError(f"confinement unavailable: bwrap not found (install bubblewrap, or {off})")
     if drop and shutil.which(setpriv) is None:
-        raise InfrastructureError(f"confinement unavailable: setpriv not found (install util-linux, or {off})")
+        raise InfrastructureError(
+            f"confinement unavailable: setpriv not found (install util-linux, or {off})"
+        )
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc", "--"]
     if drop:
         argv += _drop(setpriv, uid, gid)
