@@ -170,6 +170,14 @@ class Agents(Strict):
     pr_base: str | None = Field(
         default=None, description="Base branch for opened PRs; default branch if unset."
     )
+    bases: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Branches (names or globs, `*` within one segment, `**` across) trusted as a PR's base"
+            " besides the default branch. Read only from the default branch's .loopgate.yml; a PR into"
+            " any other base gets verdict error."
+        ),
+    )
 
 
 class LocalRuntime(Strict):
