@@ -235,6 +235,63 @@ def test_a_newer_push_supersedes_the_branch(store: Store) -> None:
     assert claimed is not None and claimed.id == newest.id
 
 
+def accept(store: Store, sha: str, before: str, delivery: str | None = None) -> Any:
+    run = new_run(sha=sha, delivery_id=delivery or uuid.uuid4().hex)
+    return store.accept_push(str(run.delivery_id), "{}", run, 42, replaces=before)
+
+
+def test_a_push_supersedes_only_the_commit_it_moved_from(store: Store) -> None:
+    """Deliveries of A→B and B→C arrive as B→C, then A→B: the late one cancels nothing newer."""
+    newer = accept(store, SHA_C, before=SHA_B)
+    assert newer.created and newer.superseded == []
+    running = store.claim("w1")
+    assert running is not None and running.id == newer.run.id
+
+    late = accept(store, SHA_B, before=SHA_A)
+    assert late.created and late.superseded == [], "an older push never cancels the newer run"
+    assert store.cancel_requested(running.id) is False
+
+    newest = accept(store, SHA_A, before=SHA_C)  # a force-push back to A is newer than C
+    assert [r.id for r in newest.superseded] == [running.id]
+    assert store.cancel_requested(running.id) is True
+
+
+def test_a_second_delivery_of_a_queued_sha_attaches_to_its_run(store: Store) -> None:
+    first = accept(store, SHA_B, before=SHA_A)
+    again = accept(store, SHA_B, before=SHA_A)
+    assert (again.new_delivery, again.created, again.run.id) == (True, False, first.run.id)
+    redelivered = accept(store, SHA_B, before=SHA_A, delivery=first.run.delivery_id)
+    assert redelivered.new_delivery is False and redelivered.run is None
+    assert store.queue_depth() == 1
+
+
+def test_supersede_runs_stops_exactly_the_runs_seen(store: Store) -> None:
+    seen = enqueued(store, sha=SHA_A)
+    head = enqueued(store, sha=SHA_C)
+    later = enqueued(store, sha=SHA_B)  # queued after the head was read: maybe newer, left alone
+    assert [r.id for r in store.active_runs(REPO, "agent/fix")] == [seen.id, head.id, later.id]
+
+    affected = store.supersede_runs([seen.id, head.id], by_sha=SHA_C)
+
+    assert [r.id for r in affected] == [seen.id], "the head's own run is never superseded"
+    assert [r.id for r in store.active_runs(REPO, "agent/fix")] == [head.id, later.id]
+    assert store.supersede_runs([], by_sha=SHA_C) == []
+
+
+def test_drafts_loopgate_made_are_data_that_outlives_the_process(url: str) -> None:
+    with Store.open(url) as first:
+        assert first.drafted_by_us(REPO, 7) is False
+        first.mark_drafted(REPO, 7, "run-1")
+        first.mark_drafted(REPO, 7, "run-2")  # drafted again: still one record
+        first.mark_drafted("acme/web", 8, None)
+    with Store.open(url) as restarted:
+        assert restarted.drafted_by_us(REPO, 7) and restarted.drafted_by_us("acme/web", 8)
+        assert not restarted.drafted_by_us(REPO, 8)
+        assert restarted.clear_drafted(REPO, 7) is True
+        assert restarted.clear_drafted(REPO, 7) is False
+        assert restarted.drafted_by_us(REPO, 7) is False and restarted.drafted_by_us("acme/web", 8)
+
+
 def test_a_deleted_branch_cancels_all_its_runs(store: Store) -> None:
     running = enqueued(store, sha=SHA_A)
     store.claim("w1")
@@ -395,7 +452,7 @@ def test_migrations_run_twice_are_a_noop_and_match_the_models(url: str) -> None:
     with Store.open(url) as second:
         assert second.get(run.id) == run
         with second._engine.connect() as connection:  # a look behind the API, for the schema only
-            assert current(connection) == "0001"
+            assert current(connection) == "0002"
             context = MigrationContext.configure(
                 connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
             )

@@ -116,14 +116,24 @@ class RepoClient:
     def default_branch(self) -> str:
         return str(self._repo.default_branch)
 
+    def branch_head(self, branch: str) -> str | None:
+        """The branch's head SHA as GitHub has it now; None when the branch is gone."""
+        try:
+            return str(self._repo.get_branch(branch).commit.sha)
+        except UnknownObjectException:
+            return None
+
     def open_pull(self, branch: str) -> OpenPull | None:
         owner = self.full_name.split("/", 1)[0]
         for pull in self._repo.get_pulls(state="open", head=f"{owner}:{branch}"):
-            return OpenPull(number=pull.number, node_id=pull.node_id, draft=bool(pull.draft))
+            return OpenPull(
+                number=pull.number,
+                node_id=pull.node_id,
+                draft=bool(pull.draft),
+                head_sha=str(pull.head.sha),
+                base=str(pull.base.ref),
+            )
         return None
-
-    def pull_base(self, number: int) -> str:
-        return str(self._repo.get_pull(number).base.ref)
 
     def create_check(self, name: str, head_sha: str, external_id: str, details_url: str) -> int:
         run = self._repo.create_check_run(

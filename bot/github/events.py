@@ -65,6 +65,8 @@ class PullRequestChanged:
     head_sha: str
     base_branch: str
     author: str
+    base_changed: bool = False
+    """An `edited` event that retargeted the PR (`changes.base`)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def parse_pull_request(payload: dict[str, Any]) -> PullRequestChanged:
         head_sha=str(_get(pull, "head", "sha")),
         base_branch=str(_get(pull, "base", "ref")),
         author=str(_get(pull, "user", "login")),
+        base_changed=isinstance(payload.get("changes"), dict) and "base" in payload["changes"],
     )
 
 

@@ -87,7 +87,14 @@ handlers = Handlers()
 
 
 def _enqueue(
-    ctx: Context, repo: str, branch: str, sha: str, trigger: str, clone_url: str, installation: int | None
+    ctx: Context,
+    repo: str,
+    branch: str,
+    sha: str,
+    trigger: str,
+    clone_url: str,
+    installation: int | None,
+    pr_number: int | None = None,
 ) -> str:
     attempt = ctx.store.next_attempt(repo, sha, CHECK_NAME)
     run, created = ctx.store.enqueue(
@@ -102,6 +109,7 @@ def _enqueue(
             clone_url=clone_url,
             installation_id=installation,
             delivery_id=ctx.delivery_id,
+            pr_number=pr_number,
         )
     )
     return f"queued run {run.id}" if created else f"run {run.id} already queued"
@@ -109,6 +117,9 @@ def _enqueue(
 
 @handlers.on("push")
 def on_push(ctx: Context, payload: dict[str, Any]) -> str:
+    """A push supersedes only the runs of the commit it moved the branch from (`before`), never by
+    arrival order: GitHub may deliver an older push after a newer one. The worker settles the rest
+    against the branch head (see `bot.worker.executor`)."""
     push = parse_push(payload)
     if push.deleted or not is_gated(push.branch):
         ctx.accept()
@@ -128,16 +139,18 @@ def on_push(ctx: Context, payload: dict[str, Any]) -> str:
         delivery_id=ctx.delivery_id,
     )
     if ctx.replaying:
-        ctx.store.supersede(run.repo, run.branch, run.head_sha)
+        ctx.store.supersede(run.repo, run.branch, run.head_sha, heads=[push.before])
         return _enqueue(
             ctx, run.repo, run.branch, run.head_sha, "push", push.repo.clone_url, push.installation_id
         )
-    new, queued, superseded = ctx.store.accept_push(
-        ctx.delivery_id, ctx.payload_text, run, push.installation_id
+    accepted = ctx.store.accept_push(
+        ctx.delivery_id, ctx.payload_text, run, push.installation_id, replaces=push.before
     )
-    if not new or queued is None:
+    if not accepted.new_delivery or accepted.run is None:
         raise Redelivery
-    return f"queued run {queued.id}" + (f"; superseded {len(superseded)}" if superseded else "")
+    done = "queued run" if accepted.created else "attached to run"
+    superseded = accepted.superseded
+    return f"{done} {accepted.run.id}" + (f"; superseded {len(superseded)}" if superseded else "")
 
 
 @handlers.on("delete")
@@ -195,6 +208,35 @@ def on_check_suite_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
 def on_check_suite_requested(ctx: Context, payload: dict[str, Any]) -> str:
     ctx.accept()
     return "ignored: the push starts the run"
+
+
+@handlers.on("pull_request", "edited")
+def on_pull_request_edited(ctx: Context, payload: dict[str, Any]) -> str:
+    """A retargeted PR is verified again: the verdict it has was against another base. The run
+    reads the PR's base when it starts, so a later retarget is never missed."""
+    ctx.accept()
+    pull = parse_pull_request(payload)
+    if not pull.base_changed or not is_gated(pull.head_branch):
+        return "ignored: only a base change on an agent branch re-verifies"
+    return _enqueue(
+        ctx,
+        pull.repo.full_name,
+        pull.head_branch,
+        pull.head_sha,
+        "base_changed",
+        pull.repo.clone_url,
+        pull.installation_id,
+        pull.number,
+    )
+
+
+@handlers.on("pull_request", "ready_for_review")
+def on_ready_for_review(ctx: Context, payload: dict[str, Any]) -> str:
+    """Whoever readied the PR, a draft loopgate made is over: a later failure may draft it again."""
+    outcome = on_pull_request(ctx, payload)
+    pull = parse_pull_request(payload)
+    ctx.store.clear_drafted(pull.repo.full_name, pull.number)
+    return outcome
 
 
 @handlers.on("pull_request")

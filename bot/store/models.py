@@ -144,3 +144,18 @@ class Run(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class PullDraft(Base):
+    """A pull request loopgate turned into a draft, so a later pass may mark it ready again.
+
+    Kept as data, one row per PR: a draft the author chose has no row and stays a draft. The row goes
+    when loopgate marks the PR ready or the author does.
+    """
+
+    __tablename__ = "pull_drafts"
+
+    repo: Mapped[str] = mapped_column(String(256), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    drafted_at: Mapped[datetime]

@@ -79,6 +79,17 @@ class RunSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class AcceptedPush:
+    """What a push delivery did: `run` is the run queued (`created`) or the one it attached to;
+    both are None/False for a redelivery."""
+
+    new_delivery: bool
+    run: RunSnapshot | None
+    created: bool
+    superseded: list[RunSnapshot]
+
+
+@dataclass(frozen=True, slots=True)
 class InstallationSnapshot:
     id: int
     account: str

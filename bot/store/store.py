@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, fields
 from datetime import timedelta
@@ -22,10 +22,11 @@ from bot.config import RuntimeSettings
 from bot.evidence import Verdict, utcnow
 from bot.store import claim as claiming
 from bot.store import database, migrate
-from bot.store.models import Delivery, Installation, Run
+from bot.store.models import Delivery, Installation, PullDraft, Run
 from bot.store.snapshots import (
     FINISHED,
     IN_FLIGHT,
+    AcceptedPush,
     DeliverySnapshot,
     InstallationSnapshot,
     NewRun,
@@ -98,7 +99,9 @@ class Store:
         with queue, database.translated(self._url, doing), factory() as session, session.begin():
             yield session
 
-    def _insert(self, model: type[Delivery | Installation | Run]) -> postgresql.Insert | sqlite.Insert:
+    def _insert(
+        self, model: type[Delivery | Installation | Run | PullDraft]
+    ) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(model) if self.backend == "postgresql" else sqlite.insert(model)
 
     # Deliveries
@@ -132,13 +135,18 @@ class Store:
         payload_text: str,
         run: NewRun,
         installation_id: int | None,
-    ) -> tuple[bool, RunSnapshot | None, list[RunSnapshot]]:
-        """One transaction for a gated push: record the delivery, supersede the branch's older runs
-        and queue the new run (next attempt for its key). Either all of it happens or none, so a
-        crash can never leave a recorded delivery without its run; and it is one commit where
-        separate calls would take five. Statements take their values as parameters so SQLAlchemy
-        compiles each once: this is the webhook's hot path. Returns (new delivery, queued run,
-        superseded runs)."""
+        *,
+        replaces: str,
+    ) -> AcceptedPush:
+        """One transaction for a gated push: record the delivery, supersede the runs of the commit
+        the push moved the branch from (`replaces`, the push's `before`), and queue the new run — or
+        attach to the branch's run of that SHA already queued or running. Either all of it happens or
+        none, so a crash can never leave a recorded delivery without its run.
+
+        Only `before` supersedes: a delivery arriving late, after a newer push, names an older
+        `before` and cancels nothing newer (the worker concludes its run when it finds it is not the
+        branch head). Statements take their values as parameters so SQLAlchemy compiles each once:
+        this is the webhook's hot path."""
         now = utcnow()
         delivery = {
             "id": delivery_id,
@@ -155,15 +163,24 @@ class Store:
         )
         with self._session("accepting a push", write=True) as session:
             if session.execute(insert_delivery, [delivery]).first() is None:
-                return False, None, []
+                return AcceptedPush(new_delivery=False, run=None, created=False, superseded=[])
             superseded = _stop(
                 session,
-                select(Run).where(
-                    Run.repo == run.repo, Run.branch == run.branch, Run.head_sha != run.head_sha
-                ),
+                _replaced(run.repo, run.branch, run.head_sha, [replaces]),
                 reason=f"superseded by {run.head_sha}",
                 by_sha=run.head_sha,
             )
+            same = select(Run).where(
+                Run.repo == run.repo,
+                Run.branch == run.branch,
+                Run.head_sha == run.head_sha,
+                Run.check_name == run.check_name,
+                Run.status.in_(_IN_FLIGHT),
+                Run.cancel_requested.is_(False),
+            )
+            existing = session.scalars(same.limit(1)).first()
+            if existing is not None:
+                return AcceptedPush(True, _run(existing), False, superseded)
             attempts = select(func.max(Run.attempt)).where(
                 Run.repo == run.repo, Run.head_sha == run.head_sha, Run.check_name == run.check_name
             )
@@ -176,7 +193,7 @@ class Store:
                 "updated_at": now,
             }
             session.execute(insert(Run), [values])
-            return True, _snapshot_of_new(values), superseded
+            return AcceptedPush(True, _snapshot_of_new(values), True, superseded)
 
     def mark_delivery_processed(self, delivery_id: str) -> None:
         """The delivery's runs are enqueued: a restart need not handle it again."""
@@ -269,21 +286,68 @@ class Store:
         with self._session("reading attempts") as session:
             return (session.scalar(query) or 0) + 1
 
-    def supersede(self, repo: str, branch: str, by_sha: str) -> list[RunSnapshot]:
-        """A push of `by_sha` replaces the branch's other runs: queued ones are cancelled now,
-        running ones asked to stop. Returns those runs so the caller cancels checks and tears down."""
+    def supersede(
+        self, repo: str, branch: str, by_sha: str, *, heads: Collection[str] | None = None
+    ) -> list[RunSnapshot]:
+        """`by_sha` replaces the branch's other runs — only those of `heads` when given (the commits
+        known to be older): queued ones are cancelled now, running ones asked to stop. Returns those
+        runs so the caller cancels checks and tears down."""
         with self._session("superseding runs", write=True) as session:
             return _stop(
                 session,
-                select(Run).where(Run.repo == repo, Run.branch == branch, Run.head_sha != by_sha),
+                _replaced(repo, branch, by_sha, heads),
                 reason=f"superseded by {by_sha}",
                 by_sha=by_sha,
             )
+
+    def supersede_runs(self, run_ids: Collection[str], by_sha: str) -> list[RunSnapshot]:
+        """Like `supersede`, for exactly these runs (those seen before the branch head was read)."""
+        if not run_ids:
+            return []
+        query = select(Run).where(Run.id.in_(list(run_ids)), Run.head_sha != by_sha)
+        with self._session("superseding runs", write=True) as session:
+            return _stop(session, query, reason=f"superseded by {by_sha}", by_sha=by_sha)
+
+    def active_runs(self, repo: str, branch: str) -> list[RunSnapshot]:
+        """The branch's queued and running runs, oldest first."""
+        query = (
+            select(Run)
+            .where(Run.repo == repo, Run.branch == branch, Run.status.in_(_IN_FLIGHT))
+            .order_by(Run.created_at, Run.id)
+        )
+        with self._session("listing a branch's runs") as session:
+            return [_run(row) for row in session.scalars(query)]
 
     def cancel_branch(self, repo: str, branch: str, reason: str) -> list[RunSnapshot]:
         """Like `supersede`, for every run of the branch: it was deleted."""
         with self._session("cancelling a branch", write=True) as session:
             return _stop(session, select(Run).where(Run.repo == repo, Run.branch == branch), reason=reason)
+
+    # Pull requests loopgate drafted
+
+    def mark_drafted(self, repo: str, number: int, run_id: str | None) -> None:
+        """Loopgate made PR #number a draft: a later pass of its branch may mark it ready."""
+        values = {"run_id": run_id, "drafted_at": utcnow()}
+        stmt = (
+            self._insert(PullDraft)
+            .values({"repo": repo, "number": number, **values})
+            .on_conflict_do_update(index_elements=["repo", "number"], set_=values)
+        )
+        with self._session("recording a draft", write=True) as session:
+            session.execute(stmt)
+
+    def clear_drafted(self, repo: str, number: int) -> bool:
+        """The PR is ready (loopgate or its author made it so); False when loopgate had not drafted it."""
+        with self._session("clearing a draft", write=True) as session:
+            row = session.get(PullDraft, (repo, number))
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+    def drafted_by_us(self, repo: str, number: int) -> bool:
+        with self._session("reading a draft") as session:
+            return session.get(PullDraft, (repo, number)) is not None
 
     # Runs: the worker's side
 
@@ -463,6 +527,11 @@ def _locked(session: Session, run_id: str) -> Run:
     if run is None:
         raise UnknownRun(run_id)
     return run
+
+
+def _replaced(repo: str, branch: str, by_sha: str, heads: Collection[str] | None) -> Select[Run]:
+    query = select(Run).where(Run.repo == repo, Run.branch == branch, Run.head_sha != by_sha)
+    return query if heads is None else query.where(Run.head_sha.in_(list(heads)))
 
 
 def _should_stop(run: Run) -> bool:

@@ -1,7 +1,21 @@
-"""One run, start to finish: check run, base and config from GitHub, mirror, pipeline, publish.
+"""One run, start to finish: check run, branch head, trusted base and config from GitHub, mirror,
+pipeline, publish.
 
 Every id (check run, comment, PR) is stored the moment it exists, so a restart can finish what a
 crash interrupted.
+
+Superseding follows the branch head, not the order deliveries arrive in. The webhook cancels only the
+runs of a push's `before` (certainly older); everything else is settled here, when a worker starts a
+run, against GitHub's branch head:
+
+- the run's commit is the head: the branch's other queued runs *seen before the head was read* are
+  superseded. A run queued after that read may belong to a newer push, so it is left to settle itself;
+- it is not: a push run (or a base change) concludes `cancelled` on its commit without verifying or
+  gating; a re-run someone asked for verifies its commit, and `publish` keeps its verdict off the PR.
+
+This holds with duplicated deliveries (a push attaches to its SHA's run), reordered ones (an older
+push cancels nothing newer, and its own run finds it is not the head) and several replicas (each
+decision reads GitHub and the store, never a process's memory; one run per branch runs at a time).
 """
 
 from __future__ import annotations
@@ -12,18 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.config import AppSettings, ConfigError, LoopgateError, parse_config
-from bot.config.schema import Agents
+from bot.config.schema import Agents, Config
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, utcnow
 from bot.github.client import GitHubApp, RepoClient
-from bot.github.gate import CHECK_NAME, is_gated
-from bot.github.publish import DRAFTED_NOTE, READY_NOTE, Target, publish
+from bot.github.gate import CHECK_NAME, is_gated, is_trusted_base, untrusted_base
+from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.pipeline.plan import CONFIG_FILE
 from bot.report.links import run_links
 from bot.runtimes.git import Git
 from bot.runtimes.protocol import Runtime, Source
 from bot.store import Store
-from bot.store.snapshots import RunSnapshot
+from bot.store.snapshots import RunSnapshot, RunStatus
 from bot.worker.mirror import Mirrors
 
 log = logging.getLogger("loopgate.worker")
@@ -32,6 +46,9 @@ SETUP_HELP = (
     f"This repository has no {CONFIG_FILE} at the base commit, so loopgate does not gate it."
     " Add one (see docs/github-app.md) to verify agent branches against the real services."
 )
+# Triggers that name a commit to verify even when it is no longer the head; pushes and base changes
+# speak for the branch, so a newer head makes them moot.
+VERIFIES_ANY_COMMIT = frozenset({"rerun"})
 
 
 @dataclass
@@ -42,6 +59,18 @@ class RunEnvironment:
     runtime: Runtime
     mirrors: Mirrors
     on_finished: Callable[[Evidence], None] = lambda _evidence: None
+
+
+@dataclass
+class Prepared:
+    """What a run verifies against: the trusted base branch and the config read from it."""
+
+    base: str
+    config: Config
+
+
+class Concluded(Exception):
+    """A step finished the run (superseded, not set up, config error): nothing more to do."""
 
 
 class RunExecutor:
@@ -57,17 +86,84 @@ class RunExecutor:
             check_id = client.create_check(CHECK_NAME, run.head_sha, run.id, html)
             env.store.set_check_run(run.id, check_id)
         client.update_check(check_id, status="in_progress")
-        pull = client.open_pull(run.branch)
-        base_branch = run.base_ref or (client.pull_base(pull.number) if pull else client.default_branch())
         evidence = Evidence(
             run_id=run.id,
             repo=run.repo,
-            base=GitRef(ref=base_branch),
+            base=GitRef(ref="?"),
             head=GitRef(ref=run.branch, sha=run.head_sha),
             trigger=run.trigger,
             links=Links(html=html, json_=json_url),
         )
-        text = client.read_file(base_branch, CONFIG_FILE)
+        try:
+            self._settle_head(client, run, evidence, check_id)
+            prepared = self._prepare(client, run, evidence, check_id)
+        except Concluded:
+            return
+        self._verify(client, run, evidence, prepared, check_id)
+
+    def _settle_head(self, client: RepoClient, run: RunSnapshot, evidence: Evidence, check_id: int) -> None:
+        """Supersede by the branch head (see the module's docstring)."""
+        store = self.env.store
+        seen = [other.id for other in store.active_runs(run.repo, run.branch) if other.id != run.id]
+        head = client.branch_head(run.branch)
+        if head == run.head_sha:
+            self._cancel_checks(client, store.supersede_runs(seen, by_sha=run.head_sha))
+            return
+        if run.trigger in VERIFIES_ANY_COMMIT:
+            return
+        reason = (
+            f"superseded: {run.branch} moved to {head[:12]}" if head else f"{run.branch} no longer exists"
+        )
+        evidence.cancelled, evidence.reasons, evidence.finished_at = True, [reason], utcnow()
+        client.update_check(
+            check_id,
+            status="completed",
+            conclusion="cancelled",
+            title="superseded",
+            summary=f"{reason}; loopgate verifies and gates only the branch head.",
+        )
+        store.complete(run.id, None, "cancelled", evidence.model_dump_json(), status="cancelled")
+        raise Concluded
+
+    def _cancel_checks(self, client: RepoClient, runs: list[RunSnapshot]) -> None:
+        """Superseded runs that had started once (requeued after a crash) have a check to close."""
+        for other in runs:
+            if other.check_run_id is not None and other.status == RunStatus.CANCELLED:
+                summary = f"superseded by {other.superseded_by or '?'}"
+                client.update_check(
+                    other.check_run_id,
+                    status="completed",
+                    conclusion="cancelled",
+                    title="superseded",
+                    summary=summary,
+                )
+
+    def _prepare(self, client: RepoClient, run: RunSnapshot, evidence: Evidence, check_id: int) -> Prepared:
+        """The trusted base and its config. Trust comes from the default branch's config alone: the
+        base is the default branch or one its `agents.bases` lists, never one the agent chose."""
+        default = client.default_branch()
+        evidence.base.ref = default
+        trusted = self._read_config(client, run, evidence, default, check_id)
+        pull = client.open_pull(run.branch)
+        base = pull.base if pull else (trusted.agents.pr_base or default)
+        evidence.base.ref = base
+        if not is_trusted_base(base, default, trusted.agents):
+            reason = untrusted_base(base, default, pull.number if pull else None)
+            raise self._conclude_config_error(client, run, evidence, reason, trusted.agents, check_id)
+        config = trusted if base == default else self._read_config(client, run, evidence, base, check_id)
+        if not is_gated(run.branch, config.agents):
+            summary = f"{run.branch} does not match agents.branches in {CONFIG_FILE}; nothing to gate."
+            client.update_check(
+                check_id, status="completed", conclusion="skipped", title="not gated", summary=summary
+            )
+            self.env.store.complete(run.id, None, "skipped", evidence.model_dump_json())
+            raise Concluded
+        return Prepared(base=base, config=config)
+
+    def _read_config(
+        self, client: RepoClient, run: RunSnapshot, evidence: Evidence, branch: str, check_id: int
+    ) -> Config:
+        text = client.read_file(branch, CONFIG_FILE)
         if text is None:
             client.update_check(
                 check_id,
@@ -76,28 +172,33 @@ class RunExecutor:
                 title="loopgate is not set up",
                 summary=SETUP_HELP,
             )
-            env.store.complete(run.id, None, "neutral", evidence.model_dump_json())
-            return
+            self.env.store.complete(run.id, None, "neutral", evidence.model_dump_json())
+            raise Concluded
         try:
-            config = parse_config(text)
+            return parse_config(text)
         except ConfigError as exc:
-            evidence.verdict, evidence.error_kind, evidence.reasons = (
-                Verdict.ERROR,
-                ErrorKind.CONFIG,
-                [str(exc)],
-            )
-            evidence.finished_at = utcnow()
-            self._publish(client, run, evidence, None, base_branch, check_id)
-            return
-        if not is_gated(run.branch, config.agents):
-            summary = f"{run.branch} does not match agents.branches in {CONFIG_FILE}; nothing to gate."
-            client.update_check(
-                check_id, status="completed", conclusion="skipped", title="not gated", summary=summary
-            )
-            env.store.complete(run.id, None, "skipped", evidence.model_dump_json())
-            return
+            raise self._conclude_config_error(client, run, evidence, str(exc), None, check_id) from None
+
+    def _conclude_config_error(
+        self,
+        client: RepoClient,
+        run: RunSnapshot,
+        evidence: Evidence,
+        reason: str,
+        agents: Agents | None,
+        check_id: int,
+    ) -> Concluded:
+        evidence.verdict, evidence.error_kind, evidence.reasons = Verdict.ERROR, ErrorKind.CONFIG, [reason]
+        evidence.finished_at = utcnow()
+        self._publish(client, run, evidence, agents, evidence.base.ref, check_id)
+        return Concluded()
+
+    def _verify(
+        self, client: RepoClient, run: RunSnapshot, evidence: Evidence, prepared: Prepared, check_id: int
+    ) -> None:
+        env = self.env
         mirror = env.mirrors.sync(run.repo, run.clone_url or "", client.token(run.installation_id or 0))
-        base_sha = Git(mirror).resolve(base_branch)
+        base_sha = Git(mirror).resolve(prepared.base)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(run.id, stop), daemon=True)
         beat.start()
@@ -116,9 +217,9 @@ class RunExecutor:
         finally:
             stop.set()
             beat.join(timeout=1)
-        verified.repo, verified.base.ref, verified.head.ref = run.repo, base_branch, run.branch
+        verified.repo, verified.base.ref, verified.head.ref = run.repo, prepared.base, run.branch
         verified.links = evidence.links
-        self._publish(client, run, verified, config.agents, base_branch, check_id)
+        self._publish(client, run, verified, prepared.config.agents, prepared.base, check_id)
         try:
             env.runtime.retire_stale_baselines(Source(mirror, base_sha))
         except LoopgateError:
@@ -133,9 +234,8 @@ class RunExecutor:
         base: str,
         check_id: int,
     ) -> None:
-        drafted = self._drafted_by_us(run)
-        target = Target(run.branch, base, check_id, comment_id=run.comment_id, drafted_by_us=drafted)
-        published = publish(client, evidence, agents or Agents(), target)
+        target = Target(run.branch, run.head_sha, base, check_id, comment_id=run.comment_id, run_id=run.id)
+        published = publish(client, evidence, agents or Agents(), target, self.env.store)
         if published.pr_number is not None:
             self.env.store.set_pr(run.id, published.pr_number)
         if published.comment_id is not None:
@@ -146,21 +246,6 @@ class RunExecutor:
             run.id, verdict, published.conclusion, evidence.model_dump_json(), status=status
         )
         self.env.on_finished(evidence)
-
-    def _drafted_by_us(self, run: RunSnapshot) -> bool:
-        """Is the branch's PR a draft because loopgate made it one? Only then may a pass mark it ready:
-        a draft the author chose stays a draft. The newest finished run that changed the PR's draft
-        state decides; failing runs that found it already drafted change nothing."""
-        for earlier in self.env.store.find(repo=run.repo, branch=run.branch, limit=50):
-            if earlier.id == run.id or earlier.in_flight or not earlier.evidence_json:
-                continue
-            evidence = earlier.evidence()
-            notes = evidence.notes if evidence is not None else []
-            if any(READY_NOTE in note for note in notes):
-                return False
-            if any(DRAFTED_NOTE in note for note in notes):
-                return True
-        return False
 
     def _heartbeat(self, run_id: str, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):

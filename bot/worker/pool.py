@@ -115,8 +115,15 @@ def conclude_interrupted(env: RunEnvironment, run: RunSnapshot, reason: str) -> 
     try:
         if run.check_run_id is not None:
             client = env.github.repo(run.repo, run.installation_id)
-            target = Target(run.branch, run.base_ref or "", run.check_run_id, comment_id=run.comment_id)
-            conclusion = publish(client, evidence, Agents(open_pr=False), target).conclusion
+            target = Target(
+                run.branch,
+                run.head_sha,
+                run.base_ref or "",
+                run.check_run_id,
+                comment_id=run.comment_id,
+                run_id=run.id,
+            )
+            conclusion = publish(client, evidence, Agents(open_pr=False), target, env.store).conclusion
     except Exception:
         log.exception("could not report run %s on GitHub", run.id)
     env.store.complete(run.id, Verdict.ERROR.value, conclusion, evidence.model_dump_json())
