@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Sequence
 from functools import lru_cache
 
 
@@ -31,3 +33,17 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 def matches(path: str, patterns: list[str]) -> list[str]:
     return [p for p in patterns if _glob_regex(p).fullmatch(path)]
+
+
+def matches_some(pattern: str, sorted_paths: Sequence[str]) -> bool:
+    """Whether `pattern` matches one of `sorted_paths`. Only paths under the pattern's literal prefix are
+    tried, so checking every glob against a large tree stays cheap."""
+    prefix = re.split(r"[*?]", pattern.strip("/"), maxsplit=1)[0]
+    regex = _glob_regex(pattern)
+    for index in range(bisect_left(sorted_paths, prefix), len(sorted_paths)):
+        path = sorted_paths[index]
+        if not path.startswith(prefix):
+            return False
+        if regex.fullmatch(path):
+            return True
+    return False

@@ -2,10 +2,15 @@
 
 PyYAML's composed node tree keeps the line of every key; pydantic's error locations are mapped back onto
 it, so `.loopgate.yml:14 services.orders.paths: expected a list` points at the offending line.
+
+The file comes from a commit an agent may have written, so YAML does no work the limits below do not
+allow: size is checked before decoding, and aliases, expansion and nesting while composing, before any
+Python object is constructed (constructing and validating a "billion laughs" is what explodes).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,17 @@ from pydantic import ValidationError
 
 from bot.config.errors import ConfigError
 from bot.config.schema import Config
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config is a few kilobytes; past 1 MiB it is not a config."""
+MAX_ALIASES = 50
+"""Aliases (`*name`) in one file: enough to share blocks, too few to build a bomb from."""
+MAX_VALUES = 100_000
+"""Values in the document with every alias expanded: stops a narrow bomb that stays under MAX_ALIASES."""
+MAX_DEPTH = 64
+"""Nesting of mappings and lists; the schema itself is at most six deep."""
+
+NOTHING_TO_VERIFY = "declare at least one service; with none, nothing could ever be verified"
 
 _SHORT_MESSAGES = {
     "list_type": "expected a list",
@@ -31,9 +47,16 @@ _SHORT_MESSAGES = {
     "missing": "required",
 }
 
+_FIELD_MESSAGES = {
+    ("services", "missing"): NOTHING_TO_VERIFY,
+    ("services", "too_short"): NOTHING_TO_VERIFY,
+}
 
-def _message(error: Any) -> str:
+
+def _message(error: Any, field: str) -> str:
     kind = error["type"]
+    if (field, kind) in _FIELD_MESSAGES:
+        return _FIELD_MESSAGES[(field, kind)]
     if kind in _SHORT_MESSAGES:
         return _SHORT_MESSAGES[kind]
     message = str(error["msg"])
@@ -73,21 +96,131 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_config(text: str, source: str = ".loopgate.yml") -> Config:
-    """Parse and validate config text; `source` is the name used in error messages."""
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that enforces the limits and refuses duplicate keys while composing.
+
+    PyYAML lets the last duplicate key win silently, so a second `orders:` could replace the one a
+    reviewer read. Aliases are counted from their events; `_size` remembers how many values each
+    finished node expands to, so an alias adds its anchor's whole expansion to the running count (and
+    an alias to an unfinished node is recursive).
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self._aliases = 0
+        self._values = 0
+        self._depth = 0
+        self._size: dict[yaml.Node, int] = {}
+
+    def _fail(self, mark: Any, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}:{mark.line + 1 if mark is not None else 1} {problem}")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            return self._compose_alias(event, parent, index)
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise self._fail(event.start_mark, f"nested deeper than {MAX_DEPTH} levels (the limit)")
+        start = self._values
+        node = super().compose_node(parent, index)
+        assert node is not None  # the stubs allow None; a non-alias event always composes a node
+        if isinstance(node, yaml.CollectionNode):
+            self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            self._refuse_duplicate_keys(node)
+        self._size[node] = self._values - start + 1
+        self._count(1, event.start_mark)
+        return node
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        first: dict[tuple[str, Any], yaml.Node] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                seen = first.setdefault((key.tag, key.value), key)
+                if seen is not key:
+                    where = seen.start_mark.line + 1
+                    raise self._fail(key.start_mark, f"duplicate key {key.value!r} (first at line {where})")
+
+    def _compose_alias(self, event: yaml.AliasEvent, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._aliases += 1
+        if self._aliases > MAX_ALIASES:
+            raise self._fail(event.start_mark, f"more than {MAX_ALIASES} aliases (the limit)")
+        node = super().compose_node(parent, index)
+        if (
+            node is None or node not in self._size
+        ):  # its anchor is still being composed: the value would contain itself
+            raise self._fail(event.start_mark, f"alias *{event.anchor} refers to a value that contains it")
+        self._count(self._size[node], event.start_mark)
+        return node
+
+    def _count(self, values: int, mark: Any) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            raise self._fail(mark, f"expands to more than {MAX_VALUES} values (the limit)")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A validated config with the node tree it came from, so later checks can name a line too."""
+
+    config: Config
+    source: str
+    node: yaml.Node
+
+    def where(self, *loc: int | str) -> str:
+        """`source:line` of the value at `loc` (`"services", "api", "paths", 0`)."""
+        return f"{self.source}:{_line_of(self.node, loc)}"
+
+    def at(self, *loc: int | str) -> str:
+        """`source:line field` of the value at `loc`, as the loader's own errors start."""
+        return f"{self.where(*loc)} {_dotted(loc)}"
+
+
+def _decode(data: bytes | str, source: str) -> str:
+    """Strict UTF-8, within the size limit; a str is measured (and checked) as the bytes it stands for."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if len(raw) > MAX_CONFIG_BYTES:
+        line = raw[:MAX_CONFIG_BYTES].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line} the file is larger than the limit of 1 MiB")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line} not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree and the plain data built from it, each limit checked before anything is built."""
+    try:
+        loader = _BoundedLoader(text, source)
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError(
+            f"{source}:{line} invalid YAML: character #x{exc.character:04x} is not allowed"
+        ) from None
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where} invalid YAML: {exc.problem or exc.context}") from None
-    if data is None:
+    finally:
+        loader.dispose()
+
+
+def read_config(data: bytes | str, source: str = ".loopgate.yml") -> ConfigFile:
+    """Decode, parse and validate config; `source` is the name used in error messages."""
+    node, data = _compose(_decode(data, source), source)
+    if node is None or data is None:
         raise ConfigError(f"{source}:1 the file is empty; start with `version: 1`")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1 expected a mapping at the top level")
     try:
-        return Config.model_validate(data)
+        return ConfigFile(Config.model_validate(data), source, node)
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = _strip_union_tags(tuple(error["loc"]))
@@ -95,7 +228,12 @@ def parse_config(text: str, source: str = ".loopgate.yml") -> Config:
         where = f"{source}:{line}" if line else source
         field = _dotted(loc) or "(top level)"
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where} {field}: {_message(error)}{extra}") from None
+        raise ConfigError(f"{where} {field}: {_message(error, _dotted(loc))}{extra}") from None
+
+
+def parse_config(data: bytes | str, source: str = ".loopgate.yml") -> Config:
+    """Parse and validate config bytes or text; `source` is the name used in error messages."""
+    return read_config(data, source).config
 
 
 def _strip_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
@@ -108,12 +246,15 @@ def _strip_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(out)
 
 
-def load_config(path: Path) -> Config:
-    """Load a config file from disk."""
+def read_limited(path: Path) -> bytes:
+    """A file's bytes, at most one past the size limit: enough to refuse it without reading it all."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            return stream.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}:1 not valid UTF-8") from None
-    return parse_config(text, source=path.name)
+
+
+def load_config(path: Path) -> Config:
+    """Load a config file from disk."""
+    return parse_config(read_limited(path), source=path.name)

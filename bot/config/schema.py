@@ -31,7 +31,10 @@ class LocalService(Strict):
     health: str = Field(
         default="/healthz", description="HTTP path that answers 2xx when the service is ready."
     )
-    cwd: str = Field(default=".", description="Working directory, relative to the repository root.")
+    cwd: str = Field(
+        default=".",
+        description="Working directory: a directory of the repository, relative to its root (no `..`).",
+    )
     ready_timeout: Seconds = Field(default=30, description="Seconds to wait for the health check to pass.")
     build_timeout: Seconds = Field(default=600, description="Seconds the build may take.")
 
@@ -40,6 +43,18 @@ class LocalService(Strict):
     def _run_takes_port(cls, value: str) -> str:
         if "{port}" not in value:
             raise ValueError("must contain {port}: the runtime chooses the port")
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_inside_repository(cls, value: str) -> str:
+        """Services run in the checkout of the commit under test; a cwd outside it runs other code."""
+        if value.startswith("/"):
+            raise ValueError(f"{value!r} must be relative to the repository root, not absolute")
+        if "\\" in value or "\0" in value:
+            raise ValueError(f"{value!r} must not contain a backslash or NUL")
+        if ".." in value.split("/"):
+            raise ValueError(f"{value!r} must stay inside the repository (no '..')")
         return value
 
     @field_validator("health")
@@ -193,7 +208,9 @@ class KubernetesRuntime(Strict):
 
 class Config(Strict):
     version: Literal[1]
-    services: dict[str, Service] = Field(default_factory=dict)
+    services: dict[str, Service] = Field(
+        min_length=1, description="At least one: with no service, nothing could ever be verified."
+    )
     verify: Verify = Field(default_factory=Verify)
     routing: Routing = Field(default_factory=Routing)
     agents: Agents = Field(default_factory=Agents)

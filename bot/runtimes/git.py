@@ -90,6 +90,47 @@ class Git:
         done = self.run("show", f"{sha}:{path}", check=False)
         return done.stdout if done.returncode == 0 else None
 
+    def show_bytes(self, sha: str, path: str, limit: int) -> bytes | None:
+        """A file's bytes at a commit, at most `limit` + 1 of them: a caller can refuse a file that is too
+        big without git handing over all of it. None when the commit has no such file."""
+        command = ["git", "-C", str(self.repo), "cat-file", "blob", f"{sha}:{path}"]
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **_GIT_ENV}
+        ) as process:
+            assert process.stdout is not None
+            data = process.stdout.read(limit + 1)
+            if len(data) > limit:
+                process.kill()
+                return data
+            return data if process.wait(timeout=300) == 0 else None
+
+    def tree(self, sha: str) -> dict[str, str]:
+        """Every path of a commit, directories included, with its git mode (040000 a directory,
+        120000 a symlink, 160000 a submodule, 100644/100755 a file)."""
+        out = self._output_bytes("ls-tree", "-r", "-t", "-z", "--full-tree", sha)
+        entries: dict[str, str] = {}
+        for entry in out.split(b"\0"):
+            if entry:
+                meta, path = entry.split(b"\t", 1)
+                # A name that is not UTF-8 still gets an entry (and matches no glob) instead of a crash.
+                entries[path.decode("utf-8", "surrogateescape")] = meta.split(b" ", 1)[0].decode()
+        return entries
+
+    def _output_bytes(self, *args: str) -> bytes:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(self.repo), *args],
+                capture_output=True,
+                env={**os.environ, **_GIT_ENV},
+                timeout=300,
+            )
+        except FileNotFoundError:
+            raise InfrastructureError("git is not installed") from None
+        if done.returncode != 0:
+            last = (done.stderr.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
+            raise InfrastructureError(f"git {args[0]} failed: {last}")
+        return done.stdout
+
     def subject(self, sha: str) -> str:
         return self.run("log", "-1", "--format=%s", sha).stdout.strip()
 
