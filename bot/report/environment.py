@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, TypeVar
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2 import BaseLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 
 from bot.report import display, escape
@@ -23,29 +22,38 @@ from bot.report.budget import Listing, LogTail, Shrink, head, tail
 T = TypeVar("T")
 
 TEMPLATES_ENV = "LOOPGATE_TEMPLATES_DIR"
+# The repository's top-level `templates/` ships as this package (pyproject.toml maps it), so an installed
+# loopgate finds its templates without any setting, in a wheel and in an editable install alike.
+TEMPLATES_PACKAGE = "bot.templates"
 # Failure messages can be whole assertion diffs; a table cell shows their start, the JSON has all.
 MESSAGE_CHARS = 300
 # No single name, reason or ref may dominate a report; these values are otherwise unbounded.
 VALUE_CHARS = 500
 
 
-def templates_dir() -> Path:
-    """The repository's `templates/`, or `$LOOPGATE_TEMPLATES_DIR` for an installed image."""
-    override = os.environ.get(TEMPLATES_ENV)
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "templates"
+def templates_override() -> str | None:
+    """`$LOOPGATE_TEMPLATES_DIR`, a folder of templates used instead of the packaged ones; None if unset."""
+    return os.environ.get(TEMPLATES_ENV) or None
 
 
 def markdown_environment() -> Environment:
-    return _markdown_environment(templates_dir())
+    return _markdown_environment(templates_override())
 
 
 def html_environment() -> Environment:
-    return _html_environment(templates_dir())
+    return _html_environment(templates_override())
+
+
+def _loader(override: str | None) -> BaseLoader:
+    if override:
+        return FileSystemLoader(override)
+    # "." : the package is the templates folder itself (`templates/` mapped to `bot.templates`).
+    return PackageLoader(TEMPLATES_PACKAGE, ".")
 
 
 @lru_cache(maxsize=4)
-def _markdown_environment(directory: Path) -> Environment:
-    environment = _base(directory, autoescape=False, finalize=_finalize_markdown)
+def _markdown_environment(override: str | None) -> Environment:
+    environment = _base(override, autoescape=False, finalize=_finalize_markdown)
     environment.filters.update(
         cell=_cell,
         code=_code,
@@ -58,15 +66,15 @@ def _markdown_environment(directory: Path) -> Environment:
 
 
 @lru_cache(maxsize=4)
-def _html_environment(directory: Path) -> Environment:
-    environment = _base(directory, autoescape=True, finalize=_finalize_html)
+def _html_environment(override: str | None) -> Environment:
+    environment = _base(override, autoescape=True, finalize=_finalize_html)
     environment.filters.update(clean_log=escape.clean_log, href=_href)
     return environment
 
 
-def _base(directory: Path, *, autoescape: bool, finalize: Callable[[Any], Any]) -> Environment:
+def _base(override: str | None, *, autoescape: bool, finalize: Callable[[Any], Any]) -> Environment:
     environment = Environment(
-        loader=FileSystemLoader(directory),
+        loader=_loader(override),
         undefined=StrictUndefined,
         autoescape=autoescape,
         finalize=finalize,
