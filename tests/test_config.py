@@ -295,3 +295,9 @@ def test_docs_state_the_limits() -> None:
     limits = (ROOT / "docs" / "config.md").read_text().split("## Limits", 1)[1]
     for value in ("1 MiB", f"{MAX_ALIASES} aliases", f"{MAX_VALUES:,} values", f"{MAX_DEPTH} levels"):
         assert value in limits, value
+
+
+def test_config_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: Is a directory"

@@ -253,6 +253,8 @@ def read_limited(path: Path) -> bytes:
             return stream.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
 
 
 def load_config(path: Path) -> Config:

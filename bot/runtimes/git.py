@@ -94,9 +94,13 @@ class Git:
         """A file's bytes at a commit, at most `limit` + 1 of them: a caller can refuse a file that is too
         big without git handing over all of it. None when the commit has no such file."""
         command = ["git", "-C", str(self.repo), "cat-file", "blob", f"{sha}:{path}"]
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **_GIT_ENV}
-        ) as process:
+        try:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **_GIT_ENV}
+            )
+        except FileNotFoundError:
+            raise InfrastructureError("git is not installed") from None
+        with process:
             assert process.stdout is not None
             data = process.stdout.read(limit + 1)
             if len(data) > limit:
