@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test lint typecheck bench system-deps postgres clean
+.PHONY: demo test lint typecheck bench system-deps postgres bubblewrap clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,12 +12,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,examples]'
 	touch $(STAMP)
 
-demo: $(STAMP) postgres
+demo: $(STAMP) postgres bubblewrap
 	$(VENV)/bin/loopgate demo
 
 # The example shop keeps payments in PostgreSQL; tests use the real server too.
 postgres:
 	@scripts/ensure-postgres
+
+# Builds, forks and suites run confined by bubblewrap (docs/security.md); install it where it is missing.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing bubblewrap (Debian package) to confine agent code"; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq bubblewrap >/dev/null; }
 
 # Headless Chromium renders the HTML evidence page in tests; install it where it is missing.
 system-deps:
@@ -25,7 +31,7 @@ system-deps:
 	  echo "installing chromium (Debian package) for the HTML report tests"; \
 	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) system-deps postgres
+test: $(STAMP) system-deps postgres bubblewrap
 	$(VENV)/bin/ruff check bot action tests bench examples
 	$(VENV)/bin/mypy
 	$(PY) -m pytest --durations=15

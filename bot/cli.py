@@ -27,7 +27,7 @@ from rich.table import Table
 from bot.config import AppSettings, LoopgateError, RuntimeSettings
 from bot.evidence import Evidence, Verdict, exit_code
 from bot.pipeline import Pipeline, VerifyRequest, make_plan
-from bot.report import render_comment, render_html, render_json
+from bot.report import UNCONFINED_NOTICE, render_comment, render_html, render_json
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.allowlist import env_var_name
 from bot.runtimes.protocol import Source
@@ -95,7 +95,13 @@ class StageProgress:
         console.print(f"{mark} {name:<9} {event:<9} {elapsed:>6} ms", markup=False)
 
 
+def _print_unconfined(confined: bool) -> None:
+    if not confined:
+        console.print(UNCONFINED_NOTICE, style="bold yellow", markup=False)
+
+
 def _print_summary(evidence: Evidence) -> None:
+    _print_unconfined(evidence.confined)
     if not console.is_terminal:
         _print_plain(evidence)
         return
@@ -160,7 +166,9 @@ def _write_outputs(
 def _run_verify(
     request: VerifyRequest, json_out: Path | None, markdown: Path | None, html: Path | None
 ) -> int:
-    runtime = LocalRuntime(_settings())
+    # `--keep` leaves what it starts running after this process: it must not die with it.
+    runtime = LocalRuntime(_settings(), persistent=request.keep)
+    _print_unconfined(runtime.confined)
     pipeline = Pipeline(runtime, listener=StageProgress())
     try:
         with _terminate_as_interrupt():
@@ -510,6 +518,7 @@ def sandbox_create(
 ) -> None:
     """Fork what HEAD changed and route it; print the routing key and entry URLs."""
     runtime = LocalRuntime(_settings(), persistent=True)
+    _print_unconfined(runtime.confined)
     pipeline = Pipeline(runtime, listener=StageProgress())
     request = VerifyRequest(repo=repo, base_ref=base, head_ref=head, config_file=config, sandbox_only=True)
     with _terminate_as_interrupt():

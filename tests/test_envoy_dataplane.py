@@ -148,7 +148,6 @@ class System:
 
     def __init__(self) -> None:
         self.listeners = {service: _free_port() for service in CHAIN}
-        self.admin_port = _free_port()
         self.servers: dict[str, _Service] = {}
         for index, service in enumerate(CHAIN):
             nxt = self.listeners[CHAIN[index + 1]] if index + 1 < len(CHAIN) else None
@@ -207,7 +206,7 @@ def system() -> Iterator[System]:
 def plane(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
     dp = DataPlane(tmp_path_factory.mktemp("envoy"))
     try:
-        dp.start(system.spec(), system.admin_port)
+        dp.start(system.spec())
         yield dp
     finally:
         dp.stop()
@@ -424,11 +423,11 @@ def test_port_in_use_is_named_and_leaves_no_envoy(system: System, tmp_path: Path
         taken.listen()
         port = int(taken.getsockname()[1])
         spec = system.spec()
-        busy_listener = {"front": _free_port(), "middle": port, "back": _free_port()}
-        for listeners, admin in ((busy_listener, _free_port()), ({s: _free_port() for s in CHAIN}, port)):
-            plane = DataPlane(tmp_path / f"busy{admin}")
+        for busy in CHAIN:
+            listeners = {s: port if s == busy else _free_port() for s in CHAIN}
+            plane = DataPlane(tmp_path / f"busy-{busy}")
             with pytest.raises(EnvoyError, match=f"port {port} already in use"):
-                plane.start(replace(spec, listeners=listeners), admin)
+                plane.start(replace(spec, listeners=listeners))
             assert not plane.is_running() and plane.pid is None
             assert _envoy_processes(tmp_path) == []
 
@@ -438,7 +437,7 @@ def test_envoy_that_exits_during_start_is_reported_with_its_log(system: System, 
     (workdir / "access.log").mkdir(parents=True)  # Envoy cannot open its access log and exits
     plane = DataPlane(workdir)
     with pytest.raises(EnvoyError, match=r"^envoy exited with code [1-9]\d*: .*access\.log"):
-        plane.start(replace(system.spec(), listeners={s: _free_port() for s in CHAIN}), _free_port())
+        plane.start(replace(system.spec(), listeners={s: _free_port() for s in CHAIN}))
     assert not plane.is_running() and plane.pid is None
     assert _envoy_processes(tmp_path) == []
 
@@ -446,7 +445,7 @@ def test_envoy_that_exits_during_start_is_reported_with_its_log(system: System, 
 def test_stop_leaves_no_process_and_is_idempotent(system: System, tmp_path: Path) -> None:
     listeners = {service: _free_port() for service in CHAIN}
     plane = DataPlane(tmp_path / "stopme")
-    plane.start(replace(system.spec(), listeners=listeners), _free_port())
+    plane.start(replace(system.spec(), listeners=listeners))
     pid = plane.pid
     assert pid is not None and plane.is_running()
     DataPlane(tmp_path / "stopme").stop()  # as another process would
@@ -455,6 +454,27 @@ def test_stop_leaves_no_process_and_is_idempotent(system: System, tmp_path: Path
     assert not plane.is_running() and plane.pid is None and plane.current_spec() is None
     assert not psutil.pid_exists(pid)
     assert _envoy_processes(tmp_path) == []
+
+
+def test_admin_api_is_a_private_socket_and_envoy_gets_none_of_our_environment(
+    plane: DataPlane, system: System
+) -> None:
+    """Confined code shares loopback: Envoy must not listen on any port but its listeners, and its
+    environment (readable in /proc by its own user) must hold nothing of loopgate's."""
+    pid = plane.pid
+    assert pid is not None
+    envoy = psutil.Process(pid)
+    ports = {c.laddr.port for c in envoy.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert ports == set(system.listeners.values())
+    socket_path = plane.admin_socket
+    assert socket_path.is_socket() and socket_path.stat().st_mode & 0o077 == 0
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(socket_path))
+        sock.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"LIVE" in sock.recv(4096)
+    environ = envoy.environ()
+    assert not [name for name in environ if name.startswith(("LOOPGATE_", "PYTEST_"))]
+    assert set(environ) <= {"PATH"}
 
 
 # -- 7. access log ---------------------------------------------------------------------------------

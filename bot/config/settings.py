@@ -45,6 +45,10 @@ class RuntimeSettings(BaseSettings):
         description="Paths under a hidden one (e.g. a toolchain in loopgate's HOME) confined code may read.",
     )
 
+    def secret_paths(self) -> list[Path]:
+        """Files and directories confined code must not see, besides the state dir and HOME."""
+        return list(self.confine_hide)
+
 
 class AppSettings(RuntimeSettings):
     """The GitHub App server (`loopgate serve`). A missing required setting stops start-up by name."""
@@ -63,6 +67,10 @@ class AppSettings(RuntimeSettings):
     github_throttle: bool = Field(
         default=True, description="Pace requests as GitHub asks integrations to; off for a local fake."
     )
+
+    def secret_paths(self) -> list[Path]:
+        key = [self.github_private_key_path] if self.github_private_key_path is not None else []
+        return [*super().secret_paths(), *key]
 
     def private_key(self) -> str:
         if self.github_private_key:

@@ -128,6 +128,11 @@ class Evidence(Record):
     head: GitRef
     merge_sha: str | None = None
     trigger: str = "cli"
+    confined: bool = Field(
+        default=True,
+        description="False when builds, forks and suites ran without isolation (LOOPGATE_CONFINE=off):"
+        " the agent's code could then reach loopgate's secrets and the suites judging it.",
+    )
     routing_key: str | None = None
     changed_files: list[str] = Field(default_factory=list)
     services: list[ServiceResult] = Field(default_factory=list)

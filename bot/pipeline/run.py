@@ -81,6 +81,7 @@ class Pipeline:
             base=GitRef(ref=request.base_ref),
             head=GitRef(ref=request.head_ref),
             trigger=request.trigger,
+            confined=self.runtime.confined,
         )
         stages = StageRecorder(evidence, self.listener)
         baseline: Baseline | None = None

@@ -2,6 +2,7 @@
 
 from bot.report.render import (
     COMMENT_MARKER,
+    UNCONFINED_NOTICE,
     CheckOutput,
     render_check,
     render_comment,
@@ -13,6 +14,7 @@ from bot.report.render import (
 
 __all__ = [
     "COMMENT_MARKER",
+    "UNCONFINED_NOTICE",
     "CheckOutput",
     "render_check",
     "render_comment",

@@ -15,6 +15,13 @@ from bot.report.environment import html_environment, markdown_environment
 COMMENT_MARKER = "<!-- loopgate:evidence -->"
 """The first line of the sticky comment: how loopgate finds its own comment to edit in place."""
 
+UNCONFINED_NOTICE = (
+    "⚠ Unconfined: agent code ran without isolation (LOOPGATE_CONFINE=off); this verdict proves less"
+    " — see docs/security.md."
+)
+"""What every report of an unconfined run says first (templates/partials/unconfined.j2 for the rendered
+ones; the terminal prints this)."""
+
 SUMMARY_REASONS = 10
 """The check summary is the short form: the first reasons and the counts; the text has the rest."""
 

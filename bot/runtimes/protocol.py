@@ -99,6 +99,11 @@ class ObservedRequest:
 
 
 class Runtime(Protocol):
+    @property
+    def confined(self) -> bool:
+        """Whether code from the agent's branch (builds, forks, head suites) runs isolated from loopgate,
+        its secrets and other sandboxes; False is reported first in every report."""
+
     def up_baseline(self, base: Source, config: Config) -> Baseline: ...
 
     def baseline_health(self, baseline: Baseline) -> str | None:

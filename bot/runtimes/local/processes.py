@@ -2,6 +2,10 @@
 
 A pid alone can be reused after a crash; `ProcessRef` pairs it with the process's start time, so
 `loopgate gc` never signals a stranger that happens to have inherited a dead owner's pid.
+
+Every child is started from one long-lived thread: bubblewrap's `--die-with-parent` (PR_SET_PDEATHSIG)
+fires when the *thread* that started the child exits, and a fork started from a short-lived worker
+thread would otherwise die as soon as that thread's pool finished.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import psutil
 from pydantic import BaseModel
+
+from bot.runtimes.local.confine import Confinement
+
+_LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopgate-launcher")
 
 
 class ProcessRef(BaseModel):
@@ -42,14 +51,38 @@ class ProcessRef(BaseModel):
             return False
 
 
-def spawn(command: str, *, cwd: Path, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start `sh -c command` as the leader of a new session, so its whole tree can be stopped at once."""
+def spawn(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log: Path,
+    confinement: Confinement | None = None,
+    writable: Sequence[Path] = (),
+    readonly: Sequence[Path] = (),
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start `sh -c command` as the leader of a new session, so its whole tree can be stopped at once;
+    with a `confinement`, inside it, able to write only `writable` (those that exist)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["sh", "-c", command]
+    if confinement is not None:
+        argv = confinement.command(
+            argv,
+            cwd=cwd,
+            writable=[p for p in writable if p.exists()],
+            readonly=[p for p in readonly if p.exists()],
+            die_with_parent=die_with_parent,
+        )
+    return _LAUNCHER.submit(_popen, argv, cwd, dict(env), log).result()
+
+
+def _popen(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            ["sh", "-c", command],
+            argv,
             cwd=cwd,
-            env=dict(env),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

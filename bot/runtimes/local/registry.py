@@ -40,7 +40,6 @@ class EnvRecord(BaseModel):
     owner: ProcessRef | None = Field(description="None: kept until `loopgate env down` (from `env up`).")
     config_json: str
     listeners: dict[str, int]
-    admin_port: int
     services: dict[str, ProcessRecord] = Field(default_factory=dict)
     databases: list[str] = Field(default_factory=list, description="Postgres databases to drop at the end.")
     created_at: datetime = Field(default_factory=utcnow)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from bot.config import Config, InfrastructureError, RuntimeSettings, Service
 from bot.runtimes.git import Git
+from bot.runtimes.local import pristine
 from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name
+from bot.runtimes.local.confine import Confinement
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.ports import free_port, ports_from
 from bot.runtimes.local.postgres import Postgres, database_name, database_url
@@ -54,6 +56,40 @@ class LocalRuntime:
         self.settings = settings
         self.registry = Registry(settings.state_dir)
         self.persistent = persistent
+        self.confinement = Confinement.create(
+            enabled=settings.confine == "on",
+            state_dir=settings.state_dir,
+            hide=settings.secret_paths(),
+            expose=settings.confine_expose,
+            uid=settings.confine_uid,
+            gid=settings.confine_gid,
+        )
+
+    @property
+    def confined(self) -> bool:
+        return self.confinement.enabled
+
+    def _spawn(
+        self,
+        command: str,
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        log: Path,
+        writable: list[Path],
+        readonly: list[Path] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Agent or team code, confined: it writes only `writable` and dies with a non-persistent owner."""
+        return spawn(
+            command,
+            cwd=cwd,
+            env=env,
+            log=log,
+            confinement=self.confinement,
+            writable=writable,
+            readonly=readonly or [],
+            die_with_parent=not self.persistent,
+        )
 
     # -- ownership ---------------------------------------------------------------------------------
 
@@ -63,6 +99,7 @@ class LocalRuntime:
     # -- baseline ----------------------------------------------------------------------------------
 
     def up_baseline(self, base: Source, config: Config) -> Baseline:
+        self.confinement.check()  # before anything starts: no run may go ahead unconfined by accident
         env_id = env_id_for(base.repo, base.sha)
         with self.registry.lock(env_id):
             record = self.registry.load_env(env_id)
@@ -153,10 +190,9 @@ class LocalRuntime:
     def _start_env(self, env_id: str, base: Source, config: Config) -> EnvRecord:
         names = sorted(config.services)
         if self.settings.envoy_base_port:
-            block = ports_from(self.settings.envoy_base_port, len(names) + 1, "Envoy")
-            admin_port, listener_ports = block[0], block[1:]
+            listener_ports = ports_from(self.settings.envoy_base_port, len(names), "Envoy")
         else:
-            admin_port, listener_ports = free_port(), [free_port() for _ in names]
+            listener_ports = [free_port() for _ in names]
         env_dir = self.registry.env_dir(env_id)
         if env_dir.exists():
             shutil.rmtree(env_dir, ignore_errors=True)
@@ -168,18 +204,15 @@ class LocalRuntime:
             owner=self._owner(),
             config_json=config.model_dump_json(),
             listeners=dict(zip(names, listener_ports, strict=True)),
-            admin_port=admin_port,
         )
         self.registry.save_env(record)
         try:
             Git(base.repo).worktree_add(env_dir / "worktree", base.sha)
+            self.confinement.give(env_dir / "worktree")
+            pristine.materialise(base.repo, base.sha, env_dir / "pristine")
             ports = {name: free_port() for name in names}
             plane = DataPlane(env_dir / "envoy")
-            plane.start(
-                self._spec(record, ports, {}, config),
-                admin_port,
-                concurrency=self.settings.envoy_concurrency,
-            )
+            plane.start(self._spec(record, ports, {}, config), concurrency=self.settings.envoy_concurrency)
             results = _parallel(
                 {
                     name: partial(self._start_baseline_service, record, config, name, ports[name])
@@ -204,8 +237,11 @@ class LocalRuntime:
         env_dir = self.registry.env_dir(record.env_id)
         cwd = env_dir / "worktree" / spec.local.cwd
         log = env_dir / "logs" / f"{name}.log"
-        extra = self._service_env(record, name, spec, env_dir / "state" / name, owner=record.env_id)
-        env = child_env(env_dir / "home" / name, extra)
+        state, home = env_dir / "state" / name, env_dir / "home" / name
+        extra = self._service_env(record, name, spec, state, owner=record.env_id)
+        env = child_env(home, extra)
+        self.confinement.give(home, state)
+        launch = partial(self._spawn, cwd=cwd, env=env, log=log, writable=[env_dir / "worktree", home, state])
         if not cwd.is_dir():
             return f"cannot start: cwd {spec.local.cwd} does not exist at the base commit"
         if spec.state is not None and spec.state.postgres is not None:
@@ -216,10 +252,10 @@ class LocalRuntime:
             except InfrastructureError as exc:
                 return f"cannot start: {exc}"
         if spec.local.build:
-            why = _run_build(spec, cwd, env, log)
+            why = _run_build(spec, launch)
             if why:
                 return f"{why}: {_last_line(log)}"
-        process = spawn(spec.local.run.replace("{port}", str(port)), cwd=cwd, env=env, log=log)
+        process = launch(spec.local.run.replace("{port}", str(port)))
         record.services[name] = ProcessRecord(
             service=name, port=port, process=ProcessRef.of(process.pid), log=str(log)
         )
@@ -260,6 +296,7 @@ class LocalRuntime:
         stop_groups([service.process for service in record.services.values()])
         self._drop_databases(record.databases)
         Git(Path(record.repo)).worktree_remove(env_dir / "worktree")
+        pristine.remove(env_dir / "pristine")
         shutil.rmtree(env_dir, ignore_errors=True)
 
     # -- data plane --------------------------------------------------------------------------------
@@ -338,6 +375,7 @@ class LocalRuntime:
             if not worktree.is_dir():
                 record = self._record(sandbox)
                 Git(sandbox.baseline.base.repo).worktree_add(worktree, record.head_sha)
+                self.confinement.give(worktree)
         return worktree
 
     def _record(self, sandbox: Sandbox) -> SandboxRecord:
@@ -353,7 +391,15 @@ class LocalRuntime:
             raise InfrastructureError(f"baseline {sandbox.baseline.env_id} is gone")
         state_dir = sandbox_dir / "state" / service
         extra = self._service_env(env_record, service, spec, state_dir, owner=sandbox.routing_key)
-        return self.source_dir(sandbox) / spec.local.cwd, child_env(sandbox_dir / "home" / service, extra)
+        home = sandbox_dir / "home" / service
+        env = child_env(home, extra)
+        self.confinement.give(home, state_dir)
+        return self.source_dir(sandbox) / spec.local.cwd, env
+
+    def _fork_dirs(self, sandbox: Sandbox, service: str) -> list[Path]:
+        """All a build or fork may write: the merge worktree, its HOME, its state copy."""
+        sandbox_dir = self._sandbox_dir(sandbox)
+        return [self.source_dir(sandbox), sandbox_dir / "home" / service, sandbox_dir / "state" / service]
 
     def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome:
         record = self._record(sandbox)
@@ -364,8 +410,9 @@ class LocalRuntime:
         if not spec.local.build:
             return BuildOutcome(service, True, source)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.build.log"
+        launch = partial(self._spawn, cwd=cwd, env=env, log=log, writable=self._fork_dirs(sandbox, service))
         started = time.monotonic()
-        why = _run_build(spec, cwd, env, log, lambda ref: self._job(sandbox, ref))
+        why = _run_build(spec, launch, lambda ref: self._job(sandbox, ref))
         elapsed = int((time.monotonic() - started) * 1000)
         return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
 
@@ -374,6 +421,7 @@ class LocalRuntime:
         if spec.state is not None and spec.state.sqlite is not None:
             baseline_state = self.registry.env_dir(sandbox.baseline.env_id) / "state" / service
             copy_sqlite(baseline_state / spec.state.sqlite, Path(env["LOOPGATE_STATE"]))
+            self.confinement.give(Path(env["LOOPGATE_STATE"]).parent)
         if spec.state is not None and spec.state.postgres is not None:
             logical = spec.state.postgres.database
             copy = database_name(sandbox.routing_key, logical)
@@ -385,7 +433,8 @@ class LocalRuntime:
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
         port = free_port()
         started = time.monotonic()
-        process = spawn(spec.local.run.replace("{port}", str(port)), cwd=cwd, env=env, log=log)
+        run = spec.local.run.replace("{port}", str(port))
+        process = self._spawn(run, cwd=cwd, env=env, log=log, writable=self._fork_dirs(sandbox, service))
         forked = ProcessRecord(service=service, port=port, process=ProcessRef.of(process.pid), log=str(log))
         with self.registry.lock(sandbox.baseline.env_id):
             record = self._record(sandbox)
@@ -433,7 +482,8 @@ class LocalRuntime:
     def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome:
         sandbox_dir = self._sandbox_dir(sandbox)
         if suite.source == "base":
-            cwd = self.registry.env_dir(sandbox.baseline.env_id) / "worktree"
+            # Never the baseline's worktree: a fork could have rewritten the suite there.
+            cwd = self.registry.env_dir(sandbox.baseline.env_id) / "pristine"
         else:
             cwd = self.source_dir(sandbox)
         junit = sandbox_dir / "junit" / f"{suite.name}-{suite.source}.xml"
@@ -441,9 +491,13 @@ class LocalRuntime:
         junit.unlink(missing_ok=True)
         log = sandbox_dir / "logs" / f"suite-{suite.name}-{suite.source}.log"
         extra = {**self.suite_env(sandbox), "LOOPGATE_JUNIT_XML": str(junit), **suite.extra_env}
-        env = child_env(sandbox_dir / "home" / f"suite-{suite.name}", extra)
+        home = sandbox_dir / "home" / f"suite-{suite.name}-{suite.source}"
+        env = child_env(home, extra)
+        self.confinement.give(home, junit.parent)
         started = time.monotonic()
-        process = spawn(suite.command, cwd=cwd, env=env, log=log)
+        process = self._spawn(
+            suite.command, cwd=cwd, env=env, log=log, writable=[home, junit.parent], readonly=[cwd]
+        )
         ref = ProcessRef.of(process.pid)
         timed_out = False
         with self._job(sandbox, ref):
@@ -560,13 +614,11 @@ def _owner_alive(owner: ProcessRef | None) -> bool:
 
 def _run_build(
     spec: Service,
-    cwd: Path,
-    env: dict[str, str],
-    log: Path,
+    launch: Callable[[str], subprocess.Popen[bytes]],
     track: Callable[[ProcessRef], AbstractContextManager[None]] = lambda _ref: nullcontext(),
 ) -> str | None:
     assert spec.local.build is not None
-    process = spawn(spec.local.build, cwd=cwd, env=env, log=log)
+    process = launch(spec.local.build)
     ref = ProcessRef.of(process.pid)
     with track(ref):
         try:

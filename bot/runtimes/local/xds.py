@@ -200,11 +200,17 @@ def access_log_format(service: str, spec: DataPlaneSpec) -> dict[str, str]:
     }
 
 
-def bootstrap(workdir: Path, spec: DataPlaneSpec, admin_port: int) -> dict[str, Any]:
+def admin_socket_path(workdir: Path) -> Path:
+    """Envoy's admin API: a Unix socket under loopgate's state dir, which confined code cannot see
+    (any process on the host can reach a loopback port, and the admin API can stop or reroute Envoy)."""
+    return workdir / "admin.sock"
+
+
+def bootstrap(workdir: Path, spec: DataPlaneSpec) -> dict[str, Any]:
     """Bootstrap with static listeners (one per service) and file-based CDS and per-listener RDS."""
     return {
         "node": {"id": "loopgate", "cluster": "loopgate"},
-        "admin": {"address": _address("127.0.0.1", admin_port)},
+        "admin": {"address": {"pipe": {"path": str(admin_socket_path(workdir)), "mode": 0o600}}},
         "dynamic_resources": {"cds_config": _file_source(cds_path(workdir))},
         "static_resources": {
             "listeners": [
