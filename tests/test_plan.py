@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from bot.config import ConfigError
 from bot.config.globs import matches, matches_some
 from bot.pipeline import make_plan
+from bot.runtimes.git import Git
 from tests.gitrepo import GitRepo
 
 CONFIG = """\
@@ -251,3 +253,22 @@ def test_config_override_is_checked_against_the_base_tree(repo: GitRepo, tmp_pat
     assert (
         str(caught.value) == f"{override}:4 services.api.paths: no file at the base commit matches 'src/**'"
     )
+
+
+def test_a_file_name_that_is_not_utf8_is_planned_not_a_crash(tmp_path: Path) -> None:
+    """An agent may commit any bytes as a file name; the plan still maps it to its service."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = Git(repo)
+    git.run("init", "-q", "-b", "main")
+    (repo / "svc").mkdir()
+    (repo / "svc" / "ok.py").write_text("x = 1\n")
+    git.run("add", "-A")
+    git.run("commit", "-qm", "base")
+    base = git.resolve("HEAD")
+    (repo / "svc" / os.fsdecode(b"caf\xe9.py")).write_text("x = 2\n")
+    git.run("add", "-A")
+    git.run("commit", "-qm", "head")
+    names = git.changed_files(base, git.resolve("HEAD"))
+    assert names == ["svc/caf\\xe9.py"]
+    assert matches(names[0], ["svc/**"])

@@ -79,12 +79,16 @@ class Git:
 
     def changed_files(self, base: str, head: str) -> list[str]:
         """Files the head changed since it left base (three-dot: the merge-base diff)."""
-        out = self.run("diff", "--name-only", "--no-renames", "-z", f"{base}...{head}").stdout
-        return sorted(name for name in out.split("\0") if name)
+        return self._names("diff", "--name-only", "--no-renames", "-z", f"{base}...{head}")
 
     def changed_between(self, old: str, new: str) -> list[str]:
-        out = self.run("diff", "--name-only", "--no-renames", "-z", old, new).stdout
-        return sorted(name for name in out.split("\0") if name)
+        return self._names("diff", "--name-only", "--no-renames", "-z", old, new)
+
+    def _names(self, *args: str) -> list[str]:
+        """NUL-separated path names. The agent names its files: one that is not UTF-8 is shown with
+        backslash escapes (still under its directory, so still matched to its service), never a crash."""
+        out = self._output_bytes(*args)
+        return sorted(name.decode("utf-8", "backslashreplace") for name in out.split(b"\0") if name)
 
     def show(self, sha: str, path: str) -> str | None:
         done = self.run("show", f"{sha}:{path}", check=False)
