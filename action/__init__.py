@@ -1,2 +1,6 @@
-"""The GitHub Action entry point. `action.yml` drives the CLI for now; this package takes over when the
-Action's issue lands, calling the same pipeline and gate as the App."""
+"""The GitHub Action: `python -m action` runs the App's pipeline and gate for one workflow step.
+
+Modules: `inputs` (INPUT_* variables), `context` (GITHUB_* variables and the event), `workspace` (the
+checkout's git), `token_client` and `drafts` (the App's GitHub adapter for a workflow token),
+`commands` (workflow commands and the Actions files), `log` (what the step prints), `run` (the run).
+"""
