@@ -15,12 +15,29 @@ import pytest
 from bot.config import RuntimeSettings
 from bot.pipeline import make_plan
 from bot.runtimes.local import LocalRuntime
+from bot.runtimes.local.pgcluster import OwnCluster
 from bot.runtimes.protocol import Baseline, Source
 from tests.gitrepo import GitRepo
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOP = ROOT / "examples" / "shop"
 LOOPGATE = Path(sys.executable).parent / "loopgate"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One loopgate-own PostgreSQL cluster for the whole run (where the server trusts loopback logins,
+    loopgate runs its own): every test and every `loopgate` child shares it, so initdb happens once;
+    it is stopped at the end whatever the tests left in it."""
+    path = tmp_path_factory.mktemp("loopgate-postgres")
+    previous = os.environ.get("LOOPGATE_POSTGRES_DIR")
+    os.environ["LOOPGATE_POSTGRES_DIR"] = str(path)
+    yield path
+    OwnCluster(path, state_dir=path).stop()
+    if previous is None:
+        os.environ.pop("LOOPGATE_POSTGRES_DIR", None)
+    else:
+        os.environ["LOOPGATE_POSTGRES_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,12 @@ from tests.test_isolation import open_sandbox
 CHECKOUT = {"sku": "sku-notebook", "qty": 1, "card": "4242-4242-4242-4242"}
 
 
+def admin_url(runtime: LocalRuntime) -> str:
+    """The admin URL of whichever PostgreSQL holds the shop's state (the tests' own cluster here)."""
+    with runtime.postgres_site().admin() as postgres:
+        return postgres.admin_url
+
+
 def charges(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM charges").fetchone()
@@ -34,17 +40,17 @@ def test_forks_write_to_their_own_copies(
     state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline
 ) -> None:
     runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
-    settings = runtime.settings
+    admin = admin_url(runtime)
     gateway = shop_baseline.entry_urls["gateway"]
     # The baseline has data before any fork exists.
     assert httpx.post(f"{gateway}/api/checkout", json=CHECKOUT, timeout=10).status_code == 201
-    baseline_db = database_url(settings.postgres_url, database_name(shop_baseline.env_id, "payments"))
+    baseline_db = database_url(admin, database_name(shop_baseline.env_id, "payments"))
     baseline_orders = state_dir / "envs" / shop_baseline.env_id / "state" / "orders" / "orders.db"
     before = (charges(baseline_db), orders(baseline_orders))
     assert before[0] >= 1 and before[1] >= 1
 
     sandbox = open_sandbox(runtime, shop_repo, shop_baseline, "agent/orders-and-payments-note")
-    fork_db = database_url(settings.postgres_url, database_name(sandbox.routing_key, "payments"))
+    fork_db = database_url(admin, database_name(sandbox.routing_key, "payments"))
     fork_orders = (
         runtime.registry.sandbox_dir(shop_baseline.env_id, sandbox.routing_key) / "state/orders/orders.db"
     )
@@ -58,8 +64,9 @@ def test_forks_write_to_their_own_copies(
         assert (charges(baseline_db), orders(baseline_orders)) == before
     finally:
         runtime.teardown(sandbox)
-    with psycopg.connect(settings.postgres_url) as conn:
-        name = database_name(sandbox.routing_key, "payments")
+    name = database_name(sandbox.routing_key, "payments")
+    with psycopg.connect(admin) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None
     assert not fork_orders.exists()
     assert (charges(baseline_db), orders(baseline_orders)) == before

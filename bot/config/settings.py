@@ -24,6 +24,16 @@ class RuntimeSettings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         description="Server for services' declared Postgres state; loopgate makes and drops databases there.",
     )
+    postgres_mode: Literal["auto", "server", "own"] = Field(
+        default="auto",
+        description="`auto`: loopgate's own cluster only where `postgres_url`'s server lets a role log in"
+        " without its password (trust); `server`: always `postgres_url`; `own`: always its own cluster.",
+    )
+    postgres_dir: Path | None = Field(
+        default=None,
+        description="Where loopgate's own PostgreSQL cluster lives, kept between runs."
+        " Default: `<state_dir>/postgres`.",
+    )
     envoy_base_port: int = Field(
         default=0,
         ge=0,

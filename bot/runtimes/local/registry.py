@@ -42,6 +42,7 @@ class EnvRecord(BaseModel):
     listeners: dict[str, int]
     services: dict[str, ProcessRecord] = Field(default_factory=dict)
     databases: list[str] = Field(default_factory=list, description="Postgres databases to drop at the end.")
+    roles: list[str] = Field(default_factory=list, description="Their roles, dropped after the databases.")
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -55,6 +56,7 @@ class SandboxRecord(BaseModel):
     forks: dict[str, ProcessRecord] = Field(default_factory=dict)
     jobs: list[ProcessRef] = Field(default_factory=list, description="Builds and suites while they run.")
     databases: list[str] = Field(default_factory=list, description="Postgres copies to drop at teardown.")
+    roles: list[str] = Field(default_factory=list, description="Their roles, dropped after the copies.")
     created_at: datetime = Field(default_factory=utcnow)
 
 

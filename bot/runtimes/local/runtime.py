@@ -24,8 +24,9 @@ from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name
 from bot.runtimes.local.confine import Confinement
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
+from bot.runtimes.local.pgsite import PostgresSite
 from bot.runtimes.local.ports import free_port, ports_from
-from bot.runtimes.local.postgres import Postgres, database_name, database_url
+from bot.runtimes.local.postgres import Postgres, database_name
 from bot.runtimes.local.processes import ProcessRef, spawn, stop_group, stop_groups, tail, wait_healthy
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, Registry, SandboxRecord, env_id_for
 from bot.runtimes.local.state import copy_sqlite
@@ -205,6 +206,8 @@ class LocalRuntime:
             config_json=config.model_dump_json(),
             listeners=dict(zip(names, listener_ports, strict=True)),
         )
+        record.databases = _postgres_names(record.env_id, config)  # recorded before they exist
+        record.roles = list(record.databases)  # each database's role has its name
         self.registry.save_env(record)
         try:
             Git(base.repo).worktree_add(env_dir / "worktree", base.sha)
@@ -238,7 +241,7 @@ class LocalRuntime:
         cwd = env_dir / "worktree" / spec.local.cwd
         log = env_dir / "logs" / f"{name}.log"
         state, home = env_dir / "state" / name, env_dir / "home" / name
-        extra = self._service_env(record, name, spec, state, owner=record.env_id)
+        extra = self._service_env(record, name, spec, state)
         env = child_env(home, extra)
         self.confinement.give(home, state)
         launch = partial(self._spawn, cwd=cwd, env=env, log=log, writable=[env_dir / "worktree", home, state])
@@ -246,9 +249,9 @@ class LocalRuntime:
             return f"cannot start: cwd {spec.local.cwd} does not exist at the base commit"
         if spec.state is not None and spec.state.postgres is not None:
             database = database_name(record.env_id, spec.state.postgres.database)
-            record.databases.append(database)  # saved with the record once every service started
             try:
-                self._postgres().create(database)
+                with self._postgres() as postgres:
+                    env["LOOPGATE_STATE"] = postgres.create(database)  # its own role's URL
             except InfrastructureError as exc:
                 return f"cannot start: {exc}"
         if spec.local.build:
@@ -262,30 +265,38 @@ class LocalRuntime:
         why = wait_healthy(process, f"http://127.0.0.1:{port}{spec.local.health}", spec.local.ready_timeout)
         return f"{why}: {_last_line(log)}" if why else None
 
-    def _service_env(
-        self, record: EnvRecord, name: str, spec: Service, state_dir: Path, *, owner: str
-    ) -> dict[str, str]:
-        """`owner` names the Postgres copy: the env id for the baseline, the routing key for a fork."""
+    def _service_env(self, record: EnvRecord, name: str, spec: Service, state_dir: Path) -> dict[str, str]:
+        """Postgres state is not here: its URL carries the password of a role made with its database,
+        so it is set where that database is made (`_start_baseline_service`, `fork`)."""
         extra = {env_var_name(peer): f"http://127.0.0.1:{port}" for peer, port in record.listeners.items()}
         extra["LOOPGATE_SERVICE"] = name
         if spec.state is not None and spec.state.sqlite is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
             extra["LOOPGATE_STATE"] = str(state_dir / spec.state.sqlite)
-        if spec.state is not None and spec.state.postgres is not None:
-            database = database_name(owner, spec.state.postgres.database)
-            extra["LOOPGATE_STATE"] = database_url(self.settings.postgres_url, database)
         return extra
 
-    def _postgres(self) -> Postgres:
-        return Postgres(self.settings.postgres_url)
+    def postgres_site(self) -> PostgresSite:
+        """Which PostgreSQL holds services' state: the configured server or loopgate's own cluster."""
+        return PostgresSite(self.settings)
 
-    def _drop_databases(self, names: list[str]) -> list[str]:
+    def _postgres(self) -> AbstractContextManager[Postgres]:
+        return self.postgres_site().admin()
+
+    def _drop_databases(self, names: list[str], roles: list[str]) -> list[str]:
+        """Every database, then every role (a role cannot go while it owns one); errors are returned,
+        and one failure does not keep the others."""
+        if not names and not roles:
+            return []
         errors = []
-        for name in names:
-            try:
-                self._postgres().drop(name)
-            except InfrastructureError as exc:
-                errors.append(str(exc))
+        try:
+            with self._postgres() as postgres:
+                for database, role in [(name, None) for name in names] + [(None, role) for role in roles]:
+                    try:
+                        postgres.drop(database, role)
+                    except InfrastructureError as exc:
+                        errors.append(str(exc))
+        except InfrastructureError as exc:
+            errors.append(str(exc))
         return errors
 
     def _stop_env(self, record: EnvRecord) -> None:
@@ -294,10 +305,12 @@ class LocalRuntime:
             self._teardown_record(record, sandbox, unroute=False)
         DataPlane(env_dir / "envoy").stop()
         stop_groups([service.process for service in record.services.values()])
-        self._drop_databases(record.databases)
+        self._drop_databases(record.databases, record.roles)
         Git(Path(record.repo)).worktree_remove(env_dir / "worktree")
         pristine.remove(env_dir / "pristine")
         shutil.rmtree(env_dir, ignore_errors=True)
+        if record.databases:
+            self.postgres_site().release()  # loopgate's own cluster stops with its last database
 
     # -- data plane --------------------------------------------------------------------------------
 
@@ -390,7 +403,7 @@ class LocalRuntime:
         if env_record is None:
             raise InfrastructureError(f"baseline {sandbox.baseline.env_id} is gone")
         state_dir = sandbox_dir / "state" / service
-        extra = self._service_env(env_record, service, spec, state_dir, owner=sandbox.routing_key)
+        extra = self._service_env(env_record, service, spec, state_dir)
         home = sandbox_dir / "home" / service
         env = child_env(home, extra)
         self.confinement.give(home, state_dir)
@@ -428,8 +441,11 @@ class LocalRuntime:
             with self.registry.lock(sandbox.baseline.env_id):
                 record = self._record(sandbox)
                 record.databases.append(copy)
+                record.roles.append(copy)
                 self.registry.save_sandbox(record)
-            self._postgres().clone(database_name(sandbox.baseline.env_id, logical), copy)
+            with self._postgres() as postgres:
+                # The copy's own role: not the baseline's database, nor any other sandbox's.
+                env["LOOPGATE_STATE"] = postgres.clone(database_name(sandbox.baseline.env_id, logical), copy)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
         port = free_port()
         started = time.monotonic()
@@ -563,7 +579,7 @@ class LocalRuntime:
             except InfrastructureError as exc:
                 errors.append(str(exc))
         stop_groups([*record.jobs, *(fork.process for fork in record.forks.values())])
-        errors += self._drop_databases(record.databases)
+        errors += self._drop_databases(record.databases, record.roles)
         sandbox_dir = self.registry.sandbox_dir(env.env_id, record.routing_key)
         Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")
         shutil.rmtree(sandbox_dir, ignore_errors=True)
@@ -592,6 +608,8 @@ class LocalRuntime:
                 if env.owner is not None and not env.owner.alive() and not live:
                     self._stop_env(env)
                     removed.append(f"baseline {env_id} (owner pid {env.owner.pid} is gone)")
+        if self.postgres_site().release():
+            removed.append("loopgate's own PostgreSQL cluster (it held no database any more)")
         return removed
 
 
@@ -606,6 +624,15 @@ def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callabl
             if should_stop is not None and should_stop():
                 return False
     return process.poll() is not None
+
+
+def _postgres_names(owner: str, config: Config) -> list[str]:
+    """The database (and role) of every service with Postgres state, for the baseline `owner`."""
+    return [
+        database_name(owner, spec.state.postgres.database)
+        for _, spec in sorted(config.services.items())
+        if spec.state is not None and spec.state.postgres is not None
+    ]
 
 
 def _owner_alive(owner: ProcessRef | None) -> bool:
