@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
 
@@ -153,12 +152,11 @@ def run_action(
             "GITHUB_OUTPUT": str(output),
             "GITHUB_STEP_SUMMARY": str(summary),
             "RUNNER_TEMP": str(runner_temp),
-            "PYTHONPATH": str(ROOT),
             **{f"INPUT_{name.upper()}": value for name, value in inputs.items()},
         }
     )
     done = subprocess.run(
-        [sys.executable, "-m", "action"],
+        [sys.executable, "-I", "-m", "action"],  # as action.yml runs it
         cwd=workspace,
         env=env,
         capture_output=True,

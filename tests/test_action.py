@@ -25,7 +25,12 @@ HOSTILE = "agent/$(touch${IFS}pwned)`touch${IFS}pwned2`;%0A,title=x"
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     repo = make_shop(tmp_path_factory.mktemp("action") / "shop", ["refactor-orders", "contract-break"])
-    repo.branch(HOSTILE, {"README.md": "# shop\n\nDocs only.\n"})
+    # Docs only as far as the services go, but with modules named as loopgate's own, in the workspace.
+    hijack = "import pathlib\npathlib.Path('hijacked').write_text('pwned')\n"
+    repo.branch(
+        HOSTILE,
+        {"README.md": "# shop\n\nDocs only.\n", "action/__main__.py": hijack, "bot/__init__.py": hijack},
+    )
     return repo
 
 
@@ -137,6 +142,7 @@ def test_hostile_branch_name_reaches_no_shell_and_no_command(
     assert result.code == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert result.outputs["verdict"] == "pass"  # docs only: no service is affected
     assert not list(tmp_path.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+    assert not (tmp_path / "workspace" / "hijacked").exists(), "the workspace's action/ or bot/ ran"
     assert evidence_of(result).head.ref == HOSTILE
     assert not [p for p in github.pulls(REPO) if p.head_ref == HOSTILE]  # open-pr: false
     for name, props, _ in result.commands():
