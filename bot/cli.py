@@ -492,6 +492,8 @@ def env_status() -> None:
     baselines = runtime.baselines()
     if not baselines:
         console.print("no baseline running", markup=False)
+    if any(record.databases for record, _ in baselines):
+        console.print(runtime.postgres_site().note(), markup=False)
     for record, healthy in baselines:
         owner = "kept (env up)" if record.owner is None else f"owned by pid {record.owner.pid}"
         health = "healthy" if healthy else "unhealthy"
