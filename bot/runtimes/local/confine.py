@@ -25,6 +25,7 @@ import functools
 import os
 import shutil
 import site
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -61,11 +62,14 @@ class Confinement:
         uid: int = 65534,
         gid: int = 65534,
     ) -> Confinement:
-        hidden = _existing([state_dir, Path.home(), *hide])
+        readonly = _existing([*interpreter_paths(), *expose])
+        # A directory the confined uid cannot pass (root's 0700 HOME holding pyenv, even when HOME is
+        # set elsewhere) is hidden too, so that what it must read can be bound back inside it.
+        hidden = _existing([state_dir, Path.home(), *hide, *_closed_ancestors(readonly)])
         return cls(
             enabled=enabled,
             hidden=tuple(hidden),
-            readonly=tuple(_existing([*interpreter_paths(), *expose])),
+            readonly=tuple(readonly),
             uid=uid,
             gid=gid,
             _bwrap=shutil.which("bwrap") or "bwrap",
@@ -157,6 +161,19 @@ def interpreter_paths() -> list[Path]:
     if user_site:
         paths.add(Path(user_site))
     return sorted(paths)
+
+
+def _closed_ancestors(paths: Iterable[Path]) -> list[Path]:
+    """Ancestors of `paths` that others may not traverse (no `o+x`)."""
+    closed = set()
+    for path in paths:
+        for ancestor in path.parents:
+            try:
+                if ancestor != Path("/") and not ancestor.stat().st_mode & stat.S_IXOTH:
+                    closed.add(ancestor)
+            except OSError:
+                continue
+    return sorted(closed)
 
 
 def _drop(setpriv: str, uid: int, gid: int) -> list[str]:

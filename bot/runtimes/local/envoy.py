@@ -36,8 +36,6 @@ DRAIN_LIMIT_S = 5.0
 _POLL_S = 0.001
 _POLL_MAX_S = 0.02
 _ADMIN_TIMEOUT_S = 2.0
-_SOCKET_PATH_MAX = 107
-"""sun_path holds 108 bytes, the last one a NUL."""
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[[\w-]+\] (?:\[[^\]]*\] )?")
 _INIT_ERROR = re.compile(r"error `(.+)` initializing config")
@@ -122,11 +120,6 @@ class DataPlane:
             raise EnvoyError(
                 f"envoy is already running for {self._workdir} (pid {running.pid}); stop it first"
             )
-        if len(str(self.admin_socket).encode()) > _SOCKET_PATH_MAX:
-            raise EnvoyError(
-                f"envoy: admin socket path {self.admin_socket} is longer than {_SOCKET_PATH_MAX} bytes;"
-                " choose a shorter LOOPGATE_STATE_DIR"
-            )
         for port in spec.listeners.values():
             _check_port_free(port)
         self.admin_socket.unlink(missing_ok=True)
@@ -160,6 +153,7 @@ class DataPlane:
         with self.envoy_log.open("wb") as log:
             self._child = subprocess.Popen(
                 command,
+                cwd=self._workdir,  # the admin socket's path is relative to it
                 env=_ENVOY_ENV,  # nothing of loopgate's own environment (keys, tokens)
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -452,13 +446,17 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
+        # Through /proc/self/fd: the socket's full path may be longer than a socket address allows.
+        directory = os.open(self._path.parent, os.O_PATH | os.O_DIRECTORY)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(str(self._path))
+            sock.connect(f"/proc/self/fd/{directory}/{self._path.name}")
         except OSError:
             sock.close()
             raise
+        finally:
+            os.close(directory)
         self.sock = sock
 
 

@@ -200,17 +200,22 @@ def access_log_format(service: str, spec: DataPlaneSpec) -> dict[str, str]:
     }
 
 
+ADMIN_SOCKET = "admin.sock"
+"""Relative to Envoy's working directory (its workdir): an absolute path under a deep state dir could
+exceed the 107 bytes a Unix socket address holds."""
+
+
 def admin_socket_path(workdir: Path) -> Path:
     """Envoy's admin API: a Unix socket under loopgate's state dir, which confined code cannot see
     (any process on the host can reach a loopback port, and the admin API can stop or reroute Envoy)."""
-    return workdir / "admin.sock"
+    return workdir / ADMIN_SOCKET
 
 
 def bootstrap(workdir: Path, spec: DataPlaneSpec) -> dict[str, Any]:
     """Bootstrap with static listeners (one per service) and file-based CDS and per-listener RDS."""
     return {
         "node": {"id": "loopgate", "cluster": "loopgate"},
-        "admin": {"address": {"pipe": {"path": str(admin_socket_path(workdir)), "mode": 0o600}}},
+        "admin": {"address": {"pipe": {"path": ADMIN_SOCKET, "mode": 0o600}}},
         "dynamic_resources": {"cds_config": _file_source(cds_path(workdir))},
         "static_resources": {
             "listeners": [
