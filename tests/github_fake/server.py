@@ -404,6 +404,16 @@ class GitHubFake(RestHandlers):
         with self.state.lock:
             self.state.require_repo(repo).pulls[number].draft = draft
 
+    def retarget(self, repo: str, number: int, base: str) -> str:
+        """Change a pull request's base (as a person does in the UI); returns the base it had."""
+        with self.state.lock:
+            r = self.state.require_repo(repo)
+            if r.git.branch_sha(base) is None:
+                raise ValueError(f"no branch {base!r} in {repo}")
+            pull = r.pulls[number]
+            previous, pull.base_ref = pull.base_ref, base
+            return previous
+
     def add_comment(self, repo: str, number: int, body: str, *, user: str = "octocat") -> IssueComment:
         """Seed a comment on a pull request (as a human wrote it)."""
         with self.state.lock:
