@@ -3,6 +3,7 @@ script, and every input reaching `python -m action` under the name it reads."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from action.inputs import read_inputs
+from bot.config.schema import DEFAULT_AGENT_BRANCHES
 from tests.conftest import ROOT
 
 ACTION = ROOT / "action.yml"
@@ -126,3 +128,20 @@ def test_the_reusable_workflow_wraps_the_action_with_least_permissions() -> None
     assert checkout["with"] == {"fetch-depth": 0, "persist-credentials": False}
     assert gate["uses"].startswith("loopgate/loopgate@")
     assert set(gate["with"]) == set(action["inputs"])
+
+
+def doc_workflows() -> list[str]:
+    text = (ROOT / "docs" / "github-action.md").read_text()
+    return [block for block in re.findall(r"```yaml\n(.*?)```", text, re.S) if "\non:\n" in block]
+
+
+def test_the_documented_callers_are_valid_workflows_on_agent_branches(tmp_path: Path) -> None:
+    callers = doc_workflows()
+    assert len(callers) == 2
+    for index, block in enumerate(callers):
+        path = tmp_path / f"caller-{index}.yml"
+        path.write_text(block)
+        done = check_schema("vendor.github-workflows", path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        branches = yaml.safe_load(block)[True]["push"]["branches"]
+        assert set(branches) == set(DEFAULT_AGENT_BRANCHES)
