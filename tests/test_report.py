@@ -23,6 +23,7 @@ from bot.report import (
     escape,
     render_check,
     render_comment,
+    render_html,
     render_json,
     render_pr_body,
     render_step_summary,
@@ -532,3 +533,44 @@ def test_reports_neutralise_untrusted_text(text: str) -> None:
 def test_mentions_are_broken_but_still_read_the_same() -> None:
     assert escape.inline("ping @octocat and @org/team") == "ping @\u200boctocat and @\u200borg/team"
     assert escape.code("@octocat") == "`@octocat`"
+
+
+# --- confinement ----------------------------------------------------------------------------------
+
+
+UNCONFINED = "Unconfined: agent code ran without isolation (LOOPGATE_CONFINE=off)"
+
+
+@pytest.mark.parametrize("name", sorted(samples.ALL))
+def test_unconfined_runs_say_so_first_in_every_report(name: str) -> None:
+    evidence = samples.ALL[name]().model_copy(update={"confined": False})
+    check = render_check(evidence)
+    firsts = {
+        "comment": render_comment(evidence).splitlines()[1],  # after the marker line
+        "check title": check.title,
+        "check summary": check.summary.splitlines()[0],
+        "check text": check.text.splitlines()[0],
+        "pr body": render_pr_body(evidence).splitlines()[0],
+        "step summary": render_step_summary(evidence).splitlines()[0],
+    }
+    assert firsts["check title"].startswith("⚠ unconfined · ")
+    for output, line in firsts.items():
+        if output != "check title":
+            assert UNCONFINED in line and "docs/security.md" in line, output
+    page = render_html(evidence)
+    assert page.index(UNCONFINED) < page.index('id="verdict"')
+
+
+@pytest.mark.parametrize("name", sorted(samples.ALL))
+def test_confined_runs_carry_no_warning(name: str) -> None:
+    evidence = samples.ALL[name]()
+    assert evidence.confined
+    texts = [*markdown_outputs(evidence).values(), render_check(evidence).title, render_html(evidence)]
+    assert not [text for text in texts if UNCONFINED in text or "⚠ unconfined" in text]
+
+
+def test_unconfined_warning_survives_the_tightest_budget() -> None:
+    evidence = samples.failing().model_copy(update={"confined": False})
+    evidence.suites[0].log_tail = "x\n" * 400_000
+    comment = render_comment(evidence)
+    assert budget.COMMENT.fits(comment) and UNCONFINED in comment.splitlines()[1]
