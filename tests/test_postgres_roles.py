@@ -17,9 +17,9 @@ import psutil
 import psycopg
 import pytest
 
-from bot.config import RuntimeSettings
+from bot.config import InfrastructureError, RuntimeSettings
 from bot.runtimes.local import LocalRuntime
-from bot.runtimes.local.postgres import database_name, database_url, password_of
+from bot.runtimes.local.postgres import Postgres, database_name, database_url, password_of
 from bot.runtimes.protocol import Baseline, Sandbox
 from tests.conftest import LOOPGATE
 from tests.gitrepo import GitRepo
@@ -218,3 +218,11 @@ def wait_for_copy(runtime: LocalRuntime, baseline: Baseline, timeout: float = 90
             return records[0].roles[0]
         time.sleep(0.1)
     raise AssertionError("the run never routed a sandbox with a Postgres copy")
+
+
+def test_errors_name_the_server_but_never_its_password(tmp_path: Path) -> None:
+    postgres = Postgres("postgresql://postgres:s3cr3t-admin@127.0.0.1:1/postgres", tmp_path)
+    with pytest.raises(InfrastructureError) as raised:
+        postgres.create("lg_unreachable_payments")
+    assert "postgresql://postgres@127.0.0.1:1/postgres is unreachable" in str(raised.value)
+    assert "s3cr3t" not in str(raised.value)

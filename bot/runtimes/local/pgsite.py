@@ -43,6 +43,11 @@ class PostgresSite:
             return None
         if self.settings.postgres_mode == "own":
             return "LOOPGATE_POSTGRES_MODE=own"
+        running = self.cluster.running()
+        if running is not None:
+            # It runs only while it holds databases: they must be found where they were made, even
+            # if the server has been reconfigured or is down since.
+            return running.reason
         return TRUSTS if _bypass(self.settings.postgres_url, self.root) else None
 
     def release(self) -> bool:
