@@ -144,6 +144,7 @@ class RunExecutor:
         default = client.default_branch()
         evidence.base.ref = default
         trusted = self._read_config(client, run, evidence, default, check_id)
+        self._require_gated(client, run, evidence, trusted, check_id)
         pull = client.open_pull(run.branch)
         base = pull.base if pull else (trusted.agents.pr_base or default)
         evidence.base.ref = base
@@ -151,14 +152,22 @@ class RunExecutor:
             reason = untrusted_base(base, default, pull.number if pull else None)
             raise self._conclude_config_error(client, run, evidence, reason, trusted.agents, check_id)
         config = trusted if base == default else self._read_config(client, run, evidence, base, check_id)
-        if not is_gated(run.branch, config.agents):
-            summary = f"{run.branch} does not match agents.branches in {CONFIG_FILE}; nothing to gate."
-            client.update_check(
-                check_id, status="completed", conclusion="skipped", title="not gated", summary=summary
-            )
-            self.env.store.complete(run.id, None, "skipped", evidence.model_dump_json())
-            raise Concluded
+        self._require_gated(client, run, evidence, config, check_id)
         return Prepared(base=base, config=config)
+
+    def _require_gated(
+        self, client: RepoClient, run: RunSnapshot, evidence: Evidence, config: Config, check_id: int
+    ) -> None:
+        """A branch the config does not gate is skipped before its base is judged: people's PRs
+        between their own branches are none of loopgate's business."""
+        if is_gated(run.branch, config.agents):
+            return
+        summary = f"{run.branch} does not match agents.branches in {CONFIG_FILE}; nothing to gate."
+        client.update_check(
+            check_id, status="completed", conclusion="skipped", title="not gated", summary=summary
+        )
+        self.env.store.complete(run.id, None, "skipped", evidence.model_dump_json())
+        raise Concluded
 
     def _read_config(
         self, client: RepoClient, run: RunSnapshot, evidence: Evidence, branch: str, check_id: int
