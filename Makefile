@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: demo test lint typecheck bench system-deps postgres bubblewrap clean
+.PHONY: demo test lint typecheck bench system-deps postgres bubblewrap clean contracts
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,7 +31,21 @@ system-deps:
 	  echo "installing chromium (Debian package) for the HTML report tests"; \
 	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) system-deps postgres bubblewrap
+# The GitHub fake validates against GitHub's and Octokit's published contracts: npm packages pinned by
+# version in tests/contracts/package.json and by sha512 in its package-lock.json, which `npm ci` checks.
+CONTRACTS := tests/contracts
+CONTRACTS_STAMP := $(CONTRACTS)/node_modules/.installed
+
+contracts: $(CONTRACTS_STAMP)
+
+$(CONTRACTS_STAMP): $(CONTRACTS)/package.json $(CONTRACTS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing nodejs and npm (Debian packages) for the GitHub contract files"; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq nodejs npm >/dev/null; }
+	cd $(CONTRACTS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) system-deps postgres bubblewrap contracts
 	$(VENV)/bin/ruff check bot action tests bench examples
 	$(VENV)/bin/mypy
 	$(PY) -m pytest --durations=15
@@ -46,4 +60,4 @@ bench: $(STAMP)
 	$(PY) -m bench.sandbox_vs_copy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CONTRACTS)/node_modules

@@ -5,9 +5,12 @@
         ...
         fake.assert_no_violations()
 
-Every REST request is checked against `shared/contracts/github/openapi/subset.json`, every GraphQL
-document against `shared/contracts/github/graphql/schema.graphql`, every response against its schema.
-`webhooks` loads, adapts, validates, signs and delivers the published webhook examples.
+Every REST request is checked against GitHub's REST description (npm @octokit/openapi), every GraphQL
+document against GitHub's GraphQL schema (npm @octokit/graphql-schema), every response against its schema.
+`webhooks` loads, adapts, validates, signs and delivers the published webhook examples
+(@octokit/webhooks-examples, validated with @octokit/webhooks-schemas). The packages are pinned in
+`tests/contracts/` and installed there by `make contracts`; `$LOOPGATE_CONTRACTS_DIR` may name another
+`node_modules` that has them.
 """
 
 from tests.github_fake.contract import CONTRACTS_ENV, OpenAPIContract, contracts_dir, load_contract

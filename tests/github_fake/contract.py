@@ -1,20 +1,28 @@
-"""Validation of REST requests and responses against GitHub's published OpenAPI subset.
+"""Validation of REST requests and responses against GitHub's published OpenAPI description.
+
+The contracts come from npm packages pinned in `tests/contracts/package.json` (versions) and its
+`package-lock.json` (sha512), which `make contracts` installs into `tests/contracts/node_modules`;
+`$LOOPGATE_CONTRACTS_DIR` may name another `node_modules` laid out the same way. The REST description is
+the whole of `@octokit/openapi`'s `generated/api.github.com.json`, with the few Octokit changes that alter
+what is valid undone (`_undo_octokit`).
 
 The description is OpenAPI 3.0.3: its schemas are JSON Schema draft 4 plus `nullable`, `discriminator` and a
-few annotations. They are converted once (``nullable`` becomes a ``null`` alternative, annotations dropped),
-the whole converted document is put in a ``referencing.Registry`` so that ``#/components/...`` refs resolve,
-and every schema is checked with ``Draft4Validator`` and an RFC 3339 ``date-time`` format check.
+few annotations. Operations are indexed by method and path template when the document loads; a schema is
+converted (``nullable`` becomes a ``null`` alternative, annotations dropped) only when a validator first
+needs it, together with the components it references, into a document held by a ``referencing.Registry``
+so that ``#/components/schemas/...`` refs resolve. Every schema is checked with ``Draft4Validator`` and an
+RFC 3339 ``date-time`` format check.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
 import re
+import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +33,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
 CONTRACTS_ENV = "LOOPGATE_CONTRACTS_DIR"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# package.json (the pinned versions), package-lock.json (their sha512) and node_modules once installed.
+CONTRACTS_HOME = Path(__file__).resolve().parents[1] / "contracts"
+OPENAPI_PACKAGE = "@octokit/openapi"
+OPENAPI_FILE = "generated/api.github.com.json"
 DOC_URI = "urn:github-openapi"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_SCHEMA_REF = "#/components/schemas/"
 
 # Keywords of OpenAPI's schema object that JSON Schema draft 4 does not know (or that only annotate).
 _DROP = {
@@ -51,15 +63,39 @@ _RFC3339 = re.compile(
 
 
 def contracts_dir() -> Path:
-    """`$LOOPGATE_CONTRACTS_DIR`, else `../shared/contracts` relative to the project root."""
+    """The `node_modules` holding the contract packages: `$LOOPGATE_CONTRACTS_DIR`, else the one that
+    `make contracts` installs in `tests/contracts/`."""
     env = os.environ.get(CONTRACTS_ENV)
-    if env:
-        return Path(env)
-    return (PROJECT_ROOT / ".." / "shared" / "contracts").resolve()
+    return Path(env) if env else CONTRACTS_HOME / "node_modules"
+
+
+@functools.cache
+def pinned_versions() -> dict[str, str]:
+    """The exact version of each contract package, from `tests/contracts/package.json`."""
+    manifest = json.loads((CONTRACTS_HOME / "package.json").read_text(encoding="utf-8"))
+    pins: dict[str, str] = manifest["dependencies"]
+    return pins
+
+
+def package_dir(name: str) -> Path:
+    """An installed contract package, checked to be the pinned version."""
+    pinned = pinned_versions()[name]
+    directory = contracts_dir() / name
+    manifest = directory / "package.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"the contract package {name} {pinned} is not installed in {contracts_dir()}:"
+            f" run `make contracts` (npm ci in {CONTRACTS_HOME}), or point ${CONTRACTS_ENV} at a node_modules"
+            " that has it"
+        )
+    version = json.loads(manifest.read_text(encoding="utf-8")).get("version")
+    if version != pinned:
+        raise RuntimeError(f"{directory} is {name} {version}, the tests pin {pinned}: run `make contracts`")
+    return directory
 
 
 def openapi_path() -> Path:
-    return contracts_dir() / "github" / "openapi" / "subset.json"
+    return package_dir(OPENAPI_PACKAGE) / OPENAPI_FILE
 
 
 def _format_checker() -> FormatChecker:
@@ -101,30 +137,71 @@ def convert_schema(schema: Any) -> Any:
     return out
 
 
-def _convert_document(doc: dict[str, Any]) -> dict[str, Any]:
-    doc = copy.deepcopy(doc)
-    components = doc.get("components", {})
-    components["schemas"] = {name: convert_schema(s) for name, s in components.get("schemas", {}).items()}
-
-    def walk(node: Any, skip_schemas: bool) -> None:
-        if isinstance(node, dict):
-            for key, value in list(node.items()):
-                if key == "schema":
-                    node[key] = convert_schema(value)
-                elif skip_schemas and key == "schemas":
-                    continue
+def _refs(node: Any) -> Iterator[str]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            for key, value in current.items():
+                if key == "$ref" and isinstance(value, str):
+                    yield value
                 else:
-                    walk(value, False)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item, False)
+                    stack.append(value)
+        elif isinstance(current, list):
+            stack.extend(current)
 
-    walk(doc.get("paths", {}), False)
-    for key, value in components.items():
-        if key != "schemas":
-            walk(value, False)
-    doc["x-fake-schemas"] = {}
-    return doc
+
+# Upstream's rule for POST /repos/{owner}/{repo}/check-runs (github/rest-api-description,
+# descriptions/api.github.com/api.github.com.json): a completed run needs a conclusion.
+_CHECKS_CREATE_ONE_OF = [
+    {
+        "properties": {"status": {"enum": ["completed"]}},
+        "required": ["status", "conclusion"],
+        "additionalProperties": True,
+    },
+    {"properties": {"status": {"enum": ["queued", "in_progress"]}}, "additionalProperties": True},
+]
+
+
+def _undo_octokit(doc: dict[str, Any]) -> list[str]:
+    """Undo, in place, the changes @octokit/openapi makes to GitHub's file that alter what is valid or how
+    a request is matched (octokit/openapi scripts/build.mjs and scripts/overrides/); returns notes.
+
+    - It adds `GET /repos/{owner}/{repo}/compare/{base}...{head}` with upstream's operationId
+      `repos/compare-commits`, and renames upstream's `GET .../compare/{basehead}` to
+      `repos/compare-commits-with-basehead`. The added template has more literal text, so it would win every
+      compare request: it is dropped and the upstream name restored. It also adds
+      `GET /orgs/{org}/organization-fine-grained-permissions`, dropped too.
+    - It replaces upstream's `POST /repos/{owner}/{repo}/check-runs` with a stale 2023 copy
+      (scripts/overrides/checks-create.json). What differs: (1) the request body schema lacks upstream's
+      `oneOf` (with a `status` discriminator) that requires `conclusion` when `status` is `completed`, so a
+      run completed without a conclusion, which GitHub rejects, would pass; (2) its `status` enum lacks
+      `waiting`, `requested` and `pending` (only GitHub Actions may set them), which upstream's `oneOf`
+      rejects all the same, so validity does not change; (3) descriptions and documentation links. No other
+      file of the package (ghec, ghes-3.17 to 3.19, the deref builds) has the upstream operation, so
+      upstream's `oneOf` (transcribed above) is put back, only while the schema has none.
+    """
+    notes: list[str] = []
+    paths: dict[str, Any] = doc["paths"]
+    for added in (
+        "/repos/{owner}/{repo}/compare/{base}...{head}",
+        "/orgs/{org}/organization-fine-grained-permissions",
+    ):
+        if paths.get(added, {}).pop("get", None) is not None:
+            notes.append(f"dropped Octokit's GET {added}")
+            if not any(m in METHODS for m in paths[added]):
+                del paths[added]
+    compare = paths.get("/repos/{owner}/{repo}/compare/{basehead}", {}).get("get")
+    if compare and compare.get("operationId") == "repos/compare-commits-with-basehead":
+        compare["operationId"] = "repos/compare-commits"
+        notes.append("restored operationId repos/compare-commits")
+    create = paths.get("/repos/{owner}/{repo}/check-runs", {}).get("post")
+    if create:
+        schema = create["requestBody"]["content"]["application/json"]["schema"]
+        if "oneOf" not in schema:
+            schema["oneOf"] = _CHECKS_CREATE_ONE_OF
+            notes.append("checks/create: put back upstream's oneOf (completed needs a conclusion)")
+    return notes
 
 
 def format_error(error: ValidationError) -> str:
@@ -163,18 +240,24 @@ class Operation:
     request_content_types: tuple[str, ...] = ()
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     response_keys: dict[str, str] = field(default_factory=dict)
+    path_groups: dict[str, str] = field(default_factory=dict)  # regex group -> path parameter
 
 
 class OpenAPIContract:
-    """The operations of `subset.json`, matched by method and path template, with their schemas."""
+    """The operations of GitHub's REST description, matched by method and path template, with their
+    schemas. `served`, when given, names the operations the fake answers: a request that matches any other
+    operation is reported as unknown (`match` returns None) rather than handed to a missing handler."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, served: Collection[str] | None = None) -> None:
         self.path = path or openapi_path()
-        raw = json.loads(self.path.read_text())
-        self.doc = _convert_document(raw)
-        self._extra: dict[str, Any] = self.doc["x-fake-schemas"]
+        self.source: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+        self.notes = _undo_octokit(self.source)
+        self.served = frozenset(served) if served is not None else None
+        # The converted schemas, filled as validators need them: the registry's one resource.
+        self.doc: dict[str, Any] = {"components": {"schemas": {}}, "x-fake-schemas": {}}
+        self._raw: dict[str, Any] = {}
         self.operations: list[Operation] = []
-        for template, item in self.doc.get("paths", {}).items():
+        for template, item in self.source.get("paths", {}).items():
             common = item.get("parameters", [])
             for method, spec in item.items():
                 if method not in METHODS:
@@ -183,11 +266,15 @@ class OpenAPIContract:
         # A template with more literal text wins over a looser one (`commits/{ref}/check-runs` over
         # `commits/{ref}`, whose `ref` may span several segments).
         self.operations.sort(key=lambda op: -op.literal_weight)
+        self._by_method: dict[str, list[Operation]] = {}
+        for op in self.operations:
+            self._by_method.setdefault(op.method, []).append(op)
         registry: Registry[Any] = Registry()
         self.registry = registry.with_resource(
             DOC_URI, Resource.from_contents(self.doc, default_specification=DRAFT4)
         )
         self._validators: dict[str, Draft4Validator] = {}
+        self._lock = threading.Lock()
 
     # -- building -------------------------------------------------------------------------------------
 
@@ -196,16 +283,31 @@ class OpenAPIContract:
             ref = node["$ref"]
             if not ref.startswith("#/"):
                 raise ValueError(f"external ref {ref} in {self.path}")
-            target: Any = self.doc
+            target: Any = self.source
             for part in ref[2:].split("/"):
                 target = target[part.replace("~1", "/").replace("~0", "~")]
             node = target
         return node
 
     def _schema_key(self, schema: dict[str, Any], hint: str) -> str:
-        key = f"s{len(self._extra)}-{re.sub(r'[^A-Za-z0-9_-]', '_', hint)}"
-        self._extra[key] = schema
+        key = f"s{len(self._raw)}-{re.sub(r'[^A-Za-z0-9_-]', '_', hint)}"
+        self._raw[key] = schema
         return key
+
+    def _include(self, schema: Any) -> Any:
+        """A schema converted, after every component it references, transitively, is in `self.doc`."""
+        converted = convert_schema(schema)
+        components: dict[str, Any] = self.doc["components"]["schemas"]
+        pending = list(_refs(converted))
+        while pending:
+            ref = pending.pop()
+            if not ref.startswith(_SCHEMA_REF):
+                raise ValueError(f"unsupported $ref {ref} in a schema of {self.path}")
+            name = ref[len(_SCHEMA_REF) :].replace("~1", "/").replace("~0", "~")
+            if name not in components:
+                components[name] = convert_schema(self.source["components"]["schemas"][name])
+                pending.extend(_refs(components[name]))
+        return converted
 
     def _operation(
         self, method: str, template: str, spec: dict[str, Any], common: list[dict[str, Any]]
@@ -224,12 +326,15 @@ class OpenAPIContract:
             )
         pattern = "^"
         literal = 0
+        groups: dict[str, str] = {}
         for piece in re.split(r"(\{[^}]+\})", template):
             if piece.startswith("{") and piece.endswith("}"):
                 name = piece[1:-1]
                 param = params.get(("path", name))
                 multi = param.multi_segment if param else False
-                pattern += f"(?P<{name}>.+)" if multi else f"(?P<{name}>[^/]+)"
+                group = f"p{len(groups)}"  # names such as `enterprise-team` are no regex group names
+                groups[group] = name
+                pattern += f"(?P<{group}>.+)" if multi else f"(?P<{group}>[^/]+)"
             else:
                 pattern += re.escape(piece)
                 literal += len(piece)
@@ -243,6 +348,7 @@ class OpenAPIContract:
             parameters=params,
             regex=re.compile(pattern),
             literal_weight=literal,
+            path_groups=groups,
         )
         body = spec.get("requestBody")
         if body:
@@ -267,13 +373,19 @@ class OpenAPIContract:
     # -- matching -------------------------------------------------------------------------------------
 
     def match(self, method: str, raw_path: str) -> tuple[Operation, dict[str, str]] | None:
-        """The operation for a method and a raw (still percent-encoded) path, and its decoded path params."""
-        for op in self.operations:
-            if op.method != method.upper():
-                continue
+        """The operation for a method and a raw (still percent-encoded) path, and its decoded path params;
+        None when no operation has that path, or when the best match is not one the fake serves."""
+        found = self.lookup(method, raw_path)
+        if found is None or (self.served is not None and found[0].operation_id not in self.served):
+            return None
+        return found
+
+    def lookup(self, method: str, raw_path: str) -> tuple[Operation, dict[str, str]] | None:
+        """The operation of GitHub's API for a method and a raw path, served by the fake or not."""
+        for op in self._by_method.get(method.upper(), []):
             m = op.regex.match(raw_path)
             if m:
-                return op, {k: urllib.parse.unquote(v) for k, v in m.groupdict().items()}
+                return op, {op.path_groups[k]: urllib.parse.unquote(v) for k, v in m.groupdict().items()}
         return None
 
     def operation(self, operation_id: str) -> Operation:
@@ -285,22 +397,26 @@ class OpenAPIContract:
     # -- validating -----------------------------------------------------------------------------------
 
     def validator(self, key: str) -> Draft4Validator:
-        found = self._validators.get(key)
-        if found is None:
-            ref = f"{DOC_URI}#/x-fake-schemas/{key}"
-            found = Draft4Validator({"$ref": ref}, registry=self.registry, format_checker=FORMAT_CHECKER)
-            self._validators[key] = found
-        return found
+        with self._lock:
+            found = self._validators.get(key)
+            if found is None:
+                self.doc["x-fake-schemas"][key] = self._include(self._raw[key])
+                ref = f"{DOC_URI}#/x-fake-schemas/{key}"
+                found = Draft4Validator({"$ref": ref}, registry=self.registry, format_checker=FORMAT_CHECKER)
+                self._validators[key] = found
+            return found
 
     def schema_validator(self, component: str) -> Draft4Validator:
         """A validator for `#/components/schemas/<component>`."""
         key = f"component-{component}"
-        found = self._validators.get(key)
-        if found is None:
-            ref = f"{DOC_URI}#/components/schemas/{component}"
-            found = Draft4Validator({"$ref": ref}, registry=self.registry, format_checker=FORMAT_CHECKER)
-            self._validators[key] = found
-        return found
+        with self._lock:
+            found = self._validators.get(key)
+            if found is None:
+                self._include({"$ref": f"{_SCHEMA_REF}{component}"})
+                ref = f"{DOC_URI}#/components/schemas/{component}"
+                found = Draft4Validator({"$ref": ref}, registry=self.registry, format_checker=FORMAT_CHECKER)
+                self._validators[key] = found
+            return found
 
     def errors(self, key: str, instance: Any) -> list[str]:
         return [format_error(e) for e in sorted(self.validator(key).iter_errors(instance), key=str)][:10]
@@ -409,10 +525,18 @@ class OpenAPIContract:
         return [format_error(e) for e in sorted(validator.iter_errors(instance), key=str)][:10]
 
 
+def served_operation_ids() -> frozenset[str]:
+    """The operations the fake answers: the keys of its handler table."""
+    from tests.github_fake.server import GitHubFake  # the server imports this module
+
+    return frozenset(GitHubFake.__new__(GitHubFake).rest_handlers())
+
+
 @functools.cache
 def load_contract(path: str | None = None) -> OpenAPIContract:
-    """The contract, parsed once per process (and per path)."""
-    return OpenAPIContract(Path(path) if path else None)
+    """The contract, parsed once per process (a test session) and per path, limited to the operations the
+    fake serves."""
+    return OpenAPIContract(Path(path) if path else None, served=served_operation_ids())
 
 
 def operation_ids(contract: OpenAPIContract) -> Iterable[str]:

@@ -28,7 +28,7 @@ from graphql import (
     validate,
 )
 
-from tests.github_fake.contract import contracts_dir
+from tests.github_fake.contract import package_dir
 from tests.github_fake.resources import Urls
 from tests.github_fake.state import FakeState, Pull, Repo, Token, iso, node_id, now
 
@@ -40,7 +40,7 @@ SUPPORTED_ROOT_FIELDS = {
 
 
 def schema_path() -> Path:
-    return contracts_dir() / "github" / "graphql" / "schema.graphql"
+    return package_dir("@octokit/graphql-schema") / "schema.graphql"
 
 
 @functools.cache

@@ -3,15 +3,21 @@
 payload = adapt(load_payload("pull_request", "synchronize"), repo_full_name="acme/shop", ...)
 validate_payload("pull_request", "synchronize", payload)
 deliver(app_url + "/webhook", "pull_request", payload, secret)
+
+The examples come from the npm package @octokit/webhooks-examples and the JSON Schemas from
+@octokit/webhooks-schemas, both pinned in tests/contracts/ (see `contract.contracts_dir`).
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import hashlib
 import hmac
 import json
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,7 +29,7 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from tests.github_fake.contract import contracts_dir
+from tests.github_fake.contract import CONTRACTS_HOME, package_dir
 from tests.github_fake.state import node_id
 
 ZERO_SHA = "0" * 40
@@ -31,16 +37,46 @@ ZERO_SHA = "0" * 40
 EVENTS_WITHOUT_ACTION = {"push", "ping", "create", "delete"}
 
 
+EXAMPLES_PACKAGE = "@octokit/webhooks-examples"
+SCHEMAS_PACKAGE = "@octokit/webhooks-schemas"
+# The package ships each event's examples as one unnamed list; this file names the ones the tests use.
+EXAMPLE_NAMES = CONTRACTS_HOME / "webhook-examples.json"
+SCHEMAS_URI = "urn:octokit-webhooks-schemas"
+
+
+def _digest(example: Any) -> str:
+    canonical = json.dumps(example, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@functools.cache
 def examples_dir() -> Path:
-    return contracts_dir() / "github" / "webhooks"
+    """A folder `<event>/<name>` of the named examples, written once per process from the package's
+    `api.github.com/index.json`; each is found by the sha256 that `webhook-examples.json` gives its name."""
+    index = package_dir(EXAMPLES_PACKAGE) / "api.github.com" / "index.json"
+    by_event = {e["name"]: e["examples"] for e in json.loads(index.read_text(encoding="utf-8"))}
+    names: dict[str, dict[str, str]] = json.loads(EXAMPLE_NAMES.read_text(encoding="utf-8"))["examples"]
+    root = Path(tempfile.mkdtemp(prefix="loopgate-webhook-examples-"))
+    atexit.register(shutil.rmtree, root, True)
+    for event, named in names.items():
+        found = {_digest(example): example for example in by_event.get(event, [])}
+        (root / event).mkdir()
+        for name, digest in named.items():
+            if digest not in found:
+                raise LookupError(
+                    f"{index} has no {event} example {name} (sha256 {digest}): update {EXAMPLE_NAMES}"
+                )
+            (root / event / name).write_text(json.dumps(found[digest], indent=2) + "\n", encoding="utf-8")
+    return root
 
 
-def schemas_dir() -> Path:
-    return contracts_dir() / "github" / "webhook-schemas" / "api.github.com"
+def schemas_path() -> Path:
+    """The package's one bundled schema: `definitions` keyed `<event>$<action>` (`push$event`, ...)."""
+    return package_dir(SCHEMAS_PACKAGE) / "schema.json"
 
 
 def payload_files(event: str | None = None) -> list[tuple[str, Path]]:
-    """Every example as (event, path), sorted; only `event`'s when given."""
+    """Every named example as (event, path), sorted; only `event`'s when given."""
     root = examples_dir()
     events = [event] if event else sorted(p.name for p in root.iterdir() if p.is_dir())
     return [(e, p) for e in events for p in sorted((root / e).glob("*.json"))]
@@ -60,13 +96,17 @@ def load_payload(event: str, name: str = "payload") -> dict[str, Any]:
 
 
 @functools.cache
+def _schemas() -> dict[str, Any]:
+    contents: dict[str, Any] = json.loads(schemas_path().read_text(encoding="utf-8"))
+    return contents
+
+
+@functools.cache
 def _registry() -> Registry[Any]:
-    resources = []
-    for path in sorted(schemas_dir().rglob("*.schema.json")):
-        contents = json.loads(path.read_text())
-        resources.append((contents["$id"], Resource.from_contents(contents, default_specification=DRAFT7)))
     registry: Registry[Any] = Registry()
-    return registry.with_resources(resources)
+    return registry.with_resource(
+        SCHEMAS_URI, Resource.from_contents(_schemas(), default_specification=DRAFT7)
+    )
 
 
 def schema_id(event: str, action: str | None) -> str:
@@ -78,12 +118,9 @@ def schema_id(event: str, action: str | None) -> str:
 @functools.cache
 def _validator(event: str, action: str | None) -> Draft7Validator:
     sid = schema_id(event, action)
-    registry = _registry()
-    try:
-        registry.get_or_retrieve(sid)
-    except Exception as exc:
-        raise KeyError(f"no webhook schema {sid!r} under {schemas_dir()}") from exc
-    return Draft7Validator({"$ref": sid}, registry=registry)
+    if sid not in _schemas()["definitions"]:
+        raise KeyError(f"no webhook schema {sid!r} in {schemas_path()}")
+    return Draft7Validator({"$ref": f"{SCHEMAS_URI}#/definitions/{sid}"}, registry=_registry())
 
 
 def payload_errors(event: str, action: str | None, payload: Mapping[str, Any]) -> list[str]:
