@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from bot.config import InfrastructureError
+from bot.runtimes.local.pgcluster import find_bindir
 
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _ROLE_OPTIONS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
@@ -69,15 +70,13 @@ class Postgres:
     """An admin handle on one server. `scratch` is a directory confined code cannot see (under the
     state dir), where the PGPASSFILE of a running copy lives."""
 
-    def __init__(self, admin_url: str, scratch: Path, *, bindir: Path | None = None) -> None:
+    def __init__(self, admin_url: str, scratch: Path) -> None:
         self.admin_url = admin_url
         self.scratch = scratch
-        self.bindir = bindir
 
-    def _admin(self, database: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
-        url = self.admin_url if database is None else database_url(self.admin_url, database)
+    def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
         try:
-            return psycopg.connect(url, autocommit=True, connect_timeout=5)
+            return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5)
         except psycopg.Error as exc:
             raise InfrastructureError(
                 f"PostgreSQL at {redact(self.admin_url)} is unreachable: {_first_line(exc)}"
@@ -152,11 +151,12 @@ class Postgres:
     def _tool(self, name: str) -> str:
         """From PATH (Debian's wrapper picks the right version), else next to the server's binaries."""
         found = shutil.which(name)
-        if found is None and self.bindir is not None and (self.bindir / name).is_file():
-            found = str(self.bindir / name)
-        if found is None:
+        if found is not None:
+            return found
+        beside = find_bindir() / name  # raises naming what is missing
+        if not beside.is_file():
             raise InfrastructureError(f"{name} not found: install the PostgreSQL client tools")
-        return found
+        return str(beside)
 
     @contextmanager
     def _child_env(self) -> Iterator[dict[str, str]]:
