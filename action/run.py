@@ -23,7 +23,7 @@ from requests import RequestException
 from action.commands import Console, append_summary, write_outputs
 from action.context import ActionsContext, read_context
 from action.drafts import NoMemory
-from action.inputs import CONFIG_FILE, InputError, Inputs, RuntimeName, read_inputs
+from action.inputs import CONFIG_FILE, FailOn, InputError, Inputs, RuntimeName, read_inputs
 from action.log import StageLines, annotate_failures, annotate_verdict, print_run
 from action.token_client import WORKFLOW_TOKEN_LOGIN, token_repo_client
 from action.workspace import Workspace
@@ -55,8 +55,13 @@ class Prepared:
     config_file: Path | None
 
 
-class NotGated(Exception):
-    """The branch is not one `agents.branches` gates: nothing to verify, as the App decides."""
+class Concluded(Exception):
+    """Nothing to verify, as the App decides it: a branch `agents.branches` does not gate (`skipped`), or
+    a push already superseded by a newer one (`cancelled`). The check run concludes with `why`."""
+
+    def __init__(self, conclusion: str, title: str, why: str) -> None:
+        super().__init__(why)
+        self.conclusion, self.title, self.why = conclusion, title, why
 
 
 def main(env: Mapping[str, str] | None = None, console: Console | None = None) -> int:
@@ -110,8 +115,8 @@ class ActionRun:
             prepared = self._prepare(ctx.branch, evidence)
             agents = self._agents(prepared.config)
             evidence = self._verify(prepared, evidence)
-        except NotGated as exc:
-            return self._not_gated(str(exc))
+        except Concluded as concluded:
+            return self._conclude(concluded)
         except LoopgateError as exc:
             kind = ErrorKind.CONFIG if exc.kind == "config" else ErrorKind.INFRASTRUCTURE
             self._error(evidence, kind, str(exc))
@@ -170,18 +175,22 @@ class ActionRun:
         self.github_failed = True
         self.console.error(f"{what}: {describe(exc)}", title="loopgate: GitHub")
 
-    def _not_gated(self, why: str) -> int:
+    def _conclude(self, concluded: Concluded) -> int:
         if self.client is not None and self.check_id is not None:
             try:
                 self.client.update_check(
-                    self.check_id, status="completed", conclusion="skipped", title="not gated", summary=why
+                    self.check_id,
+                    status="completed",
+                    conclusion=concluded.conclusion,
+                    title=concluded.title,
+                    summary=concluded.why,
                 )
             except GITHUB_ERRORS as exc:
                 self._github_error("could not complete the check run", exc)
-        self.console.notice(why, title="loopgate: not gated")
-        self._summary(f"**loopgate**: {why}\n")
+        self.console.notice(concluded.why, title=f"loopgate: {concluded.title}")
+        self._summary(f"**loopgate**: {concluded.why}\n")
         self._outputs({"verdict": "", "run-id": self.run_id})
-        return GITHUB_FAILED_EXIT if self.github_failed and self.inputs.fail_on.value != "never" else 0
+        return GITHUB_FAILED_EXIT if self.github_failed and self.inputs.fail_on is not FailOn.NEVER else 0
 
     # -- the trusted base and its config -------------------------------------------------------------
 
@@ -193,6 +202,7 @@ class ActionRun:
             raise ConfigError(
                 "the event does not name the default branch: pass a github-token so loopgate can ask GitHub"
             )
+        self._settle_head(branch)
         self.workspace.fetch({default})
         default_sha = self.workspace.branch_sha(default)
         trusted = self._config_at(default, default_sha)
@@ -203,15 +213,25 @@ class ActionRun:
         base_sha = default_sha if base == default else self.workspace.branch_sha(base)
         config = trusted if base == default else self._config_at(base, base_sha)
         if not is_gated(branch, config.agents):
-            raise NotGated(
-                f"{branch} does not match agents.branches in {self.inputs.config}; nothing to gate."
-            )
+            why = f"{branch} does not match agents.branches in {self.inputs.config}; nothing to gate."
+            raise Concluded("skipped", "not gated", why)
         if not self.workspace.has_commit(self.context.head_sha):
             raise ConfigError(
                 f"commit {self.context.head_sha[:12]} is not in {self.context.workspace}:"
                 " check out the repository (actions/checkout) before loopgate runs"
             )
         return Prepared(base, base_sha, config, self._config_file(base_sha))
+
+    def _settle_head(self, branch: str) -> None:
+        """A push that is no longer the branch head is superseded, as the App supersedes it: only the
+        head is verified and gated (a manually started run verifies whichever commit it names)."""
+        if self.client is None or self.context.event_name != "push":
+            return
+        head = self.client.branch_head(branch)
+        if head != self.context.head_sha:
+            moved = f"{branch} moved to {head[:12]}" if head else f"{branch} no longer exists"
+            why = f"superseded: {moved}; loopgate verifies and gates only the branch head."
+            raise Concluded("cancelled", "superseded", why)
 
     def _base(self, branch: str, default: str, trusted: Agents) -> str:
         """As the App chooses it — the open PR's base, else `agents.pr_base`, else the default branch —
@@ -320,7 +340,7 @@ class ActionRun:
         )
         if fails_step:
             return exit_code(evidence)
-        if self.github_failed and self.inputs.fail_on.value != "never":
+        if self.github_failed and self.inputs.fail_on is not FailOn.NEVER:
             return GITHUB_FAILED_EXIT
         return 0
 

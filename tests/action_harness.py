@@ -95,8 +95,9 @@ def checkout(origin: GitRepo, branch: str, path: Path) -> Path:
     return path
 
 
-def push_event(origin: GitRepo, branch: str, fake: GitHubFake) -> dict[str, Any]:
-    sha = origin.git("rev-parse", branch)
+def push_event(origin: GitRepo, branch: str, fake: GitHubFake, sha: str | None = None) -> dict[str, Any]:
+    """GitHub's published push example, for `branch` moving to `sha` (its head when not given)."""
+    sha = sha or origin.git("rev-parse", branch)
     payload = webhooks.adapt(
         webhooks.load_payload("push", "payload"),
         repo_full_name=REPO,

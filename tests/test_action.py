@@ -31,6 +31,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
         HOSTILE,
         {"README.md": "# shop\n\nDocs only.\n", "action/__main__.py": hijack, "bot/__init__.py": hijack},
     )
+    repo.branch("feature/docs", {"README.md": "# shop\n\nA person's branch.\n"})
     return repo
 
 
@@ -204,4 +205,35 @@ def test_an_untrusted_base_is_a_config_error(origin: GitRepo, github: GitHubFake
     assert "`agent-playground` is neither the default branch nor listed in agents.bases" in reason
     runs = [c for c in github.check_runs(REPO, head_sha=head) if c.name == CHECK]
     assert runs[-1].conclusion == "failure"
+    github.assert_no_violations()
+
+
+def test_a_branch_outside_agents_branches_is_skipped(
+    origin: GitRepo, github: GitHubFake, tmp_path: Path
+) -> None:
+    head = origin.git("rev-parse", "feature/docs")
+    result = push(origin, github, "feature/docs", tmp_path)
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.outputs == {"verdict": "", "run-id": result.outputs["run-id"]}
+    (check,) = [c for c in github.check_runs(REPO, head_sha=head) if c.name == CHECK]
+    assert (check.conclusion, check.output["title"]) == ("skipped", "not gated")
+    assert "feature/docs does not match agents.branches" in result.summary
+    github.assert_no_violations()
+
+
+def test_a_superseded_push_is_cancelled_without_running(
+    origin: GitRepo, github: GitHubFake, tmp_path: Path
+) -> None:
+    """The push of an older commit arrives after the branch moved on: only the head is verified."""
+    older = origin.git("rev-parse", "agent/refactor-orders~1")
+    workspace = checkout(origin, "agent/refactor-orders", tmp_path / "workspace")
+    event = push_event(origin, "agent/refactor-orders", github, sha=older)
+    token = github.installation_token(REPO)
+    result = run_action(tmp_path, workspace, event, {"github-token": token}, fake=github)
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.outputs["verdict"] == ""
+    (check,) = [c for c in github.check_runs(REPO, head_sha=older) if c.name == CHECK]
+    assert (check.conclusion, check.output["title"]) == ("cancelled", "superseded")
+    assert "superseded: agent/refactor-orders moved to" in check.output["summary"]
+    assert "plan" not in result.stdout  # no stage ran
     github.assert_no_violations()
