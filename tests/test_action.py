@@ -237,3 +237,20 @@ def test_a_superseded_push_is_cancelled_without_running(
     assert "superseded: agent/refactor-orders moved to" in check.output["summary"]
     assert "plan" not in result.stdout  # no stage ran
     github.assert_no_violations()
+
+
+def test_a_config_missing_at_the_base_is_a_config_error(
+    origin: GitRepo, github: GitHubFake, tmp_path: Path
+) -> None:
+    """The config input is a path read at the trusted base; the checkout's copy (the agent's) never counts."""
+    workspace = checkout(origin, "agent/refactor-orders", tmp_path / "workspace")
+    (workspace / "ci").mkdir()
+    (workspace / "ci" / "loopgate.yml").write_text((workspace / ".loopgate.yml").read_text())
+    event = push_event(origin, "agent/refactor-orders", github)
+    inputs = {"github-token": github.installation_token(REPO), "config": "ci/loopgate.yml"}
+    result = run_action(tmp_path, workspace, event, inputs, fake=github)
+    assert result.code == 2, result.stdout + result.stderr
+    assert result.outputs["verdict"] == "error"
+    reason = json.loads(Path(result.outputs["evidence-path"]).read_text())["reasons"][0]
+    assert reason.startswith("ci/loopgate.yml not found on main")
+    github.assert_no_violations()
