@@ -206,21 +206,26 @@ class ActionRun:
         self.workspace.fetch({default})
         default_sha = self.workspace.branch_sha(default)
         trusted = self._config_at(default, default_sha)
+        self._require_gated(branch, trusted)
         base = self._base(branch, default, trusted.agents)
         evidence.base.ref = base
         if base != default:
             self.workspace.fetch({base})
         base_sha = default_sha if base == default else self.workspace.branch_sha(base)
         config = trusted if base == default else self._config_at(base, base_sha)
-        if not is_gated(branch, config.agents):
-            why = f"{branch} does not match agents.branches in {self.inputs.config}; nothing to gate."
-            raise Concluded("skipped", "not gated", why)
+        self._require_gated(branch, config)
         if not self.workspace.has_commit(self.context.head_sha):
             raise ConfigError(
                 f"commit {self.context.head_sha[:12]} is not in {self.context.workspace}:"
                 " check out the repository (actions/checkout) before loopgate runs"
             )
         return Prepared(base, base_sha, config, self._config_file(base_sha))
+
+    def _require_gated(self, branch: str, config: Config) -> None:
+        """As the App: a branch the config does not gate is skipped before its base is judged."""
+        if not is_gated(branch, config.agents):
+            why = f"{branch} does not match agents.branches in {self.inputs.config}; nothing to gate."
+            raise Concluded("skipped", "not gated", why)
 
     def _settle_head(self, branch: str) -> None:
         """A push that is no longer the branch head is superseded, as the App supersedes it: only the
