@@ -192,10 +192,29 @@ class Loopgate:
 
 
 def _in_group(pid: int, leader: int) -> bool:
-    try:
-        return os.getpgid(pid) == leader
-    except OSError:
-        return False
+    """Whether `pid` (as the service reports it: inside its PID namespace when confined) runs in the
+    process group `leader` leads."""
+    for member in _group(leader):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        nspids = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if member == pid or (nspids and int(nspids[-1]) == pid):
+            return True
+    return False
+
+
+def _group(leader: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == leader:
+                    members.append(int(entry))
+            except OSError:
+                continue
+    return members
 
 
 def baggage(sandbox: Sandbox) -> dict[str, str]:
