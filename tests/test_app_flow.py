@@ -4,7 +4,9 @@ pipeline on the example shop."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -253,16 +255,23 @@ def test_killed_server_leaves_no_run_pending_and_no_sandbox(shop: GitRepo, tmp_p
 
 SNOOP = r"""
 import os, pathlib, subprocess, sys
-secrets = [s for s in pathlib.Path(sys.argv[2]).read_text().splitlines() if s]
+secrets = [s for s in pathlib.Path(sys.argv[1]).read_text().splitlines() if s]
 report = []
 for name, value in os.environ.items():
     if name.startswith(("LOOPGATE_GITHUB", "LOOPGATE_WEBHOOK", "LOOPGATE_DATABASE", "LOOPGATE_API")):
         report.append(f"env {name}")
     if any(s in value for s in secrets):
         report.append(f"env value of {name}")
-root = pathlib.Path.cwd()
-while root.parent != root and not (root / "envs").is_dir():
-    root = root.parent
+environs = 0
+for entry in os.listdir("/proc"):
+    try:
+        data = pathlib.Path(f"/proc/{entry}/environ").read_bytes() if entry.isdigit() else None
+    except OSError:
+        continue
+    if data is not None:
+        environs += 1
+        report += [f"/proc/{entry}/environ" for s in secrets if s.encode() in data]
+root = pathlib.Path(sys.argv[2])
 for path in root.rglob("*"):
     try:
         if path.is_file() and path.stat().st_size < 50_000_000:
@@ -275,13 +284,17 @@ for mirror in root.glob("mirrors/*.git"):
     report += [f"git config of {mirror.name}" for s in secrets if s in config]
     urls = [line for line in config.splitlines() if "url=" in line]
     report += [f"credential in a remote URL of {mirror.name}" for line in urls if "@" in line]
-pathlib.Path(sys.argv[1]).write_text("\n".join(report) or "clean")
+print(f"SNOOP read {environs} environments: " + ("; ".join(report) or "clean"))
 """
 
 
 def test_agent_code_finds_no_secret_of_the_app(tmp_path: Path) -> None:
-    """A suite from the agent's repository hunts for the App's secrets: env, state dir files, git config."""
-    out, wanted = tmp_path / "snoop.txt", tmp_path / "wanted.txt"
+    """A suite from the agent's repository hunts for the App's secrets: its env, every other process's
+    env in /proc, the state dir's files, git config; it says what it found on its output."""
+    # Confined code has a /tmp of its own: what it is told to look for lies elsewhere on the host.
+    shared = Path(tempfile.mkdtemp(prefix="loopgate-snoop-", dir="/var/tmp"))
+    shared.chmod(0o755)
+    wanted, state = shared / "wanted.txt", tmp_path / "state"
     config = f"""\
 version: 1
 services:
@@ -291,24 +304,33 @@ services:
 verify:
   suites:
     - name: snoop
-      run: python snoop.py {out} {wanted}
+      run: python snoop.py {wanted} {state}
 """
     repo = GitRepo.init(
         tmp_path / "snoop", {".loopgate.yml": config, "snoop.py": SNOOP, "web/index.html": "v1\n"}
     )
     head = repo.branch("agent/snoop", {"web/index.html": "v2\n"})
-    with GitHubFake.running(repos={REPO: repo.path}) as fake, app_server(fake, tmp_path / "state") as server:
-        # The suite is told what to look for through a file outside everything loopgate owns; the
-        # installation token is minted before the run, so it can be looked for too.
-        token = fake.installation_token(REPO)
-        key_line = fake.private_key_pem.strip().splitlines()[1]
-        wanted.write_text("\n".join([SECRET, API_TOKEN, key_line, token]))
-        assert server.deliver("push", push_payload(fake, repo, "agent/snoop", head)).status_code == 202
-        server.wait_for_run(head)
+    with (
+        GitHubFake.running(repos={REPO: repo.path}) as fake,
+        app_server(fake, tmp_path / "state") as server,
+    ):
+        try:
+            # The suite is told what to look for through a file outside everything loopgate owns; the
+            # installation token is minted before the run, so it can be looked for too.
+            token = fake.installation_token(REPO)
+            key_line = fake.private_key_pem.strip().splitlines()[1]
+            wanted.write_text("\n".join([SECRET, API_TOKEN, key_line, token]))
+            wanted.chmod(0o644)
+            assert server.deliver("push", push_payload(fake, repo, "agent/snoop", head)).status_code == 202
+            run = server.wait_for_run(head)
+            evidence = server.api(run["evidence"]).json()
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
         tokens = [t for t in fake.state.tokens if t != token]
         assert tokens, "the App used an installation token of its own"
     # Nothing the suite could read held the webhook secret, API token, private key or a token.
-    assert out.read_text() == "clean"
+    found = [line for line in evidence["suites"][0]["log_tail"].splitlines() if line.startswith("SNOOP")]
+    assert len(found) == 1 and found[0].endswith(": clean"), evidence["suites"][0]["log_tail"]
     state_files = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
     for secret in (SECRET, API_TOKEN, key_line, *tokens):
         assert secret.encode() not in state_files
