@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.app_harness import REPO, SECRET, AppServer, app_server
+from tests.app_harness import REPO, AppServer, app_server
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import SHOP, make_shop
 from tests.github_fake import GitHubFake, webhooks
@@ -93,15 +93,10 @@ def test_a_pr_retargeted_to_an_untrusted_base_fails_naming_it(
         fake, "pull_request", "opened", number=pull.number, head_ref="agent/retarget", head_sha=head,
         base_ref="evil", base_sha=shop.git("rev-parse", "evil"),
     )  # fmt: skip
-    webhooks.validate_payload("pull_request", "opened", opened)
-    # The published examples hold no `edited` payload: it is the PR object GitHub sends on `opened`,
-    # with the action and the `changes.base` it adds on a retarget.
-    edited = {
-        **opened,
-        "action": "edited",
-        "changes": {"base": {"ref": {"from": previous}, "sha": {"from": main}}},
-    }
-    answer = webhooks.deliver(f"{server.url}/webhooks/github", "pull_request", edited, SECRET, validate=False)
+    # The published examples hold no `edited` payload: it is the PR object GitHub sends on `opened`, with
+    # the action and the `changes.base` a retarget adds; `deliver` validates it against `edited`'s schema.
+    changes = {"base": {"ref": {"from": previous}, "sha": {"from": main}}}
+    answer = server.deliver("pull_request", {**opened, "action": "edited", "changes": changes})
     assert answer.status_code == 202 and "queued run" in answer.json()["status"]
 
     run = wait_for_attempt(server, head, 2)
