@@ -23,8 +23,12 @@ BREAK = SHOP / "changes" / "contract-break.patch"
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     repo = make_shop(tmp_path_factory.mktemp("gating") / "shop", [])
     config = (repo.path / ".loopgate.yml").read_text()
+    repo.write(".loopgate.yml", config + 'agents:\n  bases: ["release/*"]\n')
+    repo.commit("team: release branches are trusted bases")
     weakened = config.split("verify:")[0] + "verify:\n  suites: []\n"
-    repo.branch("evil", {".loopgate.yml": weakened})  # a base of the agent's own making
+    repo.branch("evil", {".loopgate.yml": weakened})  # a base of the agent's own making...
+    repo.branch("release/1", {".loopgate.yml": weakened + 'agents:\n  bases: ["**"]\n'})
+    repo.branch("release/x/evil", {".loopgate.yml": weakened + 'agents:\n  bases: ["**"]\n'})
     return repo
 
 
@@ -112,6 +116,32 @@ def test_a_pr_retargeted_to_an_untrusted_base_fails_naming_it(
     assert (found["reasons"], found["trigger"], found["base"]["ref"]) == ([reason], "base_changed", "evil")
     assert fake.pull(REPO, pull.number).draft, "a PR on an untrusted base is held back, never readied"
     assert [p.number for p in fake.pulls(REPO) if p.head_ref == "agent/retarget"] == [pull.number]
+    fake.assert_no_violations()
+
+
+def test_only_the_default_branch_config_lists_trusted_bases(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    """`release/*` in main's config trusts `release/1` (one segment, so not `release/x/evil`); the
+    `**` that `release/x/evil` lists in its own config trusts nothing."""
+    main = shop.git("rev-parse", "main")
+    trusted, untrusted = (
+        commits(shop, branch, {"docs/BASE.md": branch})[0]
+        for branch in ("agent/to-release", "agent/to-nested")
+    )
+    fake.open_pull(REPO, "agent/to-release", "release/1")
+    nested = fake.open_pull(REPO, "agent/to-nested", "release/x/evil")
+    push(fake, server, shop, "agent/to-release", trusted, main)
+    push(fake, server, shop, "agent/to-nested", untrusted, main)
+
+    run = server.wait_for_run(trusted)
+    assert (run["verdict"], evidence(server, run)["base"]["ref"]) == ("pass", "release/1")
+    refused = evidence(server, server.wait_for_run(untrusted))
+    assert (refused["verdict"], refused["error_kind"]) == ("error", "config")
+    assert refused["reasons"] == [
+        f"pull request #{nested.number} targets `release/x/evil`, which is neither the default branch nor"
+        " listed in agents.bases of main's .loopgate.yml"
+    ]
     fake.assert_no_violations()
 
 
