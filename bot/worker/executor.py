@@ -15,13 +15,16 @@ run, against GitHub's branch head:
 
 This holds with duplicated deliveries (a push attaches to its SHA's run), reordered ones (an older
 push cancels nothing newer, and its own run finds it is not the head) and several replicas (each
-decision reads GitHub and the store, never a process's memory; one run per branch runs at a time).
+decision reads GitHub and the store, never a process's memory; one run per branch runs at a time). It
+relies on GitHub's branch API showing a push once its delivery has arrived; a head that differs from
+the run's commit is read twice before the run is cancelled, as a cheap guard against a lagging read.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +45,7 @@ from bot.worker.mirror import Mirrors
 
 log = logging.getLogger("loopgate.worker")
 HEARTBEAT_S = 5.0
+HEAD_SETTLE_S = 2.0
 SETUP_HELP = (
     f"This repository has no {CONFIG_FILE} at the base commit, so loopgate does not gate it."
     " Add one (see docs/github-app.md) to verify agent branches against the real services."
@@ -106,6 +110,11 @@ class RunExecutor:
         store = self.env.store
         seen = [other.id for other in store.active_runs(run.repo, run.branch) if other.id != run.id]
         head = client.branch_head(run.branch)
+        if head != run.head_sha and run.trigger not in VERIFIES_ANY_COMMIT:
+            # The API may trail the push event that queued this run by a moment; cancelling the
+            # newest push by mistake would leave the head unverified, so look twice.
+            time.sleep(HEAD_SETTLE_S)
+            head = client.branch_head(run.branch)
         if head == run.head_sha:
             self._cancel_checks(client, store.supersede_runs(seen, by_sha=run.head_sha))
             return
