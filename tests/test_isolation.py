@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from bot.config import RuntimeSettings
@@ -16,7 +17,7 @@ from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.local.runtime import ACCESS_LOG_SETTLE_S
-from bot.runtimes.protocol import Baseline, ObservedRequest, Sandbox, Source
+from bot.runtimes.protocol import Baseline, ObservedRequest, Sandbox, Source, SuiteRequest
 from tests.gitrepo import GitRepo
 
 CHECKOUT = {"sku": "sku-tea-towel", "qty": 1, "card": "4242-4242-4242-4242"}
@@ -139,3 +140,25 @@ def test_other_baggage_members_and_properties_still_match(
     baggage = f"userId=alice, loopgate-sandbox = {a.routing_key};ttl=60 ,tenant=acme"
     checkout(a.baseline, traced({"baggage": baggage}, trace))
     assert hops(runtime.observed_requests(a), trace)["orders"] == {a.routing_key}
+
+
+def test_a_sandbox_reaches_no_other_sandboxs_data_or_processes(
+    two_sandboxes: tuple[LocalRuntime, Sandbox, Sandbox],
+) -> None:
+    """Code run for sandbox B (confined, as every suite, build and fork is) tries sandbox A's SQLite
+    copy, its directory and its fork's process: nothing of A exists for it."""
+    runtime, a, b = two_sandboxes
+    a_dir = runtime.registry.sandbox_dir(a.baseline.env_id, a.routing_key)
+    copy = a_dir / "state" / "orders" / "orders.db"
+    record = runtime.registry.load_sandbox(a.baseline.env_id, a.routing_key)
+    assert copy.is_file() and record is not None
+    fork_pid = record.forks["orders"].process.pid
+    peek = (
+        f"head -c 16 {copy} && echo ' READ-COPY'; ls {a_dir} && echo LISTED;"
+        f" test -e /proc/{fork_pid} && echo SEES-PID; kill -0 {fork_pid} && echo SIGNALS; echo PEEK-DONE"
+    )
+    outcome = runtime.run_suite(b, SuiteRequest("peek", peek, 30, "head"))
+    assert "PEEK-DONE" in outcome.log_tail, outcome.log_tail
+    leaks = [leak for leak in ("READ-COPY", "LISTED", "SEES-PID", "SIGNALS") if leak in outcome.log_tail]
+    assert leaks == [], outcome.log_tail
+    assert psutil.Process(fork_pid).is_running()
