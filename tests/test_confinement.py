@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import psutil
 import pytest
 
 from bot.config import RuntimeSettings
-from bot.runtimes.local import LocalRuntime
+from bot.runtimes.local import LocalRuntime, pristine
 from bot.runtimes.local.registry import env_id_for
 from bot.runtimes.local.xds import admin_socket_path
 from tests.conftest import make_shop, processes_under, run_cli
@@ -334,3 +335,15 @@ def test_confined_processes_are_unprivileged_in_their_own_pid_namespace(tmp_path
     finally:
         for env_id in runtime.registry.env_ids():
             runtime.down(env_id)
+
+
+def test_pristine_checkout_is_the_base_commit_readable_by_all_and_writable_by_none(tmp_path: Path) -> None:
+    repo = GitRepo.init(tmp_path / "repo", {"e2e/test_a.py": "def test_a() -> None:\n    pass\n"})
+    target = tmp_path / "pristine"
+    pristine.materialise(repo.path, repo.git("rev-parse", "HEAD"), target)
+    assert (target / "e2e" / "test_a.py").read_text() == (repo.path / "e2e" / "test_a.py").read_text()
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [target, *target.rglob("*")]}
+    assert all(mode & 0o222 == 0 and mode & 0o444 == 0o444 for mode in modes.values()), modes
+    assert repo.git("worktree", "list").count("\n") == 0  # nothing registered in the repository
+    pristine.remove(target)
+    assert not target.exists()

@@ -18,10 +18,13 @@ from pathlib import Path
 from bot.config import InfrastructureError
 
 _WRITE = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_ENTER = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 
 
 def materialise(repo: Path, sha: str, target: Path) -> None:
-    """Check `sha` out at `target` and take every write permission away.
+    """Check `sha` out at `target`, readable by everyone (the confined uid, whatever loopgate's umask)
+    and writable by no one.
 
     A checkout through a throw-away index, not `git worktree add`: nothing is registered in the
     repository (no `.git` link a suite could follow back), and attributes and filters apply as in any
@@ -62,5 +65,8 @@ def _chmod(path: Path, writable: bool) -> None:
     mode = path.lstat().st_mode
     if stat.S_ISLNK(mode):
         return  # a link's own mode means nothing; its target is in the tree and is handled there
-    new = (mode | stat.S_IWUSR) if writable else (mode & ~_WRITE)
-    os.chmod(path, stat.S_IMODE(new))
+    os.chmod(path, stat.S_IMODE(mode | stat.S_IWUSR if writable else _read_only(mode)))
+
+
+def _read_only(mode: int) -> int:
+    return (mode & ~_WRITE) | _READ | (_ENTER if stat.S_ISDIR(mode) else 0)
