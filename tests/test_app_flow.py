@@ -204,7 +204,7 @@ def test_newer_push_supersedes_the_running_one(shop: GitRepo, fake: GitHubFake, 
     assert old["conclusion"] == "cancelled"
     (check,) = check_for(fake, first)
     assert check.conclusion == "cancelled"
-    assert f"superseded by {second[:12]}" in check.output["summary"] + check.output.get("text", "")
+    assert f"superseded by {second[:12]}" in check.output["summary"] + (check.output.get("text") or "")
     assert server.wait_for_run(second, timeout=180)["status"] == "completed"
     fake.assert_no_violations()
 

@@ -121,7 +121,9 @@ class RunExecutor:
         if run.trigger in VERIFIES_ANY_COMMIT:
             return
         reason = (
-            f"superseded: {run.branch} moved to {head[:12]}" if head else f"{run.branch} no longer exists"
+            f"superseded by {head[:12]}, the head of {run.branch} now"
+            if head
+            else f"{run.branch} no longer exists"
         )
         evidence.cancelled, evidence.reasons, evidence.finished_at = True, [reason], utcnow()
         client.update_check(
