@@ -347,3 +347,44 @@ def test_pristine_checkout_is_the_base_commit_readable_by_all_and_writable_by_no
     assert repo.git("worktree", "list").count("\n") == 0  # nothing registered in the repository
     pristine.remove(target)
     assert not target.exists()
+
+
+def test_the_apps_secret_files_outside_the_state_dir_are_hidden_too(tmp_path: Path) -> None:
+    """The App's key, its git mirrors and its SQLite database may live anywhere an operator puts them;
+    wherever that is, confined code finds nothing there."""
+    from bot.config import AppSettings
+    from bot.runtimes.local.confine import Confinement
+
+    outside = Path("/var/tmp") / f"loopgate-secrets-{secrets.token_hex(4)}"
+    try:
+        key, mirrors, database = outside / "app.pem", outside / "mirrors", outside / "db" / "app.db"
+        wal = database.with_name("app.db-wal")
+        for path in (key, mirrors / "repo.git" / "config", database, wal):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("canary-app-secret\n")
+        settings = AppSettings(
+            github_app_id=1,
+            webhook_secret="s",
+            state_dir=tmp_path / "state",
+            github_private_key_path=key,
+            git_cache_dir=mirrors,
+            database_url=f"sqlite:///{database}",
+        )
+        assert {key, mirrors, database} <= set(settings.secret_paths())
+        (tmp_path / "state").mkdir()
+        confinement = Confinement.create(
+            enabled=True, state_dir=settings.state_dir, hide=settings.secret_paths()
+        )
+        work = tmp_path / "work"
+        work.mkdir()
+        argv = confinement.command(
+            ["sh", "-c", f"cat {key} {mirrors}/repo.git/config {database} {wal}"],
+            cwd=work,
+            writable=[work],
+        )
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert "canary-app-secret" not in done.stdout + done.stderr
+        unconfined = subprocess.run(argv[argv.index("--", argv.index("--chdir")) + 1 :], capture_output=True)
+        assert unconfined.stdout.count(b"canary-app-secret") >= 4  # the probe does look in the right places
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)

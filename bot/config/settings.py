@@ -57,7 +57,8 @@ class RuntimeSettings(BaseSettings):
 
     def secret_paths(self) -> list[Path]:
         """Files and directories confined code must not see, besides the state dir and HOME."""
-        return list(self.confine_hide)
+        own_cluster = [self.postgres_dir] if self.postgres_dir is not None else []
+        return [*self.confine_hide, *own_cluster]
 
 
 class AppSettings(RuntimeSettings):
@@ -80,7 +81,13 @@ class AppSettings(RuntimeSettings):
 
     def secret_paths(self) -> list[Path]:
         key = [self.github_private_key_path] if self.github_private_key_path is not None else []
-        return [*super().secret_paths(), *key]
+        mirrors = [self.git_cache_dir] if self.git_cache_dir is not None else []
+        database = self.database()
+        sqlite: list[Path] = []
+        if database.startswith("sqlite:///"):
+            file = Path(database.removeprefix("sqlite:///"))
+            sqlite = [file, *(file.with_name(file.name + end) for end in ("-wal", "-shm", "-journal"))]
+        return [*super().secret_paths(), *key, *mirrors, *sqlite]
 
     def private_key(self) -> str:
         if self.github_private_key:
