@@ -140,6 +140,17 @@ def push_payload(
     )
 
 
+def adapted(fake: GitHubFake, event: str, name: str, **changes: Any) -> dict[str, Any]:
+    return webhooks.adapt(
+        webhooks.load_payload(event, name),
+        repo_full_name=REPO,
+        clone_url=f"file://{fake.state.require_repo(REPO).path}",
+        default_branch="main",
+        installation_id=fake.installation_id(REPO),
+        **changes,
+    )
+
+
 def new_delivery() -> str:
     return str(uuid.uuid4())
 

@@ -22,6 +22,17 @@ from tests.gitrepo import GitRepo
 ROOT = Path(__file__).resolve().parents[1]
 SHOP = ROOT / "examples" / "shop"
 LOOPGATE = Path(sys.executable).parent / "loopgate"
+TINY_CONFIG = """\
+version: 1
+services:
+  web:
+    paths: ["web/**"]
+    local: {run: "python -m http.server {port} --bind 127.0.0.1", cwd: web, health: /}
+verify:
+  suites:
+    - {name: smoke, run: "true"}
+"""
+"""One static web service and a suite that passes: the smallest system a run can verify."""
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app_harness import REPO, SECRET, AppServer
+from tests.app_harness import REPO, SECRET, AppServer, adapted
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import SHOP, make_shop, run_cli
 from tests.github_fake import GitHubFake, webhooks
@@ -23,17 +23,6 @@ CHECK = "loopgate / sandbox verification"
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     return make_shop(tmp_path_factory.mktemp("events") / "shop", ["refactor-orders", "contract-break"])
-
-
-def adapted(fake: GitHubFake, event: str, name: str, **changes: Any) -> dict[str, Any]:
-    return webhooks.adapt(
-        webhooks.load_payload(event, name),
-        repo_full_name=REPO,
-        clone_url=f"file://{fake.state.require_repo(REPO).path}",
-        default_branch="main",
-        installation_id=fake.installation_id(REPO),
-        **changes,
-    )
 
 
 def run_branch(fake: GitHubFake, shop: GitRepo, server: AppServer, branch: str) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.app_harness import REPO, AppServer, app_server
+from tests.app_harness import REPO, AppServer, adapted, app_server
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import SHOP, make_shop
-from tests.github_fake import GitHubFake, webhooks
+from tests.github_fake import GitHubFake
 from tests.gitrepo import GitRepo
 
 CHECK = "loopgate / sandbox verification"
@@ -35,17 +35,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
 def push(fake: GitHubFake, server: AppServer, shop: GitRepo, branch: str, sha: str, before: str) -> None:
     payload = shop_push(shop, branch, sha, before, installation_id=fake.installation_id(REPO))
     assert server.deliver("push", payload).status_code == 202
-
-
-def adapted(fake: GitHubFake, event: str, name: str, **changes: Any) -> dict[str, Any]:
-    return webhooks.adapt(
-        webhooks.load_payload(event, name),
-        repo_full_name=REPO,
-        clone_url=f"file://{fake.state.require_repo(REPO).path}",
-        default_branch="main",
-        installation_id=fake.installation_id(REPO),
-        **changes,
-    )
 
 
 def commits(shop: GitRepo, branch: str, *steps: dict[str, str] | Path) -> list[str]:

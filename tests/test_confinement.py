@@ -27,7 +27,7 @@ from bot.config import RuntimeSettings
 from bot.runtimes.local import LocalRuntime, pristine
 from bot.runtimes.local.registry import env_id_for
 from bot.runtimes.local.xds import admin_socket_path
-from tests.conftest import make_shop, processes_under, run_cli
+from tests.conftest import TINY_CONFIG, make_shop, processes_under, run_cli
 from tests.gitrepo import GitRepo
 
 ESCAPE = Path(__file__).with_name("hostile_escape.py")
@@ -47,16 +47,6 @@ ATTEMPTS = {
     "kill_baseline",
 }
 SUITE = "e2e/test_checkout.py"
-TINY_CONFIG = """\
-version: 1
-services:
-  web:
-    paths: ["web/**"]
-    local: {run: "python -m http.server {port} --bind 127.0.0.1", cwd: web, health: /}
-verify:
-  suites:
-    - {name: smoke, run: "true"}
-"""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.local.registry import env_id_for
 from bot.runtimes.protocol import Baseline
-from tests.conftest import SHOP, processes_under, run_cli
+from tests.conftest import SHOP, TINY_CONFIG, processes_under, run_cli
 from tests.gitrepo import GitRepo
 
 
@@ -150,18 +150,6 @@ def test_unknown_ref_is_a_config_error(shop_repo: GitRepo, tmp_path: Path, head:
     assert code == 2
     assert evidence["verdict"] == "error" and evidence["error_kind"] == "config"
     assert expected in evidence["reasons"][0]
-
-
-TINY_CONFIG = """\
-version: 1
-services:
-  web:
-    paths: ["web/**"]
-    local: {run: "python -m http.server {port} --bind 127.0.0.1", cwd: web, health: /}
-verify:
-  suites:
-    - {name: smoke, run: "true"}
-"""
 
 
 def test_merge_conflict_asks_for_a_rebase(tmp_path: Path) -> None:
