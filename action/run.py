@@ -22,7 +22,6 @@ from requests import RequestException
 
 from action.commands import Console, append_summary, write_outputs
 from action.context import ActionsContext, read_context
-from action.drafts import NoMemory
 from action.inputs import CONFIG_FILE, FailOn, InputError, Inputs, RuntimeName, read_inputs
 from action.log import StageLines, annotate_failures, annotate_verdict, print_run
 from action.token_client import WORKFLOW_TOKEN_LOGIN, token_repo_client
@@ -31,6 +30,7 @@ from bot.config import Config, ConfigError, LoopgateError, RuntimeSettings, pars
 from bot.config.schema import Agents
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, exit_code, utcnow
 from bot.github.client import RepoClient, describe
+from bot.github.drafts import GitHubRecord
 from bot.github.gate import CHECK_NAME, is_gated, is_trusted_base, untrusted_base
 from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest, new_run_id
@@ -166,7 +166,7 @@ class ActionRun:
             run_id=self.run_id,
         )
         try:
-            return publish(self.client, evidence, agents, target, NoMemory()).pr_number
+            return publish(self.client, evidence, agents, target, GitHubRecord(self.client)).pr_number
         except GITHUB_ERRORS as exc:
             self._github_error("could not publish the verdict to GitHub", exc)
             return None

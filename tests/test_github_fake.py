@@ -18,6 +18,8 @@ import jwt
 import pytest
 from github import Auth, Github, GithubException, GithubIntegration
 
+from bot.github.client import DraftChange, RepoClient
+from bot.github.drafts import GitHubRecord
 from tests.github_fake import GitHubFake, webhooks
 from tests.github_fake import resources as fake_resources
 from tests.gitrepo import GitRepo
@@ -490,3 +492,46 @@ def test_deliver_posts_like_github() -> None:
     assert headers["content-type"] == "application/json"
     assert webhooks.verify(body, "s3cret", headers["x-hub-signature-256"])
     assert json.loads(body)["number"] == 3
+
+
+def test_draft_changes_are_issue_events_with_their_actor(fake: GitHubFake) -> None:
+    """GitHub's record of who drafted a PR: the App's GraphQL mutations and a person's clicks each add an
+    event with its actor, oldest first; a change to what the PR already is adds none."""
+    number = fake.open_pull(REPO, "agent/feature").number
+    client = RepoClient.for_token(fake.url, fake.installation_token(REPO), REPO, fake.bot_login)
+    record = GitHubRecord(client)
+    assert client.last_draft_change(number) is None and not record.drafted_by_us(REPO, number)
+
+    client.convert_to_draft(number)
+    assert client.last_draft_change(number) == DraftChange("convert_to_draft", "loopgate[bot]")
+    assert record.drafted_by_us(REPO, number)
+    fake.set_draft(REPO, number, False)  # the author readies it...
+    fake.set_draft(REPO, number, True, user="alice")  # ...a reviewer drafts it again
+    fake.set_draft(REPO, number, True)  # already a draft: GitHub records nothing
+    assert client.last_draft_change(number) == DraftChange("convert_to_draft", "alice")
+    assert not record.drafted_by_us(REPO, number), "a person's draft was taken for loopgate's"
+    client.mark_ready(number)
+    assert not fake.pull(REPO, number).draft
+
+    expected = [
+        ("convert_to_draft", "loopgate[bot]", True),
+        ("ready_for_review", "octocat", False),
+        ("convert_to_draft", "alice", False),
+        ("ready_for_review", "loopgate[bot]", True),
+    ]
+    token = fake.installation_token(REPO)
+    url: str | None = f"{fake.url}/repos/{REPO}/issues/{number}/events?per_page=3"
+    listed: list[dict[str, Any]] = []
+    while url:
+        response = httpx.get(url, headers={"Authorization": f"token {token}"})
+        assert response.status_code == 200, response.text
+        listed += response.json()
+        url = response.links.get("next", {}).get("url")
+    seen = [(e["event"], e["actor"]["login"], e["performed_via_github_app"] is not None) for e in listed]
+    assert seen == expected
+    assert [e.event for e in fake.issue_events(REPO, number)] == [event for event, _, _ in expected]
+    for event in listed:
+        assert fake.contract.component_errors("issue-event-for-issue", event) == []
+        assert event["url"].endswith(f"/issues/events/{event['id']}")
+    assert fake.contract.component_errors("issue-event-for-issue", {**listed[0], "actor": "loopgate"})
+    fake.assert_no_violations()

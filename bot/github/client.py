@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry, UnknownObjectException
 from github.Repository import Repository
@@ -22,6 +22,8 @@ from bot.github.gate import OpenPull
 
 TOKEN_MARGIN = timedelta(minutes=5)
 ANNOTATIONS_PER_REQUEST = 50
+DRAFT_EVENTS = frozenset({"convert_to_draft", "ready_for_review"})
+"""The issue events that change whether a PR is a draft (GitHub records them with their actor)."""
 
 
 def _retry() -> GithubRetry:
@@ -51,6 +53,36 @@ class _KeyedLocks:
 
 
 _comment_locks = _KeyedLocks()
+
+
+class Identity(Protocol):
+    """Who `RepoClient` acts as: the login its comments and events appear under, and a token for git."""
+
+    def bot_login(self) -> str: ...
+
+    def token(self, installation_id: int) -> str: ...
+
+
+class TokenIdentity:
+    """An `Identity` for a plain token, which cannot ask GitHub who it is: its login is known instead."""
+
+    def __init__(self, token: str, login: str) -> None:
+        self._token = token
+        self._login = login
+
+    def bot_login(self) -> str:
+        return self._login
+
+    def token(self, installation_id: int) -> str:
+        return self._token
+
+
+class DraftChange(NamedTuple):
+    """The latest `convert_to_draft` or `ready_for_review` event of a PR, and who caused it."""
+
+    event: str
+    actor: str | None
+    """None when GitHub shows no actor (a deleted account)."""
 
 
 class GitHubApp:
@@ -99,10 +131,17 @@ class GitHubApp:
 class RepoClient:
     """Everything loopgate does in one repository."""
 
-    def __init__(self, repo: Repository, full_name: str, app: GitHubApp) -> None:
+    def __init__(self, repo: Repository, full_name: str, app: Identity) -> None:
         self._repo = repo
         self.full_name = full_name
         self.app = app
+
+    @classmethod
+    def for_token(cls, api_url: str, token: str, repository: str, login: str) -> RepoClient:
+        """A client on a token that is not an App's (a workflow's `GITHUB_TOKEN`); `login` is the
+        account GitHub shows for what the token does."""
+        github = Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), retry=_retry())
+        return cls(github.get_repo(repository, lazy=True), repository, TokenIdentity(token, login))
 
     def read_file(self, ref: str, path: str) -> str | None:
         try:
@@ -202,6 +241,15 @@ class RepoClient:
 
     def mark_ready(self, number: int) -> None:
         self._repo.get_pull(number).mark_ready_for_review()
+
+    def last_draft_change(self, number: int) -> DraftChange | None:
+        """Who last made PR #number a draft or ready, from GitHub's issue events (oldest first); None
+        when nobody did (a PR opened as a draft has no such event)."""
+        last: DraftChange | None = None
+        for event in self._repo.get_issue(number).get_events():
+            if event.event in DRAFT_EVENTS:
+                last = DraftChange(str(event.event), event.actor.login if event.actor else None)
+        return last
 
     def token(self, installation_id: int) -> str:
         return self.app.token(installation_id)

@@ -6,8 +6,9 @@ the PR's head right before acting: a verdict on any other commit only completes 
 with a note saying why, and leaves the PR and its sticky comment (which speak for the head) alone. A
 push landing between that read and the action is caught by the push's own run, which gates again.
 
-Whether loopgate drafted a PR is data kept by the caller (`Drafts`), written the moment GitHub
-accepted the change, never read back from notes.
+Whether loopgate drafted a PR comes from the caller (`Drafts`): the App's store, written the moment
+GitHub accepted the change, or GitHub's own record of who drafted it (`bot.github.drafts`) — never
+read back from notes. It is asked only of a PR that is a draft.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ RERUN = {"label": "Re-run", "description": "Verify this commit again", "identifi
 
 
 class Drafts(Protocol):
-    """Which PRs loopgate made drafts (the App's store); a draft the author chose is not one."""
+    """Which PRs loopgate made drafts (the App's store, or GitHub's record); a draft the author chose
+    is not one."""
 
     def drafted_by_us(self, repo: str, number: int) -> bool: ...
 
@@ -130,7 +132,7 @@ def _gate(
         evidence.notes.append(held)
         return number, False
     repo = client.full_name
-    ours = number is not None and drafts.drafted_by_us(repo, number)
+    ours = pull is not None and pull.draft and drafts.drafted_by_us(repo, pull.number)
     actions = gate_actions(
         evidence.verdict, agents, pull, ours, head_sha=target.head_sha, branch_head=branch_head
     )

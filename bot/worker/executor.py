@@ -32,6 +32,7 @@ from bot.config import AppSettings, ConfigError, LoopgateError, parse_config
 from bot.config.schema import Agents, Config
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, utcnow
 from bot.github.client import GitHubApp, RepoClient
+from bot.github.drafts import GitHubRecord, KeptOrRecorded
 from bot.github.gate import CHECK_NAME, is_gated, is_trusted_base, untrusted_base
 from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest
@@ -255,7 +256,9 @@ class RunExecutor:
         check_id: int,
     ) -> None:
         target = Target(run.branch, run.head_sha, base, check_id, comment_id=run.comment_id, run_id=run.id)
-        published = publish(client, evidence, agents or Agents(), target, self.env.store)
+        # The store knows loopgate's drafts; a fresh database does not, and GitHub's record fills in.
+        drafts = KeptOrRecorded(self.env.store, GitHubRecord(client))
+        published = publish(client, evidence, agents or Agents(), target, drafts)
         if published.pr_number is not None:
             self.env.store.set_pr(run.id, published.pr_number)
         if published.comment_id is not None:

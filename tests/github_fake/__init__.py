@@ -15,7 +15,7 @@ document against GitHub's GraphQL schema (npm @octokit/graphql-schema), every re
 
 from tests.github_fake.contract import CONTRACTS_ENV, OpenAPIContract, contracts_dir, load_contract
 from tests.github_fake.server import GitHubFake, RecordedRequest, Violation
-from tests.github_fake.state import CheckRun, FakeState, IssueComment, Pull, Repo, Status
+from tests.github_fake.state import CheckRun, FakeState, IssueComment, IssueEvent, Pull, Repo, Status
 
 __all__ = [
     "CONTRACTS_ENV",
@@ -23,6 +23,7 @@ __all__ = [
     "FakeState",
     "GitHubFake",
     "IssueComment",
+    "IssueEvent",
     "OpenAPIContract",
     "Pull",
     "RecordedRequest",

@@ -30,7 +30,7 @@ from graphql import (
 
 from tests.github_fake.contract import package_dir
 from tests.github_fake.resources import Urls
-from tests.github_fake.state import FakeState, Pull, Repo, Token, iso, node_id, now
+from tests.github_fake.state import FakeState, Pull, Repo, Token, node_id
 
 # Root fields the fake can answer; anything else valid is reported as a gap of the fake.
 SUPPORTED_ROOT_FIELDS = {
@@ -264,6 +264,5 @@ class StateBackend:
             raise GraphQLFakeError("FORBIDDEN", self.state.refuse_draft_conversion)
         if pull.state != "open":
             raise GraphQLFakeError("UNPROCESSABLE", "Pull request is closed")
-        pull.draft = draft
-        pull.updated_at = iso(now()) or pull.updated_at
+        self.state.set_draft(repo, pull, draft, self.state.bot, via_app=True)
         return self._pull(repo, pull)

@@ -45,6 +45,7 @@ PERMISSIONS: dict[str, tuple[str, str]] = {
     "issues/list-comments": ("issues|pull_requests", "read"),
     "issues/create-comment": ("issues|pull_requests", "write"),
     "issues/update-comment": ("issues|pull_requests", "write"),
+    "issues/list-events": ("issues|pull_requests", "read"),
     "pulls/list": ("pull_requests", "read"),
     "pulls/get": ("pull_requests", "read"),
     "pulls/create": ("pull_requests", "write"),
@@ -125,6 +126,7 @@ class RestHandlers:
             "issues/list-comments": self._list_comments,
             "issues/create-comment": self._create_comment,
             "issues/update-comment": self._update_comment,
+            "issues/list-events": self._list_issue_events,
             "pulls/list": self._list_pulls,
             "pulls/get": self._get_pull,
             "pulls/create": self._create_pull,
@@ -525,6 +527,16 @@ class RestHandlers:
         comment.body = ctx.body["body"]
         comment.updated_at = iso(now()) or comment.updated_at
         return Reply(200, resources.issue_comment(comment, repo, self.state, self.urls))
+
+    def _list_issue_events(self, ctx: Ctx) -> Reply:
+        """Oldest first, as GitHub lists them."""
+        repo = self._repo(ctx)
+        number = int(ctx.params["issue_number"])
+        if number not in repo.pulls:
+            raise not_found()
+        found = [e for e in repo.events if e.issue_number == number]
+        page, headers = self._paginate(ctx, found)
+        return Reply(200, [resources.issue_event(e, repo, self.state, self.urls) for e in page], headers)
 
     # -- pulls ----------------------------------------------------------------------------------------
 

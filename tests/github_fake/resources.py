@@ -19,6 +19,7 @@ from tests.github_fake.state import (
     GitCommit,
     Installation,
     IssueComment,
+    IssueEvent,
     Pull,
     Repo,
     Status,
@@ -446,6 +447,22 @@ def issue_comment(c: IssueComment, repo: Repo, state: FakeState, urls: Urls) -> 
             "eyes": 0,
             "rocket": 0,
         },
+    }
+
+
+def issue_event(e: IssueEvent, repo: Repo, state: FakeState, urls: Urls) -> dict[str, Any]:
+    """An event of `GET .../issues/{n}/events` as GitHub shows a draft change: no commit, the actor, and
+    the App whose token did it."""
+    return {
+        "id": e.id,
+        "node_id": e.node_id,
+        "url": f"{urls.repo(repo.full_name)}/issues/events/{e.id}",
+        "actor": user(e.actor, urls),
+        "event": e.event,
+        "commit_id": None,
+        "commit_url": None,
+        "created_at": e.created_at,
+        "performed_via_github_app": integration(state.app, urls) if e.via_app else None,
     }
 
 

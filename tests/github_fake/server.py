@@ -45,6 +45,7 @@ from tests.github_fake.state import (
     FakeState,
     GitError,
     IssueComment,
+    IssueEvent,
     Pull,
     Repo,
     Status,
@@ -400,9 +401,15 @@ class GitHubFake(RestHandlers):
                 pull.merged_at = pull.closed_at
             return pull
 
-    def set_draft(self, repo: str, number: int, draft: bool) -> None:
+    def set_draft(self, repo: str, number: int, draft: bool, *, user: str = "octocat") -> None:
+        """Make a pull request a draft or ready (as a person does in the UI); GitHub records who did."""
         with self.state.lock:
-            self.state.require_repo(repo).pulls[number].draft = draft
+            r = self.state.require_repo(repo)
+            self.state.set_draft(r, r.pulls[number], draft, self.state.user(user), via_app=False)
+
+    def issue_events(self, repo: str, number: int) -> list[IssueEvent]:
+        with self.state.lock:
+            return [e for e in self.state.require_repo(repo).events if e.issue_number == number]
 
     def retarget(self, repo: str, number: int, base: str) -> str:
         """Change a pull request's base (as a person does in the UI); returns the base it had."""

@@ -329,6 +329,25 @@ class Pull:
 
 
 @dataclass
+class IssueEvent:
+    """What GitHub records on an issue or PR's timeline (`convert_to_draft`, `ready_for_review`), with the
+    account that caused it; `via_app` when an App's token did."""
+
+    id: int
+    repo: str
+    issue_number: int
+    event: str
+    actor: User
+    created_at: str
+    via_app: bool = False
+
+    @property
+    def node_id(self) -> str:
+        kind = "".join(part.title() for part in self.event.split("_")) + "Event"
+        return node_id(kind, self.id)
+
+
+@dataclass
 class Status:
     id: int
     repo: str
@@ -368,6 +387,7 @@ class Repo:
     comments: dict[int, IssueComment] = field(default_factory=dict)
     pulls: dict[int, Pull] = field(default_factory=dict)
     statuses: list[Status] = field(default_factory=list)
+    events: list[IssueEvent] = field(default_factory=list)
     commit_comments: list[CommitComment] = field(default_factory=list)
     check_suites: dict[str, int] = field(default_factory=dict)
     next_number: int = 1
@@ -531,6 +551,17 @@ class FakeState:
         )
         self.tokens[token.token] = token
         return token
+
+    def set_draft(self, repo: Repo, pull: Pull, draft: bool, actor: User, *, via_app: bool) -> None:
+        """Make a pull a draft or ready, and record the event GitHub shows for it (none when nothing
+        changed)."""
+        if pull.draft == draft:
+            return
+        pull.draft = draft
+        stamp = iso(now()) or pull.updated_at
+        pull.updated_at = stamp
+        event = "convert_to_draft" if draft else "ready_for_review"
+        repo.events.append(IssueEvent(next_id(), repo.full_name, pull.number, event, actor, stamp, via_app))
 
     def find_pull_by_node_id(self, pull_node_id: str) -> tuple[Repo, Pull] | None:
         for repo in self.repos.values():
