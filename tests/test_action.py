@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from bot.evidence import Evidence
+from bot.github.client import RepoClient
 from bot.report import COMMENT_MARKER, render_step_summary
 from tests.action_harness import REPO, RUN_ID, ActionResult, checkout, push_event, run_action
-from tests.conftest import make_shop, processes_under
+from tests.conftest import SHOP, make_shop, processes_under
 from tests.github_fake import GitHubFake
 from tests.gitrepo import GitRepo
 
 CHECK = "loopgate / sandbox verification"
+BREAK = SHOP / "changes" / "contract-break.patch"
 HOSTILE = "agent/$(touch${IFS}pwned)`touch${IFS}pwned2`;%0A,title=x"
 """A branch name git accepts that a shell, or a workflow-command property, would act on."""
 
@@ -134,6 +136,67 @@ def test_contract_break_fails_the_step_with_annotations_and_drafts_the_pr(
     # The suite's log is folded into a group, with commands stopped around it.
     group = result.stdout.index("::group::suite e2e (base): failed")
     assert result.stdout[group:].split("\n", 2)[1].startswith("::stop-commands::")
+
+
+def fix_break(origin: GitRepo, branch: str) -> str:
+    """The agent's next push: the contract break undone, a note kept so the branch still differs."""
+    origin.git("checkout", "-q", branch)
+    origin.git("apply", "-R", "--index", str(BREAK))
+    origin.write("docs/NOTE.md", "Kept the field name.\n")
+    fixed = origin.commit("agent: keep the field name")
+    origin.git("checkout", "-q", "main")
+    return fixed
+
+
+def draft_changes(github: GitHubFake, number: int) -> list[tuple[str, str]]:
+    return [(e.event, e.actor.login) for e in github.issue_events(REPO, number)]
+
+
+def test_a_pass_of_the_head_readies_the_draft_the_action_made(
+    origin: GitRepo, github: GitHubFake, state_dir: Path, tmp_path: Path
+) -> None:
+    """No state survives a workflow run: the Action finds its own draft in GitHub's record of who drafted."""
+    origin.branch("agent/fixed-later", patch=BREAK)
+    pull = github.open_pull(REPO, "agent/fixed-later", "main", title="agent: rename a field, then not")
+    failed = push(origin, github, "agent/fixed-later", tmp_path / "first")
+    assert failed.outputs["verdict"] == "fail", failed.stdout[-4000:] + failed.stderr[-4000:]
+    assert github.pull(REPO, pull.number).draft
+
+    fix_break(origin, "agent/fixed-later")
+    passed = push(origin, github, "agent/fixed-later", tmp_path / "second")
+    assert passed.code == 0, passed.stdout[-4000:] + passed.stderr[-4000:]
+    assert passed.outputs["verdict"] == "pass" and passed.outputs["pr-number"] == str(pull.number)
+    assert not github.pull(REPO, pull.number).draft, "the Action's own draft stayed a draft after a pass"
+    assert f"pull request #{pull.number} marked ready for review" in evidence_of(passed).notes
+    assert draft_changes(github, pull.number) == [
+        ("convert_to_draft", "github-actions[bot]"),
+        ("ready_for_review", "github-actions[bot]"),
+    ]
+    assert [p.number for p in github.pulls(REPO) if p.head_ref == "agent/fixed-later"] == [pull.number]
+    (comment,) = github.comments(REPO, pull.number)
+    assert "PASS" in comment.body
+    github.assert_no_violations()
+
+
+def test_a_draft_the_author_made_stays_a_draft_after_a_pass(
+    origin: GitRepo, github: GitHubFake, state_dir: Path, tmp_path: Path
+) -> None:
+    """The workflow's token drafted the PR once, but the author readied it and drafted it again by hand:
+    the latest draft is the author's, and a pass leaves it alone."""
+    origin.branch("agent/authors-draft", {"docs/NOTE.md": "A note.\n"})
+    pull = github.open_pull(REPO, "agent/authors-draft", "main")
+    token = github.installation_token(REPO)
+    RepoClient.for_token(github.url, token, REPO, "github-actions[bot]").convert_to_draft(pull.number)
+    github.set_draft(REPO, pull.number, False)  # the author readies it...
+    github.set_draft(REPO, pull.number, True)  # ...and makes it a draft again
+
+    result = push(origin, github, "agent/authors-draft", tmp_path)
+    assert result.code == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.outputs["verdict"] == "pass" and result.outputs["pr-number"] == str(pull.number)
+    assert github.pull(REPO, pull.number).draft, "the author's own draft was marked ready"
+    assert not [n for n in evidence_of(result).notes if "marked ready" in n]
+    assert draft_changes(github, pull.number)[-1] == ("convert_to_draft", "octocat")
+    github.assert_no_violations()
 
 
 def test_hostile_branch_name_reaches_no_shell_and_no_command(

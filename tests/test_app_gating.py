@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.github.client import RepoClient
 from tests.app_harness import REPO, AppServer, adapted, app_server
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import SHOP, make_shop
@@ -219,4 +220,24 @@ def test_drafts_are_data_the_authors_draft_stays_and_loopgates_survives_a_restar
             assert second.wait_for_run(fixed, timeout=240)["verdict"] == "pass"
     assert not fake.pull(REPO, pulls["agent/ours"]).draft, "loopgate's draft was forgotten across the restart"
     assert fake.pull(REPO, pulls["agent/authors"]).draft, "the author's own draft was marked ready"
+    fake.assert_no_violations()
+
+
+def test_a_draft_loopgate_made_before_its_database_was_lost_is_readied_from_githubs_record(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    """The store has no record of either draft (a fresh database): GitHub's record says loopgate drafted
+    one, its author the other; a pass readies only loopgate's."""
+    main = shop.git("rev-parse", "main")
+    heads = {b: commits(shop, b, {"docs/WHOSE.md": b})[-1] for b in ("agent/lost-ours", "agent/lost-authors")}
+    pulls = {branch: fake.open_pull(REPO, branch, "main", title=branch).number for branch in heads}
+    as_loopgate = RepoClient.for_token(fake.url, fake.installation_token(REPO), REPO, fake.bot_login)
+    as_loopgate.convert_to_draft(pulls["agent/lost-ours"])  # by the App's token, as a worker did
+    fake.set_draft(REPO, pulls["agent/lost-authors"], True)  # by its author
+    for branch, head in heads.items():
+        push(fake, server, shop, branch, head, main)
+        assert server.wait_for_run(head, timeout=240)["verdict"] == "pass"
+    assert not fake.pull(REPO, pulls["agent/lost-ours"]).draft, "loopgate's draft was not found on GitHub"
+    assert fake.pull(REPO, pulls["agent/lost-authors"]).draft, "the author's own draft was marked ready"
+    assert [e.actor.login for e in fake.issue_events(REPO, pulls["agent/lost-ours"])] == [fake.bot_login] * 2
     fake.assert_no_violations()

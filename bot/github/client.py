@@ -123,9 +123,13 @@ class GitHubApp:
     def repo(self, full_name: str, installation_id: int | None = None) -> RepoClient:
         installation = installation_id if installation_id is not None else self.installation_id(full_name)
         client = Github(
-            auth=Auth.Token(self.token(installation)), base_url=self.api_url, retry=_retry(), **self._pace
+            auth=Auth.Token(self.token(installation)),
+            base_url=self.api_url,
+            retry=_retry(),
+            lazy=True,
+            **self._pace,
         )
-        return RepoClient(client.get_repo(full_name, lazy=True), full_name, self)
+        return RepoClient(client.get_repo(full_name), full_name, self)
 
 
 class RepoClient:
@@ -140,8 +144,8 @@ class RepoClient:
     def for_token(cls, api_url: str, token: str, repository: str, login: str) -> RepoClient:
         """A client on a token that is not an App's (a workflow's `GITHUB_TOKEN`); `login` is the
         account GitHub shows for what the token does."""
-        github = Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), retry=_retry())
-        return cls(github.get_repo(repository, lazy=True), repository, TokenIdentity(token, login))
+        github = Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), retry=_retry(), lazy=True)
+        return cls(github.get_repo(repository), repository, TokenIdentity(token, login))
 
     def read_file(self, ref: str, path: str) -> str | None:
         try:
