@@ -9,7 +9,7 @@ FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/loopgate
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md app.yml ./
 COPY bot ./bot
 COPY action ./action
 COPY templates ./templates

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -342,7 +343,21 @@ def zoo(
 
 app_app = typer.Typer(no_args_is_help=True, help="The GitHub App: its manifest.")
 app.add_typer(app_app, name="app")
-APP_MANIFEST = Path(__file__).resolve().parents[1] / "app.yml"
+MANIFEST_PACKAGE = "bot.manifest"
+"""The top-level `app.yml`, shipped in the package (pyproject.toml maps it) so a wheel has it too."""
+
+
+def app_manifest_data(url: str = "") -> dict[str, Any]:
+    """The App manifest, its webhook and redirect URLs pointed at `url` when given."""
+    import yaml
+
+    text = resources.files(MANIFEST_PACKAGE).joinpath("app.yml").read_text(encoding="utf-8")
+    manifest: dict[str, Any] = yaml.safe_load(text)
+    if url:
+        base = url.rstrip("/")
+        manifest["hook_attributes"]["url"] = f"{base}/webhooks/github"
+        manifest["redirect_url"] = f"{base}/"
+    return manifest
 
 
 @app_app.command("manifest")
@@ -350,14 +365,7 @@ def app_manifest(
     url: Annotated[str, typer.Option(help="Where this loopgate server is reachable from GitHub.")] = "",
 ) -> None:
     """Print the App manifest (JSON) for GitHub's manifest flow."""
-    import yaml
-
-    manifest = yaml.safe_load(APP_MANIFEST.read_text(encoding="utf-8"))
-    if url:
-        base = url.rstrip("/")
-        manifest["hook_attributes"]["url"] = f"{base}/webhooks/github"
-        manifest["redirect_url"] = f"{base}/"
-    console.print(json.dumps(manifest, indent=2), markup=False)
+    console.print(json.dumps(app_manifest_data(url), indent=2), markup=False)
 
 
 def _app_settings() -> AppSettings:

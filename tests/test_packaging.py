@@ -1,11 +1,13 @@
-"""The wheel is the product: built from the sources and installed into a fresh venv, it renders every report.
+"""The wheel is the product: built from the sources and installed into a fresh venv, it renders every report
+and prints the App manifest.
 
-The wheel is built from a copy of what a source distribution holds (pyproject.toml, README.md, bot/, action/,
-templates/), so leftovers of earlier in-tree builds (`build/lib`) cannot slip files into it. It is installed
-without dependencies into a new venv; the dependencies come from this project's venv through a `.pth` line,
-which puts that site-packages on `sys.path` but runs none of its `.pth` files: the editable install's finder
-stays off, and `bot` can only come from the wheel. The renders run in a subprocess, isolated (`-I`), with its
-working directory outside the checkout and no LOOPGATE_* setting.
+The wheel is built from a copy of what a source distribution holds (pyproject.toml, README.md, app.yml, bot/,
+action/, templates/; symlinks kept, as git checks them out), so leftovers of earlier in-tree builds
+(`build/lib`) cannot slip files into it. It is installed without dependencies into a new venv; the
+dependencies come from this project's venv through a `.pth` line, which puts that site-packages on `sys.path`
+but runs none of its `.pth` files: the editable install's finder stays off, and `bot` can only come from the
+wheel. The renders run in a subprocess, isolated (`-I`), with its working directory outside the checkout and
+no LOOPGATE_* setting.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bot.evidence import Evidence
 from bot.report import render_check, render_comment, render_html, render_pr_body, render_step_summary
@@ -30,7 +33,7 @@ from bot.report.display import verdict_label
 from tests import evidence_samples as samples
 
 ROOT = Path(__file__).resolve().parents[1]
-SDIST_PARTS = ("pyproject.toml", "README.md", "bot", "action", "templates")
+SDIST_PARTS = ("pyproject.toml", "README.md", "app.yml", "bot", "action", "templates")
 
 RENDER = """
 import json, sys
@@ -76,7 +79,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for part in SDIST_PARTS:
         origin = ROOT / part
         if origin.is_dir():
-            shutil.copytree(origin, source / part, ignore=_ignore)
+            shutil.copytree(origin, source / part, ignore=_ignore, symlinks=True)
         else:
             shutil.copy2(origin, source / part)
     dist = work / "dist"
@@ -118,8 +121,35 @@ def test_wheel_holds_every_template_module_and_data_file(installed: Installed) -
         if "__pycache__" not in p.parts
     )
     missing += [m for m in modules if m not in names]  # a package left out of pyproject's list
-    missing += [d for d in ("bot/py.typed", "bot/store/migrations/script.py.mako") if d not in names]
+    data = ("bot/py.typed", "bot/store/migrations/script.py.mako", "bot/manifest/app.yml")
+    missing += [d for d in data if d not in names]
     assert missing == []
+    # The manifest ships as the file, not as a link to a file the wheel does not hold.
+    manifest = zipfile.ZipFile(installed.wheel).read("bot/manifest/app.yml")
+    assert manifest == (ROOT / "app.yml").read_bytes()
+
+
+def test_installed_loopgate_prints_the_app_manifest_outside_the_checkout(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """`loopgate app manifest` reads the manifest the wheel ships, not the checkout's `app.yml`."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    done = subprocess.run(
+        [str(installed.python.parent / "loopgate"), "app", "manifest", "--url", "https://lg.example.com/"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    expected = yaml.safe_load((ROOT / "app.yml").read_text(encoding="utf-8"))
+    assert {k: v for k, v in manifest.items() if k not in ("hook_attributes", "redirect_url")} == {
+        k: v for k, v in expected.items() if k not in ("hook_attributes", "redirect_url")
+    }
+    assert manifest["hook_attributes"]["url"] == "https://lg.example.com/webhooks/github"
+    assert manifest["redirect_url"] == "https://lg.example.com/"
 
 
 def _readable(markdown: str) -> str:
