@@ -1,12 +1,18 @@
 """The webhook route accepts, verifies, persists and enqueues; it never does pipeline work.
 
-Events dispatch through a table of handlers (`@handlers.on("push")`), each acting once as DESIGN
-"Durability and idempotency" says.
+Events dispatch through a table of handlers (`@handlers.on("push", model=Push)`): the payload is
+parsed into the handler's typed model *before* anything is stored, so a malformed signed delivery is
+recorded as `rejected` with its reason and answered 400, and a handler never meets a half-parsed
+payload. Each event acts once, as DESIGN "Durability and idempotency" says.
+
+Which branches are gated is the worker's decision, read from the repository's trusted
+`.loopgate.yml`: the webhook queues a run for a push of any branch (tags and deletions aside), and a
+pull request's head gets a run if its commit has none, so a required check always appears — `neutral`
+for a branch loopgate does not gate.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,27 +20,38 @@ from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from bot.config import AppSettings
+from bot.config import AppSettings, InfrastructureError
 from bot.github.events import (
+    CheckRerun,
+    CheckRunEvent,
+    CheckSuiteEvent,
+    Delete,
+    Ignored,
+    InstallationEvent,
     MalformedEvent,
-    parse_check_run,
-    parse_check_suite,
-    parse_delete,
-    parse_installation,
-    parse_pull_request,
-    parse_push,
+    PullRequestEvent,
+    Push,
+    envelope,
+    fork_branch,
+    parse,
+    printable,
 )
 from bot.github.gate import CHECK_NAME, is_gated
 from bot.github.signature import verify_signature
+from bot.server import intake
+from bot.server.intake import MAX_BODY, Refused
 from bot.server.metrics import Metrics
 from bot.store import Store
-from bot.store.snapshots import NewRun
+from bot.store.snapshots import DeliverySnapshot, NewRun
+
+__all__ = ["MAX_BODY", "handlers", "replay_unprocessed", "webhook_router"]
 
 log = logging.getLogger("loopgate.webhooks")
-MAX_BODY = 25 * 1024 * 1024
-Handler = Callable[["Context", dict[str, Any]], str]
+ZERO_SHA = "0" * 40
+Handler = Callable[["Context", Any], str]
 
 
 class Redelivery(Exception):
@@ -55,38 +72,62 @@ class Context:
     refresh_comment: Callable[[str, str, int | None], None]
     new_run_id: Callable[[], str]
     replaying: bool = False
+    repo: str | None = None
+    installation_id: int | None = None
+    recorded: bool = False
+    """Recorded by `accept()`, so still to be marked processed once acted on."""
 
     def accept(self) -> None:
+        self.recorded = True
         if self.replaying:
             return
-        payload = json.loads(self.payload_text)
-        repo = (payload.get("repository") or {}).get("full_name")
-        installation = (payload.get("installation") or {}).get("id")
         if not self.store.record_delivery(
-            self.delivery_id, self.event, self.action, repo, installation, self.payload_text
+            self.delivery_id, self.event, self.action, self.repo, self.installation_id, self.payload_text
         ):
             raise Redelivery
+
+    def reject(self, reason: str) -> None:
+        """A malformed delivery is kept, marked rejected with its reason, and never acted on."""
+        if not self.replaying:
+            self.store.record_delivery(
+                self.delivery_id,
+                self.event,
+                self.action,
+                self.repo,
+                self.installation_id,
+                self.payload_text,
+                outcome="rejected",
+                error=reason,
+            )
+
+
+@dataclass(frozen=True)
+class Entry:
+    model: type[BaseModel]
+    handler: Handler
 
 
 @dataclass
 class Handlers:
-    table: dict[tuple[str, str | None], Handler] = field(default_factory=dict)
+    table: dict[tuple[str, str | None], Entry] = field(default_factory=dict)
 
-    def on(self, event: str, action: str | None = None) -> Callable[[Handler], Handler]:
+    def on(
+        self, event: str, action: str | None = None, *, model: type[BaseModel]
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.table[(event, action)] = handler
+            self.table[(event, action)] = Entry(model, handler)
             return handler
 
         return register
 
-    def find(self, event: str, action: str | None) -> Handler | None:
+    def find(self, event: str, action: str | None) -> Entry | None:
         return self.table.get((event, action)) or self.table.get((event, None))
 
 
 handlers = Handlers()
 
 
-def _enqueue(
+def _new_run(
     ctx: Context,
     repo: str,
     branch: str,
@@ -95,54 +136,42 @@ def _enqueue(
     clone_url: str,
     installation: int | None,
     pr_number: int | None = None,
-) -> str:
-    attempt = ctx.store.next_attempt(repo, sha, CHECK_NAME)
-    run, created = ctx.store.enqueue(
-        NewRun(
-            id=ctx.new_run_id(),
-            repo=repo,
-            branch=branch,
-            head_sha=sha,
-            check_name=CHECK_NAME,
-            trigger=trigger,
-            attempt=attempt,
-            clone_url=clone_url,
-            installation_id=installation,
-            delivery_id=ctx.delivery_id,
-            pr_number=pr_number,
-        )
+) -> NewRun:
+    return NewRun(
+        id=ctx.new_run_id(),
+        repo=repo,
+        branch=branch,
+        head_sha=sha,
+        check_name=CHECK_NAME,
+        trigger=trigger,
+        clone_url=clone_url,
+        installation_id=installation,
+        delivery_id=ctx.delivery_id,
+        pr_number=pr_number,
     )
-    return f"queued run {run.id}" if created else f"run {run.id} already queued"
 
 
-@handlers.on("push")
-def on_push(ctx: Context, payload: dict[str, Any]) -> str:
+def _enqueue(ctx: Context, run: NewRun, *, reuse: bool = False) -> str:
+    queued, created = ctx.store.enqueue_next(run, reuse=reuse)
+    return f"queued run {queued.id}" if created else f"attached to run {queued.id}"
+
+
+@handlers.on("push", model=Push)
+def on_push(ctx: Context, push: Push) -> str:
     """A push supersedes only the runs of the commit it moved the branch from (`before`), never by
     arrival order: GitHub may deliver an older push after a newer one. The worker settles the rest
-    against the branch head (see `bot.worker.executor`)."""
-    push = parse_push(payload)
-    if push.deleted or not is_gated(push.branch):
+    against the branch head, and decides from the trusted config whether the branch is gated (see
+    `bot.worker.executor`)."""
+    if push.deleted or push.after == ZERO_SHA or push.branch is None:
         ctx.accept()
         return "ignored: " + (
-            "branch deletions act on the delete event" if push.deleted else "not an agent branch"
+            "a tag push" if push.branch is None else "branch deletions act on the delete event"
         )
-    assert push.branch is not None
-    run = NewRun(
-        id=ctx.new_run_id(),
-        repo=push.repo.full_name,
-        branch=push.branch,
-        head_sha=push.after,
-        check_name=CHECK_NAME,
-        trigger="push",
-        clone_url=push.repo.clone_url,
-        installation_id=push.installation_id,
-        delivery_id=ctx.delivery_id,
-    )
+    repo = push.repository
+    run = _new_run(ctx, repo.full_name, push.branch, push.after, "push", repo.clone_url, push.installation_id)
     if ctx.replaying:
         ctx.store.supersede(run.repo, run.branch, run.head_sha, heads=[push.before])
-        return _enqueue(
-            ctx, run.repo, run.branch, run.head_sha, "push", push.repo.clone_url, push.installation_id
-        )
+        return _enqueue(ctx, run, reuse=True)
     accepted = ctx.store.accept_push(
         ctx.delivery_id, ctx.payload_text, run, push.installation_id, replaces=push.before
     )
@@ -153,24 +182,24 @@ def on_push(ctx: Context, payload: dict[str, Any]) -> str:
     return f"{done} {accepted.run.id}" + (f"; superseded {len(superseded)}" if superseded else "")
 
 
-@handlers.on("delete")
-def on_delete(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("delete", model=Delete)
+def on_delete(ctx: Context, deleted: Delete) -> str:
     ctx.accept()
-    deleted = parse_delete(payload)
-    if deleted is None or not is_gated(deleted.branch):
-        return "ignored"
-    stopped = ctx.store.cancel_branch(deleted.repo.full_name, deleted.branch, "the branch was deleted")
+    if deleted.branch is None:
+        return "ignored: a tag"
+    stopped = ctx.store.cancel_branch(deleted.repository.full_name, deleted.branch, "the branch was deleted")
     return f"cancelled {len(stopped)} runs"
 
 
-def _rerun(ctx: Context, rerun: Any) -> str:
+def _rerun(ctx: Context, rerun: CheckRerun) -> str:
+    """A re-request always makes a new attempt; the worker decides whether its branch is gated."""
     branch = rerun.branch
     if not branch:
         previous = ctx.store.find(repo=rerun.repo.full_name, sha=rerun.head_sha, limit=1)
         branch = previous[0].branch if previous else None
-    if not branch or not is_gated(branch):
-        return "ignored: not an agent branch"
-    return _enqueue(
+    if not branch:
+        return "ignored: no branch known for this commit"
+    run = _new_run(
         ctx,
         rerun.repo.full_name,
         branch,
@@ -179,83 +208,83 @@ def _rerun(ctx: Context, rerun: Any) -> str:
         rerun.repo.clone_url,
         rerun.installation_id,
     )
+    return _enqueue(ctx, run)
 
 
-@handlers.on("check_run", "rerequested")
-def on_check_run_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("check_run", "rerequested", model=CheckRunEvent)
+def on_check_run_rerequested(ctx: Context, event: CheckRunEvent) -> str:
     ctx.accept()
-    if payload.get("check_run", {}).get("name") != CHECK_NAME:
+    if event.check_run.name != CHECK_NAME:
         return "ignored: another app's check"
-    return _rerun(ctx, parse_check_run(payload))
+    return _rerun(ctx, event.rerun)
 
 
-@handlers.on("check_run", "requested_action")
-def on_requested_action(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("check_run", "requested_action", model=CheckRunEvent)
+def on_requested_action(ctx: Context, event: CheckRunEvent) -> str:
     ctx.accept()
-    rerun = parse_check_run(payload)
-    if rerun.requested_action != "rerun":
+    if event.rerun.requested_action != "rerun":
         return "ignored: unknown action"
-    return _rerun(ctx, rerun)
+    return _rerun(ctx, event.rerun)
 
 
-@handlers.on("check_suite", "rerequested")
-def on_check_suite_rerequested(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("check_suite", "rerequested", model=CheckSuiteEvent)
+def on_check_suite_rerequested(ctx: Context, event: CheckSuiteEvent) -> str:
     ctx.accept()
-    return _rerun(ctx, parse_check_suite(payload))
+    return _rerun(ctx, event.rerun)
 
 
-@handlers.on("check_suite", "requested")
-def on_check_suite_requested(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("check_suite", "requested", model=Ignored)
+def on_check_suite_requested(ctx: Context, _event: Ignored) -> str:
     ctx.accept()
     return "ignored: the push starts the run"
 
 
-@handlers.on("pull_request", "edited")
-def on_pull_request_edited(ctx: Context, payload: dict[str, Any]) -> str:
-    """A retargeted PR is verified again: the verdict it has was against another base. The run
-    reads the PR's base when it starts, so a later retarget is never missed."""
-    ctx.accept()
-    pull = parse_pull_request(payload)
-    if not pull.base_changed or not is_gated(pull.head_branch):
-        return "ignored: only a base change on an agent branch re-verifies"
-    return _enqueue(
-        ctx,
-        pull.repo.full_name,
-        pull.head_branch,
-        pull.head_sha,
-        "base_changed",
-        pull.repo.clone_url,
-        pull.installation_id,
-        pull.number,
+def _pull_run(ctx: Context, pull: PullRequestEvent, trigger: str) -> NewRun:
+    """A PR from a fork runs under a branch name no git ref can have, so no branch of the
+    repository is mistaken for it and the worker answers it `neutral` (loopgate gates its own)."""
+    branch = fork_branch(pull.head_branch) if pull.from_fork else pull.head_branch
+    repo = pull.repository
+    return _new_run(
+        ctx, repo.full_name, branch, pull.head_sha, trigger, repo.clone_url, pull.installation_id, pull.number
     )
 
 
-@handlers.on("pull_request", "ready_for_review")
-def on_ready_for_review(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("pull_request", "edited", model=PullRequestEvent)
+def on_pull_request_edited(ctx: Context, pull: PullRequestEvent) -> str:
+    """A retargeted PR is verified again: the verdict it has was against another base. The run
+    reads the PR's base when it starts, so a later retarget is never missed."""
+    ctx.accept()
+    if not pull.base_changed:
+        return "ignored: only a base change re-verifies"
+    return _enqueue(ctx, _pull_run(ctx, pull, "base_changed"))
+
+
+@handlers.on("pull_request", "ready_for_review", model=PullRequestEvent)
+def on_ready_for_review(ctx: Context, pull: PullRequestEvent) -> str:
     """Whoever readied the PR, a draft loopgate made is over: a later failure may draft it again."""
-    outcome = on_pull_request(ctx, payload)
-    pull = parse_pull_request(payload)
-    ctx.store.clear_drafted(pull.repo.full_name, pull.number)
+    outcome = on_pull_request(ctx, pull)
+    ctx.store.clear_drafted(pull.repository.full_name, pull.number)
     return outcome
 
 
-@handlers.on("pull_request")
-def on_pull_request(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("pull_request", model=PullRequestEvent)
+def on_pull_request(ctx: Context, pull: PullRequestEvent) -> str:
+    """The PR's head commit gets a check: it attaches to the commit's run (its push made one), or a
+    run is queued — one the worker concludes `neutral` when the branch is not gated, so a required
+    check never blocks people's PRs."""
     ctx.accept()
-    pull = parse_pull_request(payload)
-    if pull.action not in ("opened", "reopened", "synchronize", "ready_for_review") or not is_gated(
-        pull.head_branch
-    ):
+    if pull.action not in ("opened", "reopened", "synchronize", "ready_for_review"):
         return "ignored"
-    ctx.background.add_task(ctx.refresh_comment, pull.repo.full_name, pull.head_branch, pull.number)
-    return "comment refresh scheduled"
+    outcome = _enqueue(ctx, _pull_run(ctx, pull, "pull_request"), reuse=True)
+    if not pull.from_fork and is_gated(pull.head_branch):
+        ctx.background.add_task(ctx.refresh_comment, pull.repository.full_name, pull.head_branch, pull.number)
+    return outcome
 
 
-@handlers.on("installation")
-@handlers.on("installation_repositories")
-def on_installation(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("installation", model=InstallationEvent)
+@handlers.on("installation_repositories", model=InstallationEvent)
+def on_installation(ctx: Context, change: InstallationEvent) -> str:
     ctx.accept()
-    change = parse_installation(payload)
     if change.action == "deleted":
         ctx.store.remove_installation(change.installation_id)
         return "installation removed"
@@ -270,48 +299,113 @@ def on_installation(ctx: Context, payload: dict[str, Any]) -> str:
     return "installation recorded"
 
 
-@handlers.on("ping")
-def on_ping(ctx: Context, payload: dict[str, Any]) -> str:
+@handlers.on("ping", model=Ignored)
+def on_ping(ctx: Context, _event: Ignored) -> str:
     ctx.accept()
     return "pong"
 
 
-def replay_unprocessed(store: Store, new_run_id: Callable[[], str]) -> int:
-    """Deliveries persisted by a process that died before acting on them are acted on now."""
-    replayed = 0
-    for delivery in store.unprocessed_deliveries():
-        handler = handlers.find(delivery.event, delivery.action)
-        if handler is not None:
-            try:
-                payload = json.loads(delivery.payload)
-                ctx = Context(
-                    store,
-                    delivery.id,
-                    delivery.event,
-                    delivery.action,
-                    delivery.payload,
-                    BackgroundTasks(),
-                    lambda *_: None,
-                    new_run_id,
-                    replaying=True,
-                )
-                handler(ctx, payload)
-            except (ValueError, MalformedEvent):
-                log.warning("delivery %s cannot be replayed", delivery.id)
-        store.mark_delivery_processed(delivery.id)
-        replayed += 1
-    return replayed
-
-
 def _act(ctx: Context, payload: dict[str, Any]) -> str:
-    handler = handlers.find(ctx.event, ctx.action)
-    if handler is None:
+    """Parse for the handler, then act; a payload its handler cannot read is rejected, not acted on."""
+    entry = handlers.find(ctx.event, ctx.action)
+    if entry is None:
         ctx.accept()
-        return "ignored: event not used"
-    outcome = handler(ctx, payload)
-    if ctx.event != "push":
+        outcome = "ignored: event not used"
+    else:
+        try:
+            event = parse(entry.model, payload)
+        except MalformedEvent as exc:
+            ctx.reject(str(exc))
+            raise
+        outcome = entry.handler(ctx, event)
+    if ctx.recorded and not ctx.replaying:
         ctx.store.mark_delivery_processed(ctx.delivery_id)
     return outcome
+
+
+def _context(
+    store: Store,
+    delivery_id: str,
+    event: str,
+    payload_text: str,
+    background: BackgroundTasks,
+    refresh_comment: Callable[[str, str, int | None], None],
+    new_run_id: Callable[[], str],
+    *,
+    replaying: bool = False,
+) -> Context:
+    return Context(
+        store,
+        delivery_id,
+        event,
+        None,
+        payload_text,
+        background,
+        refresh_comment,
+        new_run_id,
+        replaying=replaying,
+    )
+
+
+def _receive(ctx: Context, body: bytes) -> str:
+    """Decode, record and act, off the event loop: a malformed body is stored as rejected (400)."""
+    try:
+        payload = intake.decode(body)
+    except Refused as exc:
+        ctx.payload_text = intake.storable_text(body)
+        ctx.reject(str(exc))
+        raise
+    head = envelope(payload)
+    ctx.action, ctx.repo, ctx.installation_id = head.action, head.repo, head.installation_id
+    return _act(ctx, payload)
+
+
+def replay_unprocessed(store: Store, new_run_id: Callable[[], str]) -> int:
+    """Deliveries persisted by a process that died before acting on them are acted on now, each on
+    its own: one that fails is marked `failed` with its error, and start-up goes on."""
+    replayed, seen = 0, set[str]()
+    while True:
+        try:
+            batch = [d for d in store.unprocessed_deliveries() if d.id not in seen]
+        except Exception:
+            log.exception("listing the deliveries to replay failed; they wait for the next start")
+            return replayed
+        if not batch:
+            return replayed
+        for delivery in batch:
+            seen.add(delivery.id)
+            _replay_one(store, delivery, new_run_id)
+            replayed += 1
+
+
+def _replay_one(store: Store, delivery: DeliverySnapshot, new_run_id: Callable[[], str]) -> None:
+    ctx = _context(
+        store,
+        delivery.id,
+        delivery.event,
+        delivery.payload,
+        BackgroundTasks(),
+        lambda *_: None,
+        new_run_id,
+        replaying=True,
+    )
+    try:
+        _receive(ctx, delivery.payload.encode("utf-8", "surrogatepass"))
+    except Exception as exc:
+        log.warning("delivery %s cannot be replayed: %s", delivery.id, printable(str(exc), 300))
+        _mark(store, delivery.id, "failed", printable(f"{type(exc).__name__}: {exc}"))
+        return
+    _mark(store, delivery.id, "processed", None)
+
+
+def _mark(store: Store, delivery_id: str, outcome: str, error: str | None) -> None:
+    try:
+        if outcome == "failed":
+            store.mark_delivery(delivery_id, "failed", error)
+        else:
+            store.mark_delivery(delivery_id, "processed")
+    except Exception:
+        log.exception("marking delivery %s %s failed", delivery_id, outcome)
 
 
 def webhook_router(
@@ -325,51 +419,36 @@ def webhook_router(
 
     @router.post("/webhooks/github", status_code=202)
     async def receive(request: Request, background: BackgroundTasks) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-            metrics.rejected.labels("too_large").inc()
-            return JSONResponse({"error": "payload over 25 MB"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            metrics.rejected.labels("too_large").inc()
-            return JSONResponse({"error": "payload over 25 MB"}, status_code=413)
-        if not verify_signature(body, settings.webhook_secret, request.headers.get("x-hub-signature-256")):
-            metrics.rejected.labels("signature").inc()
-            return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
-        event = request.headers.get("x-github-event", "")
-        delivery = request.headers.get("x-github-delivery", "")
-        if not event or not delivery:
-            metrics.rejected.labels("headers").inc()
-            return JSONResponse(
-                {"error": "X-GitHub-Event and X-GitHub-Delivery are required"}, status_code=400
+        try:
+            if intake.declared_too_large(request.headers.get("content-length")):
+                raise Refused(413, "payload over 25 MB")
+            body = await intake.read_limited(request.stream())
+            if not verify_signature(
+                body, settings.webhook_secret, request.headers.get("x-hub-signature-256")
+            ):
+                metrics.rejected.labels("signature").inc()
+                return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
+            event, delivery = intake.delivery_headers(
+                request.headers.get("x-github-event"), request.headers.get("x-github-delivery")
             )
-        try:
-            payload = json.loads(body)
-            if not isinstance(payload, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            metrics.rejected.labels("malformed").inc()
-            return JSONResponse({"error": f"malformed JSON: {exc}"}, status_code=400)
-        action = payload.get("action") if isinstance(payload.get("action"), str) else None
-        ctx = Context(
-            store,
-            delivery,
-            event,
-            action,
-            body.decode("utf-8", "replace"),
-            background,
-            refresh_comment,
-            new_run_id,
-        )
-        try:
+            ctx = _context(store, delivery, event, "", background, refresh_comment, new_run_id)
+            ctx.payload_text = body.decode("utf-8", "replace")
             # Database work runs off the event loop, so slow commits never stall other deliveries.
-            outcome = await run_in_threadpool(_act, ctx, payload)
-        except Redelivery:
-            metrics.redeliveries.inc()
-            return JSONResponse({"status": "duplicate delivery: already handled"}, status_code=200)
+            outcome = await run_in_threadpool(_receive, ctx, body)
+        except Refused as exc:
+            metrics.rejected.labels("too_large" if exc.status == 413 else "malformed").inc()
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except MalformedEvent as exc:
             metrics.rejected.labels("malformed").inc()
             return JSONResponse({"error": str(exc)}, status_code=400)
+        except Redelivery:
+            metrics.redeliveries.inc()
+            return JSONResponse({"status": "duplicate delivery: already handled"}, status_code=200)
+        except InfrastructureError as exc:
+            log.error("webhook: %s", exc)
+            return JSONResponse(
+                {"error": "the database is unavailable; GitHub may redeliver"}, status_code=503
+            )
         metrics.deliveries.labels(event).inc()
         return JSONResponse({"status": outcome}, status_code=202)
 

@@ -81,8 +81,13 @@ class Delivery(Base):
     # Handled means its runs are enqueued; a delivery received but not handled before a crash is
     # found again at start, since GitHub's redelivery of it is (rightly) a no-op.
     processed_at: Mapped[datetime | None]
-    # The body exactly as received: it is what the signature covered.
+    # The body exactly as received: it is what the signature covered. A rejected body that is not
+    # UTF-8 JSON is kept with its undecodable bytes and NULs replaced (it is never acted on).
     payload: Mapped[str] = mapped_column(Text)
+    # None while unhandled; then `processed`, `rejected` (malformed, answered 400) or `failed` (its
+    # handler raised on replay). Rows processed before revision 0003 keep None with a processed_at.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Installation(Base):

@@ -108,3 +108,6 @@ class DeliverySnapshot:
     received_at: datetime
     processed_at: datetime | None
     payload: str
+    outcome: str | None = None
+    """None while unhandled; `processed`, `rejected` or `failed` after."""
+    error: str | None = None

@@ -7,10 +7,10 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from sqlalchemy import Engine, Select, func, insert, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +34,7 @@ from bot.store.snapshots import (
     RunStatus,
 )
 
+DeliveryOutcome = Literal["processed", "rejected", "failed"]
 ROUTING_KEY = re.compile(r"^[a-z0-9]{6,16}$")
 _KEY = ("repo", "head_sha", "check_name", "attempt")
 _QUEUED, _RUNNING, _CANCELLED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.CANCELLED.value
@@ -114,16 +115,24 @@ class Store:
         repo: str | None,
         installation_id: int | None,
         payload_text: str,
+        *,
+        outcome: DeliveryOutcome | None = None,
+        error: str | None = None,
     ) -> bool:
-        """Persist a webhook delivery: True when new, False when GitHub redelivered it."""
+        """Persist a webhook delivery: True when new, False when GitHub redelivered it. With an
+        `outcome` (a rejected delivery) it is recorded as already handled, so it is never replayed."""
+        now = utcnow()
         values = {
             "id": delivery_id,
             "event": event,
             "action": action,
             "repo": repo,
             "installation_id": installation_id,
-            "received_at": utcnow(),
+            "received_at": now,
+            "processed_at": now if outcome else None,
             "payload": payload_text,
+            "outcome": outcome,
+            "error": error,
         }
         stmt = self._insert(Delivery).values(values).on_conflict_do_nothing(index_elements=["id"])
         with self._session("recording a delivery", write=True) as session:
@@ -157,6 +166,7 @@ class Store:
             "received_at": now,
             "processed_at": now,
             "payload": payload_text,
+            "outcome": "processed",
         }
         insert_delivery = (
             self._insert(Delivery).on_conflict_do_nothing(index_elements=["id"]).returning(Delivery.id)
@@ -164,6 +174,7 @@ class Store:
         with self._session("accepting a push", write=True) as session:
             if session.execute(insert_delivery, [delivery]).first() is None:
                 return AcceptedPush(new_delivery=False, run=None, created=False, superseded=[])
+            self._lock_key(session, run.repo, run.head_sha, run.check_name)
             superseded = _stop(
                 session,
                 _replaced(run.repo, run.branch, run.head_sha, [replaces]),
@@ -181,26 +192,20 @@ class Store:
             existing = session.scalars(same.limit(1)).first()
             if existing is not None:
                 return AcceptedPush(True, _run(existing), False, superseded)
-            attempts = select(func.max(Run.attempt)).where(
-                Run.repo == run.repo, Run.head_sha == run.head_sha, Run.check_name == run.check_name
-            )
-            values = {
-                **asdict(run),
-                "attempt": (session.scalar(attempts) or 0) + 1,
-                "status": _QUEUED,
-                "cancel_requested": False,
-                "created_at": now,
-                "updated_at": now,
-            }
-            session.execute(insert(Run), [values])
-            return AcceptedPush(True, _snapshot_of_new(values), True, superseded)
+            return AcceptedPush(True, _insert_next(session, run, now), True, superseded)
 
     def mark_delivery_processed(self, delivery_id: str) -> None:
         """The delivery's runs are enqueued: a restart need not handle it again."""
-        with self._session("marking a delivery processed", write=True) as session:
+        self.mark_delivery(delivery_id, "processed")
+
+    def mark_delivery(self, delivery_id: str, outcome: DeliveryOutcome, error: str | None = None) -> None:
+        """The delivery is handled (`processed`) or never will be (`failed`, with its error)."""
+        with self._session("marking a delivery handled", write=True) as session:
             delivery = session.get(Delivery, delivery_id)
             if delivery is not None and delivery.processed_at is None:
                 delivery.processed_at = utcnow()
+                delivery.outcome = outcome
+                delivery.error = error
 
     def unprocessed_deliveries(self, limit: int = 100) -> list[DeliverySnapshot]:
         """Deliveries received but never marked processed (a crash between 202 and enqueue)."""
@@ -278,6 +283,32 @@ class Store:
         except IntegrityError:
             # The key is free, so the id collided: ids are meant to be unguessable, hence unique.
             raise ValueError(f"run id {run.id!r} is already taken by another run") from None
+
+    def enqueue_next(self, run: NewRun, *, reuse: bool = False) -> tuple[RunSnapshot, bool]:
+        """Queue the next attempt of (repo, head_sha, check_name), numbered inside the transaction
+        that inserts it, under a per-key lock, so two replicas never compute the same attempt.
+
+        The run this delivery already made (a replay after a crash) is returned instead. With
+        `reuse`, so is a run of the key that is queued, running or completed: an event that only
+        needs a check on the commit (a pull request's) attaches to the commit's run."""
+        now = utcnow()
+        with self._session("enqueueing a run", write=True) as session:
+            self._lock_key(session, run.repo, run.head_sha, run.check_name)
+            key = (Run.repo == run.repo, Run.head_sha == run.head_sha, Run.check_name == run.check_name)
+            mine = select(Run).where(*key, Run.delivery_id == run.delivery_id)
+            if run.delivery_id is not None and (existing := session.scalars(mine.limit(1)).first()):
+                return _run(existing), False
+            live = select(Run).where(*key, Run.status != _CANCELLED, Run.cancel_requested.is_(False))
+            if reuse and (existing := session.scalars(live.order_by(Run.attempt.desc()).limit(1)).first()):
+                return _run(existing), False
+            return _insert_next(session, run, now), True
+
+    def _lock_key(self, session: Session, repo: str, head_sha: str, check_name: str) -> None:
+        """Serialise attempt allocation for one key. PostgreSQL: a transaction-scoped advisory
+        lock (no row exists yet to lock); SQLite: every write transaction already holds the file."""
+        if self.backend == "postgresql":
+            key = f"loopgate-run:{repo}:{head_sha}:{check_name}"
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
 
     def next_attempt(self, repo: str, head_sha: str, check_name: str) -> int:
         query = select(func.max(Run.attempt)).where(
@@ -561,6 +592,23 @@ def _stop(session: Session, query: Select[Run], reason: str, by_sha: str | None 
     return [_run(run) for run in affected]
 
 
+def _insert_next(session: Session, run: NewRun, now: datetime) -> RunSnapshot:
+    """Insert `run` as the key's next attempt; the caller holds the key's lock."""
+    attempts = select(func.max(Run.attempt)).where(
+        Run.repo == run.repo, Run.head_sha == run.head_sha, Run.check_name == run.check_name
+    )
+    values = {
+        **asdict(run),
+        "attempt": (session.scalar(attempts) or 0) + 1,
+        "status": _QUEUED,
+        "cancel_requested": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+    session.execute(insert(Run), [values])
+    return _snapshot_of_new(values)
+
+
 def _snapshot_of_new(values: dict[str, object]) -> RunSnapshot:
     """The snapshot of a run just inserted, from its values, without reading it back."""
     known = {f.name: values.get(f.name) for f in fields(RunSnapshot)}
@@ -597,4 +645,6 @@ def _delivery(row: Delivery) -> DeliverySnapshot:
         received_at=row.received_at,
         processed_at=row.processed_at,
         payload=row.payload,
+        outcome=row.outcome,
+        error=row.error,
     )

@@ -33,6 +33,7 @@ from bot.config.schema import Agents, Config
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, utcnow
 from bot.github.client import GitHubApp, RepoClient
 from bot.github.drafts import GitHubRecord, KeptOrRecorded
+from bot.github.events import is_fork_branch
 from bot.github.gate import CHECK_NAME, is_gated, is_trusted_base, untrusted_base
 from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest
@@ -54,6 +55,7 @@ SETUP_HELP = (
 # Triggers that name a commit to verify even when it is no longer the head; pushes and base changes
 # speak for the branch, so a newer head makes them moot.
 VERIFIES_ANY_COMMIT = frozenset({"rerun"})
+NOT_GATED = "not an agent branch — not gated"
 
 
 @dataclass
@@ -100,6 +102,8 @@ class RunExecutor:
             links=Links(html=html, json_=json_url),
         )
         try:
+            if is_fork_branch(run.branch):
+                self._not_gated(client, run, evidence, check_id, "a pull request from a fork")
             self._settle_head(client, run, evidence, check_id)
             prepared = self._prepare(client, run, evidence, check_id)
         except Concluded:
@@ -170,15 +174,26 @@ class RunExecutor:
     def _require_gated(
         self, client: RepoClient, run: RunSnapshot, evidence: Evidence, config: Config, check_id: int
     ) -> None:
-        """A branch the config does not gate is skipped before its base is judged: people's PRs
+        """A branch the config does not gate concludes before its base is judged: people's PRs
         between their own branches are none of loopgate's business."""
         if is_gated(run.branch, config.agents):
             return
-        summary = f"{run.branch} does not match agents.branches in {CONFIG_FILE}; nothing to gate."
+        why = f"{run.branch} does not match agents.branches in {CONFIG_FILE}"
+        self._not_gated(client, run, evidence, check_id, why)
+
+    def _not_gated(
+        self, client: RepoClient, run: RunSnapshot, evidence: Evidence, check_id: int, why: str
+    ) -> None:
+        """`neutral`, not `skipped`: DESIGN asks for it, and a required check must never block a
+        person's PR (GitHub counts both as passing; neutral says "looked, nothing to gate")."""
         client.update_check(
-            check_id, status="completed", conclusion="skipped", title="not gated", summary=summary
+            check_id,
+            status="completed",
+            conclusion="neutral",
+            title=NOT_GATED,
+            summary=f"{why}; loopgate gates only agent branches, so this commit is not gated.",
         )
-        self.env.store.complete(run.id, None, "skipped", evidence.model_dump_json())
+        self.env.store.complete(run.id, None, "neutral", evidence.model_dump_json())
         raise Concluded
 
     def _read_config(
@@ -198,6 +213,9 @@ class RunExecutor:
         try:
             return parse_config(text)
         except ConfigError as exc:
+            if not is_gated(run.branch):
+                # Not an agent branch by the defaults either: a broken config must not fail people's PRs.
+                self._not_gated(client, run, evidence, check_id, f"{CONFIG_FILE} cannot be read ({exc})")
             raise self._conclude_config_error(client, run, evidence, str(exc), None, check_id) from None
 
     def _conclude_config_error(
