@@ -438,7 +438,7 @@ def test_inline_text_is_literal_text_in_a_list_item(text: str) -> None:
             "list_item_close",
             "bullet_list_close",
         ]
-        assert visible_texts(tokens) == [escape.neutralise_mentions(shown)]
+        assert visible_texts(tokens) == [escape.neutralise_links(shown)]
 
 
 @PROPERTY
@@ -452,7 +452,7 @@ def test_cell_stays_in_its_cell(text: str) -> None:
         assert [t.type for t in tokens].count("tr_open") == 2
         assert [t.type for t in tokens].count("td_open") == 2
     plain = MD.parse(f"| a | b |\n|---|---|\n| x | {escape.cell(text)} |\n")
-    assert visible_texts(plain)[-1] == escape.neutralise_mentions(escape.one_line(text))
+    assert visible_texts(plain)[-1] == escape.neutralise_links(escape.one_line(text))
 
 
 @PROPERTY

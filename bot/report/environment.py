@@ -148,8 +148,9 @@ def _cell(value: object) -> escape.Markdown:
 
 
 def _plain(value: object) -> escape.Markdown:
-    """One line of text for outputs that GitHub shows as plain text (the check title), unescaped."""
-    return escape.Markdown(escape.one_line(str(value)))
+    """One line of text for outputs that GitHub shows as plain text (the check title): unescaped, but
+    with references broken all the same, in case GitHub ever links them there."""
+    return escape.Markdown(escape.neutralise_links(escape.one_line(str(value))))
 
 
 def _code(value: object) -> escape.Markdown:

@@ -4,6 +4,14 @@ Test output, test names, branch names, commit messages and log tails come from t
 Rendered into a PR comment they must not ping people, inject HTML, images or links, break out of a
 table cell, or end a code fence early. Each function here makes one context safe; a value that has
 passed through one of them is a `Markdown` instance, so the environment can escape everything else.
+
+GitHub links more than Markdown does: after rendering, it turns `@user`, `#12`, `GH-12`,
+`owner/repo#12`, commit SHAs, `user@sha` and bare URLs in *plain text* into links, notifications and
+cross-references, and a closing keyword before a reference in a PR body (`fixes #12`) closes that
+issue on merge. Inside code spans and blocks nothing is linked, so identifiers (names, paths, refs,
+pointers, values) go into code spans whose fence no backtick in them can close, and logs into fenced
+blocks. Prose (reasons, messages, subjects) stays plain text and gets a zero-width space (U+200B)
+inside every such pattern (`neutralise_links`), which breaks it while it reads the same.
 """
 
 from __future__ import annotations
@@ -31,6 +39,12 @@ _INLINE_REPLACEMENT = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 # A line starting with these opens a heading, quote, list or thematic break, even inside a list item.
 _BLOCK_START = re.compile(r"^(?:[#+\-=]|(\d{1,9})([.)])(?= |$))")
 _MENTION = re.compile(r"@(?=[A-Za-z0-9-])")
+# Where a zero-width space breaks a reference: before the number of `#12`, `owner/repo#12` and `GH-12`
+# (and so of `fixes #12`); inside `://` of any scheme, `www.` (GFM's www autolink), `mailto:`, `xmpp:`.
+_BREAK_AFTER = re.compile(r"(?i)(?:#|GH-)(?=\d)|:(?=//)|www(?=\.)|(?:mailto|xmpp)(?=:)")
+# A commit SHA is 7 to 40 hex digits standing as a word; `user@sha` and `owner/repo@sha` end in one.
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z_])[0-9A-Fa-f]{7,}(?![0-9A-Za-z_])")
+_HEX_CHUNK = 6
 _BACKTICK_RUN = re.compile(r"`+")
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)((?:\\\\)*)\|")
 ZERO_WIDTH_SPACE = "\u200b"
@@ -46,12 +60,33 @@ def neutralise_mentions(text: str) -> str:
     return _MENTION.sub("@" + ZERO_WIDTH_SPACE, text)
 
 
+def neutralise_links(text: str) -> str:
+    """Break every reference GitHub would autolink in plain text with a zero-width space (U+200B).
+
+    GitHub finds mentions, issue references and SHAs in the text of the rendered HTML, so an entity
+    such as `&#8203;` and the character itself reach it as the same text (Dependabot writes
+    `@&#8203;name` for this reason). The character is used because it costs one character of a
+    65,535 budget instead of seven, and because it also stays invisible where GitHub shows text
+    unrendered (a check run's title), where an entity would show. A hex run of 7 or more digits is
+    cut every 6 so that no piece is long enough to be a SHA. Works on raw and on escaped Markdown
+    alike: escaping only adds characters that are not letters or digits.
+    """
+    text = _BREAK_AFTER.sub(lambda m: m[0] + ZERO_WIDTH_SPACE, neutralise_mentions(text))
+    return _HEX_RUN.sub(_break_hex, text)
+
+
+def _break_hex(match: re.Match[str]) -> str:
+    run = match[0]
+    return ZERO_WIDTH_SPACE.join(run[i : i + _HEX_CHUNK] for i in range(0, len(run), _HEX_CHUNK))
+
+
 def inline(text: str) -> Markdown:
-    """Untrusted text as one line of literal Markdown text: no HTML, links, emphasis, blocks or mentions."""
+    """Untrusted text as one line of literal Markdown text: no HTML, links, emphasis, blocks, mentions,
+    references or autolinks."""
     flat = one_line(text)
     escaped = _INLINE_SPECIAL.sub(lambda m: _INLINE_REPLACEMENT.get(m[0], "\\" + m[0]), flat)
     escaped = _BLOCK_START.sub(_escape_block_start, escaped, count=1)
-    return Markdown(neutralise_mentions(escaped))
+    return Markdown(neutralise_links(escaped))
 
 
 def _escape_block_start(match: re.Match[str]) -> str:
