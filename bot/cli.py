@@ -62,16 +62,20 @@ def _settings() -> RuntimeSettings:
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (CI cancelling a job) takes the same path as Ctrl-C, so teardown still runs."""
+    """SIGTERM (CI cancelling a job) and SIGINT take the same path as Ctrl-C, so teardown still runs.
+
+    SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and Python then leaves
+    it ignored, so `kill -INT` of a backgrounded `loopgate verify` would do nothing."""
 
     def interrupt(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class StageProgress:
@@ -458,11 +462,14 @@ def env_up(repo: RepoOption = Path("."), base: str = "main", config: ConfigOptio
     """Start (or find) the baseline for BASE and leave it running for later runs to share."""
     try:
         plan = make_plan(repo, base, base, config)
-        baseline = LocalRuntime(_settings(), persistent=True).up_baseline(
-            Source(repo, plan.base_sha), plan.config
-        )
+        with _terminate_as_interrupt():
+            baseline = LocalRuntime(_settings(), persistent=True).up_baseline(
+                Source(repo, plan.base_sha), plan.config
+            )
     except LoopgateError as exc:
         raise _fail(str(exc), 2 if exc.kind == "config" else 3) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; the baseline was stopped", 130) from None
     state = "already running" if baseline.reused else "started"
     console.print(f"baseline {baseline.env_id} {state} at {plan.base_sha[:12]}", markup=False)
     for name, url in sorted(baseline.entry_urls.items()):
@@ -502,9 +509,11 @@ def env_status() -> None:
         console.print("no baseline running", markup=False)
     if any(record.databases for record, _ in baselines):
         console.print(runtime.postgres_site().note(), markup=False)
-    for record, healthy in baselines:
+    for env_id, why in sorted(runtime.env_problems().items()):
+        console.print(f"{env_id} broken: record {why} (`loopgate gc` stops what it ran)", markup=False)
+    for record, _healthy in baselines:
         owner = "kept (env up)" if record.owner is None else f"owned by pid {record.owner.pid}"
-        health = "healthy" if healthy else "unhealthy"
+        health = runtime.env_health(record)
         console.print(
             f"{record.env_id} {health} {owner} repo={record.repo} base={record.base_sha[:12]}", markup=False
         )

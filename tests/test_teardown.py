@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import RuntimeSettings
+from bot.evidence import ErrorKind, Verdict
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.envoy import DataPlane
@@ -45,8 +46,12 @@ def test_exception_mid_run_still_tears_down(
     state_dir: Path, shop_repo: GitRepo, shop_baseline: Baseline
 ) -> None:
     pipeline = Pipeline(ExplodingRuntime(RuntimeSettings(state_dir=state_dir)))
-    with pytest.raises(RuntimeError, match="injected failure"):
-        pipeline.verify(VerifyRequest(repo=shop_repo.path, base_ref="main", head_ref="agent/orders-note"))
+    evidence = pipeline.verify(
+        VerifyRequest(repo=shop_repo.path, base_ref="main", head_ref="agent/orders-note")
+    )
+    # Not the change's fault: an infrastructure error (exit 3), with what went wrong, never a traceback.
+    assert evidence.verdict is Verdict.ERROR and evidence.error_kind is ErrorKind.INFRASTRUCTURE
+    assert evidence.reasons == ["internal error: RuntimeError: injected failure mid-run"]
     assert_clean(state_dir, shop_baseline, shop_repo)
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 
-from bot.config import Config, InfrastructureError, LoopgateError
+from bot.config import Config, LoopgateError
 from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, decide, utcnow
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
-from bot.runtimes.protocol import Baseline, Runtime, Sandbox, Source, SuiteRequest
+from bot.runtimes.protocol import Baseline, BaselineError, Runtime, Sandbox, Source, SuiteRequest
 from bot.verify import diagnose, fork_coverage, judge_suite, last_tagged_hop
 from bot.verify.diff import REQUEST_TIMEOUT_S, http_sender, probes, run_diff
 
@@ -127,6 +127,13 @@ class Pipeline:
             evidence.reasons = [str(exc)]
             if exc.kind == "change":
                 evidence.verdict, evidence.error_kind = Verdict.FAIL, None
+            if isinstance(exc, BaselineError):
+                _record_log_tails(evidence, exc.log_tails)
+        except Exception as exc:
+            # A bug or an unforeseen failure below: nobody's change is to blame, and the run still
+            # ends with Evidence and a teardown rather than a traceback.
+            evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
+            evidence.reasons = [f"internal error: {type(exc).__name__}: {exc}"]
         finally:
             keep = request.keep or (
                 request.sandbox_only and evidence.verdict is None and not evidence.cancelled
@@ -140,7 +147,10 @@ class Pipeline:
         to blame and the verdict is an infrastructure error."""
         problem = self.runtime.baseline_health(baseline)
         if problem is not None:
-            raise InfrastructureError(f"the baseline became unhealthy during the run: {problem}")
+            raise BaselineError(
+                f"the baseline became unhealthy during the run: {problem}",
+                self.runtime.baseline_logs(baseline),
+            )
 
     def _stopping(self) -> bool:
         return self.should_stop() is not None
@@ -257,8 +267,19 @@ class Pipeline:
                     self.runtime.teardown(sandbox)
                 if release:
                     self.runtime.release_baseline(baseline)
-        except LoopgateError as exc:
+        except Exception as exc:
             evidence.notes.append(f"teardown: {exc}")
             if evidence.verdict in (None, Verdict.PASS):
                 evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
                 evidence.reasons = [f"teardown failed: {exc}"]
+
+
+def _record_log_tails(evidence: Evidence, log_tails: dict[str, str]) -> None:
+    """Each failed baseline process's log tail on its service, or as a note when it is no service
+    (Envoy): an infrastructure error says why, not only that."""
+    for name, text in sorted(log_tails.items()):
+        service = evidence.service(name)
+        if service is not None:
+            service.log_tail = text
+        else:
+            evidence.notes.append(f"{name} log:\n{text}")

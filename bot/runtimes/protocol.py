@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from bot.config import Config, Service
+from bot.config import Config, InfrastructureError, Service
+
+
+class BaselineError(InfrastructureError):
+    """The baseline failed, not the change; `log_tails` holds the end of the log of each process of it
+    that exited (by service name), so the Evidence can say why."""
+
+    def __init__(self, message: str, log_tails: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.log_tails = dict(log_tails or {})
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,9 @@ class Runtime(Protocol):
 
     def baseline_health(self, baseline: Baseline) -> str | None:
         """None when the baseline and data plane are healthy, else what is wrong with them."""
+
+    def baseline_logs(self, baseline: Baseline) -> dict[str, str]:
+        """The end of the log of each baseline service that is no longer running, by name."""
 
     def release_baseline(self, baseline: Baseline) -> None:
         """Stop the baseline if this process started it and no live sandbox still uses it."""

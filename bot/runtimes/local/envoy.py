@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 import psutil
 
-from bot.runtimes.local import xds
+from bot.runtimes.local import pause, xds
 from bot.runtimes.local.xds import DataPlaneSpec, Upstream
 
 STOP_GRACE_S = 5.0
@@ -162,7 +162,9 @@ class DataPlane:
                 close_fds=True,
             )
         try:
-            # Recorded before waiting, so a crash of this process still leaves Envoy stoppable.
+            pause.point("envoy-spawned")
+            # Recorded before waiting, so a crash of this process still leaves Envoy stoppable (and
+            # before this line, its stdout, envoy.log, is how `gc` finds it: processes.stop_writers).
             state = _State(
                 pid=self._child.pid,
                 create_time=psutil.Process(self._child.pid).create_time(),

@@ -114,6 +114,58 @@ def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
             os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
 
 
+def stop_writers(root: Path, *, grace: float = 5.0) -> int:
+    """Stop the process group of every process whose stdout or stderr is a file under `root`.
+
+    Every process loopgate spawns writes to a log in the directory of its env or sandbox, so this finds
+    one whose pid never reached any record (loopgate was killed between spawn and record); a shell's
+    `tail -f` of such a log reads it, it does not write to it, and is left alone. Returns how many
+    processes were found."""
+    found = _writers(root)
+    if not found:
+        return 0
+    own = os.getpgrp()
+    groups = {pgid for pgid in (_pgid(p.pid) for p in found) if pgid is not None and pgid != own}
+    for pgid in groups:
+        _kill_group(pgid, signal.SIGTERM)
+    for process in found:
+        if _pgid(process.pid) == own:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for pgid in groups:
+        _kill_group(pgid, signal.SIGKILL)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=2)
+    return len(found)
+
+
+def _writers(root: Path) -> list[psutil.Process]:
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == os.getpid():
+            continue
+        for fd in (1, 2):
+            try:
+                target = os.readlink(f"/proc/{process.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                found.append(process)
+                break
+    return found
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 def _group_members(pgid: int) -> list[psutil.Process]:
     members = []
     for process in psutil.process_iter(["pid"]):

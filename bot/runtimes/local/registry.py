@@ -2,7 +2,12 @@
 (a later `verify`, `sandbox delete`, `gc`) can find, share and clean up what another one started.
 
 Layout: `envs/<env_id>/env.json` (one baseline), `envs/<env_id>/sandboxes/<key>/sandbox.json`,
-`locks/<env_id>.lock` (held while an env or its routes change).
+`locks/<env_id>.lock` (held while an env or its routes change), and beside each record its journal
+(`journal.py`): what was made for it, written before it was made.
+
+A record's `state` says whether it may be used: `starting` and `stopping` belong to their `starter`
+process; once that process is gone, the env or sandbox is half made and `gc` removes it, whoever
+owns it.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from bot.evidence import utcnow
+from bot.runtimes.local.journal import Journal
 from bot.runtimes.local.processes import ProcessRef
+
+State = Literal["starting", "ready", "stopping"]
 
 
 class ProcessRecord(BaseModel):
@@ -39,6 +48,8 @@ class EnvRecord(BaseModel):
     base_sha: str
     owner: ProcessRef | None = Field(description="None: kept until `loopgate env down` (from `env up`).")
     config_json: str
+    state: State = "ready"
+    starter: ProcessRef | None = Field(default=None, description="Who is starting or stopping it.")
     listeners: dict[str, int]
     services: dict[str, ProcessRecord] = Field(default_factory=dict)
     databases: list[str] = Field(default_factory=list, description="Postgres databases to drop at the end.")
@@ -51,6 +62,8 @@ class SandboxRecord(BaseModel):
     env_id: str
     head_sha: str
     owner: ProcessRef | None = Field(description="None: kept until `loopgate sandbox delete`.")
+    state: State = "ready"
+    starter: ProcessRef | None = Field(default=None, description="Who is starting or stopping it.")
     log_offset: int = 0
     routed: bool = False
     forks: dict[str, ProcessRecord] = Field(default_factory=dict)
@@ -93,12 +106,31 @@ class Registry:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def env_journal(self, env_id: str) -> Journal:
+        return Journal(self.env_dir(env_id))
+
+    def sandbox_journal(self, env_id: str, key: str) -> Journal:
+        return Journal(self.sandbox_dir(env_id, key))
+
     def load_env(self, env_id: str) -> EnvRecord | None:
+        """The record, or None when it is missing or unreadable (`env_problem` tells which)."""
         path = self.env_dir(env_id) / "env.json"
         try:
             return EnvRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None
+
+    def env_problem(self, env_id: str) -> str | None:
+        """Why `env.json` cannot be read: "missing", "corrupt: ..."; None when it can."""
+        return _problem(self.env_dir(env_id) / "env.json", EnvRecord)
+
+    def sandbox_problem(self, env_id: str, key: str) -> str | None:
+        return _problem(self.sandbox_dir(env_id, key) / "sandbox.json", SandboxRecord)
+
+    def sandbox_keys(self, env_id: str) -> list[str]:
+        """Every sandbox directory, readable record or not."""
+        root = self.env_dir(env_id) / "sandboxes"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
     def save_env(self, record: EnvRecord) -> None:
         _write_atomic(self.env_dir(record.env_id) / "env.json", record.model_dump_json(indent=2))
@@ -131,3 +163,14 @@ class Registry:
             if record is not None:
                 return record
         return None
+
+
+def _problem(path: Path, model: type[BaseModel]) -> str | None:
+    try:
+        model.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"corrupt: {first[:200]}"
+    return None
