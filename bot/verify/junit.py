@@ -1,13 +1,22 @@
-"""JUnit XML, as pytest, JUnit 5, Go's gotestsum and most runners write it, read with junitparser."""
+"""JUnit XML, as pytest, JUnit 5, Go's gotestsum and most runners write it, read with junitparser.
+
+The file comes out of a suite run against the agent's code (a head suite *is* the agent's code), so
+it is parsed as hostile input. defusedxml parses it with DTDs forbidden, since no JUnit report needs
+one: no entity is expanded (billion laughs) and no external entity is read (`file:///…` would end up
+in the PR comment), whichever XML library junitparser would pick on its own; the file's size is
+bounded before it is read. Bytes that are not UTF-8 are read with replacement characters rather
+than rejected, so a runner that writes Latin-1 test names still reports its failures.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree.ElementTree import Element, ParseError
 
-from junitparser import Error, Failure, JUnitXml, Skipped, TestSuite
-from junitparser.junitparser import JUnitXmlError
+from defusedxml.ElementTree import fromstring
+from junitparser import Error, Failure, Skipped, TestCase
 
 from bot.evidence import Counts, TestFailure
 
@@ -18,6 +27,8 @@ _LOCATION = re.compile(
 )
 MAX_FAILURES = 200
 MAX_MESSAGE = 2_000
+MAX_BYTES = 64 * 1024 * 1024
+"""Far above any real report; a bigger file is a runaway log, not a test result."""
 
 
 @dataclass
@@ -29,39 +40,72 @@ class JUnitReport:
 def parse_junit(path: Path) -> JUnitReport:
     """Counts and failures; raises ValueError with a one-line cause when the file is not JUnit XML."""
     try:
-        xml = JUnitXml.fromfile(str(path))
-    except (JUnitXmlError, OSError, SyntaxError) as exc:
+        root = _parse(_read(path))
+    except (OSError, ParseError, ValueError) as exc:
         raise ValueError(f"{path.name}: not a JUnit XML report ({exc})") from None
-    suites = [xml] if isinstance(xml, TestSuite) else list(xml)
+    if root.tag not in ("testsuites", "testsuite"):
+        raise ValueError(f"{path.name}: not a JUnit XML report (its root is <{root.tag}>)")
     counts = Counts()
     failures: list[TestFailure] = []
-    for suite in suites:
-        for case in suite:
-            counts.tests += 1
-            results = list(case.result)
-            problem = next((r for r in results if isinstance(r, Failure | Error)), None)
-            if problem is None:
-                if any(isinstance(r, Skipped) for r in results):
-                    counts.skipped += 1
-                else:
-                    counts.passed += 1
-                continue
-            if isinstance(problem, Error):
-                counts.errors += 1
+    # Every testcase at any depth: runners nest testsuites (JUnit 5 per class, Go per package).
+    for case in (_case(element) for element in root.iter("testcase")):
+        counts.tests += 1
+        results = list(case.result)
+        problem = next((r for r in results if isinstance(r, Failure | Error)), None)
+        if problem is None:
+            if any(isinstance(r, Skipped) for r in results):
+                counts.skipped += 1
             else:
-                counts.failed += 1
-            if len(failures) < MAX_FAILURES:
-                failures.append(_failure(case.classname, case.name, problem))
+                counts.passed += 1
+            continue
+        if isinstance(problem, Error):
+            counts.errors += 1
+        else:
+            counts.failed += 1
+        if len(failures) < MAX_FAILURES:
+            failures.append(_failure(case.classname, case.name, problem))
     return JUnitReport(counts=counts, failures=failures)
+
+
+def _case(element: Element) -> TestCase:
+    case: TestCase = TestCase.fromelem(element)  # type: ignore[no-untyped-call]  # junitparser's is untyped
+    return case
+
+
+def _read(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ValueError(f"{size:,} bytes, over the {MAX_BYTES:,}-byte limit")
+    return path.read_bytes()
+
+
+def _parse(data: bytes) -> Element:
+    """The root element, parsed with no DTD allowed; non-UTF-8 bytes are replaced, not fatal."""
+    try:
+        return fromstring(data, forbid_dtd=True)
+    except ParseError:
+        repaired = _replacing_invalid_utf8(data)
+        if repaired is None:
+            raise
+        return fromstring(repaired, forbid_dtd=True)
+
+
+def _replacing_invalid_utf8(data: bytes) -> bytes | None:
+    """`data` with its invalid UTF-8 replaced by U+FFFD, or None when it is valid (nothing to repair)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace").encode("utf-8")
+    return None
 
 
 def _failure(classname: str | None, name: str | None, problem: Failure | Error) -> TestFailure:
     text = problem.text or ""
-    last_line = text.strip().splitlines()[-1] if text.strip() else ""
+    last_line = text.strip().splitlines()[-1].strip() if text.strip() else ""
     message = problem.message or last_line or "(no message)"
     file, line = None, None
     for match in _LOCATION.finditer(text):
         file = match.group("file") or match.group("jfile")
         line = int(match.group("line") or match.group("jline"))
     test = f"{classname}::{name}" if classname else (name or "(unnamed)")
-    return TestFailure(test=test, message=str(message)[:MAX_MESSAGE], file=file, line=line)
+    return TestFailure(test=test[:MAX_MESSAGE], message=str(message)[:MAX_MESSAGE], file=file, line=line)
