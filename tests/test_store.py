@@ -269,6 +269,33 @@ def test_a_second_delivery_of_a_queued_sha_attaches_to_its_run(store: Store) -> 
     assert store.queue_depth() == 1
 
 
+def test_pushes_of_branches_at_one_commit_racing_get_distinct_attempts(store: Store) -> None:
+    """Two replicas used to read the same max(attempt): a unique violation, a 500, a lost delivery."""
+    results = in_threads(
+        8, lambda i: store.accept_push(f"race-{i}", "{}", new_run(f"agent/b{i}", SHA_A), 42, replaces=SHA_B)
+    )
+    assert all(result.created for result in results)
+    assert sorted(result.run.attempt for result in results) == list(range(1, 9))
+
+
+def test_re_requests_racing_each_make_a_new_attempt(store: Store) -> None:
+    results = in_threads(8, lambda i: store.enqueue_next(new_run(sha=SHA_C, trigger="rerun")))
+    assert [created for _, created in results] == [True] * 8
+    assert sorted(run.attempt for run, _ in results) == list(range(1, 9))
+
+
+def test_enqueue_next_attaches_a_replayed_delivery_and_reuses_the_commits_run(store: Store) -> None:
+    first, created = store.enqueue_next(new_run(sha=SHA_A, delivery_id="d-1"))
+    assert created and first.attempt == 1
+    again, created = store.enqueue_next(new_run(sha=SHA_A, delivery_id="d-1"))
+    assert (again.id, created) == (first.id, False), "a replay of one delivery makes no second run"
+    pull, created = store.enqueue_next(new_run(sha=SHA_A, trigger="pull_request"), reuse=True)
+    assert (pull.id, created) == (first.id, False)
+    store.complete(first.id, None, "cancelled", None, status="cancelled")
+    fresh, created = store.enqueue_next(new_run(sha=SHA_A, trigger="pull_request"), reuse=True)
+    assert created and fresh.attempt == 2, "a cancelled run is no check: the PR head gets a new one"
+
+
 def test_supersede_runs_stops_exactly_the_runs_seen(store: Store) -> None:
     seen = enqueued(store, sha=SHA_A)
     head = enqueued(store, sha=SHA_C)
