@@ -1,8 +1,11 @@
-"""The evidence page in a real browser: it renders, it shows the failure, and injected markup stays text."""
+"""The evidence page in a real browser: what it shows, that injected markup stays text, and that the
+browser logs nothing against it (a blocked resource or script would show up as a console message)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -10,13 +13,23 @@ import pytest
 
 from bot.evidence import Evidence
 from bot.evidence import TestFailure as Failure  # a Test* name in the module would be collected
-from bot.report import render_html
+from bot.report import display, render_html
 from tests import evidence_samples as samples
 
 CHROMIUM = Path("/usr/bin/chromium")
 INJECTED = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
 FAILING_TEST = "e2e/test_checkout.py::test_checkout_in_stock_then_read_order"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# With --enable-logging=stderr, Chromium writes every console message as `...:INFO:CONSOLE:<line>] "..."`.
+CONSOLE = re.compile(r":CONSOLE(?:\(\d+\)|:\d+)\]")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A page as the browser left it: its DOM, the text a reader sees, and the console's messages."""
+
+    dom: str
+    text: str
+    console: list[str]
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
@@ -33,12 +46,52 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
         f"--user-data-dir={profile}",
         *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
+
+
+class VisibleText(HTMLParser):
+    """The text of a body as a reader sees it: no head, style or script, whitespace collapsed."""
+
+    HIDDEN = frozenset({"head", "style", "script", "template"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.hidden += tag in self.HIDDEN
+
+    def handle_endtag(self, tag: str) -> None:
+        self.hidden -= tag in self.HIDDEN
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(data)
+
+    def text(self) -> str:
+        return " ".join(" ".join(self.parts).split())
+
+
+def show(html: str, directory: Path) -> Shown:
+    page = directory / "run.html"
+    page.write_text(html, encoding="utf-8")
+    result = chromium("--dump-dom", page.as_uri(), profile=directory / "profile")
+    parser = VisibleText()
+    parser.feed(result.stdout)
+    console = [line for line in result.stderr.splitlines() if CONSOLE.search(line)]
+    return Shown(dom=result.stdout, text=parser.text(), console=console)
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def hostile_failing() -> Evidence:
@@ -53,30 +106,50 @@ def hostile_failing() -> Evidence:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("page")
-    path = directory / "run.html"
-    path.write_text(render_html(hostile_failing()), encoding="utf-8")
-    return path
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Shown:
+    return show(render_html(hostile_failing()), tmp_path_factory.mktemp("hostile"))
 
 
-def test_dom_shows_the_verdict_the_failure_and_injected_markup_as_text(page: Path, tmp_path: Path) -> None:
-    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
-    assert '<p class="word" id="verdict">FAIL</p>' in dom
-    assert FAILING_TEST in dom
-    assert "e2e/test_checkout.py:43" in dom
-    assert "2 failed, 4 passed in 3.21s" in dom
-    assert '&lt;script&gt;document.title="pwned"&lt;/script&gt;' in dom
-    assert "<script" not in dom.lower(), "an injected script became an element"
-    assert "<img" not in dom.lower() and "<b>" not in dom
-    assert "<title>loopgate FAIL · acme/shop · agent/&lt;b&gt;bold&lt;/b&gt;</title>" in dom
+@pytest.mark.parametrize("name", sorted(samples.ALL))
+def test_page_shows_the_evidence_and_the_console_stays_silent(name: str, tmp_path: Path) -> None:
+    evidence = samples.ALL[name]()
+    shown = show(render_html(evidence), tmp_path)
+    assert shown.console == []
+    expected = [
+        display.verdict_label(evidence),
+        evidence.repo,
+        *evidence.reasons,
+        *(service.name for service in evidence.services),
+        *(suite.name for suite in evidence.suites),
+        *(failure.test for suite in evidence.suites for failure in suite.failures),
+        *evidence.changed_files,
+        *evidence.notes,
+    ]
+    missing = [text for text in expected if words(text) not in shown.text]
+    assert missing == []
 
 
-def test_screenshot_is_a_picture(page: Path, tmp_path: Path) -> None:
-    shot = tmp_path / "run.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri(), profile=tmp_path / "profile")
-    data = shot.read_bytes()
-    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+def test_failing_page_shows_where_it_failed(hostile: Shown) -> None:
+    assert '<p class="word" id="verdict">FAIL</p>' in hostile.dom
+    for text in (FAILING_TEST, "e2e/test_checkout.py:43", "2 failed, 4 passed in 3.21s", "assert 502 == 201"):
+        assert text in hostile.text, text
+
+
+def test_injected_markup_is_shown_as_text(hostile: Shown) -> None:
+    assert INJECTED in hostile.text, "the message and the log show the markup as the test wrote it"
+    assert "agent/<b>bold</b>" in hostile.text
+    elements = Resources()
+    elements.feed(hostile.dom)
+    assert elements.found == [], "an injected script or image became an element"
+    assert "<b>" not in hostile.dom
+    assert "<title>loopgate FAIL · acme/shop · agent/&lt;b&gt;bold&lt;/b&gt;</title>" in hostile.dom
+    assert hostile.console == []
+
+
+def test_console_messages_are_noticed(tmp_path: Path) -> None:
+    """The silence above means something: a page the CSP must block does log to the console."""
+    page = render_html(samples.failing()).replace("<body>", "<body><script>console.log(1)</script>", 1)
+    assert show(page, tmp_path).console
 
 
 class Resources(HTMLParser):
