@@ -237,3 +237,26 @@ def test_when_main_moves_the_old_baseline_is_retired(
     while remaining() != {new_main} and time.monotonic() < deadline:
         time.sleep(0.2)
     assert remaining() == {new_main}
+
+
+def test_a_persons_pr_gets_a_neutral_check_so_a_required_check_never_blocks_it(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    head = shop.branch("feature/by-a-person", {"docs/PERSON.md": "written by a person\n"})
+    pull = fake.open_pull(REPO, "feature/by-a-person", "main", title="a person's change")
+    opened = adapted(
+        fake, "pull_request", "opened", number=pull.number, head_ref="feature/by-a-person", head_sha=head
+    )
+    answer = server.deliver("pull_request", opened)
+    assert answer.status_code == 202 and "queued run" in answer.json()["status"], answer.text
+    run = server.wait_for_run(head)
+    assert (run["conclusion"], run["verdict"]) == ("neutral", None)
+    (check,) = [c for c in fake.check_runs(REPO, head_sha=head) if c.name == CHECK]
+    assert (check.conclusion, check.output["title"]) == ("neutral", "not an agent branch — not gated")
+    # Another event for the same head attaches to the commit's run: one commit, one check.
+    again = adapted(
+        fake, "pull_request", "reopened", number=pull.number, head_ref="feature/by-a-person", head_sha=head
+    )
+    assert f"attached to run {run['id']}" in server.deliver("pull_request", again).json()["status"]
+    assert len(server.runs(sha=head)) == 1
+    assert not fake.pull(REPO, pull.number).draft
