@@ -104,11 +104,11 @@ def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
             _kill_group(ref.pid, signal.SIGTERM)
         else:
             _kill_group(ref.pid, signal.SIGKILL)  # orphans of a dead leader may still hold its group
-    _, alive = psutil.wait_procs(members, timeout=grace)
+    alive = _wait_gone(members, grace)
     if alive:
         for ref in refs:
             _kill_group(ref.pid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=2)
+        _wait_gone(alive, 2)
     for ref in refs:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
@@ -132,14 +132,37 @@ def stop_writers(root: Path, *, grace: float = 5.0) -> int:
         if _pgid(process.pid) == own:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
-    _, alive = psutil.wait_procs(found, timeout=grace)
+    alive = _wait_gone(found, grace)
     for pgid in groups:
         _kill_group(pgid, signal.SIGKILL)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(alive, timeout=2)
+    _wait_gone(alive, 2)
     return len(found)
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; returns those still running at `timeout`.
+
+    A zombie counts as gone: the child of a loopgate process that was killed is reparented to init,
+    and an init that never reaps (a container's `sleep`) would otherwise keep it "alive" for the whole
+    grace period. Our own children are reaped on the way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in processes if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(process: psutil.Process) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(process.pid, os.WNOHANG)  # reap it if it is our own child
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _writers(root: Path) -> list[psutil.Process]:
