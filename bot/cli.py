@@ -485,7 +485,8 @@ def env_down(
     """Stop a baseline and every sandbox on it."""
     runtime = LocalRuntime(_settings())
     if all_envs:
-        targets = [record.env_id for record, _ in runtime.baselines()]
+        # Those with an unreadable record too: `down` stops what their journal says they ran.
+        targets = [record.env_id for record, _ in runtime.baselines()] + sorted(runtime.env_problems())
     else:
         try:
             plan_base = make_plan(repo, base, base).base_sha

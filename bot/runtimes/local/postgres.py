@@ -31,6 +31,7 @@ from psycopg import sql
 
 from bot.config import InfrastructureError
 from bot.runtimes.local.pgcluster import find_bindir
+from bot.runtimes.local.processes import ProcessRef
 
 _NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _ROLE_OPTIONS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
@@ -209,9 +210,12 @@ class Postgres:
         them; any login that succeeds shows a `trust` rule a fork could use, whatever `pg_hba.conf`
         says for other users. A wrong password, not none, so `~/.pgpass` or PGPASSWORD cannot make a
         checking server look trusting."""
-        probe = f"lg_probe_{secrets.token_hex(6)}"
+        me = ProcessRef.current()
+        # Named for this process, so a later probe drops it should a kill -9 land before its `finally`.
+        probe = f"lg_probe_{me.pid}_{int(me.create_time * 100)}_{secrets.token_hex(3)}"
         wrong = secrets.token_urlsafe(18)
         with self._admin() as conn:
+            _drop_stale_probes(conn)
             sockets, port = _local_sockets(conn, self.admin_url)
             secret = conn.pgconn.encrypt_password(secrets.token_bytes(18).hex().encode(), probe.encode())
             conn.execute(
@@ -266,6 +270,18 @@ def _drop(conn: psycopg.Connection[tuple[object, ...]], database: str | None, ro
         # Its sessions elsewhere (a temp table in `postgres`) would keep the role alive.
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def _drop_stale_probes(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Throwaway probe roles whose process is gone (killed mid-probe); older unnamed ones too."""
+    rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'lg\\_probe\\_%'").fetchall()
+    for (name,) in rows:
+        match = re.fullmatch(r"lg_probe_(\d+)_(\d+)_[0-9a-f]+", str(name))
+        if match and ProcessRef(pid=int(match[1]), create_time=int(match[2]) / 100).alive():
+            continue
+        with suppress(psycopg.Error):
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(str(name))))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(str(name))))
 
 
 def _local_sockets(conn: psycopg.Connection[tuple[object, ...]], url: str) -> tuple[list[str], int]:
