@@ -31,7 +31,7 @@ from bot.config.schema import Agents
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, exit_code, utcnow
 from bot.github.client import RepoClient, describe
 from bot.github.drafts import GitHubRecord
-from bot.github.gate import CHECK_NAME, is_gated, is_trusted_base, untrusted_base
+from bot.github.gate import CHECK_NAME, NOT_GATED, is_gated, is_trusted_base, untrusted_base
 from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest, new_run_id
 from bot.report import render_comment, render_json, render_step_summary
@@ -56,8 +56,9 @@ class Prepared:
 
 
 class Concluded(Exception):
-    """Nothing to verify, as the App decides it: a branch `agents.branches` does not gate (`skipped`), or
-    a push already superseded by a newer one (`cancelled`). The check run concludes with `why`."""
+    """Nothing to verify, as the App decides it: a branch `agents.branches` does not gate (`neutral`,
+    so a required check never blocks people), or a push already superseded by a newer one
+    (`cancelled`). The check run concludes with `why`."""
 
     def __init__(self, conclusion: str, title: str, why: str) -> None:
         super().__init__(why)
@@ -222,10 +223,10 @@ class ActionRun:
         return Prepared(base, base_sha, config, self._config_file(base_sha))
 
     def _require_gated(self, branch: str, config: Config) -> None:
-        """As the App: a branch the config does not gate is skipped before its base is judged."""
+        """As the App: a branch the config does not gate concludes `neutral` before its base is judged."""
         if not is_gated(branch, config.agents):
             why = f"{branch} does not match agents.branches in {self.inputs.config}; nothing to gate."
-            raise Concluded("skipped", "not gated", why)
+            raise Concluded("neutral", NOT_GATED, why)
 
     def _settle_head(self, branch: str) -> None:
         """A push that is no longer the branch head is superseded, as the App supersedes it: only the

@@ -271,7 +271,7 @@ def test_an_untrusted_base_is_a_config_error(origin: GitRepo, github: GitHubFake
     github.assert_no_violations()
 
 
-def test_a_branch_outside_agents_branches_is_skipped(
+def test_a_branch_outside_agents_branches_gets_a_neutral_check(
     origin: GitRepo, github: GitHubFake, tmp_path: Path
 ) -> None:
     head = origin.git("rev-parse", "feature/docs")
@@ -279,7 +279,7 @@ def test_a_branch_outside_agents_branches_is_skipped(
     assert result.code == 0, result.stdout + result.stderr
     assert result.outputs == {"verdict": "", "run-id": result.outputs["run-id"]}
     (check,) = [c for c in github.check_runs(REPO, head_sha=head) if c.name == CHECK]
-    assert (check.conclusion, check.output["title"]) == ("skipped", "not gated")
+    assert (check.conclusion, check.output["title"]) == ("neutral", "not an agent branch — not gated")
     assert "feature/docs does not match agents.branches" in result.summary
     github.assert_no_violations()
 

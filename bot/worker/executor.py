@@ -34,7 +34,7 @@ from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, utcnow
 from bot.github.client import GitHubApp, RepoClient
 from bot.github.drafts import GitHubRecord, KeptOrRecorded
 from bot.github.events import is_fork_branch
-from bot.github.gate import CHECK_NAME, is_gated, is_trusted_base, untrusted_base
+from bot.github.gate import CHECK_NAME, NOT_GATED, is_gated, is_trusted_base, untrusted_base
 from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.pipeline.plan import CONFIG_FILE
@@ -55,7 +55,6 @@ SETUP_HELP = (
 # Triggers that name a commit to verify even when it is no longer the head; pushes and base changes
 # speak for the branch, so a newer head makes them moot.
 VERIFIES_ANY_COMMIT = frozenset({"rerun"})
-NOT_GATED = "not an agent branch — not gated"
 
 
 @dataclass
