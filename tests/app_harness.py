@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.store import Store
 from tests.conftest import LOOPGATE, processes_under
 from tests.github_fake import GitHubFake, webhooks
 from tests.gitrepo import GitRepo
@@ -38,6 +39,15 @@ class AppServer:
     process: subprocess.Popen[bytes]
     env: dict[str, str]
     log: Path
+    _store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The server's own database, read beside it (SQLite in WAL mode, or PostgreSQL)."""
+        if self._store is None:
+            state = Path(self.env["LOOPGATE_STATE_DIR"])
+            self._store = Store.open(self.env.get("LOOPGATE_DATABASE_URL"), state_dir=state)
+        return self._store
 
     def deliver(self, event: str, payload: dict[str, Any], delivery_id: str | None = None) -> httpx.Response:
         return webhooks.deliver(f"{self.url}/webhooks/github", event, payload, SECRET, delivery_id)
@@ -59,14 +69,22 @@ class AppServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = [r for r in self.runs(sha=sha) if r["status"] in status]
-            if found:
+            if found and self.reported(found[0]["id"]):
                 return found[0]
             if self.process.poll() is not None:
                 raise AssertionError(f"the server exited: {self.log.read_text()[-2000:]}")
             time.sleep(0.2)
         raise AssertionError(f"no run for {sha[:12]} reached {status} in {timeout}s: {self.runs(sha=sha)}")
 
+    def reported(self, run_id: str) -> bool:
+        """Has the outbox delivered every report of the run (its check conclusion, its comment)?
+        A run concludes before its reports reach GitHub; tests read GitHub after both."""
+        return not any(r.run_id == run_id for r in self.store.reports(pending=True))
+
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:

@@ -6,6 +6,7 @@ module makes its own database there and drops it afterwards. Every test runs on 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
@@ -27,7 +28,7 @@ from sqlalchemy import make_url
 
 from bot.config import InfrastructureError
 from bot.evidence import Evidence
-from bot.store import NewRun, RunSnapshot, RunStatus, Store, UnknownRun
+from bot.store import LostClaim, NewReport, NewRun, RunSnapshot, RunStatus, Store, UnknownRun
 from bot.store import database as store_database
 from bot.store.migrate import VERSION_TABLE, current
 from bot.store.models import Base
@@ -223,7 +224,7 @@ def test_a_newer_push_supersedes_the_branch(store: Store) -> None:
     )
     assert stopping.cancel_reason == f"superseded by {SHA_C}"
     assert store.cancel_requested(running.id) is True
-    assert store.heartbeat(running.id) is True, "the heartbeat tells the worker to stop"
+    assert store.heartbeat(running.id, "w1") is True, "the heartbeat tells the worker to stop"
     assert store.get(other_branch.id) == other_branch
 
     assert store.supersede(REPO, "agent/fix", by_sha=SHA_C) == [], "nothing left to supersede"
@@ -475,6 +476,116 @@ def test_a_new_store_after_a_crash_sees_every_run_in_flight(url: str) -> None:
         resumed = restarted.claim("w-new")
         assert resumed is not None and (resumed.id, resumed.check_run_id) == (running.id, 99)
     crashed.close()
+
+
+def test_a_heartbeat_counts_only_for_the_worker_holding_the_claim(store: Store) -> None:
+    run = enqueued(store)
+    claimed = store.claim("w-old")
+    assert claimed is not None
+    time.sleep(0.01)
+    assert store.heartbeat(run.id, "w-other") is True, "a stranger's heartbeat says: stop"
+    assert store.get(run.id) == claimed, "and it changes nothing"
+    assert store.heartbeat(run.id, "w-old") is False
+    beating = store.get(run.id)
+    assert beating is not None and claimed.heartbeat_at is not None
+    assert beating.heartbeat_at is not None and beating.heartbeat_at > claimed.heartbeat_at
+
+
+def test_a_stale_run_is_taken_over_once_and_its_old_worker_loses_it(store: Store) -> None:
+    run = enqueued(store)
+    store.claim("w-old")
+    time.sleep(0.01)
+    [stale] = store.stale_running(timedelta(0))
+
+    taken = in_threads(3, lambda i: store.take_over(stale, f"reaper-{i}"))
+
+    winners = [t for t in taken if t is not None]
+    assert len(winners) == 1, "one reaper of three takes the run"
+    reaper = winners[0].claimed_by
+    assert reaper is not None and reaper.startswith("reaper-")
+    assert store.holds(run.id, "w-old") is False and store.holds(run.id, reaper) is True
+    assert store.heartbeat(run.id, "w-old") is True, "the old worker's heartbeat no longer counts"
+    with pytest.raises(LostClaim):
+        store.complete(run.id, "pass", "success", None, claimed_by="w-old")
+    concluded = store.complete(run.id, "error", "failure", None, claimed_by=reaper)
+    assert concluded.status == RunStatus.COMPLETED
+
+
+def test_a_beat_after_the_stale_read_keeps_the_run_from_its_reaper(store: Store) -> None:
+    run = enqueued(store)
+    store.claim("w-slow")
+    time.sleep(0.01)
+    [stale] = store.stale_running(timedelta(0))
+    assert store.heartbeat(run.id, "w-slow") is False
+    assert store.take_over(stale, "reaper") is None
+    assert store.holds(run.id, "w-slow") is True
+
+
+def _report(target: int, body: str = "x", run_id: str | None = None) -> NewReport:
+    return NewReport(REPO, 42, "check", target, json.dumps({"summary": body}), run_id)
+
+
+def test_reports_join_the_outbox_with_the_conclusion_and_a_newer_one_replaces_a_pending_one(
+    store: Store,
+) -> None:
+    run = enqueued(store)
+    claimed = store.claim("w1")
+    assert claimed is not None
+    with pytest.raises(LostClaim):
+        store.complete(run.id, "pass", "success", None, reports=[_report(7)], claimed_by="w2")
+    assert store.reports() == [], "a lost claim writes no report"
+    store.complete(run.id, "pass", "success", None, reports=[_report(7, "old", run.id)], claimed_by="w1")
+    store.enqueue_reports([_report(7, "new"), _report(8)])
+
+    reports = store.reports()
+    assert [(r.target, json.loads(r.payload)["summary"], r.outcome) for r in reports] == [
+        (7, "old", "replaced"),
+        (7, "new", None),
+        (8, "x", None),
+    ]
+    assert [r.target for r in store.reports(pending=True)] == [7, 8]
+
+
+def test_reports_are_claimed_once_leased_and_retried_after_their_pause(store: Store) -> None:
+    store.enqueue_reports([_report(n) for n in range(1, 7)])
+
+    claims = in_threads(3, lambda _: store.claim_reports(timedelta(minutes=1), limit=2))
+
+    ids = Counter(report.id for claim in claims for report in claim)
+    assert sorted(ids) == [r.id for r in store.reports()] and set(ids.values()) == {1}
+    assert store.claim_reports(timedelta(minutes=1)) == [], "leased reports wait for their lease"
+    first, second = store.reports()[:2]
+    store.report_delivered(first.id)
+    store.report_failed(second.id, "GitHub answered 503", timedelta(0))
+    [again] = store.claim_reports(timedelta(minutes=1))
+    assert (again.id, again.attempts, again.last_error) == (second.id, 2, "GitHub answered 503")
+    assert store.report_pending(first.id) is False and store.report_pending(second.id) is True
+
+
+def test_the_comment_lock_serialises_a_pull_request_and_keeps_its_comment_id(store: Store) -> None:
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def upsert(index: int) -> int | None:
+        with store.comment_lock(REPO, 5) as slot:
+            inside.append(index)
+            if len(inside) > 1:
+                overlaps.append(index)
+            time.sleep(0.05)
+            if slot.comment_id is None:
+                slot.comment_id = 1000 + index
+            inside.remove(index)
+            return slot.comment_id
+
+    if store.backend == "sqlite":
+        # SQLite serves one process; the adapter's in-process lock serialises there.
+        assert upsert(0) == 1000 and upsert(1) == 1000
+    else:
+        ids = in_threads(4, upsert)
+        assert overlaps == [], "two holders of one PR's lock at once"
+        assert len(set(ids)) == 1, f"each caller must see the first caller's comment id: {ids}"
+    assert store.comment_id(REPO, 5) in {1000, 1001, 1002, 1003}
+    assert store.comment_id(REPO, 6) is None
 
 
 def test_migrations_run_twice_are_a_noop_and_match_the_models(url: str) -> None:

@@ -78,6 +78,19 @@ class AppSettings(RuntimeSettings):
     github_throttle: bool = Field(
         default=True, description="Pace requests as GitHub asks integrations to; off for a local fake."
     )
+    heartbeat_s: float = Field(default=5.0, gt=0, description="How often a worker says its run is alive.")
+    stale_after_s: float = Field(
+        default=30.0, gt=0, description="A running run silent this long is reaped by any replica."
+    )
+    reap_every_s: float = Field(default=15.0, gt=0, description="How often each replica looks for them.")
+    outbox_poll_s: float = Field(default=1.0, gt=0, description="How often the outbox is looked at.")
+    outbox_backoff_s: float = Field(
+        default=2.0, gt=0, description="First pause before a report GitHub refused is sent again; it doubles."
+    )
+    outbox_backoff_max_s: float = Field(default=300.0, gt=0)
+    outbox_lease_s: float = Field(
+        default=120.0, gt=0, description="How long a replica holds a report it is delivering."
+    )
 
     def secret_paths(self) -> list[Path]:
         key = [self.github_private_key_path] if self.github_private_key_path is not None else []

@@ -9,7 +9,8 @@ would make a second one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
@@ -26,9 +27,9 @@ DRAFT_EVENTS = frozenset({"convert_to_draft", "ready_for_review"})
 """The issue events that change whether a PR is a draft (GitHub records them with their actor)."""
 
 
-def _retry() -> GithubRetry:
+def _retry(total: int = 5) -> GithubRetry:
     return GithubRetry(
-        total=5,
+        total=total,
         backoff_factor=0.5,
         status_forcelist=[500, 502, 503, 504],
         allowed_methods=frozenset({"GET", "HEAD", "PATCH", "PUT", "DELETE"}),
@@ -53,6 +54,28 @@ class _KeyedLocks:
 
 
 _comment_locks = _KeyedLocks()
+
+
+class CommentRecord(Protocol):
+    """Where the caller keeps a PR's sticky comment id; set `comment_id` once it is known."""
+
+    comment_id: int | None
+
+
+CommentLock = Callable[[str, int], AbstractContextManager[CommentRecord]]
+"""Holds (repo, PR) across processes while its sticky comment is found or created (the App's
+store); the adapter knows no store, so the caller passes it in."""
+
+
+@dataclass
+class _Unrecorded:
+    comment_id: int | None = None
+
+
+@contextmanager
+def _unrecorded(_repo: str, _number: int) -> Iterator[CommentRecord]:
+    """No lock beyond this process's and no record: one process (the Action) posts alone."""
+    yield _Unrecorded()
 
 
 class Identity(Protocol):
@@ -88,8 +111,11 @@ class DraftChange(NamedTuple):
 class GitHubApp:
     """App-level calls (JWT) and a cache of installation clients."""
 
-    def __init__(self, app_id: int, private_key: str, api_url: str, *, throttle: bool = True) -> None:
+    def __init__(
+        self, app_id: int, private_key: str, api_url: str, *, throttle: bool = True, retries: int = 5
+    ) -> None:
         self.api_url = api_url.rstrip("/")
+        self._retries = retries
         self._auth = Auth.AppAuth(app_id, private_key)
         pace: dict[str, Any] = (
             {} if throttle else {"seconds_between_requests": 0, "seconds_between_writes": 0}
@@ -125,7 +151,7 @@ class GitHubApp:
         client = Github(
             auth=Auth.Token(self.token(installation)),
             base_url=self.api_url,
-            retry=_retry(),
+            retry=_retry(self._retries),
             lazy=True,
             **self._pace,
         )
@@ -219,12 +245,20 @@ class RepoClient:
             assert title is not None and summary is not None
             run.edit(output={"title": title, "summary": summary, "annotations": batch})
 
-    def upsert_comment(self, number: int, body: str, marker: str, known_id: int | None) -> int:
+    def upsert_comment(
+        self, number: int, body: str, marker: str, known_id: int | None, lock: CommentLock | None = None
+    ) -> int:
         """One sticky comment per PR: edit ours in place (found by id or marker and the App's login);
-        post a new one when it was deleted. Upserts of one PR take turns in this process, or two
-        events arriving together would each find no comment and post one."""
-        with _comment_locks.hold((self.full_name, number)):
-            return self._upsert_comment(number, body, marker, known_id)
+        post a new one when it was deleted. Upserts of one PR take turns in this process, and under
+        `lock` across processes, or two events arriving together would each find no comment and post
+        one; the id `lock` records is preferred to `known_id`, and the id used is recorded."""
+        with (
+            _comment_locks.hold((self.full_name, number)),
+            (lock or _unrecorded)(self.full_name, number) as record,
+        ):
+            comment_id = self._upsert_comment(number, body, marker, record.comment_id or known_id)
+            record.comment_id = comment_id
+            return comment_id
 
     def _upsert_comment(self, number: int, body: str, marker: str, known_id: int | None) -> int:
         issue = self._repo.get_issue(number)

@@ -6,6 +6,11 @@ the PR's head right before acting: a verdict on any other commit only completes 
 with a note saying why, and leaves the PR and its sticky comment (which speak for the head) alone. A
 push landing between that read and the action is caught by the push's own run, which gates again.
 
+Gating is synchronous (it depends on GitHub's state right now); the reports — the check conclusion and
+the sticky comment — are rendered as data (`gate_and_render`), so the App can put them in its durable
+outbox and deliver them until GitHub accepts them, while the Action, which has no database, sends them
+at once (`publish`).
+
 Whether loopgate drafted a PR comes from the caller (`Drafts`): the App's store, written the moment
 GitHub accepted the change, or GitHub's own record of who drafted it (`bot.github.drafts`) — never
 read back from notes. It is asked only of a PR that is a draft.
@@ -13,14 +18,14 @@ read back from notes. It is asked only of a PR that is a draft.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from github import GithubException
 
 from bot.config.schema import Agents
 from bot.evidence import CHECK_CONCLUSIONS, Evidence
-from bot.github.client import RepoClient, describe
+from bot.github.client import CommentLock, RepoClient, describe
 from bot.github.gate import Action, OpenPull, gate_actions, not_gating
 from bot.report import COMMENT_MARKER, render_check, render_comment, render_pr_body
 
@@ -55,12 +60,37 @@ class Target:
 
 
 @dataclass
+class CheckReport:
+    """A check run's conclusion, as `RepoClient.update_check` takes it: a PATCH of a known id, so
+    sending it twice is harmless."""
+
+    check_run_id: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def completed(cls, check_run_id: int, conclusion: str, title: str, summary: str) -> CheckReport:
+        fields = {"status": "completed", "conclusion": conclusion, "title": title, "summary": summary}
+        return cls(check_run_id, fields)
+
+
+@dataclass
+class CommentReport:
+    """The sticky comment of PR #number; an upsert by id or marker, so sending it twice is harmless."""
+
+    number: int
+    body: str
+    known_id: int | None = None
+
+
+@dataclass
 class Published:
     conclusion: str
     pr_number: int | None
     comment_id: int | None
     gated: bool
     """False when the run's commit was no longer the head: only its check run was completed."""
+    check: CheckReport | None = None
+    comment: CommentReport | None = None
 
 
 def check_conclusion(evidence: Evidence) -> str:
@@ -91,28 +121,58 @@ def failure_annotations(evidence: Evidence) -> list[dict[str, Any]]:
 def publish(
     client: RepoClient, evidence: Evidence, agents: Agents, target: Target, drafts: Drafts
 ) -> Published:
+    """Gate, then send the reports at once: the Action's path, which has no outbox."""
+    published = gate_and_render(client, evidence, agents, target, drafts)
+    if published.check is not None:
+        send_check(client, published.check)
+    if published.comment is not None:
+        published.comment_id = send_comment(client, published.comment)
+    return published
+
+
+def send_check(client: RepoClient, report: CheckReport) -> None:
+    client.update_check(report.check_run_id, **report.fields)
+
+
+def send_comment(client: RepoClient, report: CommentReport, lock: CommentLock | None = None) -> int:
+    return client.upsert_comment(report.number, report.body, COMMENT_MARKER, report.known_id, lock)
+
+
+def gate_and_render(
+    client: RepoClient, evidence: Evidence, agents: Agents, target: Target, drafts: Drafts
+) -> Published:
+    """Act on the PR as the verdict says, then render the check conclusion and the sticky comment
+    (only while the run's commit is the head) without sending them."""
     pull = client.open_pull(target.branch)
     number, gated = (pull.number if pull else None), True
     if not evidence.cancelled:
         number, gated = _gate(client, evidence, agents, target, pull, drafts)
     conclusion = check_conclusion(evidence)
-    output = render_check(evidence)
-    client.update_check(
-        target.check_run_id,
-        status="completed",
-        conclusion=conclusion,
-        title=output.title,
-        summary=output.summary,
-        text=output.text,
-        annotations=failure_annotations(evidence),
-        actions=[RERUN] if conclusion == "failure" else [],
-    )
-    comment_id = target.comment_id
+    comment = None
     if number is not None and gated:
-        comment_id = client.upsert_comment(
-            number, render_comment(evidence), COMMENT_MARKER, target.comment_id
-        )
-    return Published(conclusion=conclusion, pr_number=number, comment_id=comment_id, gated=gated)
+        comment = CommentReport(number, render_comment(evidence), target.comment_id)
+    return Published(
+        conclusion=conclusion,
+        pr_number=number,
+        comment_id=target.comment_id,
+        gated=gated,
+        check=render_check_report(evidence, target.check_run_id, conclusion),
+        comment=comment,
+    )
+
+
+def render_check_report(evidence: Evidence, check_run_id: int, conclusion: str) -> CheckReport:
+    output = render_check(evidence)
+    fields: dict[str, Any] = {
+        "status": "completed",
+        "conclusion": conclusion,
+        "title": output.title,
+        "summary": output.summary,
+        "text": output.text,
+        "annotations": failure_annotations(evidence),
+        "actions": [RERUN] if conclusion == "failure" else [],
+    }
+    return CheckReport(check_run_id, fields)
 
 
 def _gate(

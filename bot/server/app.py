@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from bot.report import COMMENT_MARKER, render_comment
 from bot.server.metrics import Metrics
 from bot.server.runs import runs_router
 from bot.server.webhooks import webhook_router
-from bot.store import Store
+from bot.store import NewReport, Store
 
 log = logging.getLogger("loopgate.server")
 
@@ -35,20 +36,24 @@ def create_app(
     app.state.metrics = metrics
 
     def refresh_comment(repo: str, branch: str, number: int | None) -> None:
-        """A PR opened or updated on a gated branch: attach or refresh the sticky comment."""
+        """A PR opened or updated on a gated branch: attach or refresh the sticky comment, under the
+        PR's lock shared by all replicas; if GitHub refuses, the outbox delivers it later."""
         run = store.latest_for_branch(repo, branch)
         evidence = run.evidence() if run else None
         if run is None or evidence is None or number is None or not is_gated(branch):
             return
+        store.set_pr(run.id, number)
+        body = render_comment(evidence)
         try:
             client = github.repo(repo, run.installation_id)
             comment_id = client.upsert_comment(
-                number, render_comment(evidence), COMMENT_MARKER, run.comment_id
+                number, body, COMMENT_MARKER, run.comment_id, store.comment_lock
             )
             store.set_comment(run.id, comment_id)
-            store.set_pr(run.id, number)
         except Exception:
-            log.exception("refreshing the comment on %s#%s failed", repo, number)
+            log.exception("refreshing the comment on %s#%s failed; queued for the outbox", repo, number)
+            payload = json.dumps({"body": body, "known_id": run.comment_id})
+            store.enqueue_reports([NewReport(repo, run.installation_id, "comment", number, payload, run.id)])
 
     app.include_router(webhook_router(settings, store, metrics, refresh_comment, new_run_id))
     app.include_router(runs_router(settings, store))

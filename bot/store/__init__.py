@@ -6,19 +6,26 @@ frozen snapshots. Schema changes are Alembic revisions; `bot.store.migrate` says
 """
 
 from bot.store.snapshots import (
+    CommentSlot,
     DeliverySnapshot,
     InstallationSnapshot,
+    NewReport,
     NewRun,
+    ReportSnapshot,
     RunSnapshot,
     RunStatus,
 )
-from bot.store.store import ROUTING_KEY, Store, UnknownRun
+from bot.store.store import ROUTING_KEY, LostClaim, Store, UnknownRun
 
 __all__ = [
     "ROUTING_KEY",
+    "CommentSlot",
     "DeliverySnapshot",
     "InstallationSnapshot",
+    "LostClaim",
+    "NewReport",
     "NewRun",
+    "ReportSnapshot",
     "RunSnapshot",
     "RunStatus",
     "Store",

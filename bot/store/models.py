@@ -164,3 +164,50 @@ class PullDraft(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     run_id: Mapped[str | None] = mapped_column(String(64))
     drafted_at: Mapped[datetime]
+
+
+class PullComment(Base):
+    """The sticky comment of one PR, once GitHub gave it an id, so later upserts edit it directly.
+
+    On PostgreSQL the find-or-create of the comment also holds an advisory lock on (repo, PR), so two
+    replicas refreshing one PR at the same instant post one comment between them.
+    """
+
+    __tablename__ = "pull_comments"
+
+    repo: Mapped[str] = mapped_column(String(256), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    comment_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class Report(Base):
+    """A check-run conclusion or sticky comment that must reach GitHub: the outbox.
+
+    Written in the transaction that concludes the run, delivered by any replica's dispatcher (rows
+    claimed with SKIP LOCKED and leased until `next_attempt_at`), retried with backoff until GitHub
+    accepts it. Deliveries are idempotent: a check is a PATCH of a known id, a comment an upsert.
+    """
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        # The dispatcher's query: pending rows whose next attempt is due.
+        Index("ix_reports_delivered_at_next_attempt_at", "delivered_at", "next_attempt_at"),
+        Index("ix_reports_repo_kind_target", "repo", "kind", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    repo: Mapped[str] = mapped_column(String(256))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    # `check` (target: the check run id) or `comment` (target: the PR number).
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[int] = mapped_column(BigInteger)
+    payload: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    # Set once GitHub accepted it, or once a newer report for the same target replaced it.
+    delivered_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]

@@ -111,3 +111,42 @@ class DeliverySnapshot:
     outcome: str | None = None
     """None while unhandled; `processed`, `rejected` or `failed` after."""
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewReport:
+    """What must reach GitHub: a check conclusion (`target` = check run id) or a sticky comment
+    (`target` = PR number), its payload rendered as JSON."""
+
+    repo: str
+    installation_id: int | None
+    kind: str
+    target: int
+    payload: str
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSnapshot:
+    id: int
+    run_id: str | None
+    repo: str
+    installation_id: int | None
+    kind: str
+    target: int
+    payload: str
+    attempts: int
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    outcome: str | None
+    last_error: str | None
+
+
+@dataclass(slots=True)
+class CommentSlot:
+    """A PR's sticky comment id as the store knows it, held under the PR's lock; set `comment_id`
+    inside the lock and the store keeps it."""
+
+    repo: str
+    number: int
+    comment_id: int | None

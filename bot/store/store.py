@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from sqlalchemy import Engine, Select, func, insert, or_, select, text
+from sqlalchemy import Engine, Select, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -22,14 +22,17 @@ from bot.config import RuntimeSettings
 from bot.evidence import Verdict, utcnow
 from bot.store import claim as claiming
 from bot.store import database, migrate
-from bot.store.models import Delivery, Installation, PullDraft, Run
+from bot.store.models import Delivery, Installation, PullComment, PullDraft, Report, Run
 from bot.store.snapshots import (
     FINISHED,
     IN_FLIGHT,
     AcceptedPush,
+    CommentSlot,
     DeliverySnapshot,
     InstallationSnapshot,
+    NewReport,
     NewRun,
+    ReportSnapshot,
     RunSnapshot,
     RunStatus,
 )
@@ -44,6 +47,13 @@ _IN_FLIGHT = [status.value for status in IN_FLIGHT]
 class UnknownRun(LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run {run_id!r} in the store")
+
+
+class LostClaim(RuntimeError):
+    """The worker no longer holds the run (it was reaped and taken over): it must not report it."""
+
+    def __init__(self, run_id: str, worker_id: str) -> None:
+        super().__init__(f"run {run_id!r} is no longer claimed by {worker_id!r}")
 
 
 class Store:
@@ -101,7 +111,7 @@ class Store:
             yield session
 
     def _insert(
-        self, model: type[Delivery | Installation | Run | PullDraft]
+        self, model: type[Delivery | Installation | Run | PullDraft | PullComment]
     ) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(model) if self.backend == "postgresql" else sqlite.insert(model)
 
@@ -405,13 +415,34 @@ class Store:
                 continue  # another worker started a run of this branch an instant ago
         return None
 
-    def heartbeat(self, run_id: str) -> bool:
-        """Mark a running run alive; returns `cancel_requested`, so a worker learns it in one trip."""
+    def heartbeat(self, run_id: str, worker_id: str) -> bool:
+        """Mark a running run alive, only for the worker that holds its claim. Returns whether the
+        worker should stop (cancellation requested, or the claim lost), so it learns in one trip."""
         with self._session("recording a heartbeat", write=True) as session:
             run = _locked(session, run_id)
-            if run.status == _RUNNING:
-                run.heartbeat_at = utcnow()
+            if run.status != _RUNNING or run.claimed_by != worker_id:
+                return True
+            run.heartbeat_at = utcnow()
             return _should_stop(run)
+
+    def holds(self, run_id: str, worker_id: str) -> bool:
+        """Is the run still running under this worker's claim?"""
+        with self._session("reading a run") as session:
+            run = _get(session, run_id)
+            return run.status == _RUNNING and run.claimed_by == worker_id
+
+    def take_over(self, run: RunSnapshot, by: str) -> RunSnapshot | None:
+        """Claim a stale running run for its reaper, only if nobody touched it since `run` was read
+        (same claim, same heartbeat): of two reapers, one wins; a worker that beat meanwhile keeps it."""
+        with self._session("taking over a run", write=True) as session:
+            row = _locked(session, run.id)
+            unchanged = row.claimed_by == run.claimed_by and row.heartbeat_at == run.heartbeat_at
+            if row.status != _RUNNING or not unchanged:
+                return None
+            now = utcnow()
+            row.claimed_by, row.claimed_at, row.heartbeat_at, row.updated_at = by, now, now, now
+            session.flush()
+            return _run(row)
 
     def cancel_requested(self, run_id: str) -> bool:
         """Should the worker stop? True when cancellation was requested or the run was cancelled."""
@@ -448,8 +479,15 @@ class Store:
         conclusion: str,
         evidence_json: str | None,
         status: str = RunStatus.COMPLETED.value,
+        *,
+        reports: Sequence[NewReport] = (),
+        claimed_by: str | None = None,
     ) -> RunSnapshot:
-        """Conclude a run: `completed` with its verdict, or `cancelled` (superseded, deleted)."""
+        """Conclude a run: `completed` with its verdict, or `cancelled` (superseded, deleted).
+
+        `reports` (its check conclusion, its comment) join the outbox in the same transaction, so a
+        concluded run always has them on their way. With `claimed_by`, only that worker's claim
+        concludes the run; otherwise LostClaim, and nothing is written."""
         finished = RunStatus(status)
         if finished not in FINISHED:
             raise ValueError(f"a run concludes completed or cancelled, not {status!r}")
@@ -458,6 +496,9 @@ class Store:
         now = utcnow()
         with self._session("concluding a run", write=True) as session:
             run = _locked(session, run_id)
+            if claimed_by is not None and (run.status != _RUNNING or run.claimed_by != claimed_by):
+                raise LostClaim(run_id, claimed_by)
+            _add_reports(session, reports, now)
             run.status = finished.value
             run.verdict = verdict
             run.conclusion = conclusion
@@ -498,6 +539,95 @@ class Store:
                 run.updated_at = utcnow()
                 session.flush()
             return _run(run)
+
+    # The outbox: reports that must reach GitHub
+
+    def enqueue_reports(self, reports: Sequence[NewReport]) -> None:
+        """Reports not tied to a run's conclusion (a superseded run's check, a refreshed comment)."""
+        if reports:
+            with self._session("queueing reports", write=True) as session:
+                _add_reports(session, reports, utcnow())
+
+    def claim_reports(
+        self, lease: timedelta, *, limit: int = 10, run_id: str | None = None
+    ) -> list[ReportSnapshot]:
+        """Take due reports (oldest first) for `lease`: another dispatcher skips them until it ends,
+        so a dispatcher that dies mid-delivery only delays them. PostgreSQL skips rows another
+        replica is claiming (SKIP LOCKED); SQLite's claim holds the write lock."""
+        now = utcnow()
+        query = (
+            select(Report)
+            .where(Report.delivered_at.is_(None), Report.next_attempt_at <= now)
+            .order_by(Report.id)
+            .limit(limit)
+        )
+        if run_id is not None:
+            query = query.where(Report.run_id == run_id)
+        if self.backend == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self._session("claiming reports", write=True) as session:
+            rows = session.scalars(query).all()
+            for row in rows:
+                row.attempts += 1
+                row.next_attempt_at = now + lease
+            session.flush()
+            return [_report(row) for row in rows]
+
+    def report_pending(self, report_id: int) -> bool:
+        """False once the report was delivered or replaced by a newer one for the same target."""
+        with self._session("reading a report") as session:
+            row = session.get(Report, report_id)
+            return row is not None and row.delivered_at is None
+
+    def report_delivered(self, report_id: int, outcome: str = "delivered", error: str | None = None) -> None:
+        """GitHub accepted the report (or it can never be delivered: `outcome` says which)."""
+        with self._session("recording a delivered report", write=True) as session:
+            row = session.get(Report, report_id, with_for_update=True)
+            if row is not None and row.delivered_at is None:
+                row.delivered_at, row.outcome, row.last_error = utcnow(), outcome, error
+
+    def report_failed(self, report_id: int, error: str, retry_in: timedelta) -> None:
+        with self._session("recording a failed report", write=True) as session:
+            row = session.get(Report, report_id, with_for_update=True)
+            if row is not None and row.delivered_at is None:
+                row.last_error, row.next_attempt_at = error, utcnow() + retry_in
+
+    def reports(self, *, pending: bool = False) -> list[ReportSnapshot]:
+        query = select(Report).order_by(Report.id)
+        if pending:
+            query = query.where(Report.delivered_at.is_(None))
+        with self._session("listing reports") as session:
+            return [_report(row) for row in session.scalars(query)]
+
+    # Sticky comments
+
+    @contextmanager
+    def comment_lock(self, repo: str, number: int) -> Iterator[CommentSlot]:
+        """Hold PR #number's sticky comment across replicas while it is found or created.
+
+        PostgreSQL: a transaction-scoped advisory lock, held until the comment id is stored. SQLite
+        serves one machine; the adapter's in-process lock serialises the upsert there, and holding
+        a write transaction across a GitHub call would stall every other writer, so none is held."""
+        if self.backend != "postgresql":
+            slot = CommentSlot(repo, number, self.comment_id(repo, number))
+            yield slot
+            if slot.comment_id is not None:
+                with self._session("storing a comment id", write=True) as session:
+                    _store_comment(session, self._insert(PullComment), slot)
+            return
+        with self._session("locking a sticky comment", write=True) as session:
+            key = f"loopgate-comment:{repo}:{number}"
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+            row = session.get(PullComment, (repo, number))
+            slot = CommentSlot(repo, number, row.comment_id if row else None)
+            yield slot
+            if slot.comment_id is not None:
+                _store_comment(session, self._insert(PullComment), slot)
+
+    def comment_id(self, repo: str, number: int) -> int | None:
+        with self._session("reading a comment id") as session:
+            row = session.get(PullComment, (repo, number))
+            return None if row is None else row.comment_id
 
     # Runs: reading
 
@@ -558,6 +688,35 @@ def _locked(session: Session, run_id: str) -> Run:
     if run is None:
         raise UnknownRun(run_id)
     return run
+
+
+def _add_reports(session: Session, reports: Sequence[NewReport], now: datetime) -> None:
+    """Queue reports; a pending one for the same target is replaced, since the newer says it all."""
+    for report in reports:
+        session.execute(
+            update(Report)
+            .where(
+                Report.repo == report.repo,
+                Report.kind == report.kind,
+                Report.target == report.target,
+                Report.delivered_at.is_(None),
+            )
+            .values(delivered_at=now, outcome="replaced")
+        )
+        session.add(Report(**asdict(report), attempts=0, next_attempt_at=now, created_at=now))
+    session.flush()
+
+
+def _store_comment(session: Session, insert_: postgresql.Insert | sqlite.Insert, slot: CommentSlot) -> None:
+    values = {"comment_id": slot.comment_id, "updated_at": utcnow()}
+    stmt = insert_.values({"repo": slot.repo, "number": slot.number, **values}).on_conflict_do_update(
+        index_elements=["repo", "number"], set_=values
+    )
+    session.execute(stmt)
+
+
+def _report(row: Report) -> ReportSnapshot:
+    return ReportSnapshot(**{field.name: getattr(row, field.name) for field in fields(ReportSnapshot)})
 
 
 def _replaced(repo: str, branch: str, by_sha: str, heads: Collection[str] | None) -> Select[Run]:

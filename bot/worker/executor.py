@@ -2,7 +2,10 @@
 pipeline, publish.
 
 Every id (check run, comment, PR) is stored the moment it exists, so a restart can finish what a
-crash interrupted.
+crash interrupted. Each conclusion is stored with its reports (check conclusion, sticky comment) for
+the outbox to deliver, and only while this worker still holds the run's claim: a worker whose run was
+reaped (its heartbeat stopped reaching the store) and taken over by another replica stops without
+reporting anything.
 
 Superseding follows the branch head, not the order deliveries arrive in. The webhook cancels only the
 runs of a push's `before` (certainly older); everything else is settled here, when a worker starts a
@@ -26,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.config import AppSettings, ConfigError, LoopgateError, parse_config
 from bot.config.schema import Agents, Config
@@ -35,7 +38,7 @@ from bot.github.client import GitHubApp, RepoClient
 from bot.github.drafts import GitHubRecord, KeptOrRecorded
 from bot.github.events import is_fork_branch
 from bot.github.gate import CHECK_NAME, NOT_GATED, is_gated, is_trusted_base, untrusted_base
-from bot.github.publish import Target, publish
+from bot.github.publish import CheckReport, Target, gate_and_render
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.pipeline.plan import CONFIG_FILE
 from bot.report.links import run_links
@@ -44,9 +47,10 @@ from bot.runtimes.protocol import Runtime, Source
 from bot.store import Store
 from bot.store.snapshots import RunSnapshot, RunStatus
 from bot.worker.mirror import Mirrors
+from bot.worker.outbox import Outbox, check_report, reports_of
 
 log = logging.getLogger("loopgate.worker")
-HEARTBEAT_S = 5.0
+LOST_CLAIM = "another replica took this run over"
 HEAD_SETTLE_S = 2.0
 SETUP_HELP = (
     f"This repository has no {CONFIG_FILE} at the base commit, so loopgate does not gate it."
@@ -65,6 +69,10 @@ class RunEnvironment:
     runtime: Runtime
     mirrors: Mirrors
     on_finished: Callable[[Evidence], None] = lambda _evidence: None
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.store, self.github, self.settings)
 
 
 @dataclass
@@ -82,8 +90,21 @@ class Concluded(Exception):
 class RunExecutor:
     def __init__(self, env: RunEnvironment) -> None:
         self.env = env
+        self._lost = threading.Event()
 
     def execute(self, run: RunSnapshot) -> None:
+        """Run it with a heartbeat all along, so no replica reaps a run that is alive."""
+        self._lost = threading.Event()
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(run, stop), daemon=True)
+        beat.start()
+        try:
+            self._execute(run)
+        finally:
+            stop.set()
+            beat.join(timeout=1)
+
+    def _execute(self, run: RunSnapshot) -> None:
         env = self.env
         client = env.github.repo(run.repo, run.installation_id)
         html, json_url = run_links(env.settings.public_url, env.settings.webhook_secret, run.id)
@@ -130,28 +151,36 @@ class RunExecutor:
             else f"{run.branch} no longer exists"
         )
         evidence.cancelled, evidence.reasons, evidence.finished_at = True, [reason], utcnow()
-        client.update_check(
-            check_id,
-            status="completed",
-            conclusion="cancelled",
-            title="superseded",
-            summary=f"{reason}; loopgate verifies and gates only the branch head.",
-        )
-        store.complete(run.id, None, "cancelled", evidence.model_dump_json(), status="cancelled")
+        summary = f"{reason}; loopgate verifies and gates only the branch head."
+        report = CheckReport.completed(check_id, "cancelled", "superseded", summary)
+        self._conclude(run, evidence, report, status="cancelled")
         raise Concluded
+
+    def _conclude(
+        self, run: RunSnapshot, evidence: Evidence, report: CheckReport, status: str = "completed"
+    ) -> None:
+        """Conclude a run that verified nothing (superseded, not gated, not set up): its check report
+        goes out with the conclusion, through the outbox."""
+        conclusion = str(report.fields["conclusion"])
+        self.env.store.complete(
+            run.id,
+            None,
+            conclusion,
+            evidence.model_dump_json(),
+            status=status,
+            reports=[check_report(run, report)],
+            claimed_by=run.claimed_by,
+        )
+        self.env.outbox.deliver_soon(run.id)
 
     def _cancel_checks(self, client: RepoClient, runs: list[RunSnapshot]) -> None:
         """Superseded runs that had started once (requeued after a crash) have a check to close."""
         for other in runs:
             if other.check_run_id is not None and other.status == RunStatus.CANCELLED:
                 summary = f"superseded by {other.superseded_by or '?'}"
-                client.update_check(
-                    other.check_run_id,
-                    status="completed",
-                    conclusion="cancelled",
-                    title="superseded",
-                    summary=summary,
-                )
+                report = CheckReport.completed(other.check_run_id, "cancelled", "superseded", summary)
+                self.env.store.enqueue_reports([check_report(other, report)])
+                self.env.outbox.deliver_soon(other.id)
 
     def _prepare(self, client: RepoClient, run: RunSnapshot, evidence: Evidence, check_id: int) -> Prepared:
         """The trusted base and its config. Trust comes from the default branch's config alone: the
@@ -185,14 +214,8 @@ class RunExecutor:
     ) -> None:
         """`neutral`, not `skipped`: DESIGN asks for it, and a required check must never block a
         person's PR (GitHub counts both as passing; neutral says "looked, nothing to gate")."""
-        client.update_check(
-            check_id,
-            status="completed",
-            conclusion="neutral",
-            title=NOT_GATED,
-            summary=f"{why}; loopgate gates only agent branches, so this commit is not gated.",
-        )
-        self.env.store.complete(run.id, None, "neutral", evidence.model_dump_json())
+        summary = f"{why}; loopgate gates only agent branches, so this commit is not gated."
+        self._conclude(run, evidence, CheckReport.completed(check_id, "neutral", NOT_GATED, summary))
         raise Concluded
 
     def _read_config(
@@ -200,14 +223,8 @@ class RunExecutor:
     ) -> Config:
         text = client.read_file(branch, CONFIG_FILE)
         if text is None:
-            client.update_check(
-                check_id,
-                status="completed",
-                conclusion="neutral",
-                title="loopgate is not set up",
-                summary=SETUP_HELP,
-            )
-            self.env.store.complete(run.id, None, "neutral", evidence.model_dump_json())
+            report = CheckReport.completed(check_id, "neutral", "loopgate is not set up", SETUP_HELP)
+            self._conclude(run, evidence, report)
             raise Concluded
         try:
             return parse_config(text)
@@ -237,24 +254,20 @@ class RunExecutor:
         env = self.env
         mirror = env.mirrors.sync(run.repo, run.clone_url or "", client.token(run.installation_id or 0))
         base_sha = Git(mirror).resolve(prepared.base)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(run.id, stop), daemon=True)
-        beat.start()
-        try:
-            pipeline = Pipeline(env.runtime, should_stop=lambda: self._stop_reason(run.id))
-            verified = pipeline.verify(
-                VerifyRequest(
-                    repo=mirror,
-                    base_ref=base_sha,
-                    head_ref=run.head_sha,
-                    trigger=run.trigger,
-                    run_id=run.id,
-                    keep_baseline=True,
-                )
+        pipeline = Pipeline(env.runtime, should_stop=lambda: self._stop_reason(run.id))
+        verified = pipeline.verify(
+            VerifyRequest(
+                repo=mirror,
+                base_ref=base_sha,
+                head_ref=run.head_sha,
+                trigger=run.trigger,
+                run_id=run.id,
+                keep_baseline=True,
             )
-        finally:
-            stop.set()
-            beat.join(timeout=1)
+        )
+        if self._lost.is_set():
+            log.warning("run %s was taken over by another replica; this worker does not report it", run.id)
+            return
         verified.repo, verified.base.ref, verified.head.ref = run.repo, prepared.base, run.branch
         verified.links = evidence.links
         self._publish(client, run, verified, prepared.config.agents, prepared.base, check_id)
@@ -275,23 +288,37 @@ class RunExecutor:
         target = Target(run.branch, run.head_sha, base, check_id, comment_id=run.comment_id, run_id=run.id)
         # The store knows loopgate's drafts; a fresh database does not, and GitHub's record fills in.
         drafts = KeptOrRecorded(self.env.store, GitHubRecord(client))
-        published = publish(client, evidence, agents or Agents(), target, drafts)
+        published = gate_and_render(client, evidence, agents or Agents(), target, drafts)
         if published.pr_number is not None:
             self.env.store.set_pr(run.id, published.pr_number)
-        if published.comment_id is not None:
-            self.env.store.set_comment(run.id, published.comment_id)
         status = "cancelled" if evidence.cancelled else "completed"
         verdict = evidence.verdict.value if evidence.verdict else None
         self.env.store.complete(
-            run.id, verdict, published.conclusion, evidence.model_dump_json(), status=status
+            run.id,
+            verdict,
+            published.conclusion,
+            evidence.model_dump_json(),
+            status=status,
+            reports=reports_of(run, published),
+            claimed_by=run.claimed_by,
         )
+        self.env.outbox.deliver_soon(run.id)
         self.env.on_finished(evidence)
 
-    def _heartbeat(self, run_id: str, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_S):
-            self.env.store.heartbeat(run_id)
+    def _heartbeat(self, run: RunSnapshot, stop: threading.Event) -> None:
+        """Beat for this worker's claim; a claim another replica took over stops the run."""
+        worker = run.claimed_by or ""
+        while not stop.wait(self.env.settings.heartbeat_s):
+            try:
+                if self.env.store.heartbeat(run.id, worker) and not self.env.store.holds(run.id, worker):
+                    self._lost.set()
+                    return
+            except Exception:  # the database may be briefly away; a missed beat is not fatal
+                log.exception("heartbeat of run %s failed", run.id)
 
     def _stop_reason(self, run_id: str) -> str | None:
+        if self._lost.is_set():
+            return LOST_CLAIM
         if not self.env.store.cancel_requested(run_id):
             return None
         current = self.env.store.get(run_id)

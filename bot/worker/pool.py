@@ -1,7 +1,9 @@
 """Worker loops: claim a queued run, execute it, repeat; and conclude what a crash left in flight.
 
 Runs are claimed through the store (row locks on PostgreSQL), so any number of loops in any number of
-processes take each run exactly once.
+processes take each run exactly once. Besides its workers, every replica runs two loops: the reaper
+concludes runs whose heartbeat stopped (their worker or its replica died), periodically rather than
+only at start-up, since a replica that dies may never start again; the dispatcher delivers the outbox.
 """
 
 from __future__ import annotations
@@ -10,19 +12,23 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import psutil
 
 from bot.config.schema import Agents
 from bot.evidence import ErrorKind, Evidence, GitRef, Verdict, utcnow
-from bot.github.publish import Target, publish
+from bot.github.publish import Published, Target, check_conclusion, gate_and_render, render_check_report
+from bot.store import LostClaim
 from bot.store.snapshots import RunSnapshot, RunStatus
-from bot.worker.executor import HEARTBEAT_S, RunEnvironment, RunExecutor
+from bot.worker.executor import RunEnvironment, RunExecutor
+from bot.worker.outbox import check_report, reports_of
 
 log = logging.getLogger("loopgate.worker")
 IDLE_S = 0.3
 RESTARTED = "loopgate restarted while this run was in flight; re-run the check to verify the change"
+REAPED = "the worker verifying this run stopped answering; re-run the check to verify the change"
 
 
 def worker_prefix() -> str:
@@ -39,11 +45,28 @@ class WorkerPool:
     def start(self) -> None:
         for index in range(self.count):
             name = f"{worker_prefix()}:{index}"
-            thread = threading.Thread(
-                target=self._loop, args=(name,), name=f"loopgate-worker-{index}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(f"loopgate-worker-{index}", self._loop, name)
+        self._spawn("loopgate-reaper", self._every, self.env.settings.reap_every_s, self._reap)
+        self._spawn("loopgate-outbox", self._every, self.env.settings.outbox_poll_s, self._dispatch)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _every(self, interval_s: float, job: Callable[[], object]) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                job()
+            except Exception:  # the database or GitHub may be briefly away; keep the loop alive
+                log.exception("%s failed", threading.current_thread().name)
+
+    def _reap(self) -> None:
+        for run_id in reap(self.env, f"{worker_prefix()}:reaper"):
+            log.warning("concluded run %s: its worker stopped sending heartbeats", run_id)
+
+    def _dispatch(self) -> None:
+        self.env.outbox.deliver_due()
 
     def alive(self) -> bool:
         return all(thread.is_alive() for thread in self._threads)
@@ -67,9 +90,11 @@ class WorkerPool:
                 continue
             try:
                 executor.execute(run)
+            except LostClaim:
+                log.warning("run %s was taken over by another replica; not reporting it here", run.id)
             except Exception as exc:
                 log.exception("run %s failed", run.id)
-                conclude_interrupted(self.env, run, f"loopgate could not finish this run: {exc}")
+                _conclude_quietly(self.env, run, f"loopgate could not finish this run: {exc}")
 
 
 def recover(env: RunEnvironment) -> list[str]:
@@ -77,15 +102,39 @@ def recover(env: RunEnvironment) -> list[str]:
     elsewhere) and reclaim their sandboxes. Queued runs simply wait for a worker."""
     concluded = []
     host = socket.gethostname()
-    stale = {run.id for run in env.store.stale_running(timedelta(seconds=HEARTBEAT_S * 6))}
+    me = f"{worker_prefix()}:recovery"
+    stale = {run.id for run in env.store.stale_running(timedelta(seconds=env.settings.stale_after_s))}
     for run in env.store.in_flight():
         if run.status != RunStatus.RUNNING:
             continue
         if run.id in stale or _claimed_by_dead_local_process(run, host):
-            conclude_interrupted(env, run, RESTARTED)
-            concluded.append(run.id)
+            taken = env.store.take_over(run, me)
+            if taken is not None and _conclude_quietly(env, taken, RESTARTED):
+                concluded.append(run.id)
     env.runtime.gc()
     return concluded
+
+
+def reap(env: RunEnvironment, reaper: str) -> list[str]:
+    """Conclude the running runs whose heartbeat stopped, on any replica. Each is taken over first
+    (only if still silent), so two reapers never conclude one run and its old worker, should it wake,
+    no longer holds it: its heartbeats stop counting and it stops without reporting."""
+    concluded = []
+    for run in env.store.stale_running(timedelta(seconds=env.settings.stale_after_s)):
+        taken = env.store.take_over(run, reaper)
+        if taken is not None and _conclude_quietly(env, taken, REAPED):
+            concluded.append(run.id)
+    return concluded
+
+
+def _conclude_quietly(env: RunEnvironment, run: RunSnapshot, reason: str) -> bool:
+    """False when another replica took the run over first (it concludes it)."""
+    try:
+        conclude_interrupted(env, run, reason)
+    except LostClaim:
+        log.warning("run %s was taken over by another replica before it could be concluded", run.id)
+        return False
+    return True
 
 
 def _claimed_by_dead_local_process(run: RunSnapshot, host: str) -> bool:
@@ -98,7 +147,11 @@ def _claimed_by_dead_local_process(run: RunSnapshot, host: str) -> bool:
 
 
 def conclude_interrupted(env: RunEnvironment, run: RunSnapshot, reason: str) -> None:
-    """Finish a run that cannot continue: verdict `error` (infrastructure), check completed."""
+    """Finish a run that cannot continue: verdict `error` (infrastructure), check completed.
+
+    Gating is tried (a failing verdict may draft the PR) but may fail with GitHub away; the check's
+    conclusion goes out through the outbox either way, so no check stays `in_progress`. Only the
+    worker or reaper holding the run's claim concludes it (LostClaim otherwise)."""
     evidence = run.evidence() or Evidence(
         run_id=run.id,
         repo=run.repo,
@@ -111,19 +164,43 @@ def conclude_interrupted(env: RunEnvironment, run: RunSnapshot, reason: str) -> 
         [reason],
     )
     evidence.finished_at = utcnow()
-    conclusion = "failure"
+    published = _gated(env, run, evidence)
+    reports = []
+    if published is not None:
+        reports = reports_of(run, published)
+        if published.pr_number is not None:
+            env.store.set_pr(run.id, published.pr_number)
+    elif run.check_run_id is not None:
+        report = render_check_report(evidence, run.check_run_id, check_conclusion(evidence))
+        reports = [check_report(run, report)]
+    conclusion = published.conclusion if published is not None else check_conclusion(evidence)
+    env.store.complete(
+        run.id,
+        Verdict.ERROR.value,
+        conclusion,
+        evidence.model_dump_json(),
+        reports=reports,
+        claimed_by=run.claimed_by,
+    )
+    env.outbox.deliver_soon(run.id)
+
+
+def _gated(env: RunEnvironment, run: RunSnapshot, evidence: Evidence) -> Published | None:
+    """Gate an interrupted run's verdict and render its reports; None when it has no check or GitHub
+    cannot be asked now (the check is concluded regardless)."""
+    if run.check_run_id is None:
+        return None
+    target = Target(
+        run.branch,
+        run.head_sha,
+        run.base_ref or "",
+        run.check_run_id,
+        comment_id=run.comment_id,
+        run_id=run.id,
+    )
     try:
-        if run.check_run_id is not None:
-            client = env.github.repo(run.repo, run.installation_id)
-            target = Target(
-                run.branch,
-                run.head_sha,
-                run.base_ref or "",
-                run.check_run_id,
-                comment_id=run.comment_id,
-                run_id=run.id,
-            )
-            conclusion = publish(client, evidence, Agents(open_pr=False), target, env.store).conclusion
+        client = env.github.repo(run.repo, run.installation_id)
+        return gate_and_render(client, evidence, Agents(open_pr=False), target, env.store)
     except Exception:
-        log.exception("could not report run %s on GitHub", run.id)
-    env.store.complete(run.id, Verdict.ERROR.value, conclusion, evidence.model_dump_json())
+        log.exception("could not gate run %s on GitHub; its check is concluded all the same", run.id)
+        return None
