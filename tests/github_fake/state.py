@@ -380,7 +380,9 @@ class Repo:
     id: int
     owner: User
     private: bool = False
-    default_branch: str | None = None  # None: the git repo's HEAD branch
+    default_branch: str | None = None
+    """None: the git repo's HEAD branch when the fake first read it. A setting, as on GitHub: a test
+    that checks out another branch of the repo to commit there does not change it."""
     clone_url: str | None = None  # None: the path as a file:// URL
     created_at: str = field(default_factory=lambda: iso(now()) or "")
     check_runs: dict[int, CheckRun] = field(default_factory=dict)
@@ -409,9 +411,9 @@ class Repo:
         return node_id("Repository", self.id)
 
     def effective_default_branch(self) -> str:
-        if self.default_branch:
-            return self.default_branch
-        return self.git.head_branch() or "main"
+        if not self.default_branch:
+            self.default_branch = self.git.head_branch() or "main"
+        return self.default_branch
 
     def effective_clone_url(self) -> str:
         return self.clone_url or Path(self.path).resolve().as_uri()
@@ -508,6 +510,7 @@ class FakeState:
         repo = Repo(
             full_name=full_name, path=Path(path), id=next_id(), owner=self.user(owner), private=private
         )
+        repo.effective_default_branch()  # fixed now, as a repository's setting
         self.repos[full_name.lower()] = repo
         inst = next(
             (i for i in self.installations.values() if i.account.login.lower() == owner.lower()), None
