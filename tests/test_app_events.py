@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.app_harness import REPO, SECRET, AppServer, adapted
+from tests.app_harness import REPO, SECRET, AppServer, adapted, app_server
 from tests.app_harness import push_payload as shop_push
 from tests.conftest import SHOP, make_shop, run_cli
 from tests.github_fake import GitHubFake, webhooks
@@ -79,24 +79,28 @@ def test_check_suite_requested_is_ignored(shop: GitRepo, fake: GitHubFake, serve
     assert len(server.runs(sha=head)) == before
 
 
-def test_deleted_branch_cancels_its_queued_run(shop: GitRepo, fake: GitHubFake, server: AppServer) -> None:
+def test_deleted_branch_cancels_its_queued_run(
+    shop: GitRepo, fake: GitHubFake, tmp_path: Path
+) -> None:
+    """No worker runs here, so the run is still queued when the branch goes: the delete cancels it,
+    and it never reaches GitHub as a check."""
     head = shop.branch("agent/short-lived", {"services/orders/NOTE.md": "x\n"})
-    server.deliver(
-        "push", shop_push(shop, "agent/short-lived", head, installation_id=fake.installation_id(REPO))
-    )
-    deleted = adapted(fake, "delete", "with-installation", ref="agent/short-lived")
-    deleted["ref_type"] = "branch"
-    assert server.deliver("delete", deleted).status_code == 202
-    run = server.wait_for_run(head, status=("cancelled", "completed"))
-    if run["status"] == "completed":  # the worker was quicker than the delete: nothing left to stop
-        assert run["verdict"] is not None
-    else:
-        assert run["conclusion"] == "cancelled"
-    # A push reporting the deletion is not a second signal: it is ignored.
-    gone = shop_push(
-        shop, "agent/short-lived", "0" * 40, before=head, installation_id=fake.installation_id(REPO)
-    )
-    assert "ignored" in server.deliver("push", gone).json()["status"]
+    with app_server(fake, tmp_path / "state", workers=0) as idle:
+        push = shop_push(shop, "agent/short-lived", head, installation_id=fake.installation_id(REPO))
+        assert idle.deliver("push", push).status_code == 202
+        assert [r["status"] for r in idle.runs(sha=head)] == ["queued"]
+        deleted = adapted(fake, "delete", "with-installation", ref="agent/short-lived")
+        deleted["ref_type"] = "branch"
+        assert idle.deliver("delete", deleted).status_code == 202
+        (run,) = idle.runs(sha=head)
+        assert (run["status"], run["verdict"]) == ("cancelled", None)
+        # A push reporting the deletion is not a second signal: it is ignored.
+        gone = shop_push(
+            shop, "agent/short-lived", "0" * 40, before=head, installation_id=fake.installation_id(REPO)
+        )
+        assert "ignored" in idle.deliver("push", gone).json()["status"]
+        assert [r["status"] for r in idle.runs(sha=head)] == ["cancelled"]
+    assert fake.check_runs(REPO, head_sha=head) == []
 
 
 def test_pull_request_events_attach_one_sticky_comment(
@@ -142,10 +146,27 @@ def test_draft_refusal_is_reported_and_the_verdict_stands(
 
 
 def test_installation_events_are_recorded_and_ping_answered(fake: GitHubFake, server: AppServer) -> None:
-    created = webhooks.adapt(webhooks.load_payload("installation", "created"), repo_full_name=REPO)
+    """GitHub's own examples, in the order an installation lives: what the store holds follows them."""
+    created = webhooks.load_payload("installation", "created")
+    installation = created["installation"]["id"]
     assert server.deliver("installation", created).status_code == 202
-    added = webhooks.adapt(webhooks.load_payload("installation_repositories", "added"), repo_full_name=REPO)
+    recorded = server.store.installation(installation)
+    assert recorded is not None and recorded.account == created["installation"]["account"]["login"]
+    assert set(recorded.repositories) == {r["full_name"] for r in created["repositories"]}
+
+    added = webhooks.load_payload("installation_repositories", "added")
+    added["installation"]["id"] = installation
     assert server.deliver("installation_repositories", added).status_code == 202
+    grown = server.store.installation(installation)
+    assert grown is not None
+    assert set(grown.repositories) == set(recorded.repositories) | {
+        r["full_name"] for r in added["repositories_added"]
+    }
+
+    deleted = webhooks.load_payload("installation", "deleted")
+    deleted["installation"]["id"] = installation
+    assert server.deliver("installation", deleted).status_code == 202
+    assert server.store.installation(installation) is None
     assert server.deliver("ping", webhooks.load_payload("ping")).json()["status"] == "pong"
 
 
