@@ -206,6 +206,7 @@ class GitHubFake(RestHandlers):
         self._prefix = ""
         self._thread: threading.Thread | None = None
         self._handlers = self.rest_handlers()
+        self._failures: dict[str, tuple[int, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -322,6 +323,12 @@ class GitHubFake(RestHandlers):
     def refuse_draft_conversion(self, value: str | bool | None) -> None:
         message = "Resource not accessible by integration" if value is True else value
         self.state.refuse_draft_conversion = message or None
+
+    def fail_next(self, operation_id: str, times: int, status: int = 503) -> None:
+        """Answer the next `times` requests of `operation_id` with `status` and change nothing: GitHub
+        having a bad moment, for testing what retries."""
+        with self.state.lock:
+            self._failures[operation_id] = (times, status)
 
     def installation_id(self, repo: str) -> int:
         with self.state.lock:
@@ -536,6 +543,14 @@ class GitHubFake(RestHandlers):
             )
         auth, failure = self._authenticate(op, headers)
         auth_kind = auth.kind if auth else None
+        left, status = self._failures.get(op.operation_id, (0, 0))
+        if failure is None and left > 0:
+            self._failures[op.operation_id] = (left - 1, status)
+            return (
+                Reply(status, {"message": "injected failure", "documentation_url": DOCS}),
+                op.operation_id,
+                None,
+            )
         if failure is not None:
             reply = failure
         else:
