@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bot.config import RuntimeSettings
@@ -74,16 +75,27 @@ def start_slow_verify(repo: GitRepo, tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_until_routed(state_dir: Path, baseline: Baseline, timeout: float = 60) -> None:
+def wait_until_the_suite_runs(state_dir: Path, baseline: Baseline, timeout: float = 60) -> None:
+    """The sandbox is routed and its suite's `sleep 60` is a live process (seen from the host, whatever
+    namespace it runs in): a signal now lands mid-suite, not before it."""
     runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         records = runtime.registry.sandboxes(baseline.env_id)
-        if records and records[0].routed:
-            time.sleep(0.5)  # the suite has started
+        if records and records[0].routed and _suite_sleeping():
             return
         time.sleep(0.1)
-    raise AssertionError("the run never routed its sandbox")
+    raise AssertionError("the run's suite never started")
+
+
+def _suite_sleeping() -> bool:
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if (process.info["cmdline"] or [])[:2] == ["sleep", "60"]:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -92,7 +104,7 @@ def test_interrupt_tears_down_and_exits_130(
 ) -> None:
     process = start_slow_verify(shop_repo, tmp_path)
     try:
-        wait_until_routed(state_dir, shop_baseline)
+        wait_until_the_suite_runs(state_dir, shop_baseline)
         process.send_signal(sig)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -109,7 +121,7 @@ def test_gc_reclaims_what_a_killed_run_left_and_nothing_else(
 ) -> None:
     process = start_slow_verify(shop_repo, tmp_path)
     try:
-        wait_until_routed(state_dir, shop_baseline)
+        wait_until_the_suite_runs(state_dir, shop_baseline)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
     finally:
