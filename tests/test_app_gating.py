@@ -210,7 +210,7 @@ def test_drafts_are_data_the_authors_draft_stays_and_loopgates_survives_a_restar
             head_ref="agent/authors", head_sha=heads["agent/authors"], base_ref="main", draft=False,
         )  # fmt: skip
         assert first.deliver("pull_request", readied).status_code == 202
-        time.sleep(1)
+        assert not first.store.drafted_by_us(REPO, pulls["agent/authors"])  # answered after recording
         fake.set_draft(REPO, pulls["agent/authors"], True)  # ...and makes it a draft again by hand
     with app_server(fake, state) as second:
         for branch, head in heads.items():
