@@ -26,6 +26,7 @@ from bot.evidence import (
     Verdict,
     decide,
 )
+from bot.report import render_check, render_comment, render_pr_body, render_step_summary
 
 STARTED = datetime(2025, 11, 26, 9, 30, 0, tzinfo=UTC)
 BASE_SHA = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -323,3 +324,15 @@ def config_error() -> Evidence:
 
 
 ALL = {"passing": passing, "failing": failing, "inconclusive": inconclusive, "config_error": config_error}
+
+
+def markdown_outputs(evidence: Evidence) -> dict[str, str]:
+    """Every Markdown output loopgate writes to GitHub, by name."""
+    check = render_check(evidence)
+    return {
+        "comment": render_comment(evidence),
+        "check summary": check.summary,
+        "check text": check.text,
+        "pr body": render_pr_body(evidence),
+        "step summary": render_step_summary(evidence),
+    }

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from bot.evidence import Evidence, Links, Propagation, ServiceResult
-from bot.report import escape, render_check, render_comment, render_pr_body, render_step_summary
+from bot.report import escape, render_check, render_comment
 from tests import evidence_samples as samples
 from tests.github_autolinks import MD, github_links, links_in_markdown, plain_texts
 
@@ -159,15 +159,7 @@ def hostile(text: str) -> Evidence:
     return evidence
 
 
-def outputs(evidence: Evidence) -> dict[str, str]:
-    check = render_check(evidence)
-    return {
-        "comment": render_comment(evidence),
-        "check summary": check.summary,
-        "check text": check.text,
-        "pr body": render_pr_body(evidence),
-        "step summary": render_step_summary(evidence),
-    }
+outputs = samples.markdown_outputs
 
 
 def blocks(markdown: str) -> list[str]:

@@ -88,17 +88,6 @@ def fences_closed(markdown: str) -> bool:
     return True
 
 
-def markdown_outputs(evidence: Evidence) -> dict[str, str]:
-    check = render_check(evidence)
-    return {
-        "comment": render_comment(evidence),
-        "check summary": check.summary,
-        "check text": check.text,
-        "pr body": render_pr_body(evidence),
-        "step summary": render_step_summary(evidence),
-    }
-
-
 BUDGETS = {
     "comment": budget.COMMENT,
     "check summary": budget.CHECK_SUMMARY,
@@ -121,7 +110,7 @@ def test_comment_starts_with_the_marker_and_says_the_verdict() -> None:
 @pytest.mark.parametrize("name", sorted(samples.ALL))
 def test_every_sample_renders_valid_markdown_within_budget(name: str) -> None:
     evidence = samples.ALL[name]()
-    for output, text in markdown_outputs(evidence).items():
+    for output, text in samples.markdown_outputs(evidence).items():
         assert BUDGETS[output].fits(text), output
         assert TRUNCATED not in text, output
         assert fences_closed(text), output
@@ -286,7 +275,7 @@ def huge_evidence() -> Evidence:
 
 @pytest.fixture(scope="module")
 def huge_outputs() -> dict[str, str]:
-    return markdown_outputs(huge_evidence())
+    return samples.markdown_outputs(huge_evidence())
 
 
 @pytest.mark.parametrize("output", sorted(BUDGETS))
@@ -518,7 +507,7 @@ def hostile_evidence(text: str) -> Evidence:
 def test_reports_neutralise_untrusted_text(text: str) -> None:
     evidence = hostile_evidence(text)
     allowed_links = {evidence.links.html, evidence.links.json_}
-    for output, markdown in markdown_outputs(evidence).items():
+    for output, markdown in samples.markdown_outputs(evidence).items():
         tokens = list(walk(MD.parse(markdown)))
         assert html_tokens(markdown) in ([], [COMMENT_MARKER + "\n"]), output
         assert not mentions(markdown), output
@@ -565,7 +554,8 @@ def test_unconfined_runs_say_so_first_in_every_report(name: str) -> None:
 def test_confined_runs_carry_no_warning(name: str) -> None:
     evidence = samples.ALL[name]()
     assert evidence.confined
-    texts = [*markdown_outputs(evidence).values(), render_check(evidence).title, render_html(evidence)]
+    outputs = samples.markdown_outputs(evidence)
+    texts = [*outputs.values(), render_check(evidence).title, render_html(evidence)]
     assert not [text for text in texts if UNCONFINED in text or "⚠ unconfined" in text]
 
 

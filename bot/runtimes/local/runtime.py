@@ -586,7 +586,17 @@ class LocalRuntime:
         if not spec.local.build:
             return BuildOutcome(service, True, source)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.build.log"
-        launch = partial(
+        launch = self._fork_launcher(sandbox, service, cwd, env, log)
+        started = time.monotonic()
+        why = _run_build(spec, launch, lambda ref: self._job(sandbox, ref))
+        elapsed = int((time.monotonic() - started) * 1000)
+        return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
+
+    def _fork_launcher(
+        self, sandbox: Sandbox, service: str, cwd: Path, env: dict[str, str], log: Path
+    ) -> Callable[..., subprocess.Popen[bytes]]:
+        """Starts a build or fork command of the sandbox: journaled, confined to its own dirs."""
+        return partial(
             self._spawn,
             journal=self._journal(sandbox),
             cwd=cwd,
@@ -594,10 +604,6 @@ class LocalRuntime:
             log=log,
             writable=self._fork_dirs(sandbox, service),
         )
-        started = time.monotonic()
-        why = _run_build(spec, launch, lambda ref: self._job(sandbox, ref))
-        elapsed = int((time.monotonic() - started) * 1000)
-        return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
 
     @infrastructure
     def fork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
@@ -619,14 +625,7 @@ class LocalRuntime:
                 # The copy's own role: not the baseline's database, nor any other sandbox's.
                 env["LOOPGATE_STATE"] = postgres.clone(database_name(sandbox.baseline.env_id, logical), copy)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
-        launch = partial(
-            self._spawn,
-            journal=self._journal(sandbox),
-            cwd=cwd,
-            env=env,
-            log=log,
-            writable=self._fork_dirs(sandbox, service),
-        )
+        launch = self._fork_launcher(sandbox, service, cwd, env, log)
         started = time.monotonic()
 
         def record_fork(process: subprocess.Popen[bytes], port: int) -> None:
