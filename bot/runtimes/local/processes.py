@@ -97,17 +97,21 @@ def stop_group(ref: ProcessRef, *, grace: float = 5.0) -> None:
 
 def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
     """Stop several process groups at once: each gets its grace period concurrently, not in turn."""
-    members: list[psutil.Process] = []
+    members: dict[int, psutil.Process] = {}
     for ref in refs:
         if ref.alive():
-            members += _group_members(ref.pid)
+            for member in _group_members(ref.pid) + _descendants(ref.pid):
+                members.setdefault(member.pid, member)
             _kill_group(ref.pid, signal.SIGTERM)
         else:
             _kill_group(ref.pid, signal.SIGKILL)  # orphans of a dead leader may still hold its group
-    alive = _wait_gone(members, grace)
+    alive = _wait_gone(list(members.values()), grace)
     if alive:
         for ref in refs:
             _kill_group(ref.pid, signal.SIGKILL)
+        for process in alive:  # a descendant in a group or namespace of its own
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         _wait_gone(alive, 2)
     for ref in refs:
         with contextlib.suppress(ChildProcessError):
@@ -198,6 +202,16 @@ def _group_members(pgid: int) -> list[psutil.Process]:
         except (ProcessLookupError, PermissionError):
             continue
     return members
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    """Every process below `pid`, whatever its group: a confined job's processes live in a PID
+    namespace the kernel tears down only after its init dies, so they are waited for by name, not only
+    reached through the group (the caller must not return while one of them still runs)."""
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
