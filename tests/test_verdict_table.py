@@ -21,12 +21,13 @@ from bot.evidence import (
     Propagation,
     ServiceResult,
     SuiteResult,
+    TestFailure,
     Verdict,
     decide,
     exit_code,
 )
 from bot.github.publish import check_conclusion
-from bot.verify import judge_suite
+from bot.verify import blame, judge_suite
 
 # --- judge_suite ------------------------------------------------------------------------------------
 
@@ -101,6 +102,45 @@ def test_judge_suite_keeps_where_the_suite_came_from(source: str, gating: bool) 
     assert (result.source, result.gating) == (source, gating)
 
 
+# --- blame: the sandbox's failures against the same suite on the baseline ---------------------------
+
+# (sandbox status, its failures, failed count, baseline status, its failures) -> (per failure, suite)
+BLAME_ROWS = {
+    "every failing test fails on the baseline too": (
+        "failed",
+        ["a", "b"],
+        2,
+        "failed",
+        ["b", "a", "c"],
+        [True, True],
+        True,
+    ),
+    "one failing test is the sandbox's own": ("failed", ["a", "b"], 2, "failed", ["a"], [True, False], False),
+    "the baseline passes": ("failed", ["a"], 1, "passed", [], [False], False),
+    "failures cut off in the report may be the sandbox's": (
+        "failed",
+        ["a"],
+        2,
+        "failed",
+        ["a"],
+        [True],
+        False,
+    ),
+    "no JUnit on either: the same status": ("errored", [], 0, "errored", [], [], True),
+    "no JUnit: timed out only on the sandbox": ("timed_out", [], 0, "failed", ["a"], [], False),
+}
+
+
+@pytest.mark.parametrize("row", BLAME_ROWS)
+def test_blame(row: str) -> None:
+    status, failing, failed, base_status, base_failing, marks, pre_existing = BLAME_ROWS[row]
+    sandbox = suite(status=status, counts=Counts(tests=5, failed=failed), failures=[own(t) for t in failing])
+    baseline = suite(status=base_status, failures=[own(t) for t in base_failing])
+    judged = blame(sandbox, baseline)
+    assert [f.pre_existing for f in judged.failures] == marks
+    assert (judged.pre_existing, judged.baseline_status) == (pre_existing, base_status)
+
+
 # --- decide -----------------------------------------------------------------------------------------
 
 
@@ -127,6 +167,15 @@ def suite(**fields: object) -> SuiteResult:
         "counts": Counts(tests=5, passed=5),
     }
     return SuiteResult.model_validate(values | fields)
+
+
+def own(test: str) -> TestFailure:
+    return TestFailure(test=test, message="no")
+
+
+def known(test: str) -> TestFailure:
+    """A failure the baseline shows too."""
+    return TestFailure(test=test, message="no", pre_existing=True)
 
 
 def finding(breaking: bool) -> DiffResult:
@@ -262,6 +311,57 @@ VERDICT_ROWS: dict[str, tuple[Callable[[Evidence], None], Verdict, str, int, str
         suites(suite(status="timed_out")),
         Verdict.FAIL,
         "suite e2e timed out",
+        1,
+        "failure",
+    ),
+    "pass: every failure of a suite also fails on the baseline (pre-existing)": (
+        suites(
+            suite(
+                status="failed",
+                counts=Counts(tests=5, passed=3, failed=2),
+                failures=[known("e2e::a"), known("e2e::b")],
+                baseline_status="failed",
+                pre_existing=True,
+            )
+        ),
+        Verdict.PASS,
+        "suite e2e: 2 failures also fail on the baseline (pre-existing), not counted",
+        0,
+        "success",
+    ),
+    "pass: a suite that cannot run on the baseline either, without JUnit (pre-existing)": (
+        suites(suite(status="errored", counts=Counts(), baseline_status="errored", pre_existing=True)),
+        Verdict.PASS,
+        "suite e2e: errored (no per-test results), as it does on the baseline (pre-existing), not counted",
+        0,
+        "success",
+    ),
+    "fail: sandbox-only failures count, named before the pre-existing ones": (
+        suites(
+            suite(
+                status="failed",
+                counts=Counts(tests=5, passed=2, failed=3),
+                failures=[known("e2e::a"), own("e2e::b"), own("e2e::c")],
+                baseline_status="failed",
+            )
+        ),
+        Verdict.FAIL,
+        "suite e2e failed: 2 failing tests only on the sandbox: e2e::b, e2e::c;"
+        " 1 more also failing on the baseline (pre-existing)",
+        1,
+        "failure",
+    ),
+    "fail: a suite failing while the baseline passes": (
+        suites(
+            suite(
+                status="failed",
+                counts=Counts(tests=5, passed=4, failed=1),
+                failures=[own("e2e::a")],
+                baseline_status="passed",
+            )
+        ),
+        Verdict.FAIL,
+        "suite e2e failed: 1 failing test",
         1,
         "failure",
     ),
@@ -402,3 +502,20 @@ def test_an_in_flight_run_never_concludes_success() -> None:
     assert evidence.verdict is None and not evidence.cancelled
     assert check_conclusion(evidence) == "failure"
     assert exit_code(evidence) == 3
+
+
+def test_pre_existing_failures_come_after_the_changes_own() -> None:
+    """A red base is reported, but what the change broke is read first."""
+    evidence = proven()
+    both(
+        suites(
+            suite(status="failed", failures=[known("e2e::a")], baseline_status="failed", pre_existing=True)
+        ),
+        diff(finding(breaking=True)),
+    )(evidence)
+    verdict, reasons = decide(evidence)
+    assert verdict is Verdict.FAIL
+    assert reasons == [
+        "orders: field_removed at /total (GET /api/orders/1)",
+        "suite e2e: 1 failure also fails on the baseline (pre-existing), not counted",
+    ]

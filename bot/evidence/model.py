@@ -64,6 +64,10 @@ class TestFailure(Record):
     message: str
     file: str | None = None
     line: int | None = None
+    pre_existing: bool = Field(
+        default=False,
+        description="The same test also fails on the baseline (the suite run untagged): not the change's.",
+    )
 
 
 class SuiteResult(Record):
@@ -76,6 +80,16 @@ class SuiteResult(Record):
     duration_ms: int = 0
     failures: list[TestFailure] = Field(default_factory=list)
     log_tail: str = ""
+    baseline_status: Literal["passed", "failed", "errored", "timed_out"] | None = Field(
+        default=None,
+        description="The same suite run untagged against the baseline; only run when a gating suite"
+        " failed or errored on the sandbox (not after a timeout), None when it was not run.",
+    )
+    pre_existing: bool = Field(
+        default=False,
+        description="Every failure also shows on the baseline (per test, or the same status without"
+        " JUnit): reported, not counted against the change.",
+    )
 
 
 class Finding(Record):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.evidence.model import ErrorKind, Evidence, Verdict
+from bot.evidence.model import ErrorKind, Evidence, SuiteResult, Verdict
 
 EXIT_CODES = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 4}
 CHECK_CONCLUSIONS = {
@@ -32,19 +32,18 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
             failures.append(f"{service.name}: the fork failed to build")
         elif service.status == "start_failed":
             failures.append(f"{service.name}: the fork never became healthy")
-    for suite in evidence.suites:
-        if not suite.gating or suite.source != "base" or suite.status == "passed":
-            continue
-        failures.append(_suite_reason(suite.name, suite.status, suite.counts.failed + suite.counts.errors))
+    gating_failed = [s for s in evidence.suites if s.gating and s.source == "base" and s.status != "passed"]
+    known = [_pre_existing_reason(s) for s in gating_failed if s.pre_existing]
+    failures += [_suite_failure_reason(s) for s in gating_failed if not s.pre_existing]
     for result in evidence.diff:
         for finding in result.findings:
             if finding.breaking:
                 failures.append(f"{result.service}: {finding.kind} at {finding.pointer} ({result.request})")
     if failures:
-        return Verdict.FAIL, failures
+        return Verdict.FAIL, failures + known
 
     if not evidence.forks:
-        return Verdict.PASS, ["no service is affected by the change"]
+        return Verdict.PASS, [*known, "no service is affected by the change"]
 
     gaps: list[str] = []
     gating_ran = [s for s in evidence.suites if s.gating and s.source == "base"]
@@ -61,9 +60,12 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
                 " (OpenTelemetry propagators tracecontext,baggage; check OTEL_PROPAGATORS)"
                 for to in hop.drops_baggage_to
             ]
-        return Verdict.INCONCLUSIVE, gaps
+        return Verdict.INCONCLUSIVE, gaps + known
 
-    reasons = [f"{s.name} ({s.source}) passed: {s.counts.passed} tests" for s in gating_ran]
+    # Pre-existing failures first: the pass stands, but nobody should miss that the base is red.
+    reasons = known + [
+        f"{s.name} ({s.source}) passed: {s.counts.passed} tests" for s in gating_ran if s.status == "passed"
+    ]
     reasons += [f"{s.name}: fork received {s.tagged_requests} tagged requests" for s in evidence.forks]
     return Verdict.PASS, reasons
 
@@ -74,3 +76,30 @@ def _suite_reason(name: str, status: str, failed: int) -> str:
     if status == "errored" and failed == 0:
         return f"suite {name} could not run"
     return f"suite {name} failed: {failed} failing test{'s' if failed != 1 else ''}"
+
+
+def _suite_failure_reason(suite: SuiteResult) -> str:
+    """Sandbox-only failures first, by test id, when the baseline run shows some of the others too."""
+    reason = _suite_reason(suite.name, suite.status, suite.counts.failed + suite.counts.errors)
+    known = sum(f.pre_existing for f in suite.failures)
+    own = [f.test for f in suite.failures if not f.pre_existing]
+    if suite.status != "failed" or not known or not own:
+        return reason
+    shown = ", ".join(own[:3]) + (f" (+{len(own) - 3} more)" if len(own) > 3 else "")
+    return (
+        f"suite {suite.name} failed: {_plural(len(own), 'failing test')} only on the sandbox: {shown};"
+        f" {_plural(known, 'more')} also failing on the baseline (pre-existing)"
+    )
+
+
+def _pre_existing_reason(suite: SuiteResult) -> str:
+    if suite.failures:
+        n = len(suite.failures)
+        also = f"{_plural(n, 'failure')} also fail{'s' if n == 1 else ''}"
+    else:
+        also = f"{suite.status.replace('_', ' ')} (no per-test results), as it does"
+    return f"suite {suite.name}: {also} on the baseline (pre-existing), not counted"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 and noun != 'more' else ''}"

@@ -10,17 +10,26 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
 from bot.config import Config, LoopgateError
-from bot.evidence import ErrorKind, Evidence, GitRef, ServiceResult, Verdict, decide, utcnow
+from bot.evidence import (
+    ErrorKind,
+    Evidence,
+    GitRef,
+    ServiceResult,
+    SuiteResult,
+    Verdict,
+    decide,
+    utcnow,
+)
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import Baseline, BaselineError, Runtime, Sandbox, Source, SuiteRequest
-from bot.verify import diagnose, fork_coverage, judge_suite, last_tagged_hop
+from bot.verify import blame, diagnose, fork_coverage, judge_suite, last_tagged_hop
 from bot.verify.diff import REQUEST_TIMEOUT_S, http_sender, probes, run_diff
 
 
@@ -209,9 +218,12 @@ class Pipeline:
                 request = SuiteRequest(
                     suite.name, suite.run, suite.timeout, "base", should_stop=self._stopping
                 )
-                evidence.suites.append(
-                    judge_suite(suite.name, "base", suite.gating, self.runtime.run_suite(sandbox, request))
-                )
+                outcome = self.runtime.run_suite(sandbox, request)
+                judged = judge_suite(suite.name, "base", suite.gating, outcome)
+                # Not after a timeout: another full timeout, and a hang tells nothing about whose it is.
+                if judged.gating and judged.status in ("failed", "errored"):
+                    judged = self._against_baseline(judged, request, sandbox)
+                evidence.suites.append(judged)
             if plan.run_head_suites:
                 head_config: Config = plan.head_config or plan.config
                 for suite in head_config.verify.suites:
@@ -241,8 +253,15 @@ class Pipeline:
                 last = last_tagged_hop(sandbox.routing_key, observed)
                 if not evidence.propagation and last is not None:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
-            if any(s.status != "passed" for s in evidence.suites if s.gating):
+            if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
+
+    def _against_baseline(self, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox) -> SuiteResult:
+        """The failed suite again, untagged against the baseline: what fails there too is pre-existing,
+        not the change's. Only on failure, so a passing change pays nothing."""
+        self._checkpoint()
+        outcome = self.runtime.run_suite(sandbox, replace(request, target="baseline"))
+        return blame(judged, judge_suite(judged.name, "base", judged.gating, outcome))
 
     def _teardown(
         self,

@@ -77,6 +77,9 @@ class SuiteRequest:
     timeout: float
     source: Literal["base", "head"]
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    target: Literal["sandbox", "baseline"] = "sandbox"
+    """Whose services the suite's requests reach: the sandbox's (tagged) or the baseline's (untagged,
+    to tell a failure the change caused from one the base commit already has)."""
     should_stop: Callable[[], bool] | None = None
     """Polled while the suite runs; True stops it (the run was superseded or cancelled)."""
 

@@ -4,12 +4,13 @@ from bot.verify.coverage import fork_coverage
 from bot.verify.junit import JUnitReport, parse_junit
 from bot.verify.observed import Observed, RanSuite
 from bot.verify.propagation import diagnose, last_tagged_hop
-from bot.verify.suites import judge_suite
+from bot.verify.suites import blame, judge_suite
 
 __all__ = [
     "JUnitReport",
     "Observed",
     "RanSuite",
+    "blame",
     "diagnose",
     "fork_coverage",
     "judge_suite",

@@ -36,3 +36,18 @@ def judge_suite(name: str, source: str, gating: bool, outcome: RanSuite) -> Suit
         failures=failures,
         log_tail=outcome.log_tail + note,
     )
+
+
+def blame(sandbox: SuiteResult, baseline: SuiteResult) -> SuiteResult:
+    """`sandbox` with what the baseline shows too marked pre-existing (DESIGN "Blame"): per JUnit test
+    id when the sandbox run has per-test failures, else by status (the same status on both)."""
+    seen = {failure.test for failure in baseline.failures}
+    failures = [f.model_copy(update={"pre_existing": f.test in seen}) for f in sandbox.failures]
+    if sandbox.status == "failed":
+        complete = len(failures) == sandbox.counts.failed + sandbox.counts.errors
+        pre_existing = complete and all(f.pre_existing for f in failures)
+    else:
+        pre_existing = sandbox.status != "passed" and baseline.status == sandbox.status
+    return sandbox.model_copy(
+        update={"failures": failures, "baseline_status": baseline.status, "pre_existing": pre_existing}
+    )

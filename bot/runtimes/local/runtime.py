@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 from bot.config import Config, InfrastructureError, LoopgateError, RuntimeSettings, Service
 from bot.runtimes.git import Git
@@ -672,12 +672,16 @@ class LocalRuntime:
             self.registry.save_sandbox(record)
             self._apply_routes(sandbox.baseline.env_id)
 
-    def suite_env(self, sandbox: Sandbox) -> dict[str, str]:
-        """What a suite (or an agent by hand) needs to address the sandbox."""
-        member = sandbox.config.routing.baggage_member
+    def suite_env(
+        self, sandbox: Sandbox, target: Literal["sandbox", "baseline"] = "sandbox"
+    ) -> dict[str, str]:
+        """What a suite (or an agent by hand) needs to address the sandbox; untagged for the baseline,
+        so the same entry URLs reach the baseline's services."""
         env = {env_var_name(name): url for name, url in sandbox.baseline.entry_urls.items()}
-        env["LOOPGATE_ROUTING_KEY"] = sandbox.routing_key
-        env["LOOPGATE_BAGGAGE"] = f"{member}={sandbox.routing_key}"
+        if target == "sandbox":
+            member = sandbox.config.routing.baggage_member
+            env["LOOPGATE_ROUTING_KEY"] = sandbox.routing_key
+            env["LOOPGATE_BAGGAGE"] = f"{member}={sandbox.routing_key}"
         return env
 
     @infrastructure
@@ -688,12 +692,17 @@ class LocalRuntime:
             cwd = self.registry.env_dir(sandbox.baseline.env_id) / "pristine"
         else:
             cwd = self.source_dir(sandbox)
-        junit = sandbox_dir / "junit" / f"{suite.name}-{suite.source}.xml"
+        slug = f"{suite.name}-{suite.source}" + ("-baseline" if suite.target == "baseline" else "")
+        junit = sandbox_dir / "junit" / f"{slug}.xml"
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.unlink(missing_ok=True)
-        log = sandbox_dir / "logs" / f"suite-{suite.name}-{suite.source}.log"
-        extra = {**self.suite_env(sandbox), "LOOPGATE_JUNIT_XML": str(junit), **suite.extra_env}
-        home = sandbox_dir / "home" / f"suite-{suite.name}-{suite.source}"
+        log = sandbox_dir / "logs" / f"suite-{slug}.log"
+        extra = {
+            **self.suite_env(sandbox, suite.target),
+            "LOOPGATE_JUNIT_XML": str(junit),
+            **suite.extra_env,
+        }
+        home = sandbox_dir / "home" / f"suite-{slug}"
         env = child_env(home, extra)
         self.confinement.give(home, junit.parent)
         started = time.monotonic()
