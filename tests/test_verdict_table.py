@@ -329,12 +329,12 @@ VERDICT_ROWS: dict[str, tuple[Callable[[Evidence], None], Verdict, str, int, str
         0,
         "success",
     ),
-    "pass: a suite that cannot run on the baseline either, without JUnit (pre-existing)": (
+    "inconclusive: the only suite cannot run on the baseline either, so it proved nothing": (
         suites(suite(status="errored", counts=Counts(), baseline_status="errored", pre_existing=True)),
-        Verdict.PASS,
-        "suite e2e: errored (no per-test results), as it does on the baseline (pre-existing), not counted",
-        0,
-        "success",
+        Verdict.INCONCLUSIVE,
+        "every gating suite also fails on the baseline, so none of them proved the change",
+        4,
+        "failure",
     ),
     "fail: sandbox-only failures count, named before the pre-existing ones": (
         suites(

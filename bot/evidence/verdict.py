@@ -47,8 +47,14 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
 
     gaps: list[str] = []
     gating_ran = [s for s in evidence.suites if s.gating and s.source == "base"]
-    if not gating_ran and not evidence.diff:
-        gaps.append("no gating suite ran, so nothing exercised the change")
+    # A suite red on the baseline too proves only the tests it passed; one with none proves nothing.
+    proving = [s for s in gating_ran if s.status == "passed" or s.counts.passed > 0]
+    if not proving and not evidence.diff:
+        gaps.append(
+            "every gating suite also fails on the baseline, so none of them proved the change"
+            if gating_ran
+            else "no gating suite ran, so nothing exercised the change"
+        )
     for service in evidence.forks:
         if service.tagged_requests == 0:
             gaps.append(f"{service.name}: the sandbox's requests never reached the fork")
