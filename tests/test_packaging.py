@@ -133,14 +133,9 @@ def test_installed_loopgate_prints_the_app_manifest_outside_the_checkout(
     installed: Installed, tmp_path: Path
 ) -> None:
     """`loopgate app manifest` reads the manifest the wheel ships, not the checkout's `app.yml`."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    done = subprocess.run(
+    done = run_outside(
         [str(installed.python.parent / "loopgate"), "app", "manifest", "--url", "https://lg.example.com/"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        tmp_path,
     )
     assert done.returncode == 0, done.stderr
     manifest = json.loads(done.stdout)
@@ -150,6 +145,12 @@ def test_installed_loopgate_prints_the_app_manifest_outside_the_checkout(
     }
     assert manifest["hook_attributes"]["url"] == "https://lg.example.com/webhooks/github"
     assert manifest["redirect_url"] == "https://lg.example.com/"
+
+
+def run_outside(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run from a folder outside the checkout, with no LOOPGATE_* settings: what a user's shell has."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8"}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _readable(markdown: str) -> str:
@@ -171,15 +172,7 @@ def test_installed_wheel_renders_every_report_outside_the_checkout(
         path = tmp_path / f"{name}.json"
         path.write_text(evidence.model_dump_json(), encoding="utf-8")
         files[str(path)] = evidence
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    done = subprocess.run(
-        [str(installed.python), "-I", "-c", RENDER, *files],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_outside([str(installed.python), "-I", "-c", RENDER, *files], tmp_path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert Path(out["bot"]).is_relative_to(installed.site_packages), out["bot"]
