@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from bot.config import CONFIG_FILE
 from bot.evidence import Verdict
 
-CONFIG_FILE = ".loopgate.yml"
 Choice = TypeVar("Choice", bound=StrEnum)
 
 

@@ -22,11 +22,11 @@ from requests import RequestException
 
 from action.commands import Console, append_summary, write_outputs
 from action.context import ActionsContext, read_context
-from action.inputs import CONFIG_FILE, FailOn, InputError, Inputs, RuntimeName, read_inputs
+from action.inputs import FailOn, InputError, Inputs, RuntimeName, read_inputs
 from action.log import StageLines, annotate_failures, annotate_verdict, print_run
 from action.token_client import WORKFLOW_TOKEN_LOGIN, token_repo_client
 from action.workspace import Workspace
-from bot.config import Config, ConfigError, LoopgateError, RuntimeSettings, parse_config
+from bot.config import CONFIG_FILE, Config, ConfigError, LoopgateError, RuntimeSettings, parse_config
 from bot.config.schema import Agents
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, exit_code, utcnow
 from bot.github.client import RepoClient, describe

@@ -2,10 +2,11 @@
 
 from bot.config.errors import ChangeError, ConfigError, InfrastructureError, LoopgateError
 from bot.config.loader import load_config, parse_config
-from bot.config.schema import Config, Service, Suite
+from bot.config.schema import CONFIG_FILE, Config, Service, Suite
 from bot.config.settings import AppSettings, RuntimeSettings
 
 __all__ = [
+    "CONFIG_FILE",
     "AppSettings",
     "ChangeError",
     "Config",

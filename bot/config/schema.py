@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+CONFIG_FILE = ".loopgate.yml"
+"""Where a repository keeps its loopgate config, at its root."""
+
 SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 """DNS-1123 label, short enough to prefix with a routing key and stay a valid Kubernetes name."""
 

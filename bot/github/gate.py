@@ -14,14 +14,13 @@ from enum import StrEnum
 from functools import lru_cache
 
 from bot.config.globs import matches
-from bot.config.schema import DEFAULT_AGENT_BRANCHES, Agents
+from bot.config.schema import CONFIG_FILE, DEFAULT_AGENT_BRANCHES, Agents
 from bot.evidence import CHECK_CONCLUSIONS, Verdict
 
 CHECK_NAME = "loopgate / sandbox verification"
 NOT_GATED = "not an agent branch — not gated"
 """The title of the `neutral` check a branch that is not gated gets, so a required check never blocks
 people: App and Action alike."""
-CONFIG_FILE = ".loopgate.yml"
 
 
 class Action(StrEnum):

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.config import Config, ConfigError, LoopgateError, parse_config
+from bot.config import CONFIG_FILE, Config, ConfigError, LoopgateError, parse_config
 from bot.config.globs import matches, matches_some
 from bot.config.loader import MAX_CONFIG_BYTES, ConfigFile, read_config, read_limited
 from bot.runtimes.git import Git
 
-CONFIG_FILE = ".loopgate.yml"
 DIRECTORY, SYMLINK = "040000", "120000"
 """Git tree modes."""
 

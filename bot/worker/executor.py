@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.config import AppSettings, ConfigError, LoopgateError, parse_config
+from bot.config import CONFIG_FILE, AppSettings, ConfigError, LoopgateError, parse_config
 from bot.config.schema import Agents, Config
 from bot.evidence import ErrorKind, Evidence, GitRef, Links, Verdict, utcnow
 from bot.github.client import GitHubApp, RepoClient
@@ -40,7 +40,6 @@ from bot.github.events import is_fork_branch
 from bot.github.gate import CHECK_NAME, NOT_GATED, is_gated, is_trusted_base, untrusted_base
 from bot.github.publish import CheckReport, Target, gate_and_render
 from bot.pipeline import Pipeline, VerifyRequest
-from bot.pipeline.plan import CONFIG_FILE
 from bot.report.links import run_links
 from bot.runtimes.git import Git
 from bot.runtimes.protocol import Runtime, Source
