@@ -9,52 +9,54 @@ recovering App) can attach to a running Envoy, reconfigure it and stop it.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
-import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
 import psutil
 
 from bot.runtimes.local import pause, xds
+from bot.runtimes.local.envoy_admin import (
+    _CDS_PREFIX,
+    _POLL_MAX_S,
+    _POLL_S,
+    _WARMING,
+    EnvoyError,
+    _Admin,
+    _await_drained,
+    _prefixes,
+    _rds_prefix,
+)
+from bot.runtimes.local.envoy_process import (
+    _accepts,
+    _check_port_free,
+    _clusters_in,
+    _last_problem,
+    _live_process,
+    _load_state,
+    _read_json,
+    _route_resources,
+    _save_state,
+    _signal_group,
+    _size,
+    _State,
+    _wait_gone,
+    _write_atomic,
+)
 from bot.runtimes.local.xds import DataPlaneSpec, Upstream
+
+__all__ = ["DRAIN_LIMIT_S", "STOP_GRACE_S", "DataPlane", "EnvoyError"]
 
 STOP_GRACE_S = 5.0
 DRAIN_LIMIT_S = 5.0
-# Envoy acks a file in about a millisecond and answers a filtered stats read in well under one;
-# polls start that fast and back off, so a slow wait (DNS, long requests) does not keep it busy.
-_POLL_S = 0.001
-_POLL_MAX_S = 0.02
-_ADMIN_TIMEOUT_S = 2.0
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
-_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[[\w-]+\] (?:\[[^\]]*\] )?")
-_INIT_ERROR = re.compile(r"error `(.+)` initializing config")
 _REJECTION = re.compile(r"(?:rejected|failure|Unable to)", re.IGNORECASE)
-
-
-class EnvoyError(Exception):
-    """Envoy could not be started, reconfigured or stopped; the message says what to do about it."""
-
-
-@dataclass(frozen=True)
-class _State:
-    pid: int
-    create_time: float
-    version: int
-    spec: DataPlaneSpec
-    acked: Mapping[str, str] = field(default_factory=dict)
-    """Stat prefix of CDS and of each RDS subscription -> the version this Envoy acknowledged when
-    ``spec`` was last applied in full; empty when an apply stopped midway."""
+_ENVOY_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 class DataPlane:
@@ -391,31 +393,10 @@ class DataPlane:
     # -- state -----------------------------------------------------------------------------------
 
     def _load(self) -> _State | None:
-        try:
-            raw = json.loads(self._state_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise EnvoyError(
-                f"{self._state_path} is unreadable ({exc}); stop envoy by hand and delete it"
-            ) from exc
-        return _State(
-            pid=int(raw["pid"]),
-            create_time=float(raw["create_time"]),
-            version=int(raw["version"]),
-            spec=_spec_from_json(raw["spec"]),
-            acked={str(k): str(v) for k, v in raw.get("acked", {}).items()},
-        )
+        return _load_state(self._state_path)
 
     def _save(self, state: _State) -> None:
-        raw = {
-            "pid": state.pid,
-            "create_time": state.create_time,
-            "version": state.version,
-            "spec": _spec_to_json(state.spec),
-            "acked": dict(state.acked),
-        }
-        _write_text_atomic(self._state_path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        _save_state(self._state_path, state)
 
     def _running_state(self) -> _State | None:
         if self._child is not None:
@@ -424,273 +405,3 @@ class DataPlane:
         if state is None or _live_process(state) is None:
             return None
         return state
-
-
-_CDS_PREFIX = "cluster_manager.cds"
-_ENVOY_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-_WARMING = "cluster_manager.warming_clusters"
-
-
-def _rds_prefix(service: str) -> str:
-    return f"http.{xds.stat_prefix(service)}.rds.{xds.route_config_name(service)}"
-
-
-def _prefixes(spec: DataPlaneSpec) -> list[str]:
-    """Stat prefixes of every xDS subscription: CDS and one RDS per listener."""
-    return [_CDS_PREFIX, *(_rds_prefix(service) for service in sorted(spec.listeners))]
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket: the standard client, only `connect` differs."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        # Through /proc/self/fd: the socket's full path may be longer than a socket address allows.
-        directory = os.open(self._path.parent, os.O_PATH | os.O_DIRECTORY)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(f"/proc/self/fd/{directory}/{self._path.name}")
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.close(directory)
-        self.sock = sock
-
-
-class _Admin:
-    """Just the few admin endpoints the data plane reads, over one keep-alive connection."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._conn: http.client.HTTPConnection | None = None
-
-    def __enter__(self) -> _Admin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def is_live(self) -> bool:
-        try:
-            status, text = self._request("/ready")
-        except (OSError, http.client.HTTPException):
-            return False
-        return status == 200 and text.strip() == "LIVE"
-
-    def xds_stats(self, clusters: Sequence[str] = ()) -> dict[str, str]:
-        """Version text readouts and update counters of CDS and every RDS subscription, the warming
-        gauge and, for ``clusters``, the in-flight request gauges.
-
-        ``usedonly`` leaves out what was never set (a counter at 0, a gauge never moved) and makes
-        the read several times cheaper, so a missing stat reads as "0".
-        """
-        pattern = (
-            r"^(?:(?:cluster_manager\.cds|http\.[^.]+\.rds\.[^.]+)\."
-            r"(?:version_text|update_rejected|update_failure)|cluster_manager\.warming_clusters)$"
-        )
-        if clusters:
-            names = "|".join(re.escape(name) for name in clusters)
-            pattern += rf"|^cluster\.(?:{names})\.upstream_rq_(?:pending_)?active$"
-        text = self._get("/stats", {"usedonly": "", "filter": pattern})
-        out: dict[str, str] = {}
-        for line in text.splitlines():
-            name, sep, value = line.partition(": ")
-            if not sep:
-                continue
-            value = value.strip()
-            if value.startswith('"'):
-                value = json.loads(value)
-            out[name.strip()] = value
-        return out
-
-    def _get(self, path: str, params: Mapping[str, str] | None = None) -> str:
-        try:
-            status, text = self._request(path + ("?" + urlencode(params) if params else ""))
-        except (OSError, http.client.HTTPException) as exc:
-            raise EnvoyError(f"envoy admin {path} failed: {exc}") from exc
-        if status != 200:
-            raise EnvoyError(f"envoy admin {path} failed: HTTP {status}: {text.strip()[:200]}")
-        return text
-
-    def _request(self, target: str) -> tuple[int, str]:
-        reused = self._conn is not None
-        if self._conn is None:
-            self._conn = _UnixHTTPConnection(self._path, timeout=_ADMIN_TIMEOUT_S)
-        try:
-            self._conn.request("GET", target)
-            response = self._conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException):
-            self.close()
-            if not reused:
-                raise
-            return self._request(target)  # the kept-alive connection had been closed; once more
-        if response.will_close:
-            self.close()
-        return response.status, body.decode(errors="replace")
-
-
-def _await_drained(admin: _Admin, clusters: Sequence[str], stats: Mapping[str, str], until: float) -> None:
-    """Wait until no request is in flight to (or queued for) ``clusters``, or give up at ``until``.
-
-    ``stats`` is a reading taken after the routes stopped pointing at them; most of the time it
-    already shows nothing in flight and no further read is needed.
-    """
-    delay = _POLL_S
-    while any(
-        stats.get(f"cluster.{name}.upstream_rq_{gauge}", "0") != "0"
-        for name in clusters
-        for gauge in ("active", "pending_active")
-    ):
-        if time.monotonic() >= until:
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, _POLL_MAX_S)
-        stats = admin.xds_stats(clusters)
-
-
-def _route_resources(service: str, spec: DataPlaneSpec) -> Any:
-    """What Envoy routes by at ``service``'s listener, without the version."""
-    return xds.routes_response(service, spec, "")["resources"]
-
-
-def _clusters_in(doc: Mapping[str, Any]) -> dict[str, Upstream]:
-    """Clusters in a CDS document: what Envoy was last told, even if an earlier apply failed midway."""
-    out: dict[str, Upstream] = {}
-    for resource in doc.get("resources", []):
-        endpoint = resource["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        address = endpoint["address"]["socket_address"]
-        out[resource["name"]] = Upstream(address["address"], int(address["port_value"]))
-    return out
-
-
-# -- files and processes ---------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    # Compact JSON: the fastest to write here and, by the .json name, to parse in Envoy.
-    _write_text_atomic(path, json.dumps(document, separators=(",", ":")) + "\n")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write beside the target and rename: Envoy reacts to the rename and never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.rename(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A file this module wrote; anything else (missing, edited by hand) reads as empty, so the next
-    apply rewrites it."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR ignores sockets in TIME_WAIT but still fails against a listener.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise EnvoyError(f"envoy: port {port} already in use") from exc
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _live_process(state: _State) -> psutil.Process | None:
-    """The recorded Envoy if it still runs; a pid reused by another program does not count."""
-    try:
-        proc = psutil.Process(state.pid)
-        if abs(proc.create_time() - state.create_time) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-    except psutil.Error:
-        return None
-    return proc
-
-
-def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
-    """Wait for exit; reaps our own child, and counts another parent's unreaped zombie as gone."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            proc.wait(timeout=0.05)
-            return True
-        except psutil.TimeoutExpired:
-            pass
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() > end:
-            return False
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    # Envoy leads its own session (start_new_session), so its group id is its pid.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _last_problem(lines: list[str]) -> str:
-    """The most telling log line, without Envoy's timestamp/thread/source prefix."""
-    for level in ("[critical]", "[error]", ""):
-        for line in reversed(lines):
-            if level in line and line.strip():
-                text = " ".join(_LOG_PREFIX.sub("", line).split())
-                quoted = _INIT_ERROR.search(text)
-                return quoted.group(1) if quoted else text
-    return "no output"
-
-
-def _spec_to_json(spec: DataPlaneSpec) -> dict[str, Any]:
-    def address(up: Upstream) -> dict[str, Any]:
-        return {"host": up.host, "port": up.port}
-
-    return {
-        "listeners": dict(spec.listeners),
-        "baseline": {name: address(up) for name, up in spec.baseline.items()},
-        "forks": {key: {name: address(up) for name, up in svcs.items()} for key, svcs in spec.forks.items()},
-        "baggage_member": spec.baggage_member,
-        "header": spec.header,
-    }
-
-
-def _spec_from_json(raw: Mapping[str, Any]) -> DataPlaneSpec:
-    def upstreams(items: Mapping[str, Any]) -> dict[str, Upstream]:
-        return {name: Upstream(str(up["host"]), int(up["port"])) for name, up in items.items()}
-
-    return DataPlaneSpec(
-        listeners={name: int(port) for name, port in raw["listeners"].items()},
-        baseline=upstreams(raw["baseline"]),
-        forks={key: upstreams(svcs) for key, svcs in raw["forks"].items()},
-        baggage_member=str(raw["baggage_member"]),
-        header=str(raw["header"]),
-    )

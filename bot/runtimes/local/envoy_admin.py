@@ -1,0 +1,157 @@
+"""Envoy's admin API over its Unix socket: the few endpoints the data plane reads, and the stat
+names it reads them by."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlencode
+
+from bot.runtimes.local import xds
+from bot.runtimes.local.xds import DataPlaneSpec
+
+# Envoy acks a file in about a millisecond and answers a filtered stats read in well under one;
+# polls start that fast and back off, so a slow wait (DNS, long requests) does not keep it busy.
+_POLL_S = 0.001
+_POLL_MAX_S = 0.02
+_ADMIN_TIMEOUT_S = 2.0
+_CDS_PREFIX = "cluster_manager.cds"
+_WARMING = "cluster_manager.warming_clusters"
+
+
+class EnvoyError(Exception):
+    """Envoy could not be started, reconfigured or stopped; the message says what to do about it."""
+
+
+def _rds_prefix(service: str) -> str:
+    return f"http.{xds.stat_prefix(service)}.rds.{xds.route_config_name(service)}"
+
+
+def _prefixes(spec: DataPlaneSpec) -> list[str]:
+    """Stat prefixes of every xDS subscription: CDS and one RDS per listener."""
+    return [_CDS_PREFIX, *(_rds_prefix(service) for service in sorted(spec.listeners))]
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket: the standard client, only `connect` differs."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        # Through /proc/self/fd: the socket's full path may be longer than a socket address allows.
+        directory = os.open(self._path.parent, os.O_PATH | os.O_DIRECTORY)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(f"/proc/self/fd/{directory}/{self._path.name}")
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.close(directory)
+        self.sock = sock
+
+
+class _Admin:
+    """Just the few admin endpoints the data plane reads, over one keep-alive connection."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: http.client.HTTPConnection | None = None
+
+    def __enter__(self) -> _Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def is_live(self) -> bool:
+        try:
+            status, text = self._request("/ready")
+        except (OSError, http.client.HTTPException):
+            return False
+        return status == 200 and text.strip() == "LIVE"
+
+    def xds_stats(self, clusters: Sequence[str] = ()) -> dict[str, str]:
+        """Version text readouts and update counters of CDS and every RDS subscription, the warming
+        gauge and, for ``clusters``, the in-flight request gauges.
+
+        ``usedonly`` leaves out what was never set (a counter at 0, a gauge never moved) and makes
+        the read several times cheaper, so a missing stat reads as "0".
+        """
+        pattern = (
+            r"^(?:(?:cluster_manager\.cds|http\.[^.]+\.rds\.[^.]+)\."
+            r"(?:version_text|update_rejected|update_failure)|cluster_manager\.warming_clusters)$"
+        )
+        if clusters:
+            names = "|".join(re.escape(name) for name in clusters)
+            pattern += rf"|^cluster\.(?:{names})\.upstream_rq_(?:pending_)?active$"
+        text = self._get("/stats", {"usedonly": "", "filter": pattern})
+        out: dict[str, str] = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition(": ")
+            if not sep:
+                continue
+            value = value.strip()
+            if value.startswith('"'):
+                value = json.loads(value)
+            out[name.strip()] = value
+        return out
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        try:
+            status, text = self._request(path + ("?" + urlencode(params) if params else ""))
+        except (OSError, http.client.HTTPException) as exc:
+            raise EnvoyError(f"envoy admin {path} failed: {exc}") from exc
+        if status != 200:
+            raise EnvoyError(f"envoy admin {path} failed: HTTP {status}: {text.strip()[:200]}")
+        return text
+
+    def _request(self, target: str) -> tuple[int, str]:
+        reused = self._conn is not None
+        if self._conn is None:
+            self._conn = _UnixHTTPConnection(self._path, timeout=_ADMIN_TIMEOUT_S)
+        try:
+            self._conn.request("GET", target)
+            response = self._conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            if not reused:
+                raise
+            return self._request(target)  # the kept-alive connection had been closed; once more
+        if response.will_close:
+            self.close()
+        return response.status, body.decode(errors="replace")
+
+
+def _await_drained(admin: _Admin, clusters: Sequence[str], stats: Mapping[str, str], until: float) -> None:
+    """Wait until no request is in flight to (or queued for) ``clusters``, or give up at ``until``.
+
+    ``stats`` is a reading taken after the routes stopped pointing at them; most of the time it
+    already shows nothing in flight and no further read is needed.
+    """
+    delay = _POLL_S
+    while any(
+        stats.get(f"cluster.{name}.upstream_rq_{gauge}", "0") != "0"
+        for name in clusters
+        for gauge in ("active", "pending_active")
+    ):
+        if time.monotonic() >= until:
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, _POLL_MAX_S)
+        stats = admin.xds_stats(clusters)

@@ -1,0 +1,198 @@
+"""The data plane's files and processes: ``state.json`` and the xDS files (read back, written
+atomically), and the Envoy process they record."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bot.runtimes.local import xds
+from bot.runtimes.local.envoy_admin import EnvoyError
+from bot.runtimes.local.xds import DataPlaneSpec, Upstream
+
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\[\d+\]\[\w+\]\[[\w-]+\] (?:\[[^\]]*\] )?")
+_INIT_ERROR = re.compile(r"error `(.+)` initializing config")
+
+
+@dataclass(frozen=True)
+class _State:
+    pid: int
+    create_time: float
+    version: int
+    spec: DataPlaneSpec
+    acked: Mapping[str, str] = field(default_factory=dict)
+    """Stat prefix of CDS and of each RDS subscription -> the version this Envoy acknowledged when
+    ``spec`` was last applied in full; empty when an apply stopped midway."""
+
+
+def _load_state(path: Path) -> _State | None:
+    """The recorded state; None when there is none."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise EnvoyError(f"{path} is unreadable ({exc}); stop envoy by hand and delete it") from exc
+    return _State(
+        pid=int(raw["pid"]),
+        create_time=float(raw["create_time"]),
+        version=int(raw["version"]),
+        spec=_spec_from_json(raw["spec"]),
+        acked={str(k): str(v) for k, v in raw.get("acked", {}).items()},
+    )
+
+
+def _save_state(path: Path, state: _State) -> None:
+    raw = {
+        "pid": state.pid,
+        "create_time": state.create_time,
+        "version": state.version,
+        "spec": _spec_to_json(state.spec),
+        "acked": dict(state.acked),
+    }
+    _write_text_atomic(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+def _route_resources(service: str, spec: DataPlaneSpec) -> Any:
+    """What Envoy routes by at ``service``'s listener, without the version."""
+    return xds.routes_response(service, spec, "")["resources"]
+
+
+def _clusters_in(doc: Mapping[str, Any]) -> dict[str, Upstream]:
+    """Clusters in a CDS document: what Envoy was last told, even if an earlier apply failed midway."""
+    out: dict[str, Upstream] = {}
+    for resource in doc.get("resources", []):
+        endpoint = resource["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        address = endpoint["address"]["socket_address"]
+        out[resource["name"]] = Upstream(address["address"], int(address["port_value"]))
+    return out
+
+
+def _write_atomic(path: Path, document: Mapping[str, Any]) -> None:
+    # Compact JSON: the fastest to write here and, by the .json name, to parse in Envoy.
+    _write_text_atomic(path, json.dumps(document, separators=(",", ":")) + "\n")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write beside the target and rename: Envoy reacts to the rename and never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.rename(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A file this module wrote; anything else (missing, edited by hand) reads as empty, so the next
+    apply rewrites it."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR ignores sockets in TIME_WAIT but still fails against a listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise EnvoyError(f"envoy: port {port} already in use") from exc
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _live_process(state: _State) -> psutil.Process | None:
+    """The recorded Envoy if it still runs; a pid reused by another program does not count."""
+    try:
+        proc = psutil.Process(state.pid)
+        if abs(proc.create_time() - state.create_time) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait for exit; reaps our own child, and counts another parent's unreaped zombie as gone."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=0.05)
+            return True
+        except psutil.TimeoutExpired:
+            pass
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > end:
+            return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    # Envoy leads its own session (start_new_session), so its group id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _last_problem(lines: list[str]) -> str:
+    """The most telling log line, without Envoy's timestamp/thread/source prefix."""
+    for level in ("[critical]", "[error]", ""):
+        for line in reversed(lines):
+            if level in line and line.strip():
+                text = " ".join(_LOG_PREFIX.sub("", line).split())
+                quoted = _INIT_ERROR.search(text)
+                return quoted.group(1) if quoted else text
+    return "no output"
+
+
+def _spec_to_json(spec: DataPlaneSpec) -> dict[str, Any]:
+    def address(up: Upstream) -> dict[str, Any]:
+        return {"host": up.host, "port": up.port}
+
+    return {
+        "listeners": dict(spec.listeners),
+        "baseline": {name: address(up) for name, up in spec.baseline.items()},
+        "forks": {key: {name: address(up) for name, up in svcs.items()} for key, svcs in spec.forks.items()},
+        "baggage_member": spec.baggage_member,
+        "header": spec.header,
+    }
+
+
+def _spec_from_json(raw: Mapping[str, Any]) -> DataPlaneSpec:
+    def upstreams(items: Mapping[str, Any]) -> dict[str, Upstream]:
+        return {name: Upstream(str(up["host"]), int(up["port"])) for name, up in items.items()}
+
+    return DataPlaneSpec(
+        listeners={name: int(port) for name, port in raw["listeners"].items()},
+        baseline=upstreams(raw["baseline"]),
+        forks={key: upstreams(svcs) for key, svcs in raw["forks"].items()},
+        baggage_member=str(raw["baggage_member"]),
+        header=str(raw["header"]),
+    )
