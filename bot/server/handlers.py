@@ -1,0 +1,284 @@
+"""The webhook's event handlers, one per event (and action), and the table that dispatches to them.
+
+A handler registers with `@handlers.on("push", model=Push)` and receives the payload already parsed
+into its model, with a `Context` to record its delivery and queue runs; `bot.server.webhooks` routes,
+parses and dispatches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import BackgroundTasks
+from pydantic import BaseModel
+
+from bot.github.events import (
+    CheckRerun,
+    CheckRunEvent,
+    CheckSuiteEvent,
+    Delete,
+    Ignored,
+    InstallationEvent,
+    PullRequestEvent,
+    Push,
+    fork_branch,
+)
+from bot.github.gate import CHECK_NAME, is_gated
+from bot.store import Store
+from bot.store.snapshots import NewRun
+
+ZERO_SHA = "0" * 40
+Handler = Callable[["Context", Any], str]
+
+
+class Redelivery(Exception):
+    """GitHub sent a delivery already handled: answer it, act on nothing."""
+
+
+@dataclass
+class Context:
+    """What a handler needs. Handlers record their delivery themselves — `accept()`, or
+    `accept_push()` which records it together with the run in one transaction."""
+
+    store: Store
+    delivery_id: str
+    event: str
+    action: str | None
+    payload_text: str
+    background: BackgroundTasks
+    refresh_comment: Callable[[str, str, int | None], None]
+    new_run_id: Callable[[], str]
+    replaying: bool = False
+    repo: str | None = None
+    installation_id: int | None = None
+    recorded: bool = False
+    """Recorded by `accept()`, so still to be marked processed once acted on."""
+
+    def accept(self) -> None:
+        self.recorded = True
+        if self.replaying:
+            return
+        if not self.store.record_delivery(
+            self.delivery_id, self.event, self.action, self.repo, self.installation_id, self.payload_text
+        ):
+            raise Redelivery
+
+    def reject(self, reason: str) -> None:
+        """A malformed delivery is kept, marked rejected with its reason, and never acted on."""
+        if not self.replaying:
+            self.store.record_delivery(
+                self.delivery_id,
+                self.event,
+                self.action,
+                self.repo,
+                self.installation_id,
+                self.payload_text,
+                outcome="rejected",
+                error=reason,
+            )
+
+
+@dataclass(frozen=True)
+class Entry:
+    model: type[BaseModel]
+    handler: Handler
+
+
+@dataclass
+class Handlers:
+    table: dict[tuple[str, str | None], Entry] = field(default_factory=dict)
+
+    def on(
+        self, event: str, action: str | None = None, *, model: type[BaseModel]
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.table[(event, action)] = Entry(model, handler)
+            return handler
+
+        return register
+
+    def find(self, event: str, action: str | None) -> Entry | None:
+        return self.table.get((event, action)) or self.table.get((event, None))
+
+
+handlers = Handlers()
+
+
+def _new_run(
+    ctx: Context,
+    repo: str,
+    branch: str,
+    sha: str,
+    trigger: str,
+    clone_url: str,
+    installation: int | None,
+    pr_number: int | None = None,
+) -> NewRun:
+    return NewRun(
+        id=ctx.new_run_id(),
+        repo=repo,
+        branch=branch,
+        head_sha=sha,
+        check_name=CHECK_NAME,
+        trigger=trigger,
+        clone_url=clone_url,
+        installation_id=installation,
+        delivery_id=ctx.delivery_id,
+        pr_number=pr_number,
+    )
+
+
+def _enqueue(ctx: Context, run: NewRun, *, reuse: bool = False) -> str:
+    queued, created = ctx.store.enqueue_next(run, reuse=reuse)
+    return f"queued run {queued.id}" if created else f"attached to run {queued.id}"
+
+
+@handlers.on("push", model=Push)
+def on_push(ctx: Context, push: Push) -> str:
+    """A push supersedes only the runs of the commit it moved the branch from (`before`), never by
+    arrival order: GitHub may deliver an older push after a newer one. The worker settles the rest
+    against the branch head, and decides from the trusted config whether the branch is gated (see
+    `bot.worker.executor`)."""
+    if push.deleted or push.after == ZERO_SHA or push.branch is None:
+        ctx.accept()
+        return "ignored: " + (
+            "a tag push" if push.branch is None else "branch deletions act on the delete event"
+        )
+    repo = push.repository
+    run = _new_run(ctx, repo.full_name, push.branch, push.after, "push", repo.clone_url, push.installation_id)
+    if ctx.replaying:
+        ctx.store.supersede(run.repo, run.branch, run.head_sha, heads=[push.before])
+        return _enqueue(ctx, run, reuse=True)
+    accepted = ctx.store.accept_push(
+        ctx.delivery_id, ctx.payload_text, run, push.installation_id, replaces=push.before
+    )
+    if not accepted.new_delivery or accepted.run is None:
+        raise Redelivery
+    done = "queued run" if accepted.created else "attached to run"
+    superseded = accepted.superseded
+    return f"{done} {accepted.run.id}" + (f"; superseded {len(superseded)}" if superseded else "")
+
+
+@handlers.on("delete", model=Delete)
+def on_delete(ctx: Context, deleted: Delete) -> str:
+    ctx.accept()
+    if deleted.branch is None:
+        return "ignored: a tag"
+    stopped = ctx.store.cancel_branch(deleted.repository.full_name, deleted.branch, "the branch was deleted")
+    return f"cancelled {len(stopped)} runs"
+
+
+def _rerun(ctx: Context, rerun: CheckRerun) -> str:
+    """A re-request always makes a new attempt; the worker decides whether its branch is gated."""
+    branch = rerun.branch
+    if not branch:
+        previous = ctx.store.find(repo=rerun.repo.full_name, sha=rerun.head_sha, limit=1)
+        branch = previous[0].branch if previous else None
+    if not branch:
+        return "ignored: no branch known for this commit"
+    run = _new_run(
+        ctx,
+        rerun.repo.full_name,
+        branch,
+        rerun.head_sha,
+        "rerun",
+        rerun.repo.clone_url,
+        rerun.installation_id,
+    )
+    return _enqueue(ctx, run)
+
+
+@handlers.on("check_run", "rerequested", model=CheckRunEvent)
+def on_check_run_rerequested(ctx: Context, event: CheckRunEvent) -> str:
+    ctx.accept()
+    if event.check_run.name != CHECK_NAME:
+        return "ignored: another app's check"
+    return _rerun(ctx, event.rerun)
+
+
+@handlers.on("check_run", "requested_action", model=CheckRunEvent)
+def on_requested_action(ctx: Context, event: CheckRunEvent) -> str:
+    ctx.accept()
+    if event.rerun.requested_action != "rerun":
+        return "ignored: unknown action"
+    return _rerun(ctx, event.rerun)
+
+
+@handlers.on("check_suite", "rerequested", model=CheckSuiteEvent)
+def on_check_suite_rerequested(ctx: Context, event: CheckSuiteEvent) -> str:
+    ctx.accept()
+    return _rerun(ctx, event.rerun)
+
+
+@handlers.on("check_suite", "requested", model=Ignored)
+def on_check_suite_requested(ctx: Context, _event: Ignored) -> str:
+    ctx.accept()
+    return "ignored: the push starts the run"
+
+
+def _pull_run(ctx: Context, pull: PullRequestEvent, trigger: str) -> NewRun:
+    """A PR from a fork runs under a branch name no git ref can have, so no branch of the
+    repository is mistaken for it and the worker answers it `neutral` (loopgate gates its own)."""
+    branch = fork_branch(pull.head_branch) if pull.from_fork else pull.head_branch
+    repo = pull.repository
+    return _new_run(
+        ctx, repo.full_name, branch, pull.head_sha, trigger, repo.clone_url, pull.installation_id, pull.number
+    )
+
+
+@handlers.on("pull_request", "edited", model=PullRequestEvent)
+def on_pull_request_edited(ctx: Context, pull: PullRequestEvent) -> str:
+    """A retargeted PR is verified again: the verdict it has was against another base. The run
+    reads the PR's base when it starts, so a later retarget is never missed."""
+    ctx.accept()
+    if not pull.base_changed:
+        return "ignored: only a base change re-verifies"
+    return _enqueue(ctx, _pull_run(ctx, pull, "base_changed"))
+
+
+@handlers.on("pull_request", "ready_for_review", model=PullRequestEvent)
+def on_ready_for_review(ctx: Context, pull: PullRequestEvent) -> str:
+    """Whoever readied the PR, a draft loopgate made is over: a later failure may draft it again."""
+    outcome = on_pull_request(ctx, pull)
+    ctx.store.clear_drafted(pull.repository.full_name, pull.number)
+    return outcome
+
+
+@handlers.on("pull_request", model=PullRequestEvent)
+def on_pull_request(ctx: Context, pull: PullRequestEvent) -> str:
+    """The PR's head commit gets a check: it attaches to the commit's run (its push made one), or a
+    run is queued — one the worker concludes `neutral` when the branch is not gated, so a required
+    check never blocks people's PRs."""
+    ctx.accept()
+    if pull.action not in ("opened", "reopened", "synchronize", "ready_for_review"):
+        return "ignored"
+    outcome = _enqueue(ctx, _pull_run(ctx, pull, "pull_request"), reuse=True)
+    if not pull.from_fork and is_gated(pull.head_branch):
+        ctx.background.add_task(ctx.refresh_comment, pull.repository.full_name, pull.head_branch, pull.number)
+    return outcome
+
+
+@handlers.on("installation", model=InstallationEvent)
+@handlers.on("installation_repositories", model=InstallationEvent)
+def on_installation(ctx: Context, change: InstallationEvent) -> str:
+    ctx.accept()
+    if change.action == "deleted":
+        ctx.store.remove_installation(change.installation_id)
+        return "installation removed"
+    current = ctx.store.installation(change.installation_id)
+    repos = set(current.repositories if current else ()) | set(change.added)
+    ctx.store.upsert_installation(
+        change.installation_id,
+        change.account,
+        sorted(repos - set(change.removed)),
+        change.action == "suspend",
+    )
+    return "installation recorded"
+
+
+@handlers.on("ping", model=Ignored)
+def on_ping(ctx: Context, _event: Ignored) -> str:
+    ctx.accept()
+    return "pong"
