@@ -1,0 +1,116 @@
+"""Free helpers of the local runtime: the infrastructure guard, waiting, builds, ports, parallel starts."""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from bot.config import InfrastructureError, LoopgateError, Service
+from bot.runtimes.local.ports import free_port
+from bot.runtimes.local.processes import ProcessRef, stop_group, tail, wait_healthy
+
+PORT_ATTEMPTS = 4
+"""A port chosen free can be taken before the process binds it: that many fresh ports are tried."""
+_ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|errno 98\b", re.IGNORECASE)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def infrastructure(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Whatever goes wrong inside the runtime is an infrastructure error (exit 3), never a traceback
+    and never blamed on the change: the change's own faults are outcomes (`ForkOutcome`), not raises."""
+
+    @functools.wraps(method)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except LoopgateError:
+            raise
+        except Exception as exc:
+            raise InfrastructureError(
+                f"local runtime: {method.__name__} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    return guarded
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool] | None) -> bool:
+    """Wait for exit; False when the time ran out or the caller asked to stop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            process.wait(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            if should_stop is not None and should_stop():
+                return False
+    return process.poll() is not None
+
+
+def _start_on_free_port(
+    spec: Service,
+    launch: Callable[[str], subprocess.Popen[bytes]],
+    log: Path,
+    port: int,
+    started: Callable[[subprocess.Popen[bytes], int], None],
+) -> str | None:
+    """Start the service on `port` and wait until healthy; None when it is, else why not.
+
+    A port chosen free can be bound by someone else before the service binds it: a start that ends
+    with "address in use" in its log is retried on a fresh port, and after `PORT_ATTEMPTS` of them it
+    is an infrastructure error, never the change's fault. `started` records each process as it runs.
+    """
+    for _ in range(PORT_ATTEMPTS):
+        offset = log.stat().st_size if log.exists() else 0
+        process = launch(spec.local.run.replace("{port}", str(port)))
+        started(process, port)
+        why = wait_healthy(process, f"http://127.0.0.1:{port}{spec.local.health}", spec.local.ready_timeout)
+        if why is None or process.poll() is None or not _address_in_use(log, offset):
+            return why
+        port = free_port()
+    raise InfrastructureError(f"{spec.local.run.split()[0]}: every port tried was already in use")
+
+
+def _address_in_use(log: Path, offset: int) -> bool:
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            return bool(_ADDRESS_IN_USE.search(handle.read().decode(errors="replace")))
+    except FileNotFoundError:
+        return False
+
+
+def _run_build(
+    spec: Service,
+    launch: Callable[[str], subprocess.Popen[bytes]],
+    track: Callable[[ProcessRef], AbstractContextManager[None]] = lambda _ref: nullcontext(),
+) -> str | None:
+    assert spec.local.build is not None
+    process = launch(spec.local.build)
+    ref = ProcessRef.of(process.pid)
+    with track(ref):
+        try:
+            code = process.wait(timeout=spec.local.build_timeout)
+        except subprocess.TimeoutExpired:
+            return f"build timed out after {spec.local.build_timeout:g}s"
+        finally:
+            stop_group(ref, grace=2)
+    return f"build exited with code {code}" if code != 0 else None
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in tail(log, lines=20).splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else "(no output)"
+
+
+def _parallel(jobs: dict[str, Callable[[], str | None]]) -> dict[str, str | None]:
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}

@@ -1,0 +1,232 @@
+"""Sandboxes: their records, merge worktree, builds, forks, routing and teardown."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from bot.config import Config, InfrastructureError, Service
+from bot.runtimes.git import Git
+from bot.runtimes.local import pause
+from bot.runtimes.local.allowlist import child_env
+from bot.runtimes.local.baselines import Baselines
+from bot.runtimes.local.envoy import DataPlane
+from bot.runtimes.local.helpers import _run_build, _start_on_free_port, infrastructure
+from bot.runtimes.local.journal import Journal
+from bot.runtimes.local.ports import free_port
+from bot.runtimes.local.postgres import database_name
+from bot.runtimes.local.processes import ProcessRef, tail
+from bot.runtimes.local.registry import ProcessRecord, SandboxRecord
+from bot.runtimes.local.state import copy_sqlite
+from bot.runtimes.protocol import Baseline, BuildOutcome, ForkOutcome, Sandbox, Source
+
+_KEY_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_routing_key() -> str:
+    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(10))
+
+
+class Sandboxes(Baselines):
+    """A sandbox adds forks of the changed services and routes for its routing key to a baseline."""
+
+    # -- sandboxes ---------------------------------------------------------------------------------
+
+    @infrastructure
+    def new_sandbox(self, baseline: Baseline, config: Config, head: Source) -> Sandbox:
+        key = new_routing_key()
+        plane = DataPlane(self.registry.env_dir(baseline.env_id) / "envoy")
+        offset = plane.access_log.stat().st_size if plane.access_log.exists() else 0
+        with self.registry.lock(baseline.env_id):
+            self.registry.save_sandbox(
+                SandboxRecord(
+                    routing_key=key,
+                    env_id=baseline.env_id,
+                    head_sha=head.sha,
+                    owner=self._owner(),
+                    state="starting",  # `ready` once kept: a kill before then leaves it to gc
+                    starter=ProcessRef.current(),
+                    log_offset=offset,
+                )
+            )
+        return Sandbox(routing_key=key, baseline=baseline, config=config)
+
+    def load_sandbox(self, key: str) -> Sandbox | None:
+        record = self.registry.find_sandbox(key)
+        env = self.registry.load_env(record.env_id) if record else None
+        if record is None or env is None:
+            return None
+        config = Config.model_validate_json(env.config_json)
+        return Sandbox(routing_key=key, baseline=self._baseline(env, reused=True), config=config)
+
+    def sandboxes(self) -> list[SandboxRecord]:
+        return [s for env_id in self.registry.env_ids() for s in self.registry.sandboxes(env_id)]
+
+    def _sandbox_dir(self, sandbox: Sandbox) -> Path:
+        return self.registry.sandbox_dir(sandbox.baseline.env_id, sandbox.routing_key)
+
+    def source_dir(self, sandbox: Sandbox) -> Path:
+        """The sandbox's checkout of the merge commit, made once, on first use, by whichever of the
+        parallel builds gets there first (the env lock serialises them)."""
+        worktree = self._sandbox_dir(sandbox) / "worktree"
+        # Checked under the lock only: `git worktree add` makes the directory before it has filled
+        # it, so a parallel build that saw the directory alone could find its service dir missing.
+        with self.registry.lock(sandbox.baseline.env_id):
+            if not worktree.is_dir():
+                record = self._record(sandbox)
+                self._journal(sandbox).worktree(sandbox.baseline.base.repo, worktree)
+                Git(sandbox.baseline.base.repo).worktree_add(worktree, record.head_sha)
+                self.confinement.give(worktree)
+        return worktree
+
+    def _journal(self, sandbox: Sandbox) -> Journal:
+        return self.registry.sandbox_journal(sandbox.baseline.env_id, sandbox.routing_key)
+
+    def _record(self, sandbox: Sandbox) -> SandboxRecord:
+        record = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
+        if record is None:
+            raise InfrastructureError(f"sandbox {sandbox.routing_key} is gone")
+        return record
+
+    def _service_context(self, sandbox: Sandbox, service: str, spec: Service) -> tuple[Path, dict[str, str]]:
+        sandbox_dir = self._sandbox_dir(sandbox)
+        env_record = self.registry.load_env(sandbox.baseline.env_id)
+        if env_record is None:
+            raise InfrastructureError(f"baseline {sandbox.baseline.env_id} is gone")
+        state_dir = sandbox_dir / "state" / service
+        extra = self._service_env(env_record, service, spec, state_dir)
+        home = sandbox_dir / "home" / service
+        env = child_env(home, extra)
+        self.confinement.give(home, state_dir)
+        return self.source_dir(sandbox) / spec.local.cwd, env
+
+    def _fork_dirs(self, sandbox: Sandbox, service: str) -> list[Path]:
+        """All a build or fork may write: the merge worktree, its HOME, its state copy."""
+        sandbox_dir = self._sandbox_dir(sandbox)
+        return [self.source_dir(sandbox), sandbox_dir / "home" / service, sandbox_dir / "state" / service]
+
+    @infrastructure
+    def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome:
+        record = self._record(sandbox)
+        source = f"{record.head_sha[:12]}:{spec.local.cwd}"
+        cwd, env = self._service_context(sandbox, service, spec)
+        if not cwd.is_dir():
+            return BuildOutcome(service, False, source, detail=f"cwd {spec.local.cwd} does not exist")
+        if not spec.local.build:
+            return BuildOutcome(service, True, source)
+        log = self._sandbox_dir(sandbox) / "logs" / f"{service}.build.log"
+        launch = self._fork_launcher(sandbox, service, cwd, env, log)
+        started = time.monotonic()
+        why = _run_build(spec, launch, lambda ref: self._job(sandbox, ref))
+        elapsed = int((time.monotonic() - started) * 1000)
+        return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
+
+    def _fork_launcher(
+        self, sandbox: Sandbox, service: str, cwd: Path, env: dict[str, str], log: Path
+    ) -> Callable[..., subprocess.Popen[bytes]]:
+        """Starts a build or fork command of the sandbox: journaled, confined to its own dirs."""
+        return partial(
+            self._spawn,
+            journal=self._journal(sandbox),
+            cwd=cwd,
+            env=env,
+            log=log,
+            writable=self._fork_dirs(sandbox, service),
+        )
+
+    @infrastructure
+    def fork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
+        cwd, env = self._service_context(sandbox, service, spec)
+        if spec.state is not None and spec.state.sqlite is not None:
+            baseline_state = self.registry.env_dir(sandbox.baseline.env_id) / "state" / service
+            copy_sqlite(baseline_state / spec.state.sqlite, Path(env["LOOPGATE_STATE"]))
+            self.confinement.give(Path(env["LOOPGATE_STATE"]).parent)
+        if spec.state is not None and spec.state.postgres is not None:
+            logical = spec.state.postgres.database
+            copy = database_name(sandbox.routing_key, logical)
+            with self.registry.lock(sandbox.baseline.env_id):
+                record = self._record(sandbox)
+                record.databases.append(copy)
+                record.roles.append(copy)
+                self.registry.save_sandbox(record)
+                self._journal(sandbox).database(copy)
+            with self._postgres() as postgres:
+                # The copy's own role: not the baseline's database, nor any other sandbox's.
+                env["LOOPGATE_STATE"] = postgres.clone(database_name(sandbox.baseline.env_id, logical), copy)
+        log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
+        launch = self._fork_launcher(sandbox, service, cwd, env, log)
+        started = time.monotonic()
+
+        def record_fork(process: subprocess.Popen[bytes], port: int) -> None:
+            forked = ProcessRecord(
+                service=service, port=port, process=ProcessRef.of(process.pid), log=str(log)
+            )
+            with self.registry.lock(sandbox.baseline.env_id):
+                record = self._record(sandbox)
+                record.forks[service] = forked
+                self.registry.save_sandbox(record)
+            pause.point("fork-spawned")
+
+        why = _start_on_free_port(spec, launch, log, free_port(), record_fork)
+        ready_ms = int((time.monotonic() - started) * 1000)
+        if why:
+            return ForkOutcome(service, "start_failed", ready_ms=ready_ms, log_tail=tail(log), detail=why)
+        return ForkOutcome(service, "ready", url=self._record(sandbox).forks[service].url, ready_ms=ready_ms)
+
+    @infrastructure
+    def keep(self, sandbox: Sandbox) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.owner, record.state, record.starter = None, "ready", None
+            self.registry.save_sandbox(record)
+            env = self.registry.load_env(sandbox.baseline.env_id)
+            if env is not None and env.owner is not None:
+                env.owner = None
+                self.registry.save_env(env)
+
+    @infrastructure
+    def route(self, sandbox: Sandbox) -> None:
+        self._set_routed(sandbox, True)
+
+    @infrastructure
+    def unroute(self, sandbox: Sandbox) -> None:
+        self._set_routed(sandbox, False)
+
+    def _set_routed(self, sandbox: Sandbox, routed: bool) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            if record.routed == routed:
+                return
+            record.routed = routed
+            self.registry.save_sandbox(record)
+            self._apply_routes(sandbox.baseline.env_id)
+
+    @contextmanager
+    def _job(self, sandbox: Sandbox, ref: ProcessRef) -> Iterator[None]:
+        """Record a running build or suite, so teardown and `gc` can stop it if this process dies."""
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.jobs.append(ref)
+            self.registry.save_sandbox(record)
+        try:
+            yield
+        finally:
+            with self.registry.lock(sandbox.baseline.env_id):
+                current = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
+                if current is not None:
+                    current.jobs = [job for job in current.jobs if job != ref]
+                    self.registry.save_sandbox(current)
+
+    @infrastructure
+    def teardown(self, sandbox: Sandbox) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            env = self.registry.load_env(sandbox.baseline.env_id)
+            record = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
+            if env is not None and record is not None:
+                self._teardown_record(env, record)

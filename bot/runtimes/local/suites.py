@@ -1,0 +1,98 @@
+"""Suites against a sandbox (or its baseline), and the requests they were seen to make."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from bot.runtimes.local import pause
+from bot.runtimes.local.accesslog import read_access_log
+from bot.runtimes.local.allowlist import child_env, env_var_name
+from bot.runtimes.local.envoy import DataPlane
+from bot.runtimes.local.helpers import _wait, infrastructure
+from bot.runtimes.local.processes import ProcessRef, stop_group, tail
+from bot.runtimes.local.sandboxes import Sandboxes
+from bot.runtimes.protocol import ObservedRequest, Sandbox, SuiteOutcome, SuiteRequest
+
+ACCESS_LOG_SETTLE_S = 0.25
+"""Envoy flushes its access log every 100 ms: past two flushes, every answered request is in it."""
+
+
+class Suites(Sandboxes):
+    """Running a suite addressed to a sandbox, and reading what Envoy logged of it."""
+
+    def suite_env(
+        self, sandbox: Sandbox, target: Literal["sandbox", "baseline"] = "sandbox"
+    ) -> dict[str, str]:
+        """What a suite (or an agent by hand) needs to address the sandbox; untagged for the baseline,
+        so the same entry URLs reach the baseline's services."""
+        env = {env_var_name(name): url for name, url in sandbox.baseline.entry_urls.items()}
+        if target == "sandbox":
+            member = sandbox.config.routing.baggage_member
+            env["LOOPGATE_ROUTING_KEY"] = sandbox.routing_key
+            env["LOOPGATE_BAGGAGE"] = f"{member}={sandbox.routing_key}"
+        return env
+
+    @infrastructure
+    def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome:
+        sandbox_dir = self._sandbox_dir(sandbox)
+        if suite.source == "base":
+            # Never the baseline's worktree: a fork could have rewritten the suite there.
+            cwd = self.registry.env_dir(sandbox.baseline.env_id) / "pristine"
+        else:
+            cwd = self.source_dir(sandbox)
+        slug = f"{suite.name}-{suite.source}" + ("-baseline" if suite.target == "baseline" else "")
+        junit = sandbox_dir / "junit" / f"{slug}.xml"
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.unlink(missing_ok=True)
+        log = sandbox_dir / "logs" / f"suite-{slug}.log"
+        extra = {
+            **self.suite_env(sandbox, suite.target),
+            "LOOPGATE_JUNIT_XML": str(junit),
+            **suite.extra_env,
+        }
+        home = sandbox_dir / "home" / f"suite-{slug}"
+        env = child_env(home, extra)
+        self.confinement.give(home, junit.parent)
+        started = time.monotonic()
+        process = self._spawn(
+            suite.command,
+            journal=self._journal(sandbox),
+            cwd=cwd,
+            env=env,
+            log=log,
+            writable=[home, junit.parent],
+            readonly=[cwd],
+        )
+        ref = ProcessRef.of(process.pid)
+        timed_out = False
+        with self._job(sandbox, ref):
+            try:
+                pause.point("suite-running")
+                timed_out = not _wait(process, suite.timeout, suite.should_stop)
+            finally:
+                stop_group(ref, grace=3)  # also ends what the suite left running in its group
+                process.wait()
+        return SuiteOutcome(
+            exit_code=None if timed_out else process.returncode,
+            timed_out=timed_out,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            junit_xml=junit if junit.is_file() else None,
+            log_tail=tail(log),
+        )
+
+    @infrastructure
+    def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
+        record = self._record(sandbox)
+        time.sleep(ACCESS_LOG_SETTLE_S)
+        plane = DataPlane(self.registry.env_dir(sandbox.baseline.env_id) / "envoy")
+        raw, _ = read_access_log(
+            plane.access_log,
+            offset=record.log_offset,
+            baggage_member=sandbox.config.routing.baggage_member,
+            header=sandbox.config.routing.header,
+        )
+        key = sandbox.routing_key
+        # Untagged requests too (never other sandboxes'): in the sandbox's traces they show where the
+        # tag was lost.
+        return [r for r in raw if r.routing_key in (key, None) or r.target == key]
