@@ -75,8 +75,43 @@ def test_example_shop_config_loads() -> None:
     assert config.runtime.kind == "local"
 
 
-def test_kubernetes_runtime_shape_is_reserved() -> None:
-    assert parse_config("version: 1\nruntime: {kind: kubernetes}\n" + SERVICES).runtime.kind == "kubernetes"
+K8S_SERVICE = (
+    "  api:\n    paths: [a]\n"
+    "    kubernetes: {namespace: shop, workload: deployment/api, image: 'r/api:{sha}'}\n"
+)
+K8S = "runtime: {kind: kubernetes}\nservices:\n"
+
+
+def test_kubernetes_runtime_is_read_with_its_own_sections() -> None:
+    config = parse_config("version: 1\n" + K8S + K8S_SERVICE)
+    assert config.runtime.kind == "kubernetes" and config.runtime.kubernetes.routing == "istio"
+    api = config.services["api"].kubernetes
+    assert api is not None and api.deployment == "api" and api.port == 80
+
+
+@pytest.mark.parametrize(
+    ("text", "cause"),
+    [
+        ("runtime: {kind: kubernetes}\n" + SERVICES, ".loopgate.yml:4 services.api: no `kubernetes:`"),
+        ("services:\n" + K8S_SERVICE, ".loopgate.yml:3 services.api: no `local:` section"),
+        (
+            K8S + K8S_SERVICE + "verify:\n  suites:\n  - {name: e2e, run: x}\n",
+            ".loopgate.yml:9 verify.suites[0]: suite 'e2e' has no `kubernetes:`",
+        ),
+        (
+            K8S + K8S_SERVICE.replace("{sha}", "{branch}"),
+            "{branch} is not one of {sha}",
+        ),
+        (
+            K8S + K8S_SERVICE.replace("image: 'r/api:{sha}'", "port: 80"),
+            "set exactly one of image",
+        ),
+    ],
+)
+def test_a_runtime_section_that_is_missing_or_wrong_names_its_line(text: str, cause: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config("version: 1\n" + text)
+    assert cause in str(raised.value)
 
 
 def test_published_config_schema_is_current() -> None:

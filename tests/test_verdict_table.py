@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -46,7 +45,7 @@ class Ran:
     exit_code: int | None
     timed_out: bool = False
     duration_ms: int = 1200
-    junit_xml: Path | None = None
+    junit_xml: bytes | None = None
     log_tail: str = "the log\n"
 
 
@@ -75,12 +74,9 @@ SUITE_ROWS = {
 
 
 @pytest.mark.parametrize("row", SUITE_ROWS)
-def test_judge_suite(row: str, tmp_path: Path) -> None:
+def test_judge_suite(row: str) -> None:
     exit_, timed_out, report, status, failed, errors = SUITE_ROWS[row]
-    junit = None
-    if report is not None:
-        junit = tmp_path / "junit.xml"
-        junit.write_text(report)
+    junit = report.encode() if report is not None else None
     result = judge_suite("e2e", "base", True, Ran(exit_code=exit_, timed_out=timed_out, junit_xml=junit))
     assert (result.status, result.counts.failed, result.counts.errors) == (status, failed, errors)
     assert (
@@ -88,10 +84,8 @@ def test_judge_suite(row: str, tmp_path: Path) -> None:
     )
 
 
-def test_judge_suite_notes_an_unreadable_report_in_the_log(tmp_path: Path) -> None:
-    junit = tmp_path / "junit.xml"
-    junit.write_text(NOT_JUNIT)
-    result = judge_suite("e2e", "base", True, Ran(exit_code=1, junit_xml=junit))
+def test_judge_suite_notes_an_unreadable_report_in_the_log() -> None:
+    result = judge_suite("e2e", "base", True, Ran(exit_code=1, junit_xml=NOT_JUNIT.encode()))
     assert result.log_tail.startswith("the log\n")
     assert result.log_tail.splitlines()[-1].startswith("[loopgate] junit.xml: not a JUnit XML report (")
 

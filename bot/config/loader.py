@@ -220,7 +220,7 @@ def read_config(data: bytes | str, source: str = ".loopgate.yml") -> ConfigFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1 expected a mapping at the top level")
     try:
-        return ConfigFile(Config.model_validate(data), source, node)
+        loaded = ConfigFile(Config.model_validate(data), source, node)
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = _strip_union_tags(tuple(error["loc"]))
@@ -229,6 +229,23 @@ def read_config(data: bytes | str, source: str = ".loopgate.yml") -> ConfigFile:
         field = _dotted(loc) or "(top level)"
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{where} {field}: {_message(error, _dotted(loc))}{extra}") from None
+    _require_runtime_sections(loaded)
+    return loaded
+
+
+def _require_runtime_sections(loaded: ConfigFile) -> None:
+    """Each service and suite says how the chosen runtime runs it: a missing section is found when the
+    file is read, with its line, not half-way through a run."""
+    kind = loaded.config.runtime.kind
+    for name, service in sorted(loaded.config.services.items()):
+        if getattr(service, kind) is None:
+            where = loaded.at("services", name)
+            raise ConfigError(f"{where}: no `{kind}:` section, which runtime.kind {kind} needs")
+    for index, suite in enumerate(loaded.config.verify.suites):
+        if (suite.run if kind == "local" else suite.kubernetes) is None:
+            needs = "`run:`" if kind == "local" else "`kubernetes:`"
+            where, name = loaded.at("verify", "suites", index), suite.name
+            raise ConfigError(f"{where}: suite {name!r} has no {needs}, which runtime.kind {kind} needs")
 
 
 def parse_config(data: bytes | str, source: str = ".loopgate.yml") -> Config:

@@ -73,7 +73,11 @@ class AppSettings(RuntimeSettings):
     public_url: str = "http://127.0.0.1:8080"
     api_token: str | None = None
     workers: int = Field(default=2, ge=0, le=64)
-    runtime: str = "local"
+    runtime: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="What runs sandboxes: this machine's processes and Envoy, or the cluster it can reach."
+        " A repository whose .loopgate.yml asks for the other kind gets a config error.",
+    )
     git_cache_dir: Path | None = None
     github_throttle: bool = Field(
         default=True, description="Pace requests as GitHub asks integrations to; off for a local fake."

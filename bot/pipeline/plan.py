@@ -47,9 +47,16 @@ def check_against_tree(loaded: ConfigFile, tree: dict[str, str]) -> list[str]:
     errors: list[str] = []
     notes: list[str] = []
     for name, service in sorted(loaded.config.services.items()):
-        problem = _cwd_problem(service.local.cwd, tree)
-        if problem is not None:
-            errors.append(f"{loaded.at('services', name, 'local', 'cwd')}: {problem}")
+        directories: list[tuple[tuple[str, ...], str]] = []
+        if service.local is not None:
+            directories.append((("services", name, "local", "cwd"), service.local.cwd))
+        if service.kubernetes is not None and service.kubernetes.build is not None:
+            context = service.kubernetes.build.context
+            directories.append((("services", name, "kubernetes", "build", "context"), context))
+        for loc, directory in directories:
+            problem = _cwd_problem(directory, tree)
+            if problem is not None:
+                errors.append(f"{loaded.at(*loc)}: {problem}")
         dead = [i for i, glob in enumerate(service.paths) if not matches_some(glob, files)]
         if len(dead) == len(service.paths):
             globs = ", ".join(repr(glob) for glob in service.paths)

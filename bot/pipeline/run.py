@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
-import httpx
-
-from bot.config import Config, LoopgateError
+from bot.config import CONFIG_FILE, Config, ConfigError, LoopgateError
 from bot.evidence import (
     ErrorKind,
     Evidence,
@@ -28,9 +27,19 @@ from bot.evidence import (
 )
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
-from bot.runtimes.protocol import Baseline, BaselineError, Runtime, Sandbox, Source, SuiteRequest
+from bot.runtimes.protocol import (
+    Baseline,
+    BaselineError,
+    ProbeError,
+    ProbeRequest,
+    Runtime,
+    Sandbox,
+    Source,
+    SuiteRequest,
+)
 from bot.verify import blame, diagnose, fork_coverage, judge_suite, last_tagged_hop
-from bot.verify.diff import REQUEST_TIMEOUT_S, http_sender, probes, run_diff
+from bot.verify.compare import Response
+from bot.verify.diff import NotSent, Probe, Send, probes, run_diff
 
 
 @dataclass(frozen=True)
@@ -60,16 +69,35 @@ def new_run_id() -> str:
     return secrets.token_urlsafe(12).replace("-", "a").replace("_", "b").lower()
 
 
+RuntimeChooser = Callable[[Config], Runtime]
+"""The runtime a config asks for (`runtime.kind`); raises ConfigError when this process has none."""
+
+
+def only(runtime: Runtime) -> RuntimeChooser:
+    """A chooser with one runtime: a config asking for another kind is a config error, by name."""
+
+    def choose(config: Config) -> Runtime:
+        if config.runtime.kind != runtime.kind:
+            raise ConfigError(
+                f"{CONFIG_FILE} asks for runtime.kind {config.runtime.kind}; this loopgate runs the"
+                f" {runtime.kind} runtime"
+            )
+        return runtime
+
+    return choose
+
+
 class Pipeline:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Runtime | RuntimeChooser,
         listener: StageListener | None = None,
         should_stop: Callable[[], str | None] | None = None,
     ) -> None:
-        """`should_stop` returns why the run must stop, or None; it is polled between stages and
-        while suites run."""
-        self.runtime = runtime
+        """`runtime` is one runtime, or a chooser by the config's `runtime.kind`. `should_stop` returns
+        why the run must stop, or None; it is polled between stages and while suites run."""
+        self.choose: RuntimeChooser = runtime if callable(runtime) else only(runtime)
+        self.runtime: Runtime = runtime if not callable(runtime) else cast(Runtime, _NotChosen())
         self.listener = listener
         self.should_stop = should_stop or (lambda: None)
         self.kept: Kept | None = None
@@ -90,7 +118,6 @@ class Pipeline:
             base=GitRef(ref=request.base_ref),
             head=GitRef(ref=request.head_ref),
             trigger=request.trigger,
-            confined=self.runtime.confined,
         )
         stages = StageRecorder(evidence, self.listener)
         baseline: Baseline | None = None
@@ -102,6 +129,8 @@ class Pipeline:
                 result.detail = (
                     f"{len(plan.changed_files)} files changed, {len(plan.affected)} services affected"
                 )
+                self.runtime = self.choose(plan.config)
+                evidence.confined = self.runtime.confined
             if not plan.affected and not plan.run_head_suites:
                 for name in ("baseline", "build", "fork", "route", "verify"):
                     stages.skipped(name, "no service is affected by the change")
@@ -116,8 +145,11 @@ class Pipeline:
                 evidence.routing_key = sandbox.routing_key
                 self._build_and_fork(stages, evidence, plan, sandbox)
                 if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
-                    with self._stage(stages, "route"):
-                        self.runtime.route(sandbox)
+                    with self._stage(stages, "route") as routed:
+                        note = self.runtime.route(sandbox)
+                        if note is not None:
+                            routed.detail = note
+                            evidence.notes.append(note)
                     if request.sandbox_only:
                         return evidence
                     self._verify(stages, evidence, plan, sandbox)
@@ -216,7 +248,12 @@ class Pipeline:
             for suite in plan.config.verify.suites:
                 self._checkpoint()
                 request = SuiteRequest(
-                    suite.name, suite.run, suite.timeout, "base", should_stop=self._stopping
+                    suite.name,
+                    suite.run,
+                    suite.timeout,
+                    "base",
+                    should_stop=self._stopping,
+                    kubernetes=suite.kubernetes,
                 )
                 outcome = self.runtime.run_suite(sandbox, request)
                 judged = judge_suite(suite.name, "base", suite.gating, outcome)
@@ -229,7 +266,12 @@ class Pipeline:
                 for suite in head_config.verify.suites:
                     self._checkpoint()
                     request = SuiteRequest(
-                        suite.name, suite.run, suite.timeout, "head", should_stop=self._stopping
+                        suite.name,
+                        suite.run,
+                        suite.timeout,
+                        "head",
+                        should_stop=self._stopping,
+                        kubernetes=suite.kubernetes,
                     )
                     # Head's suites are reported, never gating: they cannot loosen the team's gate.
                     evidence.suites.append(
@@ -238,10 +280,7 @@ class Pipeline:
             observed = self.runtime.observed_requests(sandbox)
             chosen = probes(plan.config.verify.diff, observed, sandbox.routing_key)
             if chosen:
-                baggage = f"{plan.config.routing.baggage_member}={sandbox.routing_key}"
-                with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
-                    send = http_sender(sandbox.baseline.entry_urls, baggage, client)
-                    evidence.diff = run_diff(plan.config.verify.diff, chosen, send)
+                evidence.diff = run_diff(plan.config.verify.diff, chosen, self._sender(sandbox))
                 observed = self.runtime.observed_requests(sandbox)
             coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
             for name, hits in coverage.items():
@@ -255,6 +294,19 @@ class Pipeline:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
+
+    def _sender(self, sandbox: Sandbox) -> Send:
+        """The diff's probes go out through the runtime, which alone knows where a service lives."""
+
+        def send(probe: Probe, tagged: bool) -> Response:
+            request = ProbeRequest(probe.service, probe.method, probe.path, probe.headers, probe.body)
+            try:
+                answer = self.runtime.probe(sandbox, request, tagged=tagged)
+            except ProbeError as exc:
+                raise NotSent(str(exc)) from None
+            return Response(answer.status, dict(answer.headers), answer.body)
+
+        return send
 
     def _against_baseline(self, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox) -> SuiteResult:
         """The failed suite again, untagged against the baseline: what fails there too is pre-existing,
@@ -291,6 +343,13 @@ class Pipeline:
             if evidence.verdict in (None, Verdict.PASS):
                 evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
                 evidence.reasons = [f"teardown failed: {exc}"]
+
+
+class _NotChosen:
+    """Stands for the runtime until the config has chosen one; nothing may run before that."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(f"no runtime chosen yet (asked for {name})")
 
 
 def _record_log_tails(evidence: Evidence, log_tails: dict[str, str]) -> None:

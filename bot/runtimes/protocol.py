@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bot.config import Config, InfrastructureError, Service
+from bot.config.schema import KubernetesSuite
+
+JUNIT_MAX_BYTES = 64 * 1024 * 1024
+"""A suite's JUnit report above this is a runaway log, not a test result: not carried back."""
 
 
 class BaselineError(InfrastructureError):
@@ -37,7 +41,8 @@ class Baseline:
     env_id: str
     base: Source
     entry_urls: Mapping[str, str]
-    """Service name -> the data plane's address for it: what services and suites call."""
+    """Service name -> the data plane's address for it, as a suite reaches it (locally a loopback URL,
+    in a cluster the Service's DNS name): for people and suites, never dialled by the pipeline."""
     reused: bool
     """True when an already running baseline (e.g. from `loopgate env up`) was attached."""
 
@@ -73,7 +78,8 @@ class ForkOutcome:
 @dataclass(frozen=True)
 class SuiteRequest:
     name: str
-    command: str
+    command: str | None
+    """The local runtime's `sh -c` command (`verify.suites[].run`)."""
     timeout: float
     source: Literal["base", "head"]
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -82,6 +88,8 @@ class SuiteRequest:
     to tell a failure the change caused from one the base commit already has)."""
     should_stop: Callable[[], bool] | None = None
     """Polled while the suite runs; True stops it (the run was superseded or cancelled)."""
+    kubernetes: KubernetesSuite | None = None
+    """The suite as a Job (`verify.suites[].kubernetes`), for the Kubernetes runtime."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,34 @@ class SuiteOutcome:
     exit_code: int | None
     timed_out: bool
     duration_ms: int
-    junit_xml: Path | None
+    junit_xml: bytes | None
+    """The report's bytes (at most JUNIT_MAX_BYTES), however the runtime carried them back."""
     log_tail: str
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """One request of the response diff, addressed to a service, not to a place: the runtime knows how
+    to reach the service's baseline and, tagged, its sandbox (locally through Envoy, in a cluster from
+    inside it)."""
+
+    service: str
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    status: int
+    headers: Mapping[str, str]
+    """Lower-cased names."""
+    body: bytes
+
+
+class ProbeError(Exception):
+    """The probe could not be sent or got no answer (connection refused, timeout): a one-line cause."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,9 @@ class ObservedRequest:
 
 
 class Runtime(Protocol):
+    kind: str
+    """`runtime.kind` of the configs this runtime runs: `local` or `kubernetes`."""
+
     @property
     def confined(self) -> bool:
         """Whether code from the agent's branch (builds, forks, head suites) runs isolated from loopgate,
@@ -140,11 +177,17 @@ class Runtime(Protocol):
     def keep(self, sandbox: Sandbox) -> None:
         """Let the sandbox and its baseline outlive this process (`--keep`)."""
 
-    def route(self, sandbox: Sandbox) -> None: ...
+    def route(self, sandbox: Sandbox) -> str | None:
+        """Send the sandbox's tagged requests to its forks; returns a note for the report, if any (e.g.
+        that routing is left to the team's mesh)."""
 
     def unroute(self, sandbox: Sandbox) -> None: ...
 
     def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome: ...
+
+    def probe(self, sandbox: Sandbox, request: ProbeRequest, *, tagged: bool) -> ProbeAnswer:
+        """Send one diff request to the service, tagged for the sandbox or not; ProbeError when it gets
+        no answer."""
 
     def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
         """Since the sandbox was made: its own requests and untagged ones, never other sandboxes'."""

@@ -12,14 +12,10 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
-
 from bot.config.schema import SAFE_METHODS, Diff
 from bot.evidence import DiffResult
 from bot.verify.compare import ComparePolicy, Response, compare
 from bot.verify.observed import Observed
-
-REQUEST_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,11 @@ class Probe:
 
 
 Send = Callable[[Probe, bool], Response]
-"""Send a probe to its service's entry, tagged for the sandbox or not."""
+"""Send a probe to its service, tagged for the sandbox or not; raises NotSent when it gets no answer."""
+
+
+class NotSent(Exception):
+    """A probe got no answer; the message is the one-line cause."""
 
 
 def probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> list[Probe]:
@@ -60,27 +60,15 @@ def probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> list
     return chosen[: config.max_requests]
 
 
-def http_sender(entry_urls: Mapping[str, str], baggage: str, client: httpx.Client) -> Send:
-    def send(probe: Probe, tagged: bool) -> Response:
-        headers = {**probe.headers, **({"baggage": baggage} if tagged else {})}
-        answer = client.request(
-            probe.method, entry_urls[probe.service] + probe.path, headers=headers, content=probe.body
-        )
-        return Response(answer.status_code, {k.lower(): v for k, v in answer.headers.items()}, answer.content)
-
-    return send
-
-
 def run_diff(config: Diff, chosen: list[Probe], send: Send) -> list[DiffResult]:
     policy = ComparePolicy(ignore=config.ignore, headers=config.headers)
     results = []
     for probe in chosen:
         try:
             baseline, sandbox = send(probe, False), send(probe, True)
-        except httpx.HTTPError as exc:
-            results.append(
-                DiffResult(request=f"{probe.label} (not sent: {type(exc).__name__})", service=probe.service)
-            )
+        except NotSent as exc:
+            cause = str(exc).split(":", 1)[0]
+            results.append(DiffResult(request=f"{probe.label} (not sent: {cause})", service=probe.service))
             continue
         if probe.recorded and 404 in (baseline.status, sandbox.status) and baseline.status != sandbox.status:
             continue  # a resource the suite made in the sandbox's own data: absent from the baseline's

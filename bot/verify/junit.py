@@ -37,14 +37,17 @@ class JUnitReport:
     failures: list[TestFailure] = field(default_factory=list)
 
 
-def parse_junit(path: Path) -> JUnitReport:
-    """Counts and failures; raises ValueError with a one-line cause when the file is not JUnit XML."""
+def parse_junit(report: Path | bytes, name: str = "junit.xml") -> JUnitReport:
+    """Counts and failures of a report file or of its bytes (as a runtime carried them back from a
+    suite); raises ValueError with a one-line cause when it is not JUnit XML."""
+    if isinstance(report, Path):
+        name = report.name
     try:
-        root = _parse(_read(path))
+        root = _parse(_read(report) if isinstance(report, Path) else _bounded(report))
     except (OSError, ParseError, ValueError) as exc:
-        raise ValueError(f"{path.name}: not a JUnit XML report ({exc})") from None
+        raise ValueError(f"{name}: not a JUnit XML report ({exc})") from None
     if root.tag not in ("testsuites", "testsuite"):
-        raise ValueError(f"{path.name}: not a JUnit XML report (its root is <{root.tag}>)")
+        raise ValueError(f"{name}: not a JUnit XML report (its root is <{root.tag}>)")
     counts = Counts()
     failures: list[TestFailure] = []
     # Every testcase at any depth: runners nest testsuites (JUnit 5 per class, Go per package).
@@ -77,6 +80,12 @@ def _read(path: Path) -> bytes:
     if size > MAX_BYTES:
         raise ValueError(f"{size:,} bytes, over the {MAX_BYTES:,}-byte limit")
     return path.read_bytes()
+
+
+def _bounded(data: bytes) -> bytes:
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"{len(data):,} bytes, over the {MAX_BYTES:,}-byte limit")
+    return data
 
 
 def _parse(data: bytes) -> Element:

@@ -3,7 +3,6 @@ records with these attributes will do."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 
@@ -40,6 +39,7 @@ class RanSuite(Protocol):
     @property
     def duration_ms(self) -> int: ...
     @property
-    def junit_xml(self) -> Path | None: ...
+    def junit_xml(self) -> bytes | None:
+        """The report's bytes: a runtime carries them back from wherever the suite ran."""
     @property
     def log_tail(self) -> str: ...

@@ -35,6 +35,8 @@ class RuntimeCore:
             gid=settings.confine_gid,
         )
 
+    kind = "local"
+
     @property
     def confined(self) -> bool:
         return self.confinement.enabled

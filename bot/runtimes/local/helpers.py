@@ -67,15 +67,16 @@ def _start_on_free_port(
     with "address in use" in its log is retried on a fresh port, and after `PORT_ATTEMPTS` of them it
     is an infrastructure error, never the change's fault. `started` records each process as it runs.
     """
+    local = spec.local_spec
     for _ in range(PORT_ATTEMPTS):
         offset = log.stat().st_size if log.exists() else 0
-        process = launch(spec.local.run.replace("{port}", str(port)))
+        process = launch(local.run.replace("{port}", str(port)))
         started(process, port)
-        why = wait_healthy(process, f"http://127.0.0.1:{port}{spec.local.health}", spec.local.ready_timeout)
+        why = wait_healthy(process, f"http://127.0.0.1:{port}{local.health}", local.ready_timeout)
         if why is None or process.poll() is None or not _address_in_use(log, offset):
             return why
         port = free_port()
-    raise InfrastructureError(f"{spec.local.run.split()[0]}: every port tried was already in use")
+    raise InfrastructureError(f"{local.run.split()[0]}: every port tried was already in use")
 
 
 def _address_in_use(log: Path, offset: int) -> bool:
@@ -92,14 +93,14 @@ def _run_build(
     launch: Callable[[str], subprocess.Popen[bytes]],
     track: Callable[[ProcessRef], AbstractContextManager[None]] = lambda _ref: nullcontext(),
 ) -> str | None:
-    assert spec.local.build is not None
-    process = launch(spec.local.build)
+    assert spec.local_spec.build is not None
+    process = launch(spec.local_spec.build)
     ref = ProcessRef.of(process.pid)
     with track(ref):
         try:
-            code = process.wait(timeout=spec.local.build_timeout)
+            code = process.wait(timeout=spec.local_spec.build_timeout)
         except subprocess.TimeoutExpired:
-            return f"build timed out after {spec.local.build_timeout:g}s"
+            return f"build timed out after {spec.local_spec.build_timeout:g}s"
         finally:
             stop_group(ref, grace=2)
     return f"build exited with code {code}" if code != 0 else None

@@ -141,7 +141,7 @@ class LocalRuntime(Suites, Collector):
     def _start_baseline_service(self, record: EnvRecord, config: Config, name: str, port: int) -> str | None:
         spec = config.services[name]
         env_dir = self.registry.env_dir(record.env_id)
-        cwd = env_dir / "worktree" / spec.local.cwd
+        cwd = env_dir / "worktree" / spec.local_spec.cwd
         log = env_dir / "logs" / f"{name}.log"
         state, home = env_dir / "state" / name, env_dir / "home" / name
         extra = self._service_env(record, name, spec, state)
@@ -157,7 +157,7 @@ class LocalRuntime(Suites, Collector):
             writable=[env_dir / "worktree", home, state],
         )
         if not cwd.is_dir():
-            return f"cannot start: cwd {spec.local.cwd} does not exist at the base commit"
+            return f"cannot start: cwd {spec.local_spec.cwd} does not exist at the base commit"
         if spec.state is not None and spec.state.postgres is not None:
             database = database_name(record.env_id, spec.state.postgres.database)
             journal.database(database)
@@ -167,7 +167,7 @@ class LocalRuntime(Suites, Collector):
             except InfrastructureError as exc:
                 return f"cannot start: {exc}"
             pause.point("database-created")
-        if spec.local.build:
+        if spec.local_spec.build:
             why = _run_build(spec, launch)
             if why:
                 return f"{why}: {_last_line(log)}"

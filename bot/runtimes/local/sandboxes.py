@@ -104,7 +104,7 @@ class Sandboxes(Baselines):
         home = sandbox_dir / "home" / service
         env = child_env(home, extra)
         self.confinement.give(home, state_dir)
-        return self.source_dir(sandbox) / spec.local.cwd, env
+        return self.source_dir(sandbox) / spec.local_spec.cwd, env
 
     def _fork_dirs(self, sandbox: Sandbox, service: str) -> list[Path]:
         """All a build or fork may write: the merge worktree, its HOME, its state copy."""
@@ -114,11 +114,11 @@ class Sandboxes(Baselines):
     @infrastructure
     def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome:
         record = self._record(sandbox)
-        source = f"{record.head_sha[:12]}:{spec.local.cwd}"
+        source = f"{record.head_sha[:12]}:{spec.local_spec.cwd}"
         cwd, env = self._service_context(sandbox, service, spec)
         if not cwd.is_dir():
-            return BuildOutcome(service, False, source, detail=f"cwd {spec.local.cwd} does not exist")
-        if not spec.local.build:
+            return BuildOutcome(service, False, source, detail=f"cwd {spec.local_spec.cwd} does not exist")
+        if not spec.local_spec.build:
             return BuildOutcome(service, True, source)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.build.log"
         launch = self._fork_launcher(sandbox, service, cwd, env, log)
@@ -191,8 +191,9 @@ class Sandboxes(Baselines):
                 self.registry.save_env(env)
 
     @infrastructure
-    def route(self, sandbox: Sandbox) -> None:
+    def route(self, sandbox: Sandbox) -> str | None:
         self._set_routed(sandbox, True)
+        return None
 
     @infrastructure
     def unroute(self, sandbox: Sandbox) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
+
+import httpx
 
 from bot.runtimes.local import pause
 from bot.runtimes.local.accesslog import read_access_log
@@ -12,7 +15,18 @@ from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.local.helpers import _wait, infrastructure
 from bot.runtimes.local.processes import ProcessRef, stop_group, tail
 from bot.runtimes.local.sandboxes import Sandboxes
-from bot.runtimes.protocol import ObservedRequest, Sandbox, SuiteOutcome, SuiteRequest
+from bot.runtimes.protocol import (
+    JUNIT_MAX_BYTES,
+    ObservedRequest,
+    ProbeAnswer,
+    ProbeError,
+    ProbeRequest,
+    Sandbox,
+    SuiteOutcome,
+    SuiteRequest,
+)
+
+PROBE_TIMEOUT_S = 30.0
 
 ACCESS_LOG_SETTLE_S = 0.25
 """Envoy flushes its access log every 100 ms: past two flushes, every answered request is in it."""
@@ -35,6 +49,8 @@ class Suites(Sandboxes):
 
     @infrastructure
     def run_suite(self, sandbox: Sandbox, suite: SuiteRequest) -> SuiteOutcome:
+        if suite.command is None:
+            raise ValueError(f"suite {suite.name!r} has no `run:` command for the local runtime")
         sandbox_dir = self._sandbox_dir(sandbox)
         if suite.source == "base":
             # Never the baseline's worktree: a fork could have rewritten the suite there.
@@ -77,9 +93,22 @@ class Suites(Sandboxes):
             exit_code=None if timed_out else process.returncode,
             timed_out=timed_out,
             duration_ms=int((time.monotonic() - started) * 1000),
-            junit_xml=junit if junit.is_file() else None,
-            log_tail=tail(log),
+            junit_xml=_report(junit),
+            log_tail=tail(log) + ("" if _fits(junit) else f"\n[loopgate] {junit.name} over 64 MiB: ignored"),
         )
+
+    def probe(self, sandbox: Sandbox, request: ProbeRequest, *, tagged: bool) -> ProbeAnswer:
+        """Straight to the service's Envoy listener: the same hop every caller of the service takes."""
+        member = sandbox.config.routing.baggage_member
+        headers = {**request.headers, **({"baggage": f"{member}={sandbox.routing_key}"} if tagged else {})}
+        url = sandbox.baseline.entry_urls[request.service] + request.path
+        try:
+            with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
+                answer = client.request(request.method, url, headers=headers, content=request.body)
+        except httpx.HTTPError as exc:
+            raise ProbeError(f"{type(exc).__name__}: {exc}") from None
+        lowered = {name.lower(): value for name, value in answer.headers.items()}
+        return ProbeAnswer(answer.status_code, lowered, answer.content)
 
     @infrastructure
     def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
@@ -96,3 +125,14 @@ class Suites(Sandboxes):
         # Untagged requests too (never other sandboxes'): in the sandbox's traces they show where the
         # tag was lost.
         return [r for r in raw if r.routing_key in (key, None) or r.target == key]
+
+
+def _fits(junit: Path) -> bool:
+    return not junit.is_file() or junit.stat().st_size <= JUNIT_MAX_BYTES
+
+
+def _report(junit: Path) -> bytes | None:
+    """The suite's JUnit report, when it wrote one of a sane size."""
+    if not junit.is_file() or not _fits(junit):
+        return None
+    return junit.read_bytes()
