@@ -323,7 +323,6 @@ class KubernetesSettings(Strict):
         pattern=K8S_NAME,
         description="Container whose log is the mesh's JSON access log (docs/kubernetes.md); null: none.",
     )
-    context: str | None = Field(default=None, description="kubeconfig context; default the current one.")
 
 
 class KubernetesRuntime(Strict):

@@ -55,6 +55,13 @@ class RuntimeSettings(BaseSettings):
         description="Paths under a hidden one (e.g. a toolchain in loopgate's HOME) confined code may read.",
     )
 
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig for the Kubernetes runtime; default KUBECONFIG or ~/.kube/config, else the"
+        " in-cluster service account.",
+    )
+    kube_context: str | None = Field(default=None, description="kubeconfig context; default its current one.")
+
     def secret_paths(self) -> list[Path]:
         """Files and directories confined code must not see, besides the state dir and HOME."""
         own_cluster = [self.postgres_dir] if self.postgres_dir is not None else []
