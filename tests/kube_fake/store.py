@@ -82,6 +82,14 @@ RESOURCES: dict[str, Resource] = {
         Resource("GRPCRoute", "gateway.networking.k8s.io", ("v1",), "grpcroutes"),
     )
 }
+# The status a new object starts with (kinds with a status subresource; custom resources start without).
+INITIAL_STATUS: dict[str, dict[str, Any]] = {
+    "Namespace": {"phase": "Active"},
+    "Pod": {"phase": "Pending", "qosClass": "BestEffort"},
+    "Service": {"loadBalancer": {}},
+    "Deployment": {},
+    "Job": {},
+}
 HISTORY = 20_000  # changes kept for watches that resume from a resourceVersion
 
 
@@ -339,6 +347,9 @@ class Store:
         else:
             meta.pop("namespace", None)
         apply_defaults(obj)
+        initial = INITIAL_STATUS.get(resource.kind)
+        if initial is not None:  # a client cannot set status on create: the server starts it
+            obj["status"] = copy.deepcopy(initial)
         self._validate(obj, resource)
         key = self._key(resource, meta.get("namespace"), meta["name"])
         if key in self._objects:
