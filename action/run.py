@@ -22,7 +22,7 @@ from requests import RequestException
 
 from action.commands import Console, append_summary, write_outputs
 from action.context import ActionsContext, read_context
-from action.inputs import FailOn, InputError, Inputs, RuntimeName, read_inputs
+from action.inputs import FailOn, InputError, Inputs, read_inputs
 from action.log import StageLines, annotate_failures, annotate_verdict, print_run
 from action.token_client import WORKFLOW_TOKEN_LOGIN, token_repo_client
 from action.workspace import Workspace
@@ -35,8 +35,7 @@ from bot.github.gate import CHECK_NAME, NOT_GATED, is_gated, is_trusted_base, un
 from bot.github.publish import Target, publish
 from bot.pipeline import Pipeline, VerifyRequest, new_run_id
 from bot.report import render_comment, render_json, render_step_summary
-from bot.runtimes.local import LocalRuntime
-from bot.runtimes.protocol import Runtime
+from bot.runtimes.choice import Runtimes
 
 TRIGGER = "action"
 GITHUB_ERRORS = (GithubException, RequestException)
@@ -71,10 +70,6 @@ def main(env: Mapping[str, str] | None = None, console: Console | None = None) -
     try:
         inputs = read_inputs(env)
         context = read_context(env)
-        if inputs.runtime is RuntimeName.KUBERNETES:
-            raise InputError(
-                "input runtime: this version of loopgate has no Kubernetes runtime yet; use runtime: local"
-            )
     except InputError as exc:
         console.error(str(exc), title="loopgate: bad input")
         return 2
@@ -302,11 +297,27 @@ class ActionRun:
         verified.links = evidence.links
         return verified
 
-    def _runtime(self) -> Runtime:
+    def _runtime(self) -> Runtimes:
+        """The runtime the `runtime` input names; a config asking for the other is a config error."""
         settings = RuntimeSettings()
-        if "LOOPGATE_STATE_DIR" not in self.env and self.env.get("RUNNER_TEMP"):
-            settings = RuntimeSettings(state_dir=Path(self.env["RUNNER_TEMP"]) / "loopgate-state")
-        return LocalRuntime(settings)
+        temp = self.env.get("RUNNER_TEMP")
+        if "LOOPGATE_STATE_DIR" not in self.env and temp:
+            settings = settings.model_copy(update={"state_dir": Path(temp) / "loopgate-state"})
+        if self.inputs.kubeconfig:
+            kubeconfig = self._kubeconfig_file(self.inputs.kubeconfig)
+            settings = settings.model_copy(update={"kubeconfig": kubeconfig})
+        return Runtimes(settings, only=self.inputs.runtime.value)
+
+    def _kubeconfig_file(self, text: str) -> Path:
+        """The `kubeconfig` input (a secret's text) as a file only this user can read, outside the
+        workspace the agent's code shares."""
+        folder = Path(self.env.get("RUNNER_TEMP") or tempfile.gettempdir()) / f"loopgate-{self.run_id}"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / "kubeconfig"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        return path
 
     @contextmanager
     def _cancellable(self) -> Iterator[None]:

@@ -11,15 +11,26 @@ from bot.cli.output import ConfigOption, RepoOption, _fail, _settings, _terminat
 from bot.cli.root import app, env_app
 from bot.config import LoopgateError
 from bot.pipeline import make_plan
+from bot.runtimes.choice import Runtimes
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.allowlist import env_var_name
 from bot.runtimes.protocol import Source
 
 
 @app.command()
-def gc() -> None:
-    """Remove sandboxes and baselines whose owning process is gone."""
-    removed = LocalRuntime(_settings()).gc()
+def gc(
+    runtime: Annotated[
+        str, typer.Option(help="`local`: this machine's; `kubernetes`: the cluster's (LOOPGATE_KUBECONFIG).")
+    ] = "local",
+) -> None:
+    """Remove what dead runs left: local sandboxes and baselines whose owner is gone, or a cluster's
+    forks, Jobs and routes past their expiry or whose fork is gone."""
+    if runtime not in ("local", "kubernetes"):
+        raise _fail(f"--runtime must be local or kubernetes, not {runtime!r}", 2)
+    try:
+        removed = Runtimes(_settings()).get("kubernetes" if runtime == "kubernetes" else "local").gc()
+    except LoopgateError as exc:
+        raise _fail(str(exc), 2 if exc.kind == "config" else 3) from None
     for line in removed:
         console.print(f"removed {line}", markup=False)
     console.print(f"{len(removed)} removed", markup=False)

@@ -15,6 +15,7 @@ from bot.cli.output import _fail, _terminate_as_interrupt, console, errors
 from bot.cli.root import app, app_app
 from bot.config import AppSettings, LoopgateError
 from bot.evidence import Evidence
+from bot.runtimes.choice import Runtimes
 from bot.runtimes.local import LocalRuntime
 
 MANIFEST_PACKAGE = "bot.manifest"
@@ -80,7 +81,7 @@ def serve(
     github = GitHubApp(
         settings.github_app_id, private_key, settings.github_api_url, throttle=settings.github_throttle
     )
-    runtime = LocalRuntime(settings)
+    runtime = Runtimes(settings, only=settings.runtime).get(settings.runtime)
 
     def observe(evidence: Evidence) -> None:
         for stage in evidence.stages:
@@ -109,7 +110,8 @@ def serve(
             uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:
         pool.stop()
-        for record, _ in runtime.baselines():
-            if record.owner is not None and record.owner.pid == os.getpid():
-                runtime.down(record.env_id)
+        if isinstance(runtime, LocalRuntime):
+            for record, _ in runtime.baselines():
+                if record.owner is not None and record.owner.pid == os.getpid():
+                    runtime.down(record.env_id)
         store.close()

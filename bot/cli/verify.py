@@ -30,16 +30,15 @@ from bot.cli.root import app
 from bot.config import LoopgateError
 from bot.evidence import exit_code
 from bot.pipeline import Pipeline, VerifyRequest
-from bot.runtimes.local import LocalRuntime
+from bot.runtimes.choice import Runtimes
 
 
 def _run_verify(
     request: VerifyRequest, json_out: Path | None, markdown: Path | None, html: Path | None
 ) -> int:
     # `--keep` leaves what it starts running after this process: it must not die with it.
-    runtime = LocalRuntime(_settings(), persistent=request.keep)
-    _print_unconfined(runtime.confined)
-    pipeline = Pipeline(runtime, listener=StageProgress())
+    runtimes = Runtimes(_settings(), persistent=request.keep, on_made=lambda r: _print_unconfined(r.confined))
+    pipeline = Pipeline(runtimes, listener=StageProgress())
     try:
         with _terminate_as_interrupt():
             evidence = pipeline.verify(request)

@@ -65,7 +65,8 @@ class RuntimeSettings(BaseSettings):
     def secret_paths(self) -> list[Path]:
         """Files and directories confined code must not see, besides the state dir and HOME."""
         own_cluster = [self.postgres_dir] if self.postgres_dir is not None else []
-        return [*self.confine_hide, *own_cluster]
+        kubeconfig = [self.kubeconfig] if self.kubeconfig is not None else []
+        return [*self.confine_hide, *own_cluster, *kubeconfig]
 
 
 class AppSettings(RuntimeSettings):
@@ -94,6 +95,9 @@ class AppSettings(RuntimeSettings):
         default=30.0, gt=0, description="A running run silent this long is reaped by any replica."
     )
     reap_every_s: float = Field(default=15.0, gt=0, description="How often each replica looks for them.")
+    gc_every_s: float = Field(
+        default=300.0, gt=0, description="How often each replica sweeps what dead runs or expiry left."
+    )
     outbox_poll_s: float = Field(default=1.0, gt=0, description="How often the outbox is looked at.")
     outbox_backoff_s: float = Field(
         default=2.0, gt=0, description="First pause before a report GitHub refused is sent again; it doubles."

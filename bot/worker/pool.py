@@ -48,6 +48,7 @@ class WorkerPool:
             self._spawn(f"loopgate-worker-{index}", self._loop, name)
         self._spawn("loopgate-reaper", self._every, self.env.settings.reap_every_s, self._reap)
         self._spawn("loopgate-outbox", self._every, self.env.settings.outbox_poll_s, self._dispatch)
+        self._spawn("loopgate-gc", self._every, self.env.settings.gc_every_s, self._collect)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -64,6 +65,12 @@ class WorkerPool:
     def _reap(self) -> None:
         for run_id in reap(self.env, f"{worker_prefix()}:reaper"):
             log.warning("concluded run %s: its worker stopped sending heartbeats", run_id)
+
+    def _collect(self) -> None:
+        """What crashed runs (of any replica) left behind and what outlived its expiry: a cluster keeps
+        forks and routes until someone removes them."""
+        for line in self.env.runtime.gc():
+            log.info("gc removed %s", line)
 
     def _dispatch(self) -> None:
         self.env.outbox.deliver_due()
