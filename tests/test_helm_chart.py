@@ -40,7 +40,7 @@ CORE_RULES = {
     ("batch", "jobs"): MANAGED,
     ("", "pods"): ["get", "list", "watch", "delete"],
     ("", "pods/log"): ["get"],
-    ("", "services/proxy"): ["get", "create"],
+    ("", "services/proxy"): ["get", "create", "update", "patch", "delete"],
     ("", "events"): ["get", "list", "watch"],
 }
 # VirtualServices are shared with the team's own routes: loopgate edits them, never deletes them in bulk.

@@ -96,7 +96,7 @@ not make. docs/kubernetes.md explains each verb.
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["services/proxy"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["get", "list", "watch"]
