@@ -458,6 +458,36 @@ def test_pod_log_and_events_by_field_selector(api: client.ApiClient, ns: str, cl
     assert unknown.value.status == 400
 
 
+def test_watch_by_label_reports_objects_entering_and_leaving_the_selector(
+    api: client.ApiClient, ns: str, cluster: FakeCluster
+) -> None:
+    core = client.CoreV1Api(api)
+    store = cluster.store
+    store.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": ns}})
+
+    def relabel() -> None:
+        time.sleep(0.2)
+        store.set_annotations("ConfigMap", ns, "a", {"step": "1"})  # not selected yet: nothing sent
+        current = store.get("ConfigMap", ns, "a")
+        current["metadata"]["labels"] = {"loopgate.dev/sandbox": "abc123"}
+        current = store.replace(current)  # now selected: ADDED
+        current["metadata"]["labels"] = {}
+        store.replace(current)  # no longer selected: DELETED
+
+    worker = threading.Thread(target=relabel)
+    worker.start()
+    seen = []
+    stream = watch.Watch()
+    for event in stream.stream(
+        core.list_namespaced_config_map, ns, label_selector="loopgate.dev/sandbox=abc123", timeout_seconds=5
+    ):
+        seen.append(event["type"])
+        if event["type"] == "DELETED":
+            stream.stop()
+    worker.join()
+    assert seen == ["ADDED", "DELETED"]
+
+
 # ---- the service proxy ----
 
 
@@ -526,6 +556,8 @@ def test_service_proxy_forwards_to_a_ready_pod(cluster: FakeCluster, ns: str) ->
                 "conditions": [{"type": "Ready", "status": "True"}],
             },
         )
+        with urllib.request.urlopen(f"{base}/a%2Fb/?q=%20x", timeout=5) as response:
+            assert json.loads(response.read())["path"] == "/a%2Fb/?q=%20x"  # passed through as encoded
         request = urllib.request.Request(
             f"{base}/items?limit=2",
             data=b'{"sku": 1}',

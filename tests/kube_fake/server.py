@@ -336,7 +336,8 @@ class KubeServer:
         return self._item(method, route, query, headers, body)
 
     def _route(self, path: str) -> Route:
-        segments = [urllib.parse.unquote(s) for s in path.strip("/").split("/")]
+        raw = path.lstrip("/").split("/")
+        segments = [urllib.parse.unquote(s) for s in raw]
         if segments[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", segments[2:]
         elif len(segments) >= 3 and segments[0] == "apis":
@@ -355,9 +356,8 @@ class KubeServer:
             raise NotFound("resources", path)
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        tail = "/" + "/".join(rest[3:]) if len(rest) > 3 else ""
-        if tail == "" and path.endswith("/") and sub is not None:
-            tail = "/"
+        # The proxied path stays as the client encoded it (`%2F` is not a separator there).
+        tail = "/" + "/".join(raw[len(raw) - len(rest) + 3 :]) if len(rest) > 3 else ""
         return Route(resource, version, namespace, name, sub, tail)
 
     def _api_groups(self) -> dict[str, Any]:
@@ -538,15 +538,34 @@ class KubeServer:
 
             return expired
 
-        def matches(obj: Obj) -> bool:
-            return labels_match(labels, obj["metadata"].get("labels")) and fields_match(fields, obj)
+        # As the real server's watch cache does, an object that comes to match the selectors is ADDED and
+        # one that stops matching is DELETED. Without a resourceVersion the watch starts from the full
+        # state, so whether an object matched before is known for every object; with one, only for those
+        # seen since.
+        matched: set[str] = set()
+        complete = not query.get("resourceVersion") or query.get("resourceVersion") == "0"
+
+        def translate(type_: str, obj: Obj) -> str | None:
+            uid = obj["metadata"]["uid"]
+            now = labels_match(labels, obj["metadata"].get("labels")) and fields_match(fields, obj)
+            before = uid in matched
+            if now and type_ != "DELETED":
+                matched.add(uid)
+            else:
+                matched.discard(uid)
+            if not now:
+                return "DELETED" if before else None
+            if type_ == "MODIFIED" and not before and complete:
+                return "ADDED"
+            return type_
 
         def events(write: Callable[[bytes], None]) -> None:
             deadline = time.monotonic() + max(timeout, 0.0)
             try:
                 for type_, obj in first:
-                    if matches(obj):
-                        write(self._event(route, type_, obj))
+                    sent = translate(type_, obj)
+                    if sent:
+                        write(self._event(route, sent, obj))
                 while not self._stopping.is_set():
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -555,8 +574,9 @@ class KubeServer:
                         type_, obj = inbox.get(timeout=min(left, 0.2))
                     except queue.Empty:
                         continue
-                    if matches(obj):
-                        write(self._event(route, type_, obj))
+                    sent = translate(type_, obj)
+                    if sent:
+                        write(self._event(route, sent, obj))
             finally:
                 unsubscribe()
 

@@ -14,6 +14,7 @@ Anything else is invalid ("no published schema"): a kind nobody can check is nev
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import importlib.resources
@@ -239,6 +240,7 @@ class CrdValidator:
 
 
 CRD_VALIDATOR = CrdValidator()
+atexit.register(CRD_VALIDATOR.close)
 
 
 # ---- what the API server checks beyond the schema ----
