@@ -478,14 +478,18 @@ class KubeServer:
                 if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
                     if not isinstance(document, dict):
                         raise BadRequest("a merge patch must be a JSON object")
-                    return merge_patch(current, document)
-                if content_type == "application/json-patch+json":
-                    return json_patch(current, document)
-                raise UnsupportedMediaType(
-                    f"the body of the request was in an unknown format - accepted media types include: "
-                    f"application/json-patch+json, application/merge-patch+json, "
-                    f"application/strategic-merge-patch+json (got {content_type!r})"
-                )
+                    patched = merge_patch(current, document)
+                elif content_type == "application/json-patch+json":
+                    patched = json_patch(current, document)
+                else:
+                    raise UnsupportedMediaType(
+                        "the body of the request was in an unknown format - accepted media types include:"
+                        " application/json-patch+json, application/merge-patch+json,"
+                        f" application/strategic-merge-patch+json (got {content_type!r})"
+                    )
+                if not isinstance(patched, dict):
+                    raise BadRequest("a patch must leave an object")
+                return patched
 
             stored = self.store.mutate(kind, route.namespace, route.name, change)
             return json_reply(200, self._as_version(route, stored))

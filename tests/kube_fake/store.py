@@ -18,6 +18,7 @@ Objects are plain dicts; every dict handed out is a deep copy, so nobody mutates
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 import random
@@ -488,7 +489,7 @@ class Store:
         label_selector: str | None = None,
         field_selector: str | None = None,
         propagation: str = "Background",
-    ) -> list[Obj]:
+    ) -> builtins.list[Obj]:
         """Delete every object `list` would return; the deleted objects."""
         out = []
         with self._lock:
@@ -516,7 +517,7 @@ class Store:
 
     def watch(
         self, kind: str, namespace: str | None, resource_version: str | None, callback: Callback
-    ) -> tuple[list[tuple[str, Obj]], Callable[[], None]]:
+    ) -> tuple[builtins.list[tuple[str, Obj]], Callable[[], None]]:
         """Start a watch of `kind`: the events to send first and the unsubscribe function. Without a
         resourceVersion (or "0") the first events are ADDED for every object; with one, the changes after
         it from the history (`Gone` when it is older than the history). `callback` then gets every later
