@@ -23,6 +23,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.kube_fake import FakeCluster, Invalid, Store, validate_object
+from tests.kube_fake.server import KubeServer
 from tests.kube_fake.validate import CRD_VALIDATOR
 
 _names = itertools.count(1)
@@ -486,6 +487,36 @@ def test_watch_by_label_reports_objects_entering_and_leaving_the_selector(
             stream.stop()
     worker.join()
     assert seen == ["ADDED", "DELETED"]
+
+
+def test_a_watch_from_a_forgotten_resource_version_is_gone_and_delete_preconditions_hold() -> None:
+    server = KubeServer(Store(history=3)).start()
+    try:
+        configuration = client.Configuration()
+        configuration.host = server.url
+        with client.ApiClient(configuration) as api_client:
+            core = client.CoreV1Api(api_client)
+            for name in "abcde":
+                server.store.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})
+            with pytest.raises(ApiException) as gone:
+                list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version="2"))
+            assert gone.value.status == 410
+            current = core.read_namespaced_config_map("a", "default")
+            with pytest.raises(ApiException) as changed:
+                core.delete_namespaced_config_map(
+                    "a",
+                    "default",
+                    body=client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version="1")),
+                )
+            assert changed.value.status == 409
+            core.delete_namespaced_config_map(
+                "a",
+                "default",
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=current.metadata.uid)),
+            )
+        assert server.errors == []
+    finally:
+        server.stop()
 
 
 # ---- the service proxy ----

@@ -495,7 +495,10 @@ class KubeServer:
             return json_reply(200, self._as_version(route, stored))
         if method == "DELETE":
             propagation = self._propagation(query, raw)
-            deleted = self.store.delete(kind, route.namespace, route.name, propagation)
+            preconditions = self._delete_options(raw).get("preconditions")
+            if preconditions is not None and not isinstance(preconditions, dict):
+                raise BadRequest("DeleteOptions.preconditions must be an object")
+            deleted = self.store.delete(kind, route.namespace, route.name, propagation, preconditions)
             status = {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -660,18 +663,23 @@ class KubeServer:
 
     @staticmethod
     def _propagation(query: dict[str, str], raw: bytes) -> str:
-        policy = query.get("propagationPolicy")
-        if raw:
-            try:
-                options = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRequest(f"invalid DeleteOptions: {exc}") from exc
-            if not isinstance(options, dict):
-                raise BadRequest("DeleteOptions must be an object")
-            policy = options.get("propagationPolicy") or policy
-            if options.get("orphanDependents") is True:
-                policy = policy or "Orphan"
+        options = KubeServer._delete_options(raw)
+        policy = options.get("propagationPolicy") or query.get("propagationPolicy")
+        if options.get("orphanDependents") is True:
+            policy = policy or "Orphan"
         return str(policy or "Background")
+
+    @staticmethod
+    def _delete_options(raw: bytes) -> dict[str, Any]:
+        if not raw:
+            return {}
+        try:
+            options = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"invalid DeleteOptions: {exc}") from exc
+        if not isinstance(options, dict):
+            raise BadRequest("DeleteOptions must be an object")
+        return options
 
     @staticmethod
     def _api_version(route: Route) -> str:

@@ -272,7 +272,7 @@ def fields_match(requirements: Iterable[tuple[str, bool, str]], obj: Obj) -> boo
 class Store:
     """Thread-safe in-memory objects keyed by (kind, namespace, name). See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = HISTORY) -> None:
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str], Obj] = {}
         self._rv = itertools.count(1)
@@ -280,7 +280,7 @@ class Store:
         self._subscribers: list[Callback] = []
         self._pending: deque[tuple[str, Obj]] = deque()
         self._delivering = threading.Lock()
-        self._history: deque[tuple[int, str, Obj]] = deque(maxlen=HISTORY)
+        self._history: deque[tuple[int, str, Obj]] = deque(maxlen=history)
         self._logs: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
 
     # -- reads --
@@ -465,9 +465,19 @@ class Store:
         self._flush()
         return stored
 
-    def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> Obj:
+    def delete(
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+        preconditions: dict[str, Any] | None = None,
+    ) -> Obj:
         """Delete an object; its dependents go too ("Background", "Foreground") or lose their owner
-        reference ("Orphan"). A Namespace takes everything in it. Returns the deleted object."""
+        reference ("Orphan"). A Namespace takes everything in it. Returns the deleted object.
+
+        `preconditions` (DeleteOptions' `uid`, `resourceVersion`) must hold, else `Conflict`: a delete
+        that must not remove an object someone else changed meanwhile."""
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise BadRequest(
                 f'propagationPolicy: Unsupported value: "{propagation}": supported values: "Orphan", '
@@ -478,6 +488,15 @@ class Store:
             key = self._key(resource, namespace, name)
             if key not in self._objects:
                 raise NotFound(resource.name, name)
+            meta = self._objects[key]["metadata"]
+            for field in ("uid", "resourceVersion"):
+                wanted = (preconditions or {}).get(field)
+                if wanted is not None and str(wanted) != meta[field]:
+                    raise Conflict(
+                        resource.name,
+                        name,
+                        f"Precondition failed: {field}: {wanted}, {field} in object meta: {meta[field]}",
+                    )
             deleted = self._delete(key, propagation)
         self._flush()
         return deleted
