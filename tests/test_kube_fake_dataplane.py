@@ -22,6 +22,7 @@ import pytest
 from tests.kube_fake import FakeCluster
 from tests.kube_fake.images import ImageSpec
 from tests.kube_fake.kubelet import PORTS_ANNOTATION
+from tests.kube_fake.mesh import Mesh
 from tests.kube_fake.store import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -372,6 +373,13 @@ def test_gateway_api_httproute_routes_tagged_requests_to_the_fork(images: dict[s
         assert _served_by(port, {"baggage": f"loopgate-sandbox={KEY}4"}) == "web"
         assert _served_by(port, {"x-loopgate-sandbox": KEY}) == f"web-lg-{KEY}"
 
+        # The mesh reports the route as a GAMMA implementation does.
+        parents = store.get("HTTPRoute", NS, f"web-lg-{KEY}")["status"]["parents"]
+        assert [(c["type"], c["status"]) for c in parents[0]["conditions"]] == [
+            ("Accepted", "True"),
+            ("ResolvedRefs", "True"),
+        ]
+
 
 def test_unknown_image_never_becomes_available(images: dict[str, ImageSpec]) -> None:
     with FakeCluster(images=images) as cluster:
@@ -446,6 +454,7 @@ def test_jobs_complete_fail_and_hit_their_deadline(images: dict[str, ImageSpec])
             job("fails", ["python", "suite.py", "1"], backoffLimit=0),
             job("hangs", ["sh", "-c", "echo started; sleep 30"], backoffLimit=0, activeDeadlineSeconds=1),
             job("expires", ["true"], backoffLimit=0, ttlSecondsAfterFinished=1),
+            job("retries", ["python", "suite.py", "2"], backoffLimit=1),
         )
 
         def finished(name: str) -> dict[str, Any] | None:
@@ -472,6 +481,11 @@ def test_jobs_complete_fail_and_hit_their_deadline(images: dict[str, ImageSpec])
         assert store.get("Job", NS, "fails")["status"]["failed"] == 1
         assert store.list("Pod", NS, label_selector="job-name=fails")[0]["status"]["phase"] == "Failed"
 
+        retried = wait_for("retries to give up", lambda: finished("retries"))
+        assert retried["reason"] == "BackoffLimitExceeded"
+        assert store.get("Job", NS, "retries")["status"]["failed"] == 2
+        assert len(store.list("Pod", NS, label_selector="job-name=retries")) == 2
+
         hung = wait_for("hangs to hit its deadline", lambda: finished("hangs"), timeout=5)
         assert (hung["type"], hung["reason"]) == ("Failed", "DeadlineExceeded")
         wait_for(
@@ -484,3 +498,32 @@ def test_jobs_complete_fail_and_hit_their_deadline(images: dict[str, ImageSpec])
             timeout=5,
         )
         assert not store.list("Pod", NS, label_selector="job-name=expires")
+
+
+def test_cluster_dns_rewrites_service_addresses_only() -> None:
+    store = Store()
+    create(store, service("orders", "orders"))
+    mesh = Mesh(store, routing="none")
+    mesh.start()
+    try:
+        port = mesh.port_of(NS, "orders")
+        at = f"127.0.0.1:{port}"
+        assert mesh.dns("http://orders.shop.svc.cluster.local:80/v1", "other") == f"http://{at}/v1"
+        assert mesh.dns("http://orders.shop.svc", "other") == f"http://{at}"
+        assert mesh.dns("http://orders.shop:80", "other") == f"http://{at}"
+        assert mesh.dns("orders:80", NS) == at
+        assert mesh.dns("a=http://orders:80,b=orders.shop:80", NS) == f"a=http://{at},b={at}"
+        for unchanged in (
+            "orders",
+            "orders:80",
+            "http://orders.example.com:80",
+            "localhost:8080",
+            "billing.shop:80",
+        ):
+            assert mesh.dns(unchanged, "other") == unchanged
+        # An FQDN of a Service that does not exist yet gets its port now and keeps it when it appears.
+        early = mesh.dns("http://payments.shop.svc.cluster.local", NS)
+        create(store, service("payments", "payments"))
+        assert early == f"http://127.0.0.1:{mesh.port_of(NS, 'payments')}"
+    finally:
+        mesh.stop()

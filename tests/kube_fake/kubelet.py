@@ -457,8 +457,9 @@ class PodRunner:
         ]
         terminal = self._phase in ("Succeeded", "Failed")
         for sidecar in self._pod["spec"]["containers"][1:]:
-            running = self._phase != "Pending" and not terminal
-            state = (
+            # Containers start independently: the sidecar runs even while the app cannot be pulled.
+            running = not terminal
+            state: Obj = (
                 {"running": {"startedAt": self._started_at}}
                 if running
                 else {
@@ -469,8 +470,6 @@ class PodRunner:
                         "finishedAt": now_rfc3339(),
                     }
                 }
-                if terminal
-                else {"waiting": {"reason": "PodInitializing"}}
             )
             statuses.append(
                 {

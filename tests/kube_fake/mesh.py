@@ -692,7 +692,10 @@ class Mesh:
             )
 
     def _on_event(self, type_: str, obj: Obj) -> None:
-        if obj.get("kind") != "Service":
+        kind = obj.get("kind")
+        if kind == "HTTPRoute" and type_ != "DELETED" and self.routing == "gateway-api":
+            self._report_route(obj)
+        if kind != "Service":
             return
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if type_ == "ADDED":
@@ -706,3 +709,93 @@ class Mesh:
                 closer = threading.Thread(target=listener.close, daemon=True, name="fake-mesh-close")
                 self._closers.append(closer)
             closer.start()
+        if type_ in ("ADDED", "DELETED") and self.routing == "gateway-api":
+            for route in self.store.list("HTTPRoute"):  # a backend or parent may just have appeared or gone
+                self._report_route(route)
+
+    def _report_route(self, route: Obj) -> None:
+        """Write an HTTPRoute's `status.parents` as a GAMMA implementation does: code that waits for
+        `Accepted` / `ResolvedRefs` sees them; a write that changes nothing is skipped."""
+        status = httproute_status(route, self._service_exists)
+        if status is None or _without_times(status) == _without_times(route.get("status") or {}):
+            return
+        _keep_transition_times(status, route.get("status") or {})
+        with contextlib.suppress(NotFound):
+            self.store.set_status(
+                "HTTPRoute", route["metadata"]["namespace"], route["metadata"]["name"], status
+            )
+
+    def _service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.store.get("Service", namespace, name)
+        except NotFound:
+            return False
+        return True
+
+
+CONTROLLER_NAME = "istio.io/gateway-controller"
+
+
+def httproute_status(route: Obj, service_exists: Callable[[str, str], bool]) -> Obj | None:
+    """The status a mesh controller writes for the Service parents of an HTTPRoute (None when it has
+    none: Gateway parents belong to a gateway controller the fake does not run)."""
+    meta, spec = route["metadata"], route.get("spec") or {}
+    route_ns = meta["namespace"]
+    missing = [
+        f"{ref.get('namespace', route_ns)}/{ref['name']}"
+        for rule in spec.get("rules") or []
+        for ref in rule.get("backendRefs") or []
+        if ref.get("kind", "Service") == "Service"
+        and not service_exists(ref.get("namespace", route_ns), ref["name"])
+    ]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    parents = []
+    for ref in spec.get("parentRefs") or []:
+        if ref.get("kind") != "Service" or ref.get("group", "gateway.networking.k8s.io") != "":
+            continue
+        found = service_exists(ref.get("namespace", route_ns), ref["name"])
+        accepted = (
+            ("True", "Accepted", "Route was valid")
+            if found
+            else ("False", "NoMatchingParent", f"parent Service {ref['name']} not found")
+        )
+        resolved = (
+            ("True", "ResolvedRefs", "All references resolved")
+            if not missing
+            else ("False", "BackendNotFound", f"backend(s) not found: {', '.join(missing)}")
+        )
+        conditions = [
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": meta.get("generation", 1),
+                "lastTransitionTime": stamp,
+            }
+            for type_, (status, reason, message) in (("Accepted", accepted), ("ResolvedRefs", resolved))
+        ]
+        parents.append({"parentRef": ref, "controllerName": CONTROLLER_NAME, "conditions": conditions})
+    return {"parents": parents} if parents else None
+
+
+def _without_times(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if k != "lastTransitionTime"}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def _keep_transition_times(status: Obj, previous: Obj) -> None:
+    """A condition whose status did not change keeps its lastTransitionTime."""
+    before = {
+        (json.dumps(p.get("parentRef"), sort_keys=True), c["type"]): c
+        for p in previous.get("parents") or []
+        for c in p.get("conditions") or []
+    }
+    for parent in status["parents"]:
+        for c in parent["conditions"]:
+            old = before.get((json.dumps(parent["parentRef"], sort_keys=True), c["type"]))
+            if old and old.get("status") == c["status"]:
+                c["lastTransitionTime"] = old["lastTransitionTime"]
