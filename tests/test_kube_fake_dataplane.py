@@ -527,3 +527,51 @@ def test_cluster_dns_rewrites_service_addresses_only() -> None:
         assert early == f"http://127.0.0.1:{mesh.port_of(NS, 'payments')}"
     finally:
         mesh.stop()
+
+
+def test_volumes_are_the_pods_own(images: dict[str, ImageSpec]) -> None:
+    """An emptyDir at a fixed path is a fresh directory per pod (two suites never share a report file);
+    a Secret volume holds its keys as files; a missing Secret keeps the pod ContainerCreating."""
+    script = (
+        'test ! -e "$REPORT" && echo "$HOSTNAME" > "$REPORT" && cat /tmp/loopgate/report /etc/creds/token'
+    )
+    with FakeCluster(images=images) as cluster:
+        store = cluster.store
+        store.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "creds", "namespace": NS},
+                "data": {"token": "czNjcjN0"},
+            }
+        )
+        for name, secret in (("one", "creds"), ("two", "creds"), ("three", "missing")):
+            body = job(name, ["sh", "-c", script], backoffLimit=0)
+            pod_spec = body["spec"]["template"]["spec"]
+            pod_spec["volumes"] = [
+                {"name": "work", "emptyDir": {}},
+                {
+                    "name": "creds",
+                    "secret": {"secretName": secret, "items": [{"key": "token", "path": "token"}]},
+                },
+            ]
+            pod_spec["containers"][0]["env"].append({"name": "REPORT", "value": "/tmp/loopgate/report"})
+            pod_spec["containers"][0]["volumeMounts"] = [
+                {"name": "work", "mountPath": "/tmp/loopgate"},
+                {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+            ]
+            store.create(body)
+
+        for name in ("one", "two"):
+            done = wait_for(
+                f"{name} to finish", lambda name=name: condition(store.get("Job", NS, name), "Complete")
+            )
+            assert done["status"] == "True"
+            pod = store.list("Pod", NS, label_selector=f"job-name={name}")[0]["metadata"]["name"]
+            assert store.read_log(NS, pod, "suite") == f"{pod}\ns3cr3t\n"
+        events = wait_for(
+            "FailedMount",
+            lambda: [e["message"] for e in store.list("Event", NS) if e["reason"] == "FailedMount"],
+        )
+        assert events[0] == 'MountVolume.SetUp failed for volume "creds" : secret "missing" not found'
+        assert not condition(store.get("Job", NS, "three"), "Complete")

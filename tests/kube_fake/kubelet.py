@@ -18,6 +18,7 @@ harmless and no Store call is made from inside the Store's callback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import hashlib
@@ -28,10 +29,12 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -256,8 +259,6 @@ def _field_ref(pod: Obj, path: str) -> str:
 
 
 def _key_ref(store: Any, namespace: str, kind: str, ref: Obj) -> str | None:
-    import base64
-
     try:
         obj = store.get(kind, namespace, ref["name"])
     except NotFound:
@@ -327,12 +328,86 @@ def container_env(
     return env
 
 
-def container_argv(container: Obj, image: ImageSpec, port: int, env: Mapping[str, str]) -> list[str]:
-    """`command` + `args` when the container has a command, else the image's argv + `args`."""
-    args = [expand_refs(a, env) for a in container.get("args") or []]
+def container_argv(
+    container: Obj, image: ImageSpec, port: int, env: Mapping[str, str], remap: Callable[[str], str] = str
+) -> list[str]:
+    """`command` + `args` when the container has a command, else the image's argv + `args`; `remap`
+    applies to what the pod spec wrote, never to the image's own argv."""
+    args = [remap(expand_refs(a, env)) for a in container.get("args") or []]
     if container.get("command"):
-        return [expand_refs(c, env) for c in container["command"]] + args
+        return [remap(expand_refs(c, env)) for c in container["command"]] + args
     return image.entrypoint(port) + args
+
+
+class MountError(Exception):
+    """A volume cannot be set up (its Secret or ConfigMap is missing): FailedMount, ContainerCreating."""
+
+
+class PodVolumes:
+    """A pod's volumes as host directories, and the container's paths mapped onto them.
+
+    A process on the fake node sees the host's filesystem, so an `emptyDir` mounted at `/tmp/loopgate`
+    would be one directory shared by every pod (and keep a previous run's files). Instead each volume is
+    a fresh directory of its own pod, Secret and ConfigMap volumes hold their keys as files, and every
+    mountPath written in the container's env, command or args is rewritten to its directory: a path the
+    pod names explicitly resolves to the pod's own copy, as inside a container."""
+
+    def __init__(self, root: Path, store: Any, pod: Obj) -> None:
+        self.dir = root / str(pod["metadata"].get("uid") or pod["metadata"]["name"])
+        self._store = store
+        self._pod = pod
+        self._mounts: list[tuple[str, Path]] = []
+
+    def mount(self, container: Obj) -> None:
+        """Create the container's mounted volumes; MountError when a source object is missing."""
+        namespace = self._pod["metadata"]["namespace"]
+        volumes = {v["name"]: v for v in self._pod["spec"].get("volumes") or []}
+        mounts = []
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"], {"name": mount["name"]})
+            host = self.dir / "volumes" / mount["name"]
+            if not host.exists():
+                self._fill(host, volume, namespace)
+            target = host / mount["subPath"] if mount.get("subPath") else host
+            mounts.append((mount["mountPath"].rstrip("/") or "/", target))
+        self._mounts = sorted(mounts, key=lambda m: -len(m[0]))
+
+    def _fill(self, host: Path, volume: Obj, namespace: str) -> None:
+        files: dict[str, bytes] = {}
+        for kind, field, name_key in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+            source = volume.get(field)
+            if source is None:
+                continue
+            try:
+                obj = self._store.get(kind, namespace, source[name_key])
+            except NotFound:
+                if source.get("optional"):
+                    break
+                raise MountError(
+                    f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
+                    f'{kind.lower()} "{source[name_key]}" not found'
+                ) from None
+            data = (
+                {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+                if kind == "Secret"
+                else {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
+            )
+            items = source.get("items")
+            files = {i["path"]: data[i["key"]] for i in items if i["key"] in data} if items else data
+        host.mkdir(parents=True, exist_ok=True)
+        for path, content in files.items():
+            (host / path).parent.mkdir(parents=True, exist_ok=True)
+            (host / path).write_bytes(content)
+
+    def remap(self, value: str) -> str:
+        """`value` with each mountPath (at a path boundary) replaced by its host directory."""
+        for mount_path, host in self._mounts:
+            pattern = rf"(?<![\w./-]){re.escape(mount_path)}(?=/|$|[^\w.-])"
+            value = re.sub(pattern, str(host).replace("\\", "\\\\"), value)
+        return value
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class ContainerProcess:
@@ -391,8 +466,11 @@ class PodRunner:
     """One pod's life on the fake node, in its own thread: pull (or fail to), configure, start, probe,
     restart with back-off per restartPolicy, and report every step as a kubelet does in `status`."""
 
-    def __init__(self, store: Any, images: Mapping[str, ImageSpec], dns: Resolver, pod: Obj) -> None:
+    def __init__(
+        self, store: Any, images: Mapping[str, ImageSpec], dns: Resolver, pod: Obj, root: Path
+    ) -> None:
         self._store = store
+        self._volumes = PodVolumes(root, store, pod)
         self._images = images
         self._dns = dns
         self._pod = pod
@@ -532,6 +610,7 @@ class PodRunner:
                 self._process.kill(self._grace())
                 if not self._gone:
                     self._event("Killing", f"Stopping container {self._main['name']}")
+            self._volumes.remove()
 
     def _grace(self) -> float:
         return min(float(self._pod["spec"].get("terminationGracePeriodSeconds", KILL_GRACE_S)), KILL_GRACE_S)
@@ -541,6 +620,8 @@ class PodRunner:
         self._publish()
         image = self._pull()
         if image is None:
+            return
+        if not self._mount():
             return
         port = free_port()
         env = self._configure(image, port)
@@ -611,11 +692,26 @@ class PodRunner:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
         return None
 
+    def _mount(self) -> bool:
+        """Set up the volumes, or stay ContainerCreating with FailedMount events until stopped."""
+        while not self._stopping.is_set():
+            try:
+                self._volumes.mount(self._main)
+                return True
+            except MountError as exc:
+                self._state = {"waiting": {"reason": "ContainerCreating"}}
+                self._event("FailedMount", str(exc), "Warning")
+                self._publish()
+                if self._sleep(1.0):
+                    return False
+        return False
+
     def _configure(self, image: ImageSpec, port: int) -> dict[str, str] | None:
         """The container's env, or CreateContainerConfigError until its Secret/ConfigMap appears."""
         while not self._stopping.is_set():
             try:
-                return container_env(self._store, self._pod, self._main, image, port, self._dns)
+                env = container_env(self._store, self._pod, self._main, image, port, self._dns)
+                return {k: self._volumes.remap(v) for k, v in env.items()}
             except ConfigError as exc:
                 self._state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
                 self._event("Failed", f"Error: {exc}", "Warning")
@@ -627,11 +723,13 @@ class PodRunner:
     def _run_once(self, image: ImageSpec, port: int, env: dict[str, str]) -> tuple[int | None, float]:
         """Start the container, probe it ready, wait for its exit: (exit code or None if stopped, seconds)."""
         name = self._main["name"]
-        argv = container_argv(self._main, image, port, env)
+        argv = container_argv(self._main, image, port, env, self._volumes.remap)
+        working_dir = self._volumes.remap(self._main.get("workingDir", ""))
+        cwd = Path(working_dir) if working_dir and Path(working_dir).is_dir() else image.cwd
         self._container_id = f"fake://{self._uid}/{name}/{self._restarts}"
         self._event("Created", f"Created container: {name}")
         try:
-            self._process = ContainerProcess(argv, image.cwd, env, self._log)
+            self._process = ContainerProcess(argv, cwd, env, self._log)
         except OSError as exc:
             stamp = now_rfc3339()
             message = f"failed to start container {name!r}: exec: {argv[0]!r}: {exc.strerror}"
@@ -1019,6 +1117,7 @@ class Kubelet:
         self._store = store
         self._images = dict(images)
         self._dns: Resolver = dns or _identity_dns
+        self._root = Path(tempfile.mkdtemp(prefix="kube-fake-node-"))
         self._queue = WorkQueue()
         self._deployments = DeploymentController(store, self._queue)
         self._jobs = JobController(store, self._queue)
@@ -1051,6 +1150,7 @@ class Kubelet:
             runner.request_stop()
         for runner in runners:
             runner.join()
+        shutil.rmtree(self._root, ignore_errors=True)
 
     # -- events → keys
 
@@ -1119,7 +1219,7 @@ class Kubelet:
                 return
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 return
-            runner = PodRunner(self._store, self._images, self._dns, pod)
+            runner = PodRunner(self._store, self._images, self._dns, pod, self._root)
             self._runners[uid] = runner
         runner.start()
 
