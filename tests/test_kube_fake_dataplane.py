@@ -8,6 +8,7 @@ service (a script written here, run by the current interpreter) on 127.0.0.1, no
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 from tests.kube_fake import FakeCluster
 from tests.kube_fake.images import ImageSpec
 from tests.kube_fake.kubelet import PORTS_ANNOTATION
-from tests.kube_fake.mesh import Mesh
+from tests.kube_fake.mesh import APP_PORTS_ANNOTATION, Mesh
 from tests.kube_fake.store import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -232,7 +233,9 @@ def test_deployment_runs_and_answers_through_the_service_proxy_and_the_mesh(
         assert pod["metadata"]["name"].startswith("web-") and len(pod["metadata"]["name"]) == len("web-") + 5
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
         assert pod["status"]["podIP"] == "127.0.0.1" and pod["status"]["phase"] == "Running"
-        assert list(json.loads(pod["metadata"]["annotations"][PORTS_ANNOTATION])) == ["8080"]
+        inbound = json.loads(pod["metadata"]["annotations"][PORTS_ANNOTATION])
+        app = json.loads(pod["metadata"]["annotations"][APP_PORTS_ANNOTATION])
+        assert list(inbound) == list(app) == ["8080"] and inbound != app  # the sidecar stands in front
         assert all(s["ready"] for s in pod["status"]["containerStatuses"])
 
         proxied = httpx.get(f"{cluster.url}/api/v1/namespaces/{NS}/services/web:80/proxy/hello", timeout=5)
@@ -249,7 +252,11 @@ def test_deployment_runs_and_answers_through_the_service_proxy_and_the_mesh(
         ] == [("GET", "/hop", 200, "k=v", "00-ab-cd-01")]
         assert front_log[0]["direction"] == "inbound" and front_log[0]["x_loopgate_sandbox"] == "-"
         assert front_log[0]["start_time"].endswith("Z") and isinstance(front_log[0]["duration"], int)
-        assert [e["path"] for e in access_log(store, "web")] == ["/who"]  # the service proxy is not the mesh
+        # The inbound sidecar logs whatever reaches the pod: the service proxy's request too, as in a cluster.
+        web_log = wait_for(
+            "web's access log", lambda: len(access_log(store, "web")) == 2 and access_log(store, "web")
+        )
+        assert sorted(e["path"] for e in web_log) == ["/hello", "/who"]
 
         # A template change replaces the pods; scaling down removes the extra one.
         web = store.get("Deployment", NS, "web")
@@ -562,10 +569,11 @@ def test_volumes_are_the_pods_own(images: dict[str, ImageSpec]) -> None:
             ]
             store.create(body)
 
+        def complete(name: str) -> dict[str, Any] | None:
+            return condition(store.get("Job", NS, name), "Complete")
+
         for name in ("one", "two"):
-            done = wait_for(
-                f"{name} to finish", lambda name=name: condition(store.get("Job", NS, name), "Complete")
-            )
+            done = wait_for(f"{name} to finish", functools.partial(complete, name))
             assert done["status"] == "True"
             pod = store.list("Pod", NS, label_selector=f"job-name={name}")[0]["metadata"]["name"]
             assert store.read_log(NS, pod, "suite") == f"{pod}\ns3cr3t\n"

@@ -31,12 +31,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import NotFound
-from .kubelet import LOOPBACK, pod_is_ready, pod_ports, selector_matches
+from .kubelet import LOOPBACK, PORTS_ANNOTATION, pod_is_ready, pod_ports, selector_matches
 
 Obj = dict[str, Any]
 Headers = list[tuple[str, str]]
 ROUTINGS = ("istio", "gateway-api", "none")
 CLUSTER_DOMAIN = "svc.cluster.local"
+APP_PORTS_ANNOTATION = "fake.loopgate.test/app-ports"
+"""Where a meshed pod's app really listens; `fake.loopgate.test/ports` then names its inbound sidecar."""
 UPSTREAM_TIMEOUT_S = 60.0
 _HOP_BY_HOP = frozenset(
     {
@@ -403,25 +405,20 @@ def access_log_line(
 
 
 class _Listener(ThreadingHTTPServer):
-    """One Service's loopback port. Tracks its open sockets so `close` can end keep-alive connections
+    """A loopback port of the mesh. Tracks its open sockets so `close` can end keep-alive connections
     and upstream calls at once, then joins every handler thread."""
 
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, mesh: Mesh, namespace: str, service: str) -> None:
+    def __init__(self, mesh: Mesh, handler: type[BaseHTTPRequestHandler], label: str) -> None:
         self.mesh = mesh
-        self.namespace = namespace
-        self.service = service
         self.sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
-        super().__init__((LOOPBACK, 0), _ProxyHandler)
+        super().__init__((LOOPBACK, 0), handler)
         self.port = int(self.server_address[1])
         self.thread = threading.Thread(
-            target=self.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-            name=f"fake-mesh-{namespace}-{service}",
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name=f"fake-mesh-{label}"
         )
         self.thread.start()
 
@@ -445,7 +442,27 @@ class _Listener(ThreadingHTTPServer):
         self.server_close()
 
 
+class _ServiceListener(_Listener):
+    """A Service's port: what a meshed pod reaches when it dials the Service's name."""
+
+    def __init__(self, mesh: Mesh, namespace: str, service: str) -> None:
+        self.namespace = namespace
+        self.service = service
+        super().__init__(mesh, _ServiceHandler, f"{namespace}-{service}")
+
+
+class _SidecarListener(_Listener):
+    """A meshed pod's inbound port: in front of the app's own port, logging every request it serves."""
+
+    def __init__(self, mesh: Mesh, pod: Obj, app_port: int) -> None:
+        self.pod = pod
+        self.app_port = app_port
+        super().__init__(mesh, _SidecarHandler, f"{pod['metadata']['name']}-inbound")
+
+
 class _ProxyHandler(BaseHTTPRequestHandler):
+    """Reads a request, forwards it to one loopback port and streams the answer back."""
+
     protocol_version = "HTTP/1.1"
     server: _Listener
 
@@ -466,7 +483,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
 
-    def _body(self) -> bytes:
+    def _proxy(self) -> None:
+        raise NotImplementedError
+
+    def _request(self) -> tuple[bytes, Headers]:
+        """The request's body and its end-to-end headers (hop-by-hop ones and the length dropped)."""
+        headers: Headers = [
+            (k, v)
+            for k, v in self.headers.items()
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
+        ]
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             chunks: list[bytes] = []
             while True:
@@ -474,11 +500,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(chunks)
+                    return b"".join(chunks), headers
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+        return (self.rfile.read(length) if length else b""), headers
 
     def _answer(self, status: int, text: str) -> None:
         body = text.encode()
@@ -489,30 +515,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-
-    def _proxy(self) -> None:
-        started, t0 = time.time(), time.monotonic()
-        mesh, listener = self.server.mesh, self.server
-        body = self._body()
-        headers: Headers = [
-            (k, v)
-            for k, v in self.headers.items()
-            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
-        ]
-        decision = mesh.decide(listener.namespace, listener.service, self.command, self.path, headers)
-        headers = apply_header_ops(headers, decision.headers)
-        if decision.status is not None:
-            self._answer(decision.status, "no healthy upstream" if decision.status == 503 else "")
-            return
-        chosen = endpoints(mesh.store, decision.namespace, decision.service, decision.port)
-        if not chosen:
-            self._answer(503, "no healthy upstream")
-            return
-        pod, port = random.choice(chosen)
-        status = self._forward(port, body, headers)
-        mesh.log_access(
-            pod, started, self.command, self.path, status, int((time.monotonic() - t0) * 1000), headers
-        )
 
     def _forward(self, port: int, body: bytes, headers: Headers) -> int:
         """Send the request to the pod and stream its answer back; the status code answered."""
@@ -563,6 +565,44 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
 
+class _ServiceHandler(_ProxyHandler):
+    """The outbound side: routes by the mesh objects, then sends to a ready pod of the chosen Service
+    (through that pod's inbound sidecar when it has one, which writes the access log)."""
+
+    server: _ServiceListener
+
+    def _proxy(self) -> None:
+        mesh, listener = self.server.mesh, self.server
+        body, headers = self._request()
+        decision = mesh.decide(listener.namespace, listener.service, self.command, self.path, headers)
+        headers = apply_header_ops(headers, decision.headers)
+        if decision.status is not None:
+            self._answer(decision.status, "no healthy upstream" if decision.status == 503 else "")
+            return
+        chosen = endpoints(mesh.store, decision.namespace, decision.service, decision.port)
+        if not chosen:
+            self._answer(503, "no healthy upstream")
+            return
+        _, port = random.choice(chosen)
+        self._forward(port, body, headers)
+
+
+class _SidecarHandler(_ProxyHandler):
+    """The inbound side of one pod: every request that reaches the pod -- routed by the mesh, sent by
+    the API server's service proxy, or dialled directly -- is forwarded to the app and logged."""
+
+    server: _SidecarListener
+
+    def _proxy(self) -> None:
+        started, t0 = time.time(), time.monotonic()
+        body, headers = self._request()
+        status = self._forward(self.server.app_port, body, headers)
+        elapsed = int((time.monotonic() - t0) * 1000)
+        self.server.mesh.log_access(
+            self.server.pod, started, self.command, self.path, status, elapsed, headers
+        )
+
+
 # ------------------------------------------------------------------------------------------- mesh
 
 
@@ -580,7 +620,8 @@ class Mesh:
         self.store = store
         self.routing = routing
         self.access_log_container = access_log_container
-        self._listeners: dict[tuple[str, str], _Listener] = {}
+        self._listeners: dict[tuple[str, str], _ServiceListener] = {}
+        self._sidecars: dict[str, _SidecarListener] = {}  # pod uid → its inbound sidecar
         self._lock = threading.Lock()
         self._closers: list[threading.Thread] = []
         self._unsubscribe: Callable[[], None] | None = None
@@ -590,6 +631,8 @@ class Mesh:
         self._unsubscribe = self.store.subscribe(self._on_event)
         for svc in self.store.list("Service"):
             self.port_of(svc["metadata"]["namespace"], svc["metadata"]["name"])
+        for pod in self.store.list("Pod"):
+            self._on_pod("ADDED", pod)
 
     def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -597,8 +640,9 @@ class Mesh:
             self._unsubscribe = None
         with self._lock:
             self._stopped = True
-            listeners = list(self._listeners.values())
+            listeners: list[_Listener] = [*self._listeners.values(), *self._sidecars.values()]
             self._listeners.clear()
+            self._sidecars.clear()
             closers = list(self._closers)
         for listener in listeners:
             listener.close()
@@ -612,7 +656,7 @@ class Mesh:
                 raise RuntimeError("the mesh is stopped")
             listener = self._listeners.get((namespace, service))
             if listener is None:
-                listener = self._listeners[(namespace, service)] = _Listener(self, namespace, service)
+                listener = self._listeners[(namespace, service)] = _ServiceListener(self, namespace, service)
             return listener.port
 
     def dns(self, value: str, namespace: str | None = None) -> str:
@@ -693,6 +737,9 @@ class Mesh:
 
     def _on_event(self, type_: str, obj: Obj) -> None:
         kind = obj.get("kind")
+        if kind == "Pod":
+            self._on_pod(type_, obj)
+            return
         if kind == "HTTPRoute" and type_ != "DELETED" and self.routing == "gateway-api":
             self._report_route(obj)
         if kind != "Service":
@@ -703,15 +750,50 @@ class Mesh:
                 self.port_of(*key)
         elif type_ == "DELETED":
             with self._lock:
-                listener = self._listeners.pop(key, None)
-                if listener is None or self._stopped:
-                    return
-                closer = threading.Thread(target=listener.close, daemon=True, name="fake-mesh-close")
-                self._closers.append(closer)
-            closer.start()
+                self._close_later(self._listeners.pop(key, None))
         if type_ in ("ADDED", "DELETED") and self.routing == "gateway-api":
             for route in self.store.list("HTTPRoute"):  # a backend or parent may just have appeared or gone
                 self._report_route(route)
+
+    def _on_pod(self, type_: str, pod: Obj) -> None:
+        """Put an inbound sidecar in front of a meshed pod's port, as Istio's interception does: once
+        the kubelet has published the app's port, the pod's published port becomes the sidecar's (the
+        app's stays in `fake.loopgate.test/app-ports`), before the pod can be Ready."""
+        uid = str(pod["metadata"].get("uid", ""))
+        if type_ == "DELETED":
+            with self._lock:
+                self._close_later(self._sidecars.pop(uid, None))
+            return
+        names = [c.get("name") for c in pod["spec"].get("containers") or []]
+        annotations = pod["metadata"].get("annotations") or {}
+        if self.access_log_container not in names or APP_PORTS_ANNOTATION in annotations:
+            return
+        app_ports = pod_ports(pod)
+        if not app_ports:
+            return
+        with self._lock:
+            if self._stopped:
+                return
+            sidecar = self._sidecars.get(uid)
+            if sidecar is None:
+                sidecar = self._sidecars[uid] = _SidecarListener(self, pod, next(iter(app_ports.values())))
+        inbound = {container_port: sidecar.port for container_port in app_ports}
+        with contextlib.suppress(NotFound):
+            self.store.set_annotations(
+                "Pod",
+                pod["metadata"]["namespace"],
+                pod["metadata"]["name"],
+                {PORTS_ANNOTATION: json.dumps(inbound), APP_PORTS_ANNOTATION: json.dumps(app_ports)},
+            )
+
+    def _close_later(self, listener: _Listener | None) -> None:
+        """Close a listener on its own thread (closing joins handler threads; a Store callback must not
+        wait for them); `stop` joins it. Called with the lock held."""
+        if listener is None or self._stopped:
+            return
+        closer = threading.Thread(target=listener.close, daemon=True, name="fake-mesh-close")
+        self._closers.append(closer)
+        closer.start()
 
     def _report_route(self, route: Obj) -> None:
         """Write an HTTPRoute's `status.parents` as a GAMMA implementation does: code that waits for
