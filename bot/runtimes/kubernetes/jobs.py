@@ -274,13 +274,17 @@ def _wait_deleting(batch: Any, namespace: str, name: str) -> bool:
 
 def _delete(batch: Any, namespace: str, name: str, propagation: str) -> None:
     try:
-        batch.delete_namespaced_job(
+        response = batch.delete_namespaced_job(
             name,
             namespace,
             propagation_policy=propagation,
             _preload_content=False,
             _request_timeout=API_TIMEOUT_S,
-        ).release_conn()
+        )
+        # Read before releasing: a connection handed back with its answer unread is reused by the next
+        # request, which then fails with ResponseNotReady.
+        _ = response.data
+        response.release_conn()
     except ApiException as exc:
         if exc.status != 404:
             raise InfrastructureError(f"cannot delete Job {namespace}/{name}: {api_message(exc)}") from None
@@ -370,14 +374,15 @@ class _Watched:
                     resource_version=self.rv,
                     timeout_seconds=window,
                     allow_watch_bookmarks=True,
-                    deserialize=False,
                     _request_timeout=(API_TIMEOUT_S, window + 15),
                 )
                 for event in stream:
                     errors = 0
-                    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+                    # `raw_object`: the JSON as sent (the client's model of it is not used). Not
+                    # `deserialize=False`: on that path the client fails on an ERROR event (410).
+                    if not isinstance(event, dict) or not isinstance(event.get("raw_object"), dict):
                         continue
-                    type_, obj = str(event.get("type")), cast(Obj, event["object"])
+                    type_, obj = str(event.get("type")), cast(Obj, event["raw_object"])
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if rv:
                         self.rv = str(rv)
