@@ -426,7 +426,12 @@ def baggage_regex(member: str, key: str) -> str:
     No lookarounds or backreferences: Envoy, Istio and Gateway API implementations use RE2."""
     _require_key(key)
     ows = "[ \\t]*"
-    return f"(?:.*,)?{ows}{re.escape(member)}{ows}={ows}{re.escape(key)}{ows}(?:(?:;|%3[Bb])[^,]*)?(?:,.*)?"
+    return f"(?:.*,)?{ows}{_re2_escape(member)}{ows}={ows}{key}{ows}(?:(?:;|%3[Bb])[^,]*)?(?:,.*)?"
+
+
+def _re2_escape(text: str) -> str:
+    """Escape only regex metacharacters (`re.escape` also escapes `-`, legal but hard to read in YAML)."""
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in text)
 
 
 def istio_route(*, key: str, routing: Routing, fork_host: str, port: int) -> dict[str, Any]:
@@ -687,7 +692,8 @@ def suite_job(
 
     The pod joins the mesh (its requests must be routed by the sandbox's routes), and waits for the
     sidecar before starting; `/tmp/loopgate` is an emptyDir, writable even on a read-only root."""
-    full_env = {"LOOPGATE_JUNIT_XML": JUNIT_PATH, **env}
+    full_env = dict(env)
+    full_env.setdefault("LOOPGATE_JUNIT_XML", JUNIT_PATH)
     container = {
         "name": "suite",
         "image": image,
