@@ -241,6 +241,14 @@ def _require_runtime_sections(loaded: ConfigFile) -> None:
         if getattr(service, kind) is None:
             where = loaded.at("services", name)
             raise ConfigError(f"{where}: no `{kind}:` section, which runtime.kind {kind} needs")
+    runtime = loaded.config.runtime
+    if runtime.kind == "kubernetes" and runtime.kubernetes.postgres is None:
+        for name, service in sorted(loaded.config.services.items()):
+            if service.state is not None and service.state.postgres is not None:
+                where = loaded.at("services", name, "state")
+                raise ConfigError(
+                    f"{where}: a postgres state needs runtime.kubernetes.postgres (the server forks copy on)"
+                )
     for index, suite in enumerate(loaded.config.verify.suites):
         if (suite.run if kind == "local" else suite.kubernetes) is None:
             needs = "`run:`" if kind == "local" else "`kubernetes:`"

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bot.config import environ
 from bot.config.errors import ConfigError
 
 CONFIG_FILE = ".loopgate.yml"
@@ -26,6 +27,80 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class HealthCheck(Strict):
+    """When a service is ready: its port accepts a connection (`tcp: true`), or an HTTP path answers."""
+
+    tcp: bool | None = Field(default=None, description="`true`: ready once the port accepts a connection.")
+    path: str | None = Field(default=None, description="HTTP path asked with GET.")
+    status: int | list[int] | None = Field(
+        default=None, description="The status (or statuses) that mean ready; default any 2xx."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        if self.tcp is False:
+            raise ValueError("`tcp: false` checks nothing: give `tcp: true` or a `path`")
+        if (self.tcp is None) == (self.path is None):
+            raise ValueError("set exactly one of `tcp: true` or `path`")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError("path must be an HTTP path starting with /")
+        if self.status is not None and self.path is None:
+            raise ValueError("`status` needs a `path`: a TCP check has no status")
+        for code in self.statuses or ():
+            if not 100 <= code <= 599:
+                raise ValueError(f"status {code} is not an HTTP status (100-599)")
+        return self
+
+    @property
+    def statuses(self) -> tuple[int, ...] | None:
+        """The accepted statuses; None means any 2xx."""
+        if self.status is None:
+            return None
+        return (self.status,) if isinstance(self.status, int) else tuple(self.status)
+
+    def describe(self) -> str:
+        if self.tcp:
+            return "tcp: the port accepts a connection"
+        accepted = "2xx" if self.statuses is None else " or ".join(str(code) for code in self.statuses)
+        return f"GET {self.path} answers {accepted}"
+
+
+def _check_env(env: dict[str, str], *, port: bool) -> dict[str, str]:
+    for name, value in env.items():
+        if not environ.NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a variable name (letters, digits, _; not a digit first)")
+        if name.startswith(environ.OWN_PREFIX):
+            raise ValueError(f"{name}: loopgate sets LOOPGATE_* itself; name your variable differently")
+        if name in environ.OWN:
+            raise ValueError(f"{name}: loopgate gives every job a {name} of its own")
+        environ.template_names(value)
+        if not port and "{port}" in value:
+            raise ValueError(f"{name}: a suite listens on no port, so {{port}} means nothing here")
+    return env
+
+
+def _check_pass_env(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if not environ.PATTERN.fullmatch(pattern):
+            raise ValueError(f"{pattern!r} is not a variable name or a glob of one (`*`, `?`)")
+        refused = environ.refused_by(pattern)
+        if refused is not None:
+            raise ValueError(
+                f"{pattern!r} could pass {refused}: loopgate's own settings and secrets are never passed"
+            )
+    return patterns
+
+
+ENV_DESCRIPTION = (
+    "Variables set for the process. Values may use `${NAME}` (a `LOOPGATE_*` value loopgate gives, a"
+    " variable `pass_env` passes, PATH, HOME, TMPDIR) and `$$` for a literal `$`."
+)
+PASS_ENV_DESCRIPTION = (
+    "Names or globs (`OTEL_*`) of variables passed from the environment loopgate was started in;"
+    " never LOOPGATE_*, GITHUB_*, ACTIONS_*, INPUT_* or KUBECONFIG."
+)
+
+
 class LocalService(Strict):
     """How the local runtime builds and starts one service."""
 
@@ -33,8 +108,10 @@ class LocalService(Strict):
         description="Command started with `sh -c`; `{port}` is replaced by the port to listen on."
     )
     build: str | None = Field(default=None, description="Command run once in the service's cwd before start.")
-    health: str = Field(
-        default="/healthz", description="HTTP path that answers 2xx when the service is ready."
+    health: str | HealthCheck = Field(
+        default="/healthz",
+        description="When the service is ready: an HTTP path answering 2xx, `{tcp: true}`, or"
+        " `{path, status}`.",
     )
     cwd: str = Field(
         default=".",
@@ -42,13 +119,30 @@ class LocalService(Strict):
     )
     ready_timeout: Seconds = Field(default=30, description="Seconds to wait for the health check to pass.")
     build_timeout: Seconds = Field(default=600, description="Seconds the build may take.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description=ENV_DESCRIPTION + " `{port}` is the port it listens on."
+    )
+    pass_env: list[str] = Field(default_factory=list, description=PASS_ENV_DESCRIPTION)
+    after: list[str] = Field(
+        default_factory=list,
+        description="Services that must be healthy before this one starts in the baseline.",
+    )
 
-    @field_validator("run")
+    @model_validator(mode="after")
+    def _run_takes_port(self) -> LocalService:
+        if "{port}" not in self.run and not any("{port}" in value for value in self.env.values()):
+            raise ValueError("run (or an env value) must contain {port}: the runtime chooses the port")
+        return self
+
+    @field_validator("env")
     @classmethod
-    def _run_takes_port(cls, value: str) -> str:
-        if "{port}" not in value:
-            raise ValueError("must contain {port}: the runtime chooses the port")
-        return value
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        return _check_env(env, port=True)
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, patterns: list[str]) -> list[str]:
+        return _check_pass_env(patterns)
 
     @field_validator("cwd")
     @classmethod
@@ -64,10 +158,15 @@ class LocalService(Strict):
 
     @field_validator("health")
     @classmethod
-    def _health_is_path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must be an HTTP path starting with /")
+    def _health_is_path(cls, value: str | HealthCheck) -> str | HealthCheck:
+        if isinstance(value, str) and not value.startswith("/"):
+            raise ValueError("must be an HTTP path starting with /, `{tcp: true}` or `{path, status}`")
         return value
+
+    @property
+    def health_check(self) -> HealthCheck:
+        """`health` in its one full form."""
+        return HealthCheck(path=self.health) if isinstance(self.health, str) else self.health
 
 
 class PostgresState(Strict):
@@ -140,6 +239,11 @@ class KubernetesService(Strict):
     ready_timeout: Seconds | None = Field(
         default=None, description="Seconds for the fork to become Available; default runtime.kubernetes's."
     )
+    state_env: str = Field(
+        default="LOOPGATE_STATE",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="The container's variable holding its database URL: a fork's points at its copy.",
+    )
 
     @property
     def deployment(self) -> str:
@@ -207,6 +311,18 @@ class Suite(Strict):
     gating: bool = Field(
         default=True, description="A failing non-gating suite is reported but does not fail."
     )
+    env: dict[str, str] = Field(default_factory=dict, description=ENV_DESCRIPTION + " Local runtime.")
+    pass_env: list[str] = Field(default_factory=list, description=PASS_ENV_DESCRIPTION)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        return _check_env(env, port=False)
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, patterns: list[str]) -> list[str]:
+        return _check_pass_env(patterns)
 
 
 SAFE_METHODS = ("GET", "HEAD")
@@ -304,6 +420,25 @@ class LocalRuntime(Strict):
     kind: Literal["local"] = "local"
 
 
+class KubernetesPostgres(Strict):
+    """The PostgreSQL server that holds services' `state: {postgres}` databases in the cluster: forks get
+    copies made there, each owned by a role made for it (DESIGN "Data")."""
+
+    host: str = Field(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$",
+        description="The server's address as pods reach it (e.g. `postgres.db.svc.cluster.local`).",
+    )
+    port: int = Field(default=5432, ge=1, le=65535)
+    secret: str = Field(
+        pattern=K8S_NAME,
+        description="Secret (in the Jobs' namespace) with `username` and `password` of a role that may"
+        " create roles and databases; loopgate never reads it, only its copy Jobs do.",
+    )
+    maintenance_database: str = Field(default="postgres", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    image: str = Field(default="postgres:17-alpine", description="Image with psql, pg_dump, pg_restore.")
+    timeout: Seconds = Field(default=300, description="Seconds a copy may take.")
+
+
 class KubernetesSettings(Strict):
     """How the Kubernetes runtime forks, routes and cleans up in the team's cluster."""
 
@@ -318,6 +453,9 @@ class KubernetesSettings(Strict):
     max_sandboxes: int = Field(default=20, ge=1, le=10_000, description="Live sandboxes at once.")
     ttl: Seconds = Field(default=3600, description="Seconds after which gc removes a sandbox's objects.")
     ready_timeout: Seconds = Field(default=180, description="Seconds for a fork to become Available.")
+    postgres: KubernetesPostgres | None = Field(
+        default=None, description="Required when a service declares `state: {postgres}`."
+    )
     access_log_container: str | None = Field(
         default="istio-proxy",
         pattern=K8S_NAME,

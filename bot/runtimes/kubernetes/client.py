@@ -340,6 +340,9 @@ class Kube:
         except Exception:
             return  # the stream ended or timed out on our side: the caller re-lists
         finally:
+            # Closed, not only released: a watch left early still has its stream unread, and a
+            # connection handed back so would fail the next request made on it.
+            response.close()
             response.release_conn()
 
     def log(

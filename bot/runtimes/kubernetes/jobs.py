@@ -29,7 +29,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from bot.config import InfrastructureError
-from bot.runtimes.kubernetes.objects import junit_end, junit_from_log
+from bot.runtimes.kubernetes.objects import junit_begin, junit_end, junit_from_log
 from bot.runtimes.protocol import JUNIT_MAX_BYTES, SuiteOutcome
 
 Obj = dict[str, Any]
@@ -219,7 +219,9 @@ def suite_outcome(outcome: JobOutcome, nonce: str) -> SuiteOutcome:
     delimiter lines (objects.junit_from_log), and the end of the rest of the log."""
     junit, rest = junit_from_log(outcome.log, nonce)
     notes: list[str] = []
-    if junit is not None and len(junit) > JUNIT_MAX_BYTES:
+    # A block that was cut out of the log but gave no report decoded to more than JUNIT_MAX_BYTES.
+    dropped = junit is None and junit_begin(nonce) in outcome.log and junit_begin(nonce) not in rest
+    if dropped or (junit is not None and len(junit) > JUNIT_MAX_BYTES):
         junit = None
         notes.append(f"[loopgate] the JUnit report is over {JUNIT_MAX_BYTES // (1024 * 1024)} MiB: ignored")
     if outcome.reason:

@@ -1,0 +1,255 @@
+"""The whole pipeline on a cluster: the example shop's own config switched to `runtime: {kind:
+kubernetes}`, verified against the Kubernetes contract fake.
+
+The fake's API server validates every object the official client sends against the published schemas
+(any 422 is an error here); its node runs each pod as a real process of the shop at the image's commit;
+its mesh routes by the VirtualServices or HTTPRoutes loopgate writes. The baseline is the team's own:
+four Deployments and Services the test creates, as a cluster would have them, with an `istio-proxy`
+container whose log carries the mesh's access log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import psycopg
+import pytest
+
+from bot.config.settings import RuntimeSettings
+from bot.evidence import Evidence, Verdict
+from bot.pipeline import Pipeline, VerifyRequest
+from bot.runtimes.choice import Runtimes
+from tests.conftest import make_shop
+from tests.gitrepo import GitRepo
+from tests.kube_fake import FakeCluster
+from tests.kube_fake.images import ImageSpec
+
+SERVICES = ("gateway", "inventory", "orders", "payments")
+NEIGHBOURS = {"gateway": ("orders", "inventory"), "orders": ("inventory", "payments")}
+NAMESPACE = "shop"
+SIDECAR_IMAGE = "docker.io/istio/proxyv2:1.30.3"
+MANAGED = "app.kubernetes.io/managed-by=loopgate"
+PORT = "{port}"
+"""Where the fake node tells a service to listen."""
+
+
+@dataclass
+class Shop:
+    repo: GitRepo
+    base: str
+    heads: dict[str, str]
+    cluster: FakeCluster
+
+
+def _kubernetes_config(text: str, routing: str, payments_db: str) -> str:
+    """The shop's own config with its runtime switched to kubernetes, payments' ledger on `payments_db`."""
+    postgres = "{host: 127.0.0.1, port: 5432, secret: pg-admin}"
+    settings = f"{{routing: {routing}, ready_timeout: 8, postgres: {postgres}}}"
+    runtime = f"runtime: {{kind: kubernetes, kubernetes: {settings}}}\n"
+    database = payments_db.rsplit("/", 1)[1]
+    text = text.replace("{postgres: {database: payments}}", f"{{postgres: {{database: {database}}}}}")
+    return text.replace("version: 1\n", "version: 1\n" + runtime, 1)
+
+
+def _images(repo: GitRepo, sha: str, worktrees: Path) -> dict[str, ImageSpec]:
+    """The images the team's CI would have built from `sha`: each service's code at that commit."""
+    tree = worktrees / sha[:12]
+    if not tree.exists():
+        repo.git("worktree", "add", "--detach", str(tree), sha)
+    images = {
+        f"shop/{name}:{sha}": ImageSpec(
+            argv=[sys.executable, "-m", "uvicorn", f"{name}_app:app", "--host", "127.0.0.1", "--port", PORT],
+            cwd=tree / "services" / name,
+        )
+        for name in SERVICES
+    }
+    images[f"shop/e2e:{sha}"] = ImageSpec(argv=["true"], cwd=tree)
+    return images
+
+
+def _baseline(service: str, sha: str, payments_db: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The team's Deployment and Service for `service`, as `kubectl get -o yaml` would show them."""
+    env = [
+        {"name": f"LOOPGATE_{peer.upper()}_URL", "value": f"http://{peer}.{NAMESPACE}.svc.cluster.local:80"}
+        for peer in NEIGHBOURS.get(service, ())
+    ]
+    if service == "payments":
+        env.append({"name": "LOOPGATE_STATE", "value": payments_db})
+    labels = {"app": service}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": service, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, "version": "v1"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": service,
+                            "image": f"shop/{service}:{sha}",
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "env": env,
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                        },
+                        {"name": "istio-proxy", "image": SIDECAR_IMAGE},
+                    ]
+                },
+            },
+        },
+    }
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service, "namespace": NAMESPACE, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    return deployment, svc
+
+
+def _start_shop(tmp_path: Path, routing: str, changes: list[str], payments_db: str) -> Iterator[Shop]:
+    repo = make_shop(tmp_path / "shop", changes)
+    repo.git("checkout", "-q", "main")
+    config = (repo.path / ".loopgate.yml").read_text()
+    repo.write(".loopgate.yml", _kubernetes_config(config, routing, payments_db))
+    base = repo.commit("run the shop on the cluster")
+    heads = {change: repo.git("rev-parse", f"agent/{change}").strip() for change in changes}
+    orders = (repo.path / "services/orders/orders_app.py").read_text()
+    # A push whose image the team's CI never built: its fork can never pull it.
+    unbuilt = repo.branch("agent/unbuilt", {"services/orders/orders_app.py": orders + "\n# unbuilt\n"})
+    worktrees = tmp_path / "images"
+    images: dict[str, ImageSpec] = {
+        SIDECAR_IMAGE: ImageSpec(argv=["sleep", "infinity"], cwd=tmp_path),
+        "postgres:17-alpine": ImageSpec(argv=["true"], cwd=tmp_path),  # psql and pg_dump: the machine's
+    }
+    for sha in (base, *heads.values()):
+        images.update(_images(repo, sha, worktrees))
+    with FakeCluster(images=images, routing=routing) as cluster:
+        api = cluster.api_client()
+        core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        admin = {"username": "postgres", "password": "unused-on-a-trusting-server"}
+        core.create_namespaced_secret(
+            NAMESPACE,
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-admin"}, "stringData": admin},
+        )
+        for service in SERVICES:
+            deployment, svc = _baseline(service, base, payments_db)
+            apps.create_namespaced_deployment(NAMESPACE, deployment)
+            core.create_namespaced_service(NAMESPACE, svc)
+        _wait_available(cluster, SERVICES)
+        yield Shop(repo, base, {**heads, "unbuilt": unbuilt}, cluster)
+    for tree in worktrees.iterdir() if worktrees.exists() else []:
+        subprocess.run(["git", "-C", str(repo.path), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def _wait_available(cluster: FakeCluster, names: tuple[str, ...], timeout_s: float = 60) -> None:
+    """The team's baseline is up before anyone verifies against it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = {
+            d["metadata"]["name"]
+            for d in cluster.store.list("Deployment", NAMESPACE)
+            if any(
+                c.get("type") == "Available" and c.get("status") == "True"
+                for c in (d.get("status") or {}).get("conditions") or []
+            )
+        }
+        if ready >= set(names):
+            return
+        time.sleep(0.1)
+    logs = {
+        p["metadata"]["name"]: cluster.store.read_log(
+            NAMESPACE, p["metadata"]["name"], p["spec"]["containers"][0]["name"], tail_lines=5
+        )
+        for p in cluster.store.list("Pod", NAMESPACE)
+    }
+    raise AssertionError(f"the shop's baseline did not become Available: {logs}")
+
+
+@pytest.fixture(scope="module")
+def payments_db() -> Iterator[str]:
+    """The ledger payments keeps in the cluster: a database of the real PostgreSQL server."""
+    server = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"loopgate_kube_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def istio_shop(tmp_path_factory: pytest.TempPathFactory, payments_db: str) -> Iterator[Shop]:
+    changes = ["refactor-orders", "contract-break"]
+    yield from _start_shop(tmp_path_factory.mktemp("istio"), "istio", changes, payments_db)
+
+
+@pytest.fixture(scope="module")
+def gateway_api_shop(tmp_path_factory: pytest.TempPathFactory, payments_db: str) -> Iterator[Shop]:
+    yield from _start_shop(tmp_path_factory.mktemp("gamma"), "gateway-api", ["contract-break"], payments_db)
+
+
+def _verify(shop: Shop, head: str) -> Evidence:
+    settings = RuntimeSettings(kubeconfig=shop.cluster.kubeconfig)
+    pipeline = Pipeline(Runtimes(settings, only="kubernetes"))
+    return pipeline.verify(VerifyRequest(repo=shop.repo.path, base_ref="main", head_ref=head))
+
+
+def _leftovers(cluster: FakeCluster) -> list[str]:
+    kinds = ("Deployment", "Service", "Job", "Pod", "VirtualService", "HTTPRoute")
+    found = []
+    for kind in kinds:
+        for obj in cluster.store.list(kind, None, MANAGED):
+            found.append(f"{kind} {obj['metadata']['namespace']}/{obj['metadata']['name']}")
+    return found
+
+
+def test_a_good_change_passes_on_the_cluster_and_leaves_nothing(istio_shop: Shop) -> None:
+    evidence = _verify(istio_shop, "agent/refactor-orders")
+    assert evidence.verdict is Verdict.PASS, evidence.reasons
+    orders = evidence.service("orders")
+    assert orders is not None and orders.forked and orders.tagged_requests > 0
+    assert orders.image_or_source == f"shop/orders:{istio_shop.heads['refactor-orders']}"
+    assert [s.status for s in evidence.suites] == ["passed"]
+    assert _leftovers(istio_shop.cluster) == []
+    assert istio_shop.cluster.store.list("VirtualService", NAMESPACE) == []
+
+
+def test_a_contract_break_fails_on_the_cluster(istio_shop: Shop) -> None:
+    evidence = _verify(istio_shop, "agent/contract-break")
+    assert evidence.verdict is Verdict.FAIL, evidence.reasons
+    failed = [f.test for s in evidence.suites for f in s.failures]
+    assert any("test_checkout_in_stock_then_read_order" in test for test in failed), failed
+    assert _leftovers(istio_shop.cluster) == []
+
+
+def test_a_contract_break_fails_through_gateway_api_routes(gateway_api_shop: Shop) -> None:
+    evidence = _verify(gateway_api_shop, "agent/contract-break")
+    assert evidence.verdict is Verdict.FAIL, evidence.reasons
+    inventory = evidence.service("inventory")
+    assert inventory is not None and inventory.tagged_requests > 0
+    assert _leftovers(gateway_api_shop.cluster) == []
+    assert gateway_api_shop.cluster.store.list("HTTPRoute", NAMESPACE) == []
+
+
+def test_a_fork_that_never_becomes_available_fails_naming_why(istio_shop: Shop) -> None:
+    evidence = _verify(istio_shop, "agent/unbuilt")
+    assert evidence.verdict is Verdict.FAIL, evidence.reasons
+    orders = evidence.service("orders")
+    assert orders is not None and orders.status == "start_failed"
+    assert "ImagePullBackOff" in orders.reason or "ErrImagePull" in orders.reason, orders.reason
+    assert f"shop/orders:{istio_shop.heads['unbuilt']}" in orders.reason
+    assert [stage.outcome for stage in evidence.stages if stage.name == "route"] == ["skipped"]
+    assert _leftovers(istio_shop.cluster) == []
