@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import ConfigError, InfrastructureError
@@ -26,13 +30,16 @@ class Git:
     def __init__(self, repo: Path) -> None:
         self.repo = repo
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         try:
             done = subprocess.run(
                 ["git", "-C", str(self.repo), *args],
                 capture_output=True,
                 text=True,
-                env={**os.environ, **_GIT_ENV},
+                env={**os.environ, **_GIT_ENV, **(env or {})},
+                stdin=subprocess.DEVNULL,
                 timeout=300,
             )
         except FileNotFoundError:
@@ -152,3 +159,49 @@ class Git:
     def worktrees(self) -> list[Path]:
         out = self.run("worktree", "list", "--porcelain").stdout
         return [Path(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("worktree ")]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A working tree's files as a commit: `repo` is the tree's top directory, `sha` the commit."""
+
+    repo: Path
+    sha: str
+    parent: str | None
+
+
+def snapshot_worktree(path: Path) -> Snapshot:
+    """Commit what a working tree holds right now — tracked files as they are on disk, untracked files
+    that are not ignored, deletions — with HEAD as the parent, without touching the user's index, HEAD,
+    refs or files: `git add -A` goes into a throwaway index (a copy of the user's, so unchanged files
+    are not hashed again). The commit is referenced by nothing; git keeps it for weeks (gc.pruneExpire).
+    ConfigError, one line, for a path outside a repository or a tree with an unresolved conflict."""
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such directory")
+    git = Git(path)
+    found = git.run("rev-parse", "--show-toplevel", check=False)
+    top = found.stdout.strip()
+    if found.returncode != 0 or not top:
+        raise ConfigError(f"{path}: not inside a git working tree")
+    git = Git(Path(top))
+    unmerged = git._names("diff", "--name-only", "--diff-filter=U", "-z")
+    if unmerged:
+        files = ", ".join(unmerged[:5]) + (" …" if len(unmerged) > 5 else "")
+        raise ConfigError(f"{top}: unresolved merge conflict in {files}; resolve it before a snapshot")
+    head_done = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+    parent = head_done.stdout.strip() if head_done.returncode == 0 else None
+    index = Path(top) / git.run("rev-parse", "--git-path", "index").stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="loopgate-snapshot-") as scratch:
+        temp_index = Path(scratch) / "index"
+        if index.is_file():
+            shutil.copyfile(index, temp_index)
+        env = {"GIT_INDEX_FILE": str(temp_index)}
+        added = git.run("add", "--all", "--", ".", check=False, env=env)
+        if added.returncode != 0:
+            last = (added.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise ConfigError(f"{top}: cannot snapshot the working tree: {last}")
+        tree = git.run("write-tree", env=env).stdout.strip()
+    message = f"loopgate: snapshot of the working tree {top}"
+    parents = ["-p", parent] if parent else []
+    sha = git.run("commit-tree", tree, *parents, "-m", message).stdout.strip()
+    return Snapshot(Path(top), sha, parent)

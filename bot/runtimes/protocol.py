@@ -195,3 +195,27 @@ class Runtime(Protocol):
     def teardown(self, sandbox: Sandbox) -> None: ...
 
     def gc(self) -> list[str]: ...
+
+
+class SandboxUpdates(Protocol):
+    """A runtime whose sandboxes can follow their source (`loopgate sandbox update`): the routing key,
+    the routes and the data copies stay; only the services whose files changed are started again."""
+
+    def sandbox_source(self, sandbox: Sandbox) -> str:
+        """The merge commit the sandbox's forks run now."""
+
+    def forked_services(self, sandbox: Sandbox) -> list[str]:
+        """The services the sandbox has forked, by name."""
+
+    def move_sandbox(self, sandbox: Sandbox, merge_sha: str) -> None:
+        """Make `merge_sha` the sandbox's source: what later builds and forks run. Running forks are not
+        touched."""
+
+    def refork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
+        """Start the service from the sandbox's current source beside its running fork (or as its first
+        fork, then with a fresh state copy), route the sandbox to it once healthy, then stop the old
+        one: tagged requests never fall back to the baseline meanwhile. A state copy is kept. On a
+        failed start the old fork keeps serving."""
+
+    def unfork(self, sandbox: Sandbox, service: str) -> None:
+        """Route the service back to the baseline for this sandbox and stop its fork."""

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import psutil
+
 from bot.config import Config, InfrastructureError, Service
 from bot.runtimes.git import Git
 from bot.runtimes.local import pause
@@ -21,7 +23,7 @@ from bot.runtimes.local.helpers import _run_build, _start_on_free_port, infrastr
 from bot.runtimes.local.journal import Journal
 from bot.runtimes.local.ports import free_port
 from bot.runtimes.local.postgres import database_name
-from bot.runtimes.local.processes import ProcessRef, tail
+from bot.runtimes.local.processes import ProcessRef, stop_group, stop_groups, tail
 from bot.runtimes.local.registry import ProcessRecord, SandboxRecord
 from bot.runtimes.local.state import copy_sqlite
 from bot.runtimes.protocol import Baseline, BuildOutcome, ForkOutcome, Sandbox, Source
@@ -231,3 +233,110 @@ class Sandboxes(Baselines):
             record = self.registry.load_sandbox(sandbox.baseline.env_id, sandbox.routing_key)
             if env is not None and record is not None:
                 self._teardown_record(env, record)
+
+    # -- following a source (`loopgate sandbox update`) ---------------------------------------------
+
+    def sandbox_source(self, sandbox: Sandbox) -> str:
+        return self._record(sandbox).head_sha
+
+    def forked_services(self, sandbox: Sandbox) -> list[str]:
+        return sorted(self._record(sandbox).forks)
+
+    @infrastructure
+    def move_sandbox(self, sandbox: Sandbox, merge_sha: str) -> None:
+        """Check the sandbox's merge worktree out at `merge_sha` (only the files that differ are
+        written) and record it, so any loopgate process updates from there next time."""
+        worktree = self._sandbox_dir(sandbox) / "worktree"
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            if worktree.is_dir():
+                # The worktree belongs to the confined uid: git would refuse it as "dubious ownership".
+                Git(worktree).run(
+                    "-c",
+                    f"safe.directory={worktree}",
+                    "checkout",
+                    "--force",
+                    "--quiet",
+                    "--detach",
+                    merge_sha,
+                )
+                self.confinement.give(worktree)
+            record.head_sha = merge_sha
+            self.registry.save_sandbox(record)
+
+    @infrastructure
+    def refork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
+        old = self._record(sandbox).forks.get(service)
+        if old is None:
+            return self._first_fork(sandbox, service, spec)
+        cwd, env = self._service_context(sandbox, service, spec)  # SQLite: the same copy's path
+        if spec.state is not None and spec.state.postgres is not None:
+            env["LOOPGATE_STATE"] = _state_url(old)  # the copy's own role; its password is nowhere else
+        logs = self._sandbox_dir(sandbox) / "logs"
+        log = logs / f"{service}.r{len(list(logs.glob(f'{service}.r*.log'))) + 1}.log"
+        launch = self._fork_launcher(sandbox, service, cwd, env, log)
+        started, attempts = time.monotonic(), []
+
+        def record_start(process: subprocess.Popen[bytes], port: int) -> None:
+            # A job until it is routed: teardown and `gc` stop it if this process dies first.
+            ref = ProcessRef.of(process.pid)
+            attempts.append(ProcessRecord(service=service, port=port, process=ref, log=str(log)))
+            with self.registry.lock(sandbox.baseline.env_id):
+                record = self._record(sandbox)
+                record.jobs.append(ref)
+                self.registry.save_sandbox(record)
+
+        why = _start_on_free_port(spec, launch, log, free_port(), record_start)
+        ready_ms = int((time.monotonic() - started) * 1000)
+        refs = [attempt.process for attempt in attempts]
+        stale = refs if why else refs[:-1]
+        if stale:
+            stop_groups(stale)
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.jobs = [job for job in record.jobs if job not in refs]
+            if not why:
+                record.forks[service] = attempts[-1]  # clusters before routes: `apply` orders them
+            self.registry.save_sandbox(record)
+            if not why and record.routed:
+                self._apply_routes(sandbox.baseline.env_id)
+        if why:
+            return ForkOutcome(service, "start_failed", ready_ms=ready_ms, log_tail=tail(log), detail=why)
+        stop_group(old.process)  # after the switch: no tagged request meets a missing fork
+        return ForkOutcome(service, "ready", url=attempts[-1].url, ready_ms=ready_ms)
+
+    def _first_fork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
+        """A service the sandbox had not forked: forked as a new sandbox forks it, then routed."""
+        outcome = self.fork(sandbox, service, spec)
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            if outcome.status != "ready":
+                failed = record.forks.pop(service, None)
+                self.registry.save_sandbox(record)
+                if failed is not None:
+                    stop_group(failed.process)
+            elif record.routed:
+                self._apply_routes(sandbox.baseline.env_id)
+        return outcome
+
+    @infrastructure
+    def unfork(self, sandbox: Sandbox, service: str) -> None:
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            old = record.forks.pop(service, None)
+            self.registry.save_sandbox(record)
+            if old is not None and record.routed:
+                self._apply_routes(sandbox.baseline.env_id)  # routes before the fork goes
+        if old is not None:
+            stop_group(old.process)
+
+
+def _state_url(fork: ProcessRecord) -> str:
+    """The running fork's LOOPGATE_STATE: where a re-fork finds the same Postgres copy."""
+    try:
+        url = psutil.Process(fork.process.pid).environ().get("LOOPGATE_STATE")
+    except psutil.Error:
+        url = None
+    if not url or not fork.process.alive():
+        raise InfrastructureError(f"cannot re-fork {fork.service}: its state copy's address is unknown")
+    return url
