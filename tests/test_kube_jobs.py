@@ -24,7 +24,7 @@ import pytest
 
 from bot.config import InfrastructureError
 from bot.config.schema import KubernetesBuild
-from bot.runtimes.kubernetes import objects, probes
+from bot.runtimes.kubernetes import jobs, objects, probes
 from bot.runtimes.kubernetes.builds import run_build
 from bot.runtimes.kubernetes.jobs import JobOutcome, run_job, suite_outcome
 from bot.runtimes.protocol import ProbeError, ProbeRequest
@@ -271,13 +271,15 @@ def test_the_jobs_deadline_is_a_timeout(
     cluster: FakeCluster, api: kubernetes.client.ApiClient, tmp_path: Path
 ) -> None:
     nonce = objects.new_nonce()
-    job = suite_job(tmp_path, "sleeps.sh", nonce=nonce, timeout_s=1, env={"PIDFILE": str(tmp_path / "pid")})
-    assert job["spec"]["activeDeadlineSeconds"] == 1
+    job = suite_job(tmp_path, "sleeps.sh", nonce=nonce, timeout_s=4, env={"PIDFILE": str(tmp_path / "pid")})
+    assert job["spec"]["activeDeadlineSeconds"] == 4
     started = time.monotonic()
-    outcome = run_job(api, job, timeout_s=1, should_stop=None, nonce=nonce)
+    outcome = run_job(api, job, timeout_s=4, should_stop=None, nonce=nonce)
     assert time.monotonic() - started < 20
     assert (outcome.exit_code, outcome.timed_out) == (None, True)
     assert outcome.reason is not None and outcome.reason.startswith("DeadlineExceeded")
+    # The controller deleted the pod, and its log, at the deadline: what it said before is kept.
+    assert outcome.log.startswith("started\n")
     suite = suite_outcome(outcome, nonce)
     assert suite.timed_out and suite.exit_code is None
     assert "DeadlineExceeded" in suite.log_tail
@@ -369,7 +371,7 @@ def test_a_job_the_api_server_refuses_is_an_infrastructure_error_with_the_cause(
     assert job_gone(cluster, job["metadata"]["name"])
 
 
-def test_an_over_large_report_is_dropped_with_a_note() -> None:
+def test_an_over_large_report_is_dropped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     nonce = objects.new_nonce()
     outcome = JobOutcome(
         exit_code=0,
@@ -379,6 +381,12 @@ def test_an_over_large_report_is_dropped_with_a_note() -> None:
         reason=None,
     )
     assert suite_outcome(outcome, nonce).junit_xml == b"<?x"
+    for module in (objects, jobs):
+        monkeypatch.setattr(module, "JUNIT_MAX_BYTES", 2)
+    over = suite_outcome(outcome, nonce)
+    assert over.junit_xml is None
+    assert over.log_tail == "tests ran\n[loopgate] the JUnit report is over 0 MiB: ignored"
+    monkeypatch.undo()
     tail_only = suite_outcome(JobOutcome(0, False, 5, "\n".join(str(i) for i in range(1000)), None), nonce)
     assert tail_only.log_tail.splitlines()[0] == "940" and len(tail_only.log_tail.splitlines()) == 60
 
@@ -496,6 +504,10 @@ def test_probes_through_the_service_proxy_keep_the_answer_exactly(
 
     untagged = send(api, ProbeRequest("web", "GET", "/x", headers={"Accept": "text/plain"}))
     assert untagged.body == b"-|/x"
+
+    # The runtime's baggage replaces the request's own, whatever its case.
+    replaced = send(api, ProbeRequest("web", "GET", "/y", headers={"Baggage": "a=1"}), baggage="b=2")
+    assert replaced.body == b"b=2|/y"
 
     failed = send(api, ProbeRequest("web", "GET", "/fail"))
     assert (failed.status, failed.body, failed.headers["x-trace"]) == (500, b'{"error": "boom"}', "t-1")

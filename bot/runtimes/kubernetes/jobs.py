@@ -51,6 +51,9 @@ TAIL_LINES_FOR_REPORT = 2_000_000
 """When the log is over LOG_LIMIT_BYTES: the last this many lines are read again to find the JUnit
 report at its end (a 64 MiB report is about 1.2 million lines of base64)."""
 
+SNAPSHOT_BEFORE_S = 3.0
+"""How long before the suite's deadline its log is read once, in case the pod is deleted with it."""
+
 API_TIMEOUT_S = 60.0
 """Client-side bound on one ordinary API request."""
 
@@ -177,12 +180,28 @@ def run_job(
     started = time.monotonic()
     created = _create(batch, namespace, name, job)
     uid = str(created["metadata"].get("uid") or "")
+    early: list[str] = []
+
+    def snapshot() -> None:
+        """The log shortly before the deadline: at DeadlineExceeded the Job controller deletes the pod,
+        and its log with it, and a hung suite's last words are what the Evidence needs."""
+        with contextlib.suppress(InfrastructureError):
+            pod = _job_pod(api, namespace, name, uid, main)
+            if pod is not None:
+                early.append(_pod_log(api, namespace, pod, main, nonce))
+
     try:
         watched = _Watched(batch, namespace, name, str(created["metadata"].get("resourceVersion") or ""))
-        end, finished = watched.until_finished(started + timeout_s + CLIENT_GRACE_S, should_stop)
+        end, finished = watched.until_finished(
+            started + timeout_s + CLIENT_GRACE_S,
+            should_stop,
+            at=(started + timeout_s - SNAPSHOT_BEFORE_S, snapshot),
+        )
         duration_ms = int((time.monotonic() - started) * 1000)
         pod = _job_pod(api, namespace, name, uid, main)
         log = _pod_log(api, namespace, pod, main, nonce) if pod is not None else ""
+        if not log and early and early[-1]:
+            log = early[-1] + "\n[loopgate] the log as it was shortly before the deadline (the pod is gone)"
         if end == "stopped":
             _delete(batch, namespace, name, "Foreground")
             watched.until_gone(time.monotonic() + STOP_WAIT_S)
@@ -317,10 +336,14 @@ class _Watched:
         self._pause = threading.Event()  # never set: a stoppable wait between failed watch requests
 
     def until_finished(
-        self, deadline: float, should_stop: Callable[[], bool] | None
+        self,
+        deadline: float,
+        should_stop: Callable[[], bool] | None,
+        at: tuple[float, Callable[[], None]] | None = None,
     ) -> tuple[str, Obj | None]:
-        """("finished", job) | ("stopped", None) | ("deadline", None) | ("gone", None)."""
-        for type_, job in self._events(deadline, should_stop):
+        """("finished", job) | ("stopped", None) | ("deadline", None) | ("gone", None); `at` = (when,
+        what): called once, between watch windows, when that moment has passed."""
+        for type_, job in self._events(deadline, should_stop, at):
             if type_ in ("stopped", "deadline"):
                 return type_, None
             if type_ == "DELETED" or job is None:
@@ -339,13 +362,19 @@ class _Watched:
         return False
 
     def _events(
-        self, deadline: float, should_stop: Callable[[], bool] | None
+        self,
+        deadline: float,
+        should_stop: Callable[[], bool] | None,
+        at: tuple[float, Callable[[], None]] | None = None,
     ) -> Iterator[tuple[str, Obj | None]]:
         """(event type, the Job) as it changes; ("LISTED", job or None) after a re-list; ("stopped",
         None) or ("deadline", None) last. A watch that ends is resumed from the last resourceVersion."""
         errors = 0
         relist = not self.rv
         while True:
+            if at is not None and time.monotonic() >= at[0]:
+                at[1]()
+                at = None
             if should_stop is not None and should_stop():
                 yield "stopped", None
                 return

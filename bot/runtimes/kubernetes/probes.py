@@ -50,7 +50,8 @@ def send(
     """Send `request` to the Service `namespace/service_name:port` with `request.headers` and
     `headers` (e.g. the sandbox's baggage; these win); ProbeError (one line) when no answer came back
     from the service."""
-    sent = {**request.headers, **headers}
+    given = {name.lower() for name in headers}
+    sent = {**{k: v for k, v in request.headers.items() if k.lower() not in given}, **headers}
     for name in sent:
         if name.lower().startswith(_API_SERVER_HEADERS):
             raise ProbeError(
