@@ -37,10 +37,14 @@ ECHO = """\
 import json, os, sys, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HEALTHY = [True]
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
-            return self.answer(200, {"ok": True})
+            return self.answer(200 if HEALTHY[0] else 500, {"ok": HEALTHY[0]})
+        if self.path == "/fail":
+            HEALTHY[0] = False
         if self.path.startswith("/hop"):
             request = urllib.request.Request(os.environ["NEXT_URL"] + "/who")
             if self.headers.get("baggage"):
@@ -583,3 +587,18 @@ def test_volumes_are_the_pods_own(images: dict[str, ImageSpec]) -> None:
         )
         assert events[0] == 'MountVolume.SetUp failed for volume "creds" : secret "missing" not found'
         assert not condition(store.get("Job", NS, "three"), "Complete")
+
+
+def test_readiness_is_probed_while_the_pod_runs(images: dict[str, ImageSpec]) -> None:
+    with FakeCluster(images=images) as cluster:
+        store = cluster.store
+        body = deployment("web", "web")
+        probe = body["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        probe.update(periodSeconds=1, failureThreshold=1)
+        create(store, service("web", "web"), body)
+        wait_for("web Available", lambda: available(store, "web"))
+        port = cluster.mesh.port_of(NS, "web")
+        assert httpx.get(f"http://127.0.0.1:{port}/fail", timeout=5).status_code == 200
+        wait_for("web unavailable", lambda: not available(store, "web"), timeout=5)
+        answer = httpx.get(f"http://127.0.0.1:{port}/api", timeout=5)
+        assert (answer.status_code, answer.text) == (503, "no healthy upstream")

@@ -753,13 +753,22 @@ class PodRunner:
         self._state = {"running": {"startedAt": process.started_at}}
         self._publish()
         probe = self._probe(port)
+        spec = self._main.get("readinessProbe") or {}
+        # Once ready, probed every periodSeconds (at most 1 s here) and unready after failureThreshold misses.
+        period = min(float(spec.get("periodSeconds", 10)), 1.0)
+        threshold = int(spec.get("failureThreshold", 3))
+        misses, next_probe = 0, 0.0
         while not self._stopping.is_set():
             code = process.exit_code()
             if code is not None:
                 break
-            if not self._ready and probe():
-                self._ready = True
-                self._publish()
+            if time.monotonic() >= next_probe:
+                ok = probe()
+                misses = 0 if ok else misses + 1
+                if ok != self._ready and (ok or misses >= threshold):
+                    self._ready = ok
+                    self._publish()
+                next_probe = time.monotonic() + (period if self._ready else PROBE_INTERVAL_S)
             self._sleep(PROBE_INTERVAL_S)
         else:
             return None, 0.0

@@ -4,9 +4,15 @@ loopgate's Kubernetes runtime proves itself only if tagged requests really reach
 objects it writes (Istio VirtualServices or Gateway API HTTPRoutes) and untagged ones never do; and it
 learns what happened from the sidecars' access logs. So each Service gets a loopback port that behaves
 like the Service's name inside a meshed pod: a request to it is routed the way the real mesh would
-(`route_istio` / `route_gateway_api`, or straight to the Service with routing "none"), forwarded to a
-ready pod of the chosen Service, and logged, as the serving pod's `istio-proxy` sidecar would log it,
-into that container's log in the Store.
+(`route_istio` / `route_gateway_api`, or straight to the Service with routing "none") and forwarded to
+a ready pod of the chosen Service. Each pod that declares an `istio-proxy` container gets an inbound
+sidecar port in front of its app (the pod's published port becomes the sidecar's), which logs every
+request reaching the pod -- routed, sent by the API server's service proxy, or dialled directly -- into
+that container's log in the Store, in the JSON access-log format of /work/k8s-spec.md.
+
+Where the fake knowingly differs from Istio: a VirtualService none of whose routes matches sends the
+request to the Service itself (Istio answers 404), and `sourceLabels` / `sourceNamespace` matches never
+hold (the fake cannot tell which pod a loopback connection comes from).
 
 `Mesh.dns` is the cluster DNS emulation the kubelet applies to env values: it rewrites
 `http://orders.shop.svc.cluster.local:80`, `orders.shop:80` and `orders:80` (same namespace) to
