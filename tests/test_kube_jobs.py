@@ -314,6 +314,37 @@ def test_should_stop_deletes_the_job_and_nothing_keeps_running(
     assert len(asked) < 40
 
 
+def test_a_suite_image_that_cannot_be_pulled_is_an_infrastructure_error_not_a_timeout(
+    cluster: FakeCluster, api: kubernetes.client.ApiClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "POD_CHECK_S", 0.5)
+    nonce = objects.new_nonce()
+    job = suite_job(tmp_path, "passes.sh", nonce=nonce, timeout_s=60)
+    job["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/e2e:never-built"
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError) as stuck:
+        run_job(api, job, timeout_s=60, should_stop=None, nonce=nonce)
+    assert time.monotonic() - started < 15
+    assert "could not start its container 'suite'" in str(stuck.value)
+    assert "registry.example/e2e:never-built" in str(stuck.value)
+    assert job_gone(cluster, job["metadata"]["name"])
+
+
+def test_a_run_stopped_before_its_job_is_created_creates_nothing(
+    cluster: FakeCluster, api: kubernetes.client.ApiClient, tmp_path: Path
+) -> None:
+    nonce = objects.new_nonce()
+    outcome = run_job(
+        api,
+        suite_job(tmp_path, "passes.sh", nonce=nonce),
+        timeout_s=60,
+        should_stop=lambda: True,
+        nonce=nonce,
+    )
+    assert (outcome.exit_code, outcome.timed_out) == (None, False)
+    assert not [r for r in cluster.requests if r.path.endswith("/jobs")]
+
+
 def test_a_watch_whose_resource_version_expired_is_listed_again(
     images: dict[str, ImageSpec], tmp_path: Path
 ) -> None:
@@ -331,7 +362,7 @@ def test_a_watch_whose_resource_version_expired_is_listed_again(
             def churn_once() -> bool:
                 # Before the first watch: more changes than the history keeps, so the Job's
                 # resourceVersion is too old to watch from (410 Gone).
-                if not churned.is_set():
+                if not churned.is_set() and not job_gone(cluster, objects.suite_job_name(KEY, "E2E tests")):
                     churned.set()
                     for i in range(20):
                         cluster.store.set_annotations("ConfigMap", NS, "churn", {"n": str(i)})

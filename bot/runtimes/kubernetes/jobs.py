@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import threading
 import time
@@ -34,6 +35,8 @@ from bot.runtimes.protocol import JUNIT_MAX_BYTES, SuiteOutcome
 
 Obj = dict[str, Any]
 
+logger = logging.getLogger(__name__)
+
 WATCH_WINDOW_S = 2
 """Server-side length of one watch request: the longest `should_stop` waits to be looked at."""
 
@@ -50,6 +53,22 @@ LOG_LIMIT_BYTES = 100 * 1024 * 1024
 TAIL_LINES_FOR_REPORT = 2_000_000
 """When the log is over LOG_LIMIT_BYTES: the last this many lines are read again to find the JUnit
 report at its end (a 64 MiB report is about 1.2 million lines of base64)."""
+
+POD_CHECK_S = 15.0
+"""How often a running Job's pod is looked at for a container that cannot start (image not pulled,
+Secret missing): seen so on two looks in a row, the Job is given up as an infrastructure error rather
+than waited for until its deadline blames the suite."""
+
+_STUCK = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 
 SNAPSHOT_BEFORE_S = 3.0
 """How long before the suite's deadline its log is read once, in case the pod is deleted with it."""
@@ -72,7 +91,7 @@ class JobOutcome:
     timed_out: bool
     duration_ms: int
     log: str
-    """The pod's log (first container), however the Job ended; "" when the pod is gone."""
+    """The log of the Job's own (first template) container, however the Job ended; "" when the pod is gone."""
     reason: str | None
     """Why the Job failed, as the cluster said it (`DeadlineExceeded: …`), or what loopgate did."""
 
@@ -177,34 +196,52 @@ def run_job(
     # The Job's own container, by name: a mesh may inject its sidecar before it (Istio does, with
     # holdApplicationUntilProxyStarts), so "the pod's first container" is not it.
     main = str(containers[0].get("name") or "")
+    if should_stop is not None and should_stop():
+        return JobOutcome(None, False, 0, "", "stopped: the run was cancelled before the Job was created")
     started = time.monotonic()
     created = _create(batch, namespace, name, job)
     uid = str(created["metadata"].get("uid") or "")
     early: list[str] = []
+    blocked: list[tuple[str, str] | None] = [None]
+    schedule = {"snapshot": started + timeout_s - SNAPSHOT_BEFORE_S, "check": started + POD_CHECK_S}
 
-    def snapshot() -> None:
-        """The log shortly before the deadline: at DeadlineExceeded the Job controller deletes the pod,
-        and its log with it, and a hung suite's last words are what the Evidence needs."""
-        with contextlib.suppress(InfrastructureError):
-            pod = _job_pod(api, namespace, name, uid, main)
-            if pod is not None:
-                early.append(_pod_log(api, namespace, pod, main, nonce))
+    def between(now: float) -> bool:
+        """Between watch windows, on a schedule (never a poll): read the log once shortly before the
+        deadline (at DeadlineExceeded the Job controller deletes the pod, and its log with it, and a
+        hung suite's last words are what the Evidence needs); every POD_CHECK_S look whether the pod
+        is stuck before its container could start. True: stuck twice running, give up."""
+        if now >= schedule["snapshot"]:
+            schedule["snapshot"] = math.inf
+            with contextlib.suppress(InfrastructureError):
+                pod = _job_pod(api, namespace, name, uid, main)
+                if pod is not None:
+                    early.append(_pod_log(api, namespace, pod, main, nonce))
+        if now >= schedule["check"]:
+            schedule["check"] = now + POD_CHECK_S
+            with contextlib.suppress(InfrastructureError):
+                stuck = _stuck(_job_pod(api, namespace, name, uid, main), main)
+                seen, blocked[-1:] = blocked[-1], [stuck]
+                if stuck is not None and seen is not None and stuck[0] == seen[0]:
+                    return True
+        return False
 
     try:
         watched = _Watched(batch, namespace, name, str(created["metadata"].get("resourceVersion") or ""))
-        end, finished = watched.until_finished(
-            started + timeout_s + CLIENT_GRACE_S,
-            should_stop,
-            at=(started + timeout_s - SNAPSHOT_BEFORE_S, snapshot),
-        )
+        end, finished = watched.until_finished(started + timeout_s + CLIENT_GRACE_S, should_stop, between)
+        if end == "blocked":
+            raise InfrastructureError(
+                f"Job {namespace}/{name} could not start its container {main!r}:"
+                f" {(blocked[-1] or ('', 'stuck'))[1]}"
+            )
         duration_ms = int((time.monotonic() - started) * 1000)
         pod = _job_pod(api, namespace, name, uid, main)
         log = _pod_log(api, namespace, pod, main, nonce) if pod is not None else ""
         if not log and early and early[-1]:
             log = early[-1] + "\n[loopgate] the log as it was shortly before the deadline (the pod is gone)"
         if end == "stopped":
-            _delete(batch, namespace, name, "Foreground")
-            watched.until_gone(time.monotonic() + STOP_WAIT_S)
+            with contextlib.suppress(InfrastructureError):  # the Background delete below tries again
+                _delete(batch, namespace, name, "Foreground")
+                watched.until_gone(time.monotonic() + STOP_WAIT_S)
             return JobOutcome(None, False, duration_ms, log, "stopped: the run was cancelled")
         if end == "deadline":
             return JobOutcome(
@@ -230,7 +267,10 @@ def run_job(
             exit_code = 0  # Complete: its pod succeeded, though the pod is gone now
         return JobOutcome(None if timed_out else exit_code, timed_out, duration_ms, log, reason)
     finally:
-        _delete(batch, namespace, name, "Background")
+        try:
+            _delete(batch, namespace, name, "Background")
+        except InfrastructureError as exc:  # ttlSecondsAfterFinished and gc remove it later
+            logger.warning("%s", exc)
 
 
 def suite_outcome(outcome: JobOutcome, nonce: str) -> SuiteOutcome:
@@ -339,12 +379,12 @@ class _Watched:
         self,
         deadline: float,
         should_stop: Callable[[], bool] | None,
-        at: tuple[float, Callable[[], None]] | None = None,
+        between: Callable[[float], bool] | None = None,
     ) -> tuple[str, Obj | None]:
-        """("finished", job) | ("stopped", None) | ("deadline", None) | ("gone", None); `at` = (when,
-        what): called once, between watch windows, when that moment has passed."""
-        for type_, job in self._events(deadline, should_stop, at):
-            if type_ in ("stopped", "deadline"):
+        """("finished", job) | ("stopped", None) | ("deadline", None) | ("gone", None) | ("blocked",
+        None); `between(now)` is called between watch windows, True from it ends the wait ("blocked")."""
+        for type_, job in self._events(deadline, should_stop, between):
+            if type_ in ("stopped", "deadline", "blocked"):
                 return type_, None
             if type_ == "DELETED" or job is None:
                 return "gone", None
@@ -365,16 +405,16 @@ class _Watched:
         self,
         deadline: float,
         should_stop: Callable[[], bool] | None,
-        at: tuple[float, Callable[[], None]] | None = None,
+        between: Callable[[float], bool] | None = None,
     ) -> Iterator[tuple[str, Obj | None]]:
         """(event type, the Job) as it changes; ("LISTED", job or None) after a re-list; ("stopped",
         None) or ("deadline", None) last. A watch that ends is resumed from the last resourceVersion."""
         errors = 0
         relist = not self.rv
         while True:
-            if at is not None and time.monotonic() >= at[0]:
-                at[1]()
-                at = None
+            if between is not None and between(time.monotonic()):
+                yield "blocked", None
+                return
             if should_stop is not None and should_stop():
                 yield "stopped", None
                 return
@@ -501,6 +541,20 @@ def _exit(pod: Obj | None, main: str) -> tuple[int | None, str | None]:
             if waiting.get("reason"):
                 return None, one_line(f"container {waiting['reason']}: {waiting.get('message') or ''}")
     return None, f"the pod never ran (phase {(pod.get('status') or {}).get('phase') or 'unknown'})"
+
+
+def _stuck(pod: Obj | None, main: str) -> tuple[str, str] | None:
+    """(reason, `Reason: message`) when the main container waits for something that will not come by
+    itself."""
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if isinstance(status, dict) and status.get("name") == main:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if isinstance(waiting, dict) and waiting.get("reason") in _STUCK:
+                reason = str(waiting["reason"])
+                # ErrImagePull and ImagePullBackOff alternate: one problem, named once.
+                reason = "ImagePullBackOff" if reason == "ErrImagePull" else reason
+                return reason, one_line(f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+    return None
 
 
 def _pod_log(
