@@ -42,7 +42,9 @@ def _require_kubernetes_sections(loaded: ConfigFile, services: list[str]) -> Non
 @app.command()
 def render(
     config: Annotated[Path, typer.Option("--config", help="The .loopgate.yml to render.")],
-    sandbox: Annotated[str, typer.Option("--sandbox", help="The sandbox's routing key ([a-z0-9]{6,16}).")],
+    sandbox: Annotated[
+        str, typer.Option("--sandbox", help="The sandbox's routing key: 6 to 16 of a-z and 0-9.")
+    ],
     runtime: Annotated[
         str | None, typer.Option("--runtime", help="kubernetes (the only runtime with objects to render).")
     ] = None,

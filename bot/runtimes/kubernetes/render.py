@@ -96,6 +96,15 @@ def _offline_services(config: Config) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _services_near(
+    in_namespace: Mapping[str, list[dict[str, Any]]], baseline_ns: str, fork_ns: str
+) -> list[dict[str, Any]]:
+    """The Services whose selectors a fork must escape: a Service selects pods of its own namespace only,
+    so the fork's; the baseline's too (conservative: the same labels, should the fork move back)."""
+    near = list(in_namespace.get(baseline_ns, []))
+    return near + list(in_namespace.get(fork_ns, [])) if fork_ns != baseline_ns else near
+
+
 def render_sandbox(
     config: Config,
     *,
@@ -150,7 +159,7 @@ def render_sandbox(
             image=image,
             namespace=namespace,
             expires_at=expires,
-            services_in_namespace=in_namespace.get(spec.namespace, []),
+            services_in_namespace=_services_near(in_namespace, spec.namespace, namespace),
             ready_timeout_s=spec.ready_timeout or settings.ready_timeout,
         )
         fork_svc = objects.fork_service(fork, service=name, spec=spec, key=key, expires_at=expires)
