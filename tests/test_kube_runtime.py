@@ -317,6 +317,19 @@ def test_fork_route_and_teardown_with_istio(shop: FakeCluster, tmp_path: Path) -
     assert tagged.status == 200 and b'"version": "2"' in tagged.body
     assert untagged.status == 200 and b'"version": "1"' in untagged.body
 
+    # What the sidecars saw: the sandbox's tagged requests at its fork, untagged ones at the baseline,
+    # never the other key's.
+    seen = wait_for(
+        "the access log",
+        lambda: (
+            [r for r in runtime.observed_requests(sandbox) if r.service == "web" and r.path == "/who"]
+            if len(runtime.observed_requests(sandbox)) >= 4
+            else None
+        ),
+    )
+    assert {(r.routing_key, r.target) for r in seen} == {(key, key), (None, None)}
+    assert all(r.status == 200 for r in seen)
+
     runtime.teardown(sandbox)
     after = shop.store.get("VirtualService", NS, "web")
     assert comparable(after) == comparable(original)
@@ -694,3 +707,13 @@ def test_concurrent_forks_do_not_share_state(shop: FakeCluster, tmp_path: Path) 
         assert through_mesh(shop, "web", {"x-loopgate-sandbox": sandbox.routing_key})["version"] == "2"
         runtime.teardown(sandbox)
     assert shop.store.list("VirtualService", NS) == []
+
+
+def test_an_object_the_api_refuses_is_an_infrastructure_error_naming_the_cause(tmp_path: Path) -> None:
+    with FakeCluster() as cluster:
+        kube = Kube(cluster.api_client())
+        cluster.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        deployment = fork_objects("bad00001", expires=datetime.now(UTC))[0]
+        deployment["spec"]["replicas"] = "one"
+        with pytest.raises(InfrastructureError, match=r"create Deployment shop/web-lg-bad00001: .*invalid"):
+            kube.create(deployment)

@@ -202,7 +202,10 @@ class Kube:
             response = self.call(method, path, query=query, body=body)
         except ApiException as exc:
             raise _translate(exc, what) from None
-        data = response.data
+        try:
+            data = response.data
+        finally:
+            response.release_conn()
         try:
             return cast(Obj, json.loads(data)) if data else {}
         except ValueError:
@@ -373,7 +376,10 @@ class Kube:
             if exc.status in (400, 404):
                 return ""
             raise _translate(exc, f"read the log of {namespace}/{pod}") from None
-        data = response.data
+        try:
+            data = response.data
+        finally:
+            response.release_conn()
         return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
 
 

@@ -9,13 +9,22 @@ cluster's (InfrastructureError naming the cause).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.config import InfrastructureError
 from bot.config.schema import KubernetesService
 from bot.runtimes.kubernetes import objects
-from bot.runtimes.kubernetes.client import DEPLOYMENT, EVENT, POD, Conflict, Kube, Obj
+from bot.runtimes.kubernetes.client import (
+    DEPLOYMENT,
+    EVENT,
+    POD,
+    Conflict,
+    Kube,
+    NotFound,
+    Obj,
+    selector_string,
+)
 from bot.runtimes.protocol import ForkOutcome
 
 LOG_TAIL_LINES = 60
@@ -55,9 +64,11 @@ def start_fork(
     baseline_service: Obj | None,
     services_in_namespace: list[Obj],
     timeout_s: float,
+    adjust: Callable[[Obj], Obj] | None = None,
 ) -> tuple[Fork, ForkOutcome]:
     """Create the fork's Deployment and Service (labelled and stamped with expires-at before they exist,
-    so gc finds them whatever happens next) and wait for it to become Available."""
+    so gc finds them whatever happens next) and wait for it to become Available. `adjust` edits the
+    Deployment before it is created (e.g. pointing the fork at its own copy of the service's data)."""
     deployment = objects.fork_deployment(
         baseline,
         service=service,
@@ -69,6 +80,8 @@ def start_fork(
         services_in_namespace=services_in_namespace,
         ready_timeout_s=timeout_s,
     )
+    if adjust is not None:
+        deployment = adjust(deployment)
     fork_svc = objects.fork_service(
         deployment,
         service=service,
@@ -96,7 +109,7 @@ def start_fork(
 def _create(kube: Kube, obj: Obj) -> None:
     try:
         kube.create(obj)
-    except Conflict as exc:
+    except (Conflict, NotFound) as exc:  # a name taken, a namespace missing: the cluster's state
         raise InfrastructureError(str(exc)) from None
 
 
@@ -163,8 +176,6 @@ def wait_available(kube: Kube, namespace: str, name: str, timeout_s: float) -> t
 
 
 def pods_of(kube: Kube, namespace: str, deployment: Obj) -> list[Obj]:
-    from bot.runtimes.kubernetes.client import selector_string
-
     selector = selector_string((deployment.get("spec") or {}).get("selector"))
     if not selector:
         return []

@@ -391,7 +391,10 @@ class KubernetesRuntime:
             expires_at=state.expires_at,
             baseline=baseline,
             baseline_service=info.services[service].service,
-            services_in_namespace=self.kube.list(SERVICE, namespace).items,
+            # Other sandboxes' Services select only their own forks: the baseline's are what matter.
+            services_in_namespace=self.kube.list(
+                SERVICE, namespace, label_selector=f"!{SANDBOX_LABEL}"
+            ).items,
             timeout_s=kspec.ready_timeout or settings.ready_timeout,
         )
         with self._lock:
