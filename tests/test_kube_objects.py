@@ -233,6 +233,71 @@ def test_no_service_selecting_the_baseline_selects_the_fork() -> None:
     assert {k: pod_labels[k] for k in LOOPGATE_LABELS} == LOOPGATE_LABELS
 
 
+def test_fork_drops_spreading_against_the_baseline_but_keeps_placement() -> None:
+    """A required anti-affinity to `app=orders` would leave the one-pod fork Pending wherever the baseline
+    runs on every node; node affinity and affinity to other pods say where it may run at all."""
+    baseline = baseline_deployment()
+    zone = {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["apps"]}]}]
+    }
+    near_cache = {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}
+    not_beside_db = {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}
+    baseline["spec"]["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": zone},
+        "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [near_cache]},
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"app": "orders"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+                not_beside_db,
+            ],
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 50,
+                    "podAffinityTerm": {
+                        "labelSelector": {
+                            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["backend"]}]
+                        },
+                        "topologyKey": "topology.kubernetes.io/zone",
+                    },
+                }
+            ],
+        },
+    }
+    baseline["spec"]["template"]["spec"]["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "orders"}},
+        }
+    ]
+    out = fork(baseline=baseline)
+    valid(out)
+    pod = out["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in pod
+    assert pod["affinity"] == {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": zone},
+        "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [near_cache]},
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [not_beside_db]},
+    }
+
+
+def test_label_selector_semantics() -> None:
+    pod = {"app": "orders", "tier": "backend"}
+    sel = objects.label_selector_selects
+    assert sel({}, pod) and sel(None, pod)
+    assert sel({"matchLabels": {"app": "orders"}}, pod)
+    assert not sel({"matchLabels": {"app": "orders", "x": "y"}}, pod)
+    assert sel({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["backend", "x"]}]}, pod)
+    assert not sel({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["backend"]}]}, pod)
+    assert sel({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, pod)
+    assert sel({"matchExpressions": [{"key": "app", "operator": "Exists"}]}, pod)
+    assert not sel({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}, pod)
+
+
 label_keys = st.sampled_from(["app", "tier", "version", "app.kubernetes.io/name", "team", "track"])
 label_values = st.sampled_from(["orders", "backend", "v1", "v2", "shop", "stable", "x" * 60])
 

@@ -295,6 +295,61 @@ def _fork_pod_labels(
     return out
 
 
+def label_selector_selects(selector: Mapping[str, Any] | None, pod_labels: Mapping[str, str]) -> bool:
+    """A metav1.LabelSelector (`matchLabels` and `matchExpressions`) against a pod's labels; an empty
+    one selects everything, as Kubernetes reads it in affinity terms and spread constraints."""
+    selector = selector or {}
+    if any(pod_labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or []
+        present = key in pod_labels
+        if operator == "In" and not (present and pod_labels[key] in values):
+            return False
+        if operator == "NotIn" and present and pod_labels[key] in values:
+            return False
+        if (operator == "Exists" and not present) or (operator == "DoesNotExist" and present):
+            return False
+    return True
+
+
+def _about_baseline(item: Mapping[str, Any], baseline_labels: Mapping[str, str]) -> bool:
+    """An anti-affinity term (required, or preferred with its `podAffinityTerm`) or a spread constraint
+    whose label selector selects the baseline's pods."""
+    term = item.get("podAffinityTerm") or item
+    return label_selector_selects(term.get("labelSelector"), baseline_labels)
+
+
+def _keep(holder: Obj, field: str, baseline_labels: Mapping[str, str]) -> None:
+    """Filter the list `holder[field]` to the items not about the baseline; drop the field when empty."""
+    if field not in holder:
+        return
+    kept = [item for item in holder[field] if not _about_baseline(item, baseline_labels)]
+    if kept:
+        holder[field] = kept
+    else:
+        del holder[field]
+
+
+def _relax_spreading(pod_spec: Obj, baseline_labels: Mapping[str, str]) -> None:
+    """Drop the pod anti-affinity terms and topology spread constraints that are about the baseline's own
+    pods. They spread a service's replicas; a fork is one pod, and kept, a required "not beside another
+    `app=orders` pod" leaves it Pending wherever the baseline runs on every node, which the report would
+    blame on the change. Node affinity and pod affinity (co-location) are kept: they are about where the
+    service can run at all."""
+    affinity = pod_spec.get("affinity")
+    anti = affinity.get("podAntiAffinity") if isinstance(affinity, dict) else None
+    if isinstance(affinity, dict) and isinstance(anti, dict):
+        _keep(anti, "requiredDuringSchedulingIgnoredDuringExecution", baseline_labels)
+        _keep(anti, "preferredDuringSchedulingIgnoredDuringExecution", baseline_labels)
+        if not anti:
+            del affinity["podAntiAffinity"]
+        if not affinity:
+            del pod_spec["affinity"]
+    _keep(pod_spec, "topologySpreadConstraints", baseline_labels)
+
+
 def _pod_template(baseline: Mapping[str, Any]) -> Obj:
     template = copy.deepcopy((baseline.get("spec") or {}).get("template") or {})
     meta = template.get("metadata") or {}
@@ -338,6 +393,7 @@ def fork_deployment(
     if selects(match_labels, baseline_labels):
         selectors.append(match_labels)
     template["metadata"]["labels"] = _fork_pod_labels(baseline_labels, selectors, key, own)
+    _relax_spreading(pod_spec, baseline_labels)
 
     annotations = dict(template["metadata"].get("annotations") or {})
     for name in _STRIPPED_ANNOTATIONS:
