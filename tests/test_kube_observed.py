@@ -128,6 +128,8 @@ def test_wrong_types_never_crash_and_never_tag() -> None:
 
 def test_inbound_lines_with_an_inbound_cluster_are_kept() -> None:
     assert parse_line(line(upstream_cluster="inbound|8080||")) is not None
+    assert parse_line(line(upstream_cluster="InboundPassthroughClusterIpv4")) is not None
+    assert parse_line(line(upstream_cluster="PassthroughCluster")) is None
 
 
 # ------------------------------------------------------------------------------------------ the tag

@@ -52,7 +52,10 @@ _APP_ACCESS_LINE = re.compile(
 """`"GET /orders?id=1 HTTP/1.1" 200` (uvicorn, gunicorn, nginx/Apache combined, morgan combined/short)
 and `GET /orders 200 3.1 ms` (morgan dev/tiny)."""
 
-_OUTBOUND_CLUSTER = ("outbound|", "PassthroughCluster", "BlackHoleCluster", "InboundPassthrough")
+_OUTBOUND_CLUSTER = ("outbound|", "PassthroughCluster", "BlackHoleCluster")
+"""Istio's upstream clusters of a sidecar's outbound traffic (inbound ones: `inbound|<port>||`,
+`InboundPassthroughCluster…`). A format that logs `upstream_cluster` (or only server-side requests:
+Telemetry `accessLogging.match.mode: SERVER`) keeps callers' lines from counting as served."""
 
 
 def baggage_member(baggage: str | None, member: str) -> str | None:
