@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,examples]'
 	touch $(STAMP)
 
+# The example shop's services run a plain `python` found on PATH, as a team's would: the venv's, here.
+ACTIVATED := PATH="$(abspath $(VENV))/bin:$$PATH"
+
 demo: $(STAMP) postgres bubblewrap
-	$(VENV)/bin/loopgate demo
+	$(ACTIVATED) $(VENV)/bin/loopgate demo
 
 # The example shop keeps payments in PostgreSQL; tests use the real server too.
 postgres:
@@ -57,7 +60,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) -m bench.sandbox_vs_copy
+	$(ACTIVATED) $(PY) -m bench.sandbox_vs_copy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CONTRACTS)/node_modules

@@ -22,6 +22,10 @@ from tests.gitrepo import GitRepo
 ROOT = Path(__file__).resolve().parents[1]
 SHOP = ROOT / "examples" / "shop"
 LOOPGATE = Path(sys.executable).parent / "loopgate"
+# Tests run as in the activated venv: services find `python` (the example shop's `run:` is a plain
+# `python -m uvicorn`) on PATH as a team's find their toolchain, and loopgate no longer puts its own
+# interpreter first (docs/config.md, "Environment").
+os.environ["PATH"] = f"{LOOPGATE.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
 TINY_CONFIG = """\
 version: 1
 services:

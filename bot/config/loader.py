@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from bot.config import environ
 from bot.config.errors import ConfigError
 from bot.config.schema import Config
 
@@ -230,6 +231,8 @@ def read_config(data: bytes | str, source: str = ".loopgate.yml") -> ConfigFile:
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{where} {field}: {_message(error, _dotted(loc))}{extra}") from None
     _require_runtime_sections(loaded)
+    _check_templates(loaded)
+    _check_start_order(loaded)
     return loaded
 
 
@@ -256,16 +259,83 @@ def _require_runtime_sections(loaded: ConfigFile) -> None:
             raise ConfigError(f"{where}: suite {name!r} has no {needs}, which runtime.kind {kind} needs")
 
 
+def _check_templates(loaded: ConfigFile) -> None:
+    """Every `${NAME}` in an `env:` value names something the process will have: a value loopgate
+    gives, one `pass_env` passes, or PATH/HOME/TMPDIR. A typo is found here, with its line, not as a
+    service that starts with an empty variable."""
+    config = loaded.config
+    for name, service in sorted(config.services.items()):
+        if service.local is None:
+            continue
+        given = environ.service_given(config.services, state=service.state is not None)
+        section: tuple[int | str, ...] = ("services", name, "local")
+        _check_section(loaded, section, service.local.env, service.local.pass_env, given)
+    for index, suite in enumerate(config.verify.suites):
+        section = ("verify", "suites", index)
+        _check_section(loaded, section, suite.env, suite.pass_env, environ.suite_given(config.services))
+
+
+def _check_section(
+    loaded: ConfigFile,
+    section: tuple[int | str, ...],
+    env: dict[str, str],
+    patterns: list[str],
+    given: set[str],
+) -> None:
+    for key, value in env.items():
+        for name in environ.template_names(value):
+            if name in given or name in environ.ALWAYS_GIVEN or environ.passable(name, patterns):
+                continue
+            if name.startswith(environ.OWN_PREFIX):
+                known = ", ".join(sorted(given))
+                why = f"loopgate gives no ${{{name}}} here (it gives {known})"
+            else:
+                why = f"${{{name}}} is neither given by loopgate nor passed by `pass_env`"
+            raise ConfigError(f"{loaded.at(*section, 'env', key)}: {why}")
+
+
+def _check_start_order(loaded: ConfigFile) -> None:
+    """`after:` names declared services, not itself, and no cycle: the baseline could never start."""
+    services = loaded.config.services
+    after = {name: s.local.after for name, s in services.items() if s.local is not None}
+    for name, needs in sorted(after.items()):
+        for index, other in enumerate(needs):
+            where = loaded.at("services", name, "local", "after", index)
+            if other not in services:
+                raise ConfigError(f"{where}: no service {other!r}")
+            if other == name:
+                raise ConfigError(f"{where}: a service cannot start after itself")
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "visiting"
+        for other in after.get(name, []):
+            if state.get(other) == "visiting":
+                cycle = " -> ".join([*path[path.index(other) :], other])
+                where = loaded.at("services", name, "local", "after", after[name].index(other))
+                raise ConfigError(f"{where}: start order has a cycle: {cycle}")
+            if other not in state:
+                visit(other, [*path, other])
+        state[name] = "done"
+
+    for name in sorted(after):
+        if name not in state:
+            visit(name, [name])
+
+
 def parse_config(data: bytes | str, source: str = ".loopgate.yml") -> Config:
     """Parse and validate config bytes or text; `source` is the name used in error messages."""
     return read_config(data, source).config
 
 
 def _strip_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Drop the tag a discriminated union adds to locations (`runtime.local.x`): users never wrote it."""
+    """Drop the tag a discriminated union adds to locations (`runtime.local.x`, `health.check`): users
+    never wrote it."""
     out: list[int | str] = []
     for index, part in enumerate(loc):
         if index > 0 and loc[index - 1] == "runtime" and part in ("local", "kubernetes"):
+            continue
+        if index > 0 and loc[index - 1] == "health" and part in ("path", "check"):
             continue
         out.append(part)
     return tuple(out)

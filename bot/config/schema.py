@@ -9,7 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bot.config import environ
 from bot.config.errors import ConfigError
@@ -65,6 +74,16 @@ class HealthCheck(Strict):
         return f"GET {self.path} answers {accepted}"
 
 
+def _health_kind(value: Any) -> str:
+    return "path" if isinstance(value, str) else "check"
+
+
+Health = Annotated[
+    Annotated[str, Tag("path")] | Annotated[HealthCheck, Tag("check")], Discriminator(_health_kind)
+]
+"""A path string (the short form) or a HealthCheck; the tag keeps errors to the form that was written."""
+
+
 def _check_env(env: dict[str, str], *, port: bool) -> dict[str, str]:
     for name, value in env.items():
         if not environ.NAME.fullmatch(name):
@@ -73,7 +92,10 @@ def _check_env(env: dict[str, str], *, port: bool) -> dict[str, str]:
             raise ValueError(f"{name}: loopgate sets LOOPGATE_* itself; name your variable differently")
         if name in environ.OWN:
             raise ValueError(f"{name}: loopgate gives every job a {name} of its own")
-        environ.template_names(value)
+        try:
+            environ.template_names(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
         if not port and "{port}" in value:
             raise ValueError(f"{name}: a suite listens on no port, so {{port}} means nothing here")
     return env
@@ -104,11 +126,16 @@ PASS_ENV_DESCRIPTION = (
 class LocalService(Strict):
     """How the local runtime builds and starts one service."""
 
+    # Before `run`, which may leave `{port}` to one of them (validators see earlier fields only).
+    env: dict[str, str] = Field(
+        default_factory=dict, description=ENV_DESCRIPTION + " `{port}` is the port it listens on."
+    )
+    pass_env: list[str] = Field(default_factory=list, description=PASS_ENV_DESCRIPTION)
     run: str = Field(
         description="Command started with `sh -c`; `{port}` is replaced by the port to listen on."
     )
     build: str | None = Field(default=None, description="Command run once in the service's cwd before start.")
-    health: str | HealthCheck = Field(
+    health: Health = Field(
         default="/healthz",
         description="When the service is ready: an HTTP path answering 2xx, `{tcp: true}`, or"
         " `{path, status}`.",
@@ -119,20 +146,20 @@ class LocalService(Strict):
     )
     ready_timeout: Seconds = Field(default=30, description="Seconds to wait for the health check to pass.")
     build_timeout: Seconds = Field(default=600, description="Seconds the build may take.")
-    env: dict[str, str] = Field(
-        default_factory=dict, description=ENV_DESCRIPTION + " `{port}` is the port it listens on."
-    )
-    pass_env: list[str] = Field(default_factory=list, description=PASS_ENV_DESCRIPTION)
     after: list[str] = Field(
         default_factory=list,
         description="Services that must be healthy before this one starts in the baseline.",
     )
 
-    @model_validator(mode="after")
-    def _run_takes_port(self) -> LocalService:
-        if "{port}" not in self.run and not any("{port}" in value for value in self.env.values()):
-            raise ValueError("run (or an env value) must contain {port}: the runtime chooses the port")
-        return self
+    @field_validator("run")
+    @classmethod
+    def _run_takes_port(cls, value: str, info: ValidationInfo) -> str:
+        env = info.data.get("env") or {}
+        if "{port}" not in value and not any("{port}" in v for v in env.values()):
+            raise ValueError(
+                'must contain {port}: the runtime chooses the port (or an env value must, `PORT: "{port}"`)'
+            )
+        return value
 
     @field_validator("env")
     @classmethod

@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from bot.config import InfrastructureError, LoopgateError, Service
+from bot.runtimes.local.allowlist import with_port
 from bot.runtimes.local.ports import free_port
 from bot.runtimes.local.processes import ProcessRef, stop_group, tail, wait_healthy
 
@@ -56,27 +58,53 @@ def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callabl
 
 def _start_on_free_port(
     spec: Service,
-    launch: Callable[[str], subprocess.Popen[bytes]],
+    launch: Callable[..., subprocess.Popen[bytes]],
     log: Path,
     port: int,
     started: Callable[[subprocess.Popen[bytes], int], None],
+    env: Mapping[str, str] | None = None,
 ) -> str | None:
     """Start the service on `port` and wait until healthy; None when it is, else why not.
 
     A port chosen free can be bound by someone else before the service binds it: a start that ends
     with "address in use" in its log is retried on a fresh port, and after `PORT_ATTEMPTS` of them it
     is an infrastructure error, never the change's fault. `started` records each process as it runs.
+    With `env`, each attempt starts with it, `{port}` in the service's `env:` values replaced.
     """
     local = spec.local_spec
+    ported = [name for name, value in local.env.items() if "{port}" in value]
     for _ in range(PORT_ATTEMPTS):
         offset = log.stat().st_size if log.exists() else 0
-        process = launch(local.run.replace("{port}", str(port)))
+        command = local.run.replace("{port}", str(port))
+        options = {} if env is None else {"env": with_port(env, ported, port)}
+        process = launch(command, **options)
         started(process, port)
-        why = wait_healthy(process, f"http://127.0.0.1:{port}{local.health}", local.ready_timeout)
+        why = wait_healthy(process, port, local.health_check, local.ready_timeout)
         if why is None or process.poll() is None or not _address_in_use(log, offset):
             return why
         port = free_port()
     raise InfrastructureError(f"{local.run.split()[0]}: every port tried was already in use")
+
+
+def _in_order(
+    jobs: dict[str, Callable[[], str | None]], after: Mapping[str, Sequence[str]]
+) -> dict[str, str | None]:
+    """Run `jobs` in parallel, each once those it is `after` succeeded (None); one whose prerequisite
+    failed does not run. The loader refused cycles and unknown names, so every wait ends."""
+    futures: dict[str, Future[str | None]] = {}
+    ready = threading.Event()  # every future exists before any job looks one up
+
+    def run(name: str) -> str | None:
+        ready.wait()
+        for other in after.get(name, ()):
+            if other in jobs and futures[other].result() is not None:
+                return f"not started: {other}, which it starts after, did not start"
+        return jobs[name]()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures.update({name: pool.submit(run, name) for name in jobs})
+        ready.set()
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _address_in_use(log: Path, offset: int) -> bool:
@@ -109,9 +137,3 @@ def _run_build(
 def _last_line(log: Path) -> str:
     lines = [line for line in tail(log, lines=20).splitlines() if line.strip()]
     return lines[-1].strip()[:300] if lines else "(no output)"
-
-
-def _parallel(jobs: dict[str, Callable[[], str | None]]) -> dict[str, str | None]:
-    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import httpx
 import psutil
 from pydantic import BaseModel
 
+from bot.config.schema import HealthCheck
 from bot.runtimes.local.confine import Confinement
 
 _LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopgate-launcher")
@@ -219,24 +221,62 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:
-    """Poll `url` until it answers 2xx; return None when healthy, else why not."""
+def wait_healthy(
+    process: subprocess.Popen[bytes], port: int, check: HealthCheck, timeout: float
+) -> str | None:
+    """Poll the service on `port` until `check` passes; return None when healthy, else why not."""
     deadline = time.monotonic() + timeout
     last = "no answer"
+    url = f"http://127.0.0.1:{port}{check.path}"
+    accepted = check.statuses
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             code = process.poll()
             if code is not None:
                 return f"exited with code {code} before becoming healthy"
-            try:
-                response = client.get(url)
-                if 200 <= response.status_code < 300:
+            if check.tcp:
+                problem = _tcp_problem(process, port)
+                if problem is None:
                     return None
-                last = f"health check answered {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = f"health check failed: {type(exc).__name__}"
+                last = problem
+            else:
+                try:
+                    status = client.get(url).status_code
+                    if (200 <= status < 300) if accepted is None else status in accepted:
+                        return None
+                    last = f"health check answered {status}"
+                except httpx.HTTPError as exc:
+                    last = f"health check failed: {type(exc).__name__}"
             time.sleep(0.05)
     return f"not healthy after {timeout:g}s ({last})"
+
+
+def _tcp_problem(process: subprocess.Popen[bytes], port: int) -> str | None:
+    """None once the port accepts a connection *and* the listener is the service's own: a port taken
+    by someone else between choosing and binding it must not pass for the service being ready."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            pass
+    except OSError as exc:
+        return f"port {port} refused a connection: {exc.strerror or type(exc).__name__}"
+    if _listens(process.pid, port) is False:
+        return f"port {port} accepts connections, but another process listens on it"
+    return None
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """Whether `pid` or a descendant listens on `port`; None when that cannot be seen here."""
+    try:
+        root = psutil.Process(pid)
+        for member in [root, *root.children(recursive=True)]:
+            for conn in member.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return True
+    except psutil.AccessDenied:
+        return None
+    except psutil.Error:
+        return False
+    return False
 
 
 def tail(path: Path, *, lines: int = 60, limit: int = 8_000) -> str:

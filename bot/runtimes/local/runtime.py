@@ -18,8 +18,8 @@ from bot.runtimes.local.collect import Collector
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.helpers import (
     PORT_ATTEMPTS,
+    _in_order,
     _last_line,
-    _parallel,
     _run_build,
     _start_on_free_port,
     infrastructure,
@@ -125,12 +125,13 @@ class LocalRuntime(Suites, Collector):
     def _start_baseline_services(
         self, record: EnvRecord, config: Config, ports: dict[str, int]
     ) -> dict[str, str]:
-        """Every baseline service, in parallel; returns why those that failed did. A service that had
-        to move to another port gets its route updated."""
+        """Every baseline service, in parallel but each after those its `after:` names are healthy;
+        returns why those that failed did. A service that had to move to another port gets its route
+        updated."""
         names = sorted(config.services)
-        results = _parallel(
-            {name: partial(self._start_baseline_service, record, config, name, ports[name]) for name in names}
-        )
+        after = {name: config.services[name].local_spec.after for name in names}
+        start = partial(self._start_baseline_service, record, config)
+        results = _in_order({name: partial(start, name, ports[name]) for name in names}, after)
         self.registry.save_env(record)
         failed = {name: why for name, why in results.items() if why is not None}
         moved = any(p.port != ports[name] for name, p in record.services.items())
@@ -145,7 +146,7 @@ class LocalRuntime(Suites, Collector):
         log = env_dir / "logs" / f"{name}.log"
         state, home = env_dir / "state" / name, env_dir / "home" / name
         extra = self._service_env(record, name, spec, state)
-        env = child_env(home, extra)
+        env = child_env(home, extra, spec.local_spec)
         self.confinement.give(home, state)
         journal = self.registry.env_journal(record.env_id)
         launch = partial(
@@ -178,7 +179,7 @@ class LocalRuntime(Suites, Collector):
                 service=name, port=at, process=ProcessRef.of(process.pid), log=str(log)
             )
 
-        why = _start_on_free_port(spec, launch, log, port, started)
+        why = _start_on_free_port(spec, launch, log, port, started, env)
         return f"{why}: {_last_line(log)}" if why else None
 
 

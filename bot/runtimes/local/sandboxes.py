@@ -104,7 +104,7 @@ class Sandboxes(Baselines):
         state_dir = sandbox_dir / "state" / service
         extra = self._service_env(env_record, service, spec, state_dir)
         home = sandbox_dir / "home" / service
-        env = child_env(home, extra)
+        env = child_env(home, extra, spec.local_spec)
         self.confinement.give(home, state_dir)
         return self.source_dir(sandbox) / spec.local_spec.cwd, env
 
@@ -175,7 +175,7 @@ class Sandboxes(Baselines):
                 self.registry.save_sandbox(record)
             pause.point("fork-spawned")
 
-        why = _start_on_free_port(spec, launch, log, free_port(), record_fork)
+        why = _start_on_free_port(spec, launch, log, free_port(), record_fork, env)
         ready_ms = int((time.monotonic() - started) * 1000)
         if why:
             return ForkOutcome(service, "start_failed", ready_ms=ready_ms, log_tail=tail(log), detail=why)
@@ -286,7 +286,7 @@ class Sandboxes(Baselines):
                 record.jobs.append(ref)
                 self.registry.save_sandbox(record)
 
-        why = _start_on_free_port(spec, launch, log, free_port(), record_start)
+        why = _start_on_free_port(spec, launch, log, free_port(), record_start, env)
         ready_ms = int((time.monotonic() - started) * 1000)
         refs = [attempt.process for attempt in attempts]
         stale = refs if why else refs[:-1]

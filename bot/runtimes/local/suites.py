@@ -10,7 +10,7 @@ import httpx
 
 from bot.runtimes.local import pause
 from bot.runtimes.local.accesslog import read_access_log
-from bot.runtimes.local.allowlist import child_env, env_var_name
+from bot.runtimes.local.allowlist import child_env, env_var_name, suite_section
 from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.local.helpers import _wait, infrastructure
 from bot.runtimes.local.processes import ProcessRef, stop_group, tail
@@ -68,7 +68,7 @@ class Suites(Sandboxes):
             **suite.extra_env,
         }
         home = sandbox_dir / "home" / f"suite-{slug}"
-        env = child_env(home, extra)
+        env = child_env(home, extra, suite_section(sandbox.config, suite.name))
         self.confinement.give(home, junit.parent)
         started = time.monotonic()
         process = self._spawn(
