@@ -62,6 +62,8 @@ SCRIPTS = {
     "kaniko.sh": 'echo "INFO[0000] Retrieving image manifest python:3.11-slim"\n'
     'echo "INFO[0001] Executing 0 build triggers"\n'
     'case "$*" in *--destination=*good*) echo "INFO[0002] Pushed $*"; exit 0;; esac\n'
+    'case "$*" in *--destination=*locked*) echo "error checking push permissions -- make sure you'
+    ' entered the correct tag name: UNAUTHORIZED: authentication required"; exit 1;; esac\n'
     'echo "INFO[0002] Running: [/bin/sh -c pip install -r requirements.txt]"\n'
     "echo 'ERROR: No matching distribution found for flask==99'\n"
     'echo "error building image: error building stage: failed to execute command: exit status 1"\n'
@@ -446,6 +448,15 @@ def test_a_kaniko_build_that_fails_says_why(cluster: FakeCluster, api: kubernete
         "build failed: error building image: error building stage: failed to execute command: exit status 1"
     )
     assert outcome.log_tail is not None and "No matching distribution" in outcome.log_tail
+    assert job_gone(cluster, objects.build_job_name(KEY, "orders"))
+
+
+def test_a_registry_that_refuses_the_push_is_an_infrastructure_error(
+    cluster: FakeCluster, api: kubernetes.client.ApiClient
+) -> None:
+    destination = "registry.example/locked:deadbeef"
+    with pytest.raises(InfrastructureError, match=r"built but not pushed.*UNAUTHORIZED"):
+        run_build(api, build_job(destination), service="orders", destination=destination, timeout_s=60)
     assert job_gone(cluster, objects.build_job_name(KEY, "orders"))
 
 

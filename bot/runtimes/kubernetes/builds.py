@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import kubernetes.client
 
+from bot.config import InfrastructureError
 from bot.runtimes.kubernetes.jobs import Obj, one_line, run_job, tail
 from bot.runtimes.protocol import BuildOutcome
 
@@ -14,6 +15,8 @@ _KANIKO_ERROR = re.compile(
     r"^\s*(?:ERRO|FATA)\[|^\s*(?:error|fatal)\b|level=(?:error|fatal)\b", re.IGNORECASE
 )
 _ANY_ERROR = re.compile(r"\b(?:error|failed|fatal)\b", re.IGNORECASE)
+_PUSH_REFUSED = re.compile(r"error checking push permissions|failed to push to destination", re.IGNORECASE)
+"""Kaniko could build but not push: the registry or its Secret is wrong, not the change."""
 
 
 def run_build(
@@ -26,9 +29,19 @@ def run_build(
     should_stop: Callable[[], bool] | None = None,
 ) -> BuildOutcome:
     """Run the Kaniko Job `job` that pushes `destination`; ok when it exits 0 within `timeout_s`.
-    InfrastructureError (from run_job) when the cluster refuses or loses the Job."""
+    InfrastructureError when the cluster refuses or loses the Job, Kaniko's container cannot start
+    (run_job), or the registry refuses the push: none of these is the change's fault."""
     outcome = run_job(api, job, timeout_s=timeout_s, should_stop=should_stop, nonce=None)
     ok = outcome.exit_code == 0 and not outcome.timed_out
+    refused = (
+        None
+        if ok
+        else next((line for line in reversed(outcome.log.splitlines()) if _PUSH_REFUSED.search(line)), None)
+    )
+    if refused is not None:
+        raise InfrastructureError(
+            f"the image of {service} was built but not pushed to {destination}: {one_line(refused, 500)}"
+        )
     detail = None
     if not ok:
         if outcome.timed_out:
