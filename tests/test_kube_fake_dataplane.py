@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,7 +97,8 @@ def images(tmp_path: Path) -> dict[str, ImageSpec]:
 
 @pytest.fixture(autouse=True)
 def no_process_left(tmp_path: Path) -> Iterator[None]:
-    """Nothing the cluster started outlives it: no child process runs anything from this test's dir."""
+    """Nothing the cluster started outlives it: no child process runs anything from this test's dir, and
+    no kubelet or mesh thread is left."""
     yield
     deadline = time.monotonic() + 3
     while True:
@@ -111,6 +113,8 @@ def no_process_left(tmp_path: Path) -> Iterator[None]:
             break
         time.sleep(0.1)
     assert not left, f"processes left running: {left}"
+    threads = [t.name for t in threading.enumerate() if t.name.startswith(("fake-kubelet", "fake-mesh"))]
+    assert not threads, f"threads left running: {threads}"
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -496,6 +500,13 @@ def test_jobs_complete_fail_and_hit_their_deadline(images: dict[str, ImageSpec])
         assert retried["reason"] == "BackoffLimitExceeded"
         assert store.get("Job", NS, "retries")["status"]["failed"] == 2
         assert len(store.list("Pod", NS, label_selector="job-name=retries")) == 2
+
+        job_events = {(e["involvedObject"]["name"], e["reason"]) for e in store.list("Event", NS)}
+        assert {
+            ("passes", "SuccessfulCreate"),
+            ("passes", "Completed"),
+            ("fails", "BackoffLimitExceeded"),
+        } <= job_events
 
         hung = wait_for("hangs to hit its deadline", lambda: finished("hangs"), timeout=5)
         assert (hung["type"], hung["reason"]) == ("Failed", "DeadlineExceeded")

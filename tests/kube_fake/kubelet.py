@@ -1058,6 +1058,10 @@ class JobController:
             if outcome[0] == "Complete":
                 status["completionTime"] = stamp
             _set_status(self._store, job, self._shape(status))
+            if outcome[0] == "Complete":
+                self._event(job, "Completed", "Job completed", "Normal")
+            else:
+                self._event(job, outcome[1], outcome[2], "Warning")
             self._queue.add(key)
             return
         if not active:
@@ -1074,13 +1078,21 @@ class JobController:
                     "job-name": name,
                 }
                 labels = {k: v for k, v in wanted.items() if k not in template_labels}
-                active.append(_create_pod(self._store, job, spec["template"], labels))
+                pod = _create_pod(self._store, job, spec["template"], labels)
+                active.append(pod)
+                self._event(job, "SuccessfulCreate", f"Created pod: {pod['metadata']['name']}", "Normal")
         status.update(
             active=len(active), ready=sum(pod_is_ready(p) for p in active), succeeded=succeeded, failed=failed
         )
         _set_status(self._store, job, self._shape(status))
         if deadline is not None:
             self._queue.add_after(key, float(deadline) - elapsed + 0.05)
+
+    def _event(self, job: Obj, reason: str, message: str, type_: str) -> None:
+        with contextlib.suppress(Exception):
+            self._store.add_event(
+                job["metadata"]["namespace"], job, reason, message, type_, component="job-controller"
+            )
 
     def _retry_delay(self, uid: str, failed: int) -> float:
         """Seconds to wait before the next attempt: exponential back-off after each failure (short here)."""

@@ -345,6 +345,15 @@ def apply_header_ops(headers: Headers, ops: Headers) -> Headers:
 # ------------------------------------------------------------------------------------- endpoints
 
 
+def _container_names(pod: Obj) -> list[str]:
+    """Every container a pod declares, native sidecars (init containers) included: Istio's native
+    sidecar mode puts `istio-proxy` among the init containers."""
+    spec = pod.get("spec") or {}
+    return [
+        str(c.get("name")) for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    ]
+
+
 def _service_port(service: Obj, wanted: int | None) -> Obj | None:
     ports = (service.get("spec") or {}).get("ports") or []
     if wanted is not None:
@@ -732,7 +741,7 @@ class Mesh:
         headers: Headers,
     ) -> None:
         """Write the serving pod's sidecar access-log line, if the pod has that sidecar."""
-        names = [c.get("name") for c in pod["spec"].get("containers") or []]
+        names = _container_names(pod)
         if self.access_log_container not in names:
             return
         line = access_log_line(started, method, path, status, duration_ms, headers)
@@ -770,7 +779,7 @@ class Mesh:
             with self._lock:
                 self._close_later(self._sidecars.pop(uid, None))
             return
-        names = [c.get("name") for c in pod["spec"].get("containers") or []]
+        names = _container_names(pod)
         annotations = pod["metadata"].get("annotations") or {}
         if self.access_log_container not in names or APP_PORTS_ANNOTATION in annotations:
             return
