@@ -24,7 +24,14 @@ import pytest
 from tests.kube_fake import FakeCluster
 from tests.kube_fake.images import ImageSpec
 from tests.kube_fake.kubelet import PORTS_ANNOTATION
-from tests.kube_fake.mesh import APP_PORTS_ANNOTATION, Mesh
+from tests.kube_fake.mesh import (
+    APP_PORTS_ANNOTATION,
+    Mesh,
+    Request,
+    apply_header_ops,
+    route_gateway_api,
+    route_istio,
+)
 from tests.kube_fake.store import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -613,3 +620,75 @@ def test_readiness_is_probed_while_the_pod_runs(images: dict[str, ImageSpec]) ->
         wait_for("web unavailable", lambda: not available(store, "web"), timeout=5)
         answer = httpx.get(f"http://127.0.0.1:{port}/api", timeout=5)
         assert (answer.status_code, answer.text) == (503, "no healthy upstream")
+
+
+def _request(path: str = "/", **headers: str) -> Request:
+    return Request.of("GET", path, [(k.replace("_", "-"), v) for k, v in headers.items()], 80)
+
+
+def _http_route(name: str, created: str, matches: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": NS, "creationTimestamp": created},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"matches": matches, "backendRefs": [{"name": backend, "port": 80}]}],
+        },
+    }
+
+
+def test_gateway_api_precedence_between_routes() -> None:
+    """More header matches win over fewer; between equals the oldest route wins; a longer path prefix
+    wins over header matches; element-wise prefixes (`/api` does not match `/apix`)."""
+    tagged = {"headers": [{"name": "x-loopgate-sandbox", "value": KEY}]}
+    both = {
+        "headers": [tagged["headers"][0], {"name": "x-user", "type": "RegularExpression", "value": "a.*"}]
+    }
+    routes = [
+        _http_route("one-header-old", "2026-01-01T00:00:00Z", [tagged], "old"),
+        _http_route("one-header-new", "2026-02-01T00:00:00Z", [tagged], "new"),
+        _http_route("two-headers", "2026-03-01T00:00:00Z", [both], "two"),
+        _http_route(
+            "api", "2026-04-01T00:00:00Z", [{"path": {"type": "PathPrefix", "value": "/api"}}], "api"
+        ),
+    ]
+
+    def chosen(req: Request) -> str | None:
+        decision = route_gateway_api(routes, NS, "web", 80, req)
+        return decision.service if decision else None
+
+    assert chosen(_request("/", x_loopgate_sandbox=KEY)) == "old"
+    assert chosen(_request("/", x_loopgate_sandbox=KEY, x_user="ann")) == "two"
+    assert chosen(_request("/api/items", x_loopgate_sandbox=KEY)) == "api"
+    assert chosen(_request("/apix", x_loopgate_sandbox=f"{KEY}4")) is None
+    assert chosen(_request("/", x_loopgate_sandbox=KEY.upper())) is None
+
+
+def test_istio_match_semantics_and_header_edits() -> None:
+    vs = {
+        "metadata": {"name": "web", "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "hosts": [f"web.{NS}.svc.cluster.local"],
+            "http": [
+                {
+                    "match": [{"uri": {"prefix": "/admin"}, "headers": {"x-role": {"exact": "ops"}}}],
+                    "route": [{"destination": {"host": "admin"}}],
+                },
+                {
+                    "match": [{"headers": {"baggage": {"regex": BAGGAGE_REGEX}}}],
+                    "headers": {"request": {"add": {"baggage": "hop=1"}, "set": {"x-fork": "yes"}}},
+                    "route": [{"destination": {"host": f"web-lg-{KEY}.{NS}", "port": {"number": 8080}}}],
+                },
+            ],
+        },
+    }
+    other_mesh = {**vs, "spec": {**vs["spec"], "gateways": ["shop-gateway"]}}  # binds to a gateway only
+    assert route_istio([other_mesh], NS, "web", _request("/admin", x_role="ops")) is None
+    admin = route_istio([vs], NS, "web", _request("/admin/users", x_role="ops"))
+    assert admin is not None and (admin.namespace, admin.service) == (NS, "admin")
+    assert route_istio([vs], NS, "web", _request("/admin", x_role="dev")) is None  # every condition must hold
+    fork = route_istio([vs], NS, "web", _request("/", baggage=f"loopgate-sandbox={KEY};p=1,k=v"))
+    assert fork is not None and (fork.service, fork.port) == (f"web-lg-{KEY}", 8080)
+    edited = apply_header_ops([("Baggage", f"loopgate-sandbox={KEY}"), ("x-fork", "no")], fork.headers)
+    assert edited == [("Baggage", f"loopgate-sandbox={KEY}"), ("x-fork", "yes"), ("baggage", "hop=1")]
+    # Two baggage lines are one list to the next matcher and to the access log.
+    assert Request.of("GET", "/", edited, 80).headers["baggage"] == f"loopgate-sandbox={KEY},hop=1"
