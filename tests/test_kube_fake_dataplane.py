@@ -664,7 +664,7 @@ def test_gateway_api_precedence_between_routes() -> None:
 
 
 def test_istio_match_semantics_and_header_edits() -> None:
-    vs = {
+    vs: dict[str, Any] = {
         "metadata": {"name": "web", "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {
             "hosts": [f"web.{NS}.svc.cluster.local"],
