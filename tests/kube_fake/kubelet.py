@@ -9,7 +9,14 @@ Job controllers) and a kubelet do, and reports it in the same fields, reasons an
   removed once the new are ready, so a fork that never starts leaves the old pods serving);
 - `Job` → a Pod per attempt, `backoffLimit`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished`;
 - `Pod` → its first container runs as a local process group (others, such as `istio-proxy`, are only
-  log sinks), readiness probed over loopback, restarts with back-off, logs into the Store.
+  log sinks): image from `ImageSpec`, env (with `$(VAR)` expansion and cluster DNS), volumes as
+  per-pod directories (`PodVolumes`), readiness probed over loopback for as long as it runs, restarts
+  with back-off, stdout+stderr into the Store's log.
+
+Where it knowingly differs from a cluster: init containers are not run and non-first containers never
+run (they report Running); a Job's pod completes with its first container even if a sidecar is
+declared; one loopback port is bound per pod (the first containerPort); Deployments own their pods
+directly (no ReplicaSets; `pod-template-hash` still tells template versions apart).
 
 Everything is level-triggered: a Store event only queues the object's key, and one worker thread
 reconciles from what the Store holds now (plus a periodic resync), so missed or repeated events are
