@@ -141,7 +141,10 @@ def test_render_with_routing_none_and_one_service(tmp_path: Path) -> None:
         "Service": ["orders-lg-abc123"],
         "Job": ["lg-abc123-e2e"],
     }
-    assert "Istio" not in out
+    assert "Istio" not in out and "Routing none" in out
+    code, out, err = render("--config", str(config), "--sandbox", "abc123", "--service", "orders")
+    assert code == 0, err  # the config's own runtime.kind is kubernetes
+    assert by_kind(documents(out))["VirtualService"] == ["orders-loopgate"]
 
 
 def test_render_in_a_sandbox_namespace_with_an_in_cluster_build(tmp_path: Path) -> None:

@@ -286,6 +286,10 @@ def header(*, key: str, routing: str, services: Sequence[str], head_sha: str, ba
             "Istio: where the service already has a VirtualService the runtime adds its loopgate-<key> route",
             "to it; the loopgate-owned VirtualService shown here is what it creates where none exists.",
         ]
+    if routing == "none":
+        lines.append(
+            "Routing none: no routes; the mesh must send tagged requests to the fork Services itself."
+        )
     lines += [
         "Suite Jobs carry a random nonce per run. Check against your cluster:",
         "  loopgate render ... | kubectl apply --dry-run=server -f -",
