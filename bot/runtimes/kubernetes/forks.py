@@ -101,9 +101,7 @@ def start_fork(
         return fork, ForkOutcome(service, "ready", url=fork.url, ready_ms=ready_ms)
     why, log_tail = diagnose(kube, namespace, last or deployment, spec.container)
     detail = f"never became Available within {timeout_s:g}s: {why}"
-    return fork, ForkOutcome(
-        service, "start_failed", url=fork.url, ready_ms=ready_ms, log_tail=log_tail, detail=detail
-    )
+    return fork, ForkOutcome(service, "start_failed", ready_ms=ready_ms, log_tail=log_tail, detail=detail)
 
 
 def _create(kube: Kube, obj: Obj) -> None:

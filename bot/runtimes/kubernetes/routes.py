@@ -90,6 +90,17 @@ def pick_virtual_service(items: Iterable[Obj], host: str) -> Obj | None:
 # -- istio ------------------------------------------------------------------------------------------
 
 
+def virtual_services(kube: Kube, namespace: str) -> list[Obj]:
+    """Every VirtualService of `namespace` (one list call); InfrastructureError when the cluster does not
+    serve the kind (Istio missing, or older than 1.22, which serves `networking.istio.io/v1`)."""
+    try:
+        return kube.list(VIRTUAL_SERVICE, namespace).items
+    except NotFound as exc:
+        raise InfrastructureError(
+            f"{exc} (runtime.kubernetes.routing is istio: is Istio, 1.22 or later, installed?)"
+        ) from None
+
+
 def add_istio_route(
     kube: Kube,
     *,
@@ -104,7 +115,7 @@ def add_istio_route(
     service has none), retrying on conflicts."""
     entry = objects.istio_route(key=key, routing=routing, fork_host=fork.host, port=spec.port)
     for attempt in range(ATTEMPTS):
-        vs = pick_virtual_service(kube.list(VIRTUAL_SERVICE, spec.namespace).items, baseline_host)
+        vs = pick_virtual_service(virtual_services(kube, spec.namespace), baseline_host)
         try:
             if vs is None:
                 made = objects.owned_virtual_service(service=service, spec=spec, baseline_host=baseline_host)
@@ -129,7 +140,7 @@ def remove_istio_routes(
     """Take the routes `loopgate-<key>` of `keys` out of every VirtualService of `namespace` that holds
     one (the list given, or one list call); returns `<ns>/<vs>: loopgate-<key>` per route removed."""
     removed: list[str] = []
-    listed = items if items is not None else kube.list(VIRTUAL_SERVICE, namespace).items
+    listed = items if items is not None else virtual_services(kube, namespace)
     for vs in listed:
         if keys & set(objects.route_keys(vs)):
             removed.extend(_remove_from(kube, vs, keys))
@@ -209,6 +220,11 @@ def add_http_route(
                 raise InfrastructureError(str(exc)) from None
     try:
         kube.create(route)
+    except NotFound as exc:
+        raise InfrastructureError(
+            f"{exc} (runtime.kubernetes.routing is gateway-api: are the Gateway API CRDs, v1.0 or later,"
+            " installed?)"
+        ) from None
     except Conflict as exc:
         if not exc.exists:
             raise InfrastructureError(str(exc)) from None
