@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes.client
@@ -606,3 +607,20 @@ def test_headers_the_api_server_would_consume_are_refused() -> None:
         for header in ("Authorization", "Impersonate-User"):
             with pytest.raises(ProbeError, match="consumes"):
                 send(client, ProbeRequest("web", "GET", "/", headers={header: "x"}))
+
+
+def test_a_server_that_ends_watches_at_once_is_not_polled_in_a_tight_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[float] = []
+
+    class Instant:
+        def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            opened.append(time.monotonic())
+            yield from ()
+
+    monkeypatch.setattr(jobs.kubernetes.watch, "Watch", Instant)
+    batch = SimpleNamespace(list_namespaced_job=lambda *args, **kwargs: None)
+    watched = jobs._Watched(batch, NS, "lg-abc123-e2e", "5")
+    assert watched.until_finished(time.monotonic() + 3, None) == ("deadline", None)
+    assert 2 <= len(opened) <= 5

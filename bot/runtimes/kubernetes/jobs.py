@@ -438,6 +438,7 @@ class _Watched:
                     yield "LISTED", (items[0] if items else None)
                     continue
                 window = max(1, min(WATCH_WINDOW_S, math.ceil(remaining)))
+                opened, events = time.monotonic(), 0
                 stream = kubernetes.watch.Watch().stream(
                     self.batch.list_namespaced_job,
                     self.namespace,
@@ -447,25 +448,32 @@ class _Watched:
                     allow_watch_bookmarks=True,
                     _request_timeout=(API_TIMEOUT_S, window + 15),
                 )
-                for event in stream:
-                    errors = 0
-                    # `raw_object`: the JSON as sent (the client's model of it is not used). Not
-                    # `deserialize=False`: on that path the client fails on an ERROR event (410).
-                    if not isinstance(event, dict) or not isinstance(event.get("raw_object"), dict):
-                        continue
-                    type_, obj = str(event.get("type")), cast(Obj, event["raw_object"])
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if rv:
-                        self.rv = str(rv)
-                    if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                        yield type_, obj
-                    if should_stop is not None and should_stop():
-                        break
+                try:
+                    for event in stream:
+                        events += 1
+                        # `raw_object`: the JSON as sent (the client's model of it is not used). Not
+                        # `deserialize=False`: on that path the client fails on an ERROR event (410).
+                        if not isinstance(event, dict) or not isinstance(event.get("raw_object"), dict):
+                            continue
+                        type_, obj = str(event.get("type")), cast(Obj, event["raw_object"])
+                        rv = (obj.get("metadata") or {}).get("resourceVersion")
+                        if rv:
+                            self.rv = str(rv)
+                        if type_ in ("ADDED", "MODIFIED", "DELETED"):
+                            yield type_, obj
+                        if should_stop is not None and should_stop():
+                            break
+                finally:
+                    stream.close()  # the watch's connection, also when the caller stops listening
+                errors = 0
+                if not events and time.monotonic() - opened < window / 2:
+                    # A server that ends watches at once must not turn this into a tight poll.
+                    self._pause.wait(min(window / 2, max(0.0, deadline - time.monotonic())))
             except ApiException as exc:
-                if exc.status == 410:  # the resourceVersion expired: list afresh, watch from there
-                    relist = True
-                    continue
                 errors += 1
+                if exc.status == 410 and errors < _MAX_WATCH_ERRORS:
+                    relist = True  # the resourceVersion expired: list afresh, watch from there
+                    continue
                 if exc.status in (401, 403, 404) or errors >= _MAX_WATCH_ERRORS:
                     raise InfrastructureError(
                         f"cannot watch Job {self.namespace}/{self.name}: {api_message(exc)}"
