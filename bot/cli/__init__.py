@@ -6,7 +6,7 @@ import sys
 
 # Importing a command module registers its commands on `app`, in the order `loopgate --help` lists them.
 # isort: off
-from bot.cli import verify, zoo, serve, env, sandbox, render, mcp  # noqa: F401
+from bot.cli import verify, zoo, serve, env, sandbox, render, mcp, config, init  # noqa: F401
 
 # isort: on
 from bot.cli.output import EXAMPLES, StageProgress, console, errors
