@@ -2,7 +2,7 @@
 
 The runtime and `loopgate render` share these builders, so what a user dry-runs against their cluster is
 exactly what the runtime would send, and tests validate the objects without a cluster. Names, labels and
-the routing contract follow /work/k8s-spec.md and DESIGN "Routing".
+the routing contract are those of docs/kubernetes.md and DESIGN "Routing".
 
 Routes are edited as data too: `with_route` / `without_route` touch only routes named `loopgate-<key>`, so
 removing every loopgate route gives back the VirtualService's `spec` exactly as it was.
