@@ -73,6 +73,9 @@ def images(tmp_path: Path) -> dict[str, ImageSpec]:
             argv=[python, "-c", "import sys; sys.stderr.write('boom: no config\\n'); sys.exit(3)"],
             cwd=tmp_path,
         ),
+        "oom:head": ImageSpec(
+            argv=[python, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], cwd=tmp_path
+        ),
         "suite:base": ImageSpec(argv=[python], cwd=tmp_path),
         SIDECAR: ImageSpec(argv=["sleep", "infinity"], cwd=tmp_path),
     }
@@ -330,7 +333,13 @@ def test_fork_route_and_teardown_with_istio(shop: FakeCluster, tmp_path: Path) -
     assert {(r.routing_key, r.target) for r in seen} == {(key, key), (None, None)}
     assert all(r.status == 200 for r in seen)
 
-    runtime.teardown(sandbox)
+    # Another process (a restarted App, `loopgate sandbox delete`) finds the forks by their labels.
+    other = runtime_for(shop, tmp_path)
+    other.up_baseline(Source(tmp_path, "base"), cfg)
+    adopted = other.probe(sandbox, request, tagged=True)
+    assert b'"version": "2"' in adopted.body
+
+    other.teardown(sandbox)
     after = shop.store.get("VirtualService", NS, "web")
     assert comparable(after) == comparable(original)
     wait_for(
@@ -397,10 +406,20 @@ def test_crash_looping_fork_names_the_crash_and_carries_its_log(shop: FakeCluste
     runtime.build(sandbox, "web", cfg.services["web"])
     outcome = runtime.fork(sandbox, "web", cfg.services["web"])
     assert outcome.status == "start_failed"
-    assert (outcome.detail is not None and "CrashLoopBackOff" in outcome.detail) or "exit 3" in str(
-        outcome.detail
-    )
+    assert outcome.detail is not None and "last terminated: Error (exit 3)" in outcome.detail
+    assert "CrashLoopBackOff" in outcome.detail or "Back-off restarting failed container" in outcome.detail
     assert outcome.log_tail is not None and "boom: no config" in outcome.log_tail
+    runtime.teardown(sandbox)
+
+
+def test_oom_killed_fork_says_so(shop: FakeCluster, tmp_path: Path) -> None:
+    runtime = runtime_for(shop, tmp_path)
+    cfg = config(image="oom:{sha}", ready_timeout=3)
+    sandbox = start(runtime, tmp_path, cfg)
+    runtime.build(sandbox, "web", cfg.services["web"])
+    outcome = runtime.fork(sandbox, "web", cfg.services["web"])
+    assert outcome.status == "start_failed"
+    assert outcome.detail is not None and "OOMKilled (exit 137)" in outcome.detail
     runtime.teardown(sandbox)
 
 
@@ -604,8 +623,41 @@ def test_gc_removes_expired_objects_and_routes_whose_fork_is_gone(tmp_path: Path
         )
         store.create(owned)
 
+        web_spec = config().services["web"].kubernetes
+        assert web_spec is not None
+        later = (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for key in (live, orphan):  # the orphan's HTTPRoute outlives its fork (a crash mid-teardown)
+            store.create(
+                objects.http_route(
+                    service="web",
+                    spec=web_spec,
+                    key=key,
+                    routing=config().routing,
+                    fork_service=f"web-lg-{key}",
+                    namespace=NS,
+                    expires_at=later,
+                )
+            )
+        store.create(
+            objects.suite_job(
+                name=f"lg-{expired_key}-e2e",
+                namespace=NS,
+                key=expired_key,
+                suite_name="e2e",
+                image="suite:base",
+                command=["true"],
+                env={},
+                timeout_s=60,
+                nonce=objects.new_nonce(),
+                expires_at=(now - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+        )
+
         runtime = runtime_for(cluster, tmp_path)
         removed = runtime.gc()
+        assert any(f"Job shop/lg-{expired_key}-e2e" in line for line in removed)
+        assert any(f"HTTPRoute shop/web-lg-{orphan}" in line for line in removed)
+        assert [r["metadata"]["name"] for r in store.list("HTTPRoute", NS)] == [f"web-lg-{live}"]
         assert any(f"Deployment shop/web-lg-{expired_key}" in line for line in removed)
         assert any(f"Service shop/web-lg-{expired_key}" in line for line in removed)
         assert any(f"loopgate-{orphan}" in line for line in removed)
@@ -717,3 +769,19 @@ def test_an_object_the_api_refuses_is_an_infrastructure_error_naming_the_cause(t
         deployment["spec"]["replicas"] = "one"
         with pytest.raises(InfrastructureError, match=r"create Deployment shop/web-lg-bad00001: .*invalid"):
             kube.create(deployment)
+
+
+def test_sweep_every_runs_gc_until_stopped(tmp_path: Path) -> None:
+    with FakeCluster() as cluster:
+        for obj in fork_objects("old00001", expires=datetime.now(UTC) - timedelta(seconds=1)):
+            cluster.store.create(obj)
+        runtime = runtime_for(cluster, tmp_path)
+        stop = threading.Event()
+        thread = threading.Thread(target=runtime.sweep_every, args=(0.05, stop))
+        thread.start()
+        try:
+            wait_for("the sweep", lambda: cluster.store.list("Deployment", NS) == [], timeout=10)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        assert not thread.is_alive()

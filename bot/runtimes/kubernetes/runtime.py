@@ -27,6 +27,7 @@ from bot.runtimes.kubernetes import gc as sweeper
 from bot.runtimes.kubernetes import objects, routes
 from bot.runtimes.kubernetes.client import (
     DEPLOYMENT,
+    EXPIRES_AT,
     HTTP_ROUTE,
     JOB,
     MANAGED,
@@ -317,19 +318,43 @@ class KubernetesRuntime:
     def _state(self, sandbox: Sandbox) -> SandboxState:
         with self._lock:
             state = self._sandboxes.get(sandbox.routing_key)
-            if state is None:  # made by another process: what its labels and the config tell
-                settings = kube_settings(sandbox.config)
-                now = datetime.now(UTC)
-                state = SandboxState(
-                    key=sandbox.routing_key,
-                    created=now,
-                    expires_at=objects.expires_at(settings.ttl, now),
-                    head_sha=sandbox.baseline.base.sha,
-                    merge_sha=sandbox.baseline.base.sha,
-                    base_sha=sandbox.baseline.base.sha,
-                )
-                self._sandboxes[sandbox.routing_key] = state
+        if state is not None:
             return state
+        adopted = self._adopt(sandbox)
+        with self._lock:
+            return self._sandboxes.setdefault(sandbox.routing_key, adopted)
+
+    def _adopt(self, sandbox: Sandbox) -> SandboxState:
+        """A sandbox another process made: its forks, creation time and expiry as the labels record them
+        (two cluster-wide list calls); commits it no longer knows are taken as the base's."""
+        settings = kube_settings(sandbox.config)
+        key = sandbox.routing_key
+        selector = f"{SANDBOX_LABEL}={key},{ROLE_LABEL}=fork"
+        deployments = self.kube.list(DEPLOYMENT, None, label_selector=selector).items
+        services = {
+            (s["metadata"]["namespace"], ((s["metadata"].get("labels") or {}).get(SERVICE_LABEL))): s
+            for s in self.kube.list(SERVICE, None, label_selector=selector).items
+        }
+        now = datetime.now(UTC)
+        created, expires = now, objects.expires_at(settings.ttl, now)
+        forks: dict[str, Fork] = {}
+        for deployment in deployments:
+            metadata = deployment["metadata"]
+            name = (metadata.get("labels") or {}).get(SERVICE_LABEL)
+            service = services.get((metadata.get("namespace"), name))
+            if name not in sandbox.config.services or service is None:
+                continue
+            spec = kube_spec(sandbox.config, name)
+            namespace = str(metadata["namespace"])
+            forks[name] = Fork(
+                name, namespace, str(metadata["name"]), str(service["metadata"]["name"]), spec.port
+            )
+            stamp = metadata.get("creationTimestamp")
+            if stamp:
+                created = min(created, datetime.fromisoformat(str(stamp).replace("Z", "+00:00")))
+            expires = str((metadata.get("annotations") or {}).get(EXPIRES_AT) or expires)
+        base = sandbox.baseline.base.sha
+        return SandboxState(key, created, expires, base, base, base, forks=forks)
 
     def _image(self, state: SandboxState, template: str, service: str) -> str:
         return objects.image_for(
