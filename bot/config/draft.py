@@ -273,7 +273,9 @@ def _environment(candidate: Candidate, raw: Any, names: Mapping[str, str]) -> No
             template += value[position : match.start()].replace("$", "$$")
             template += "${" + variable + "}" if _pass(candidate, variable) else ""
             position = match.end()
-        candidate.env[key] = template + value[position:].replace("$", "$$")
+        template += value[position:].replace("$", "$$")
+        if template or not value:  # not a value that was only a variable loopgate never passes
+            candidate.env[key] = template
 
 
 def _pass(candidate: Candidate, name: str) -> bool:
