@@ -524,7 +524,7 @@ def test_the_docs_mesh_config_has_the_access_log_format_the_runtime_parses() -> 
         "baggage": "%REQ(BAGGAGE)%",
         "traceparent": "%REQ(TRACEPARENT)%",
         "x_loopgate_sandbox": "%REQ(X-LOOPGATE-SANDBOX)%",
-        "direction": "inbound",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
     }
 
 

@@ -395,7 +395,13 @@ def endpoints(store: Any, namespace: str, service: str, port: int | None) -> lis
 
 
 def access_log_line(
-    started: float, method: str, path: str, status: int, duration_ms: int, headers: Headers
+    started: float,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: int,
+    headers: Headers,
+    upstream: str = "-",
 ) -> str:
     """One inbound access-log entry in the JSON format loopgate's meshConfig asks Istio for (k8s-spec)."""
     joined = Request.of(method, path, headers, 0).headers
@@ -411,7 +417,7 @@ def access_log_line(
             "baggage": joined.get("baggage", "-"),
             "traceparent": joined.get("traceparent", "-"),
             "x_loopgate_sandbox": joined.get("x-loopgate-sandbox", "-"),
-            "direction": "inbound",
+            "upstream_cluster": upstream,
         }
     )
 
@@ -744,7 +750,10 @@ class Mesh:
         names = _container_names(pod)
         if self.access_log_container not in names:
             return
-        line = access_log_line(started, method, path, status, duration_ms, headers)
+        # The serving sidecar's own line: Istio names its upstream `inbound|<port>||`.
+        ports = pod_ports(pod)
+        upstream = f"inbound|{next(iter(ports), '-')}||"
+        line = access_log_line(started, method, path, status, duration_ms, headers, upstream)
         with contextlib.suppress(Exception):
             self.store.append_log(
                 pod["metadata"]["namespace"], pod["metadata"]["name"], self.access_log_container, line + "\n"
