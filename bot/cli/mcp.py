@@ -175,6 +175,7 @@ def build_server() -> "MCPServer[Any]":
                 "forks": {s.name: s.reason for s in created.evidence.forks},
                 "merge_sha": created.evidence.merge_sha,
                 "run_id": created.evidence.run_id,
+                "confined": created.evidence.confined,
             }
 
         return await blocking(ctx, work)

@@ -179,10 +179,11 @@ def snapshot_worktree(path: Path) -> Snapshot:
     if not path.is_dir():
         raise ConfigError(f"{path}: no such directory")
     git = Git(path)
-    found = git.run("rev-parse", "--show-toplevel", check=False)
-    top = found.stdout.strip()
-    if found.returncode != 0 or not top:
+    found = git.run("rev-parse", "--show-toplevel", "--git-path", "index", check=False)
+    lines = found.stdout.splitlines()
+    if found.returncode != 0 or len(lines) != 2 or not lines[0]:
         raise ConfigError(f"{path}: not inside a git working tree")
+    top, index = lines[0], path / lines[1]  # --git-path is relative to where git ran
     git = Git(Path(top))
     unmerged = git._names("diff", "--name-only", "--diff-filter=U", "-z")
     if unmerged:
@@ -190,7 +191,6 @@ def snapshot_worktree(path: Path) -> Snapshot:
         raise ConfigError(f"{top}: unresolved merge conflict in {files}; resolve it before a snapshot")
     head_done = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
     parent = head_done.stdout.strip() if head_done.returncode == 0 else None
-    index = Path(top) / git.run("rev-parse", "--git-path", "index").stdout.strip()
     with tempfile.TemporaryDirectory(prefix="loopgate-snapshot-") as scratch:
         temp_index = Path(scratch) / "index"
         if index.is_file():
