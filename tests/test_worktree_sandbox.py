@@ -18,6 +18,7 @@ from tests.gitrepo import GitRepo
 
 INVENTORY = "services/inventory/inventory_app.py"
 ORDERS = "services/orders/orders_app.py"
+PAYMENTS = "services/payments/payments_app.py"
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,26 @@ def test_sandbox_follows_the_working_tree(shop: GitRepo, state_dir: Path) -> Non
     assert again.returncode == 0 and "kept inventory" in again.stdout
     assert _forks(state_dir, key) == {"inventory": second["inventory"]}
 
+    # A service the change touches for the first time since is forked and routed.
+    (shop.path / ORDERS).write_text(orders + "\n# another note\n")
+    updated = run_cli("sandbox", "update", key)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert re.search(r"^forked orders \(changed: services/orders/orders_app.py", updated.stdout, re.M)
+    assert _forks(state_dir, key)["inventory"] == second["inventory"]
+    tagged = httpx.get(
+        f"{env['LOOPGATE_GATEWAY_URL']}/api/orders/nosuchorder",
+        headers={"baggage": f"loopgate-sandbox={key}"},
+        timeout=10,
+    )
+    assert tagged.status_code == 404  # served, by whichever orders: the route below proves which
+    runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
+    sandbox = runtime.load_sandbox(key)
+    assert sandbox is not None
+    assert any(r.service == "orders" and r.target == key for r in runtime.observed_requests(sandbox))
+    (shop.path / ORDERS).write_text(orders)
+
     listed = run_cli("sandbox", "list")
-    assert re.search(rf"^{key} .* kept forks: inventory@\d+$", listed.stdout, re.M), listed.stdout
+    assert re.search(rf"^{key} .* kept forks: inventory@\d+, orders@\d+$", listed.stdout, re.M), listed.stdout
     assert run_cli("sandbox", "delete", key).returncode == 0
     assert list((state_dir / "envs").glob(f"*/sandboxes/{key}")) == []
     assert processes_under(state_dir / "envs") != []  # the baseline stays for the next sandbox
@@ -156,3 +175,47 @@ def test_snapshot_holds_deletions_and_untracked_files_and_leaves_the_index(tmp_p
         "A\tc.txt",
     ]
     assert _user_state(repo) == before
+
+
+def test_a_reforked_service_keeps_its_data_copy(shop: GitRepo, state_dir: Path) -> None:
+    """Orders (SQLite) and payments (Postgres) re-forked: what the sandbox wrote before is still there."""
+    texts = {name: (shop.path / name).read_text() for name in (ORDERS, PAYMENTS)}
+    for name, text in texts.items():
+        (shop.path / name).write_text(text + "\n# first attempt\n")
+    created = run_cli("sandbox", "create", "--repo", str(shop.path), "--worktree", str(shop.path))
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert "forks: orders, payments" in created.stdout
+    key_match = re.search(r"^routing key: ([a-z0-9]+)$", created.stdout, re.M)
+    assert key_match is not None
+    key = key_match.group(1)
+    env = dict(re.findall(r"^(LOOPGATE_[A-Z_]+)=(\S+)$", created.stdout, re.M))
+    tagged = {"baggage": f"loopgate-sandbox={key}"}
+    try:
+        body = {"sku": "sku-red-mug", "qty": 1, "card": "4242-4242-4242-4242"}
+        order = httpx.post(
+            f"{env['LOOPGATE_GATEWAY_URL']}/api/checkout", json=body, headers=tagged, timeout=10
+        )
+        assert order.status_code == 201, order.text
+        order_id, charge_id = order.json()["id"], order.json()["charge_id"]
+        first = _forks(state_dir, key)
+
+        for name, text in texts.items():
+            (shop.path / name).write_text(text + "\n# second attempt\n")
+        updated = run_cli("sandbox", "update", key)
+        assert updated.returncode == 0, updated.stdout + updated.stderr
+        assert "reforked orders" in updated.stdout and "reforked payments" in updated.stdout
+        second = _forks(state_dir, key)
+        assert all(second[name] != first[name] for name in ("orders", "payments"))
+
+        again = httpx.get(f"{env['LOOPGATE_GATEWAY_URL']}/api/orders/{order_id}", headers=tagged, timeout=10)
+        assert again.status_code == 200 and again.json()["charge_id"] == charge_id
+        charge = httpx.get(f"{env['LOOPGATE_PAYMENTS_URL']}/charges/{charge_id}", headers=tagged, timeout=10)
+        assert charge.status_code == 200, charge.text
+        # The baseline never saw them: the copies are the sandbox's own.
+        assert (
+            httpx.get(f"{env['LOOPGATE_GATEWAY_URL']}/api/orders/{order_id}", timeout=10).status_code == 404
+        )
+    finally:
+        assert run_cli("sandbox", "delete", key).returncode == 0
+        for name, text in texts.items():
+            (shop.path / name).write_text(text)
