@@ -52,6 +52,10 @@ verify (worktree) for the final Evidence -> sandbox_delete -> commit and push.""
 Key = Annotated[str, Field(pattern=r"^[a-z0-9]{6,16}$", description="The sandbox's routing key.")]
 
 
+KEEP_EVIDENCE = 500
+"""Runs whose Evidence the `evidence` tool can still read; older ones are removed as new ones come."""
+
+
 class ToolFailure(Exception):
     """Shown to the agent as the tool error's text."""
 
@@ -66,6 +70,9 @@ def _store(evidence: Evidence) -> None:
     temp = directory / f"{evidence.run_id}.json.tmp"
     temp.write_text(evidence.model_dump_json(indent=2), encoding="utf-8")
     temp.replace(directory / f"{evidence.run_id}.json")
+    stored = sorted(directory.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for old in stored[KEEP_EVIDENCE:]:
+        old.unlink(missing_ok=True)
 
 
 def _summary(evidence: Evidence) -> dict[str, Any]:
