@@ -143,7 +143,11 @@ def test_the_agent_loop_over_mcp(shop: GitRepo, state_dir: Path, tmp_path: Path)
     # Nothing the server started is left but the baseline the sandbox ran on (kept, like `env up`).
     for env_id in seen["envs"]:
         assert processes_under(state_dir / "envs" / env_id / "sandboxes") == []
-    servers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == [str(LOOPGATE), "mcp"]]
+    servers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [])[-2:] == [str(LOOPGATE), "mcp"]
+    ]
     assert servers == []
     assert list((state_dir / "envs").glob(f"*/sandboxes/{seen['key']}")) == []
     shop.git("checkout", "--", ".")
