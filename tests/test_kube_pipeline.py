@@ -26,8 +26,9 @@ import pytest
 
 from bot.config.settings import RuntimeSettings
 from bot.evidence import Evidence, Verdict
-from bot.pipeline import Pipeline, VerifyRequest
+from bot.pipeline import Pipeline, VerifyRequest, make_plan
 from bot.runtimes.choice import Runtimes
+from bot.runtimes.protocol import Source
 from tests.conftest import make_shop
 from tests.gitrepo import GitRepo
 from tests.kube_fake import FakeCluster
@@ -128,6 +129,9 @@ def _start_shop(tmp_path: Path, routing: str, changes: list[str], payments_db: s
     orders = (repo.path / "services/orders/orders_app.py").read_text()
     # A push whose image the team's CI never built: its fork can never pull it.
     unbuilt = repo.branch("agent/unbuilt", {"services/orders/orders_app.py": orders + "\n# unbuilt\n"})
+    payments = (repo.path / "services/payments/payments_app.py").read_text()
+    note = {"services/payments/payments_app.py": payments + "\n# a note\n"}
+    heads["payments-note"] = repo.branch("agent/payments-note", note)
     worktrees = tmp_path / "images"
     images: dict[str, ImageSpec] = {
         SIDECAR_IMAGE: ImageSpec(argv=["sleep", "infinity"], cwd=tmp_path),
@@ -208,7 +212,7 @@ def _verify(shop: Shop, head: str) -> Evidence:
 
 
 def _leftovers(cluster: FakeCluster) -> list[str]:
-    kinds = ("Deployment", "Service", "Job", "Pod", "VirtualService", "HTTPRoute")
+    kinds = ("Deployment", "Service", "Job", "Pod", "VirtualService", "HTTPRoute", "ConfigMap", "Secret")
     found = []
     for kind in kinds:
         for obj in cluster.store.list(kind, None, MANAGED):
@@ -253,3 +257,40 @@ def test_a_fork_that_never_becomes_available_fails_naming_why(istio_shop: Shop) 
     assert f"shop/orders:{istio_shop.heads['unbuilt']}" in orders.reason
     assert [stage.outcome for stage in evidence.stages if stage.name == "route"] == ["skipped"]
     assert _leftovers(istio_shop.cluster) == []
+
+
+def test_a_postgres_fork_gets_its_own_copy_and_teardown_drops_it(istio_shop: Shop, payments_db: str) -> None:
+    """DESIGN "Data" in a cluster: the fork reads the baseline's rows from its own database, owned by a
+    role made for it; what it writes never reaches the baseline; teardown drops database and role."""
+    with psycopg.connect(payments_db, autocommit=True) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS lg_marker (v text)")
+        db.execute("INSERT INTO lg_marker VALUES ('written before the change')")
+    runtime = Runtimes(RuntimeSettings(kubeconfig=istio_shop.cluster.kubeconfig), only="kubernetes")
+    plan = make_plan(istio_shop.repo.path, "main", "agent/payments-note")
+    kube = runtime(plan.config)
+    baseline = kube.up_baseline(Source(istio_shop.repo.path, plan.base_sha), plan.config)
+    sandbox = kube.new_sandbox(baseline, plan.config, Source(istio_shop.repo.path, plan.merge_sha))
+    copy = f"{payments_db.rsplit('/', 1)[1]}_lg_{sandbox.routing_key}"
+    server = payments_db.rsplit("/", 1)[0] + "/postgres"
+    try:
+        assert kube.fork(sandbox, "payments", plan.config.services["payments"]).status == "ready"
+        with psycopg.connect(server, autocommit=True) as admin:
+            owner = admin.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (copy,)
+            ).fetchone()
+        assert owner == (copy,)
+        with psycopg.connect(server.rsplit("/", 1)[0] + "/" + copy, autocommit=True) as forked:
+            assert forked.execute("SELECT v FROM lg_marker").fetchall() == [("written before the change",)]
+            forked.execute("INSERT INTO lg_marker VALUES ('written by the fork')")
+        with psycopg.connect(payments_db) as db:
+            assert db.execute("SELECT count(*) FROM lg_marker").fetchone() == (1,)
+        pod = next(p for p in istio_shop.cluster.store.list("Pod", NAMESPACE, "loopgate.dev/role=fork"))
+        state = next(e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "LOOPGATE_STATE")
+        assert "secretKeyRef" in state["valueFrom"] and "value" not in state
+    finally:
+        kube.teardown(sandbox)
+    with psycopg.connect(server, autocommit=True) as admin:
+        assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (copy,)).fetchone() is None
+        assert admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (copy,)).fetchone() is None
+    assert _leftovers(istio_shop.cluster) == []
+    assert istio_shop.cluster.store.list("ConfigMap", NAMESPACE, MANAGED) == []

@@ -785,3 +785,24 @@ def test_sweep_every_runs_gc_until_stopped(tmp_path: Path) -> None:
             stop.set()
             thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("origin", "context"),
+    [
+        ("https://github.com/acme/shop.git", "git://github.com/acme/shop.git##"),
+        ("https://x-access-token:ghs_secret@github.com/acme/shop.git", "git://github.com/acme/shop.git##"),
+        ("git@github.com:acme/shop.git", "git://github.com/acme/shop.git##"),
+        ("ssh://deploy:pw@git.example/acme/shop.git", "git://git.example/acme/shop.git##"),
+    ],
+)
+def test_kaniko_fetches_the_pushed_head_never_a_credential(tmp_path: Path, origin: str, context: str) -> None:
+    from bot.runtimes.kubernetes.runtime import _git_context
+    from tests.gitrepo import GitRepo
+
+    repo = GitRepo.init(tmp_path / "repo", {"a": "1"})
+    repo.git("remote", "add", "origin", origin)
+    sha = repo.git("rev-parse", "HEAD")
+    built = _git_context(repo.path, sha)
+    assert built == context + sha
+    assert "secret" not in built and "pw" not in built

@@ -51,8 +51,13 @@ JOB = Kind("Job", "batch", "v1", "jobs")
 VIRTUAL_SERVICE = Kind("VirtualService", "networking.istio.io", "v1", "virtualservices")
 HTTP_ROUTE = Kind("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
 REFERENCE_GRANT = Kind("ReferenceGrant", "gateway.networking.k8s.io", "v1beta1", "referencegrants")
+CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps")
+SECRET = Kind("Secret", "", "v1", "secrets")
 KINDS = {
-    k.kind: k for k in (DEPLOYMENT, SERVICE, POD, EVENT, JOB, VIRTUAL_SERVICE, HTTP_ROUTE, REFERENCE_GRANT)
+    k.kind: k
+    for k in (
+        DEPLOYMENT, SERVICE, POD, EVENT, JOB, VIRTUAL_SERVICE, HTTP_ROUTE, REFERENCE_GRANT, CONFIG_MAP, SECRET
+    )
 }
 
 MANAGED_BY = "app.kubernetes.io/managed-by"

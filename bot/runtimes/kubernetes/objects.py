@@ -38,7 +38,7 @@ EXPIRES_AT = "loopgate.dev/expires-at"
 BASELINE_ANNOTATION = "loopgate.dev/baseline"
 """On a fork Deployment: `deployment/<name>` it was forked from (for people and gc, never for routing)."""
 
-ROLES = ("fork", "suite", "build", "route")
+ROLES = ("fork", "suite", "build", "route", "state")
 KEY_RE = re.compile(r"[a-z0-9]{6,16}")
 """A routing key (DESIGN "Routing"): DNS-1123 safe, so it can end any name."""
 NONCE_RE = re.compile(r"[A-Za-z0-9]{8,64}")

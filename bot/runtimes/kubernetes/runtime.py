@@ -25,6 +25,7 @@ from bot.config.schema import KubernetesService, KubernetesSettings
 from bot.runtimes.git import Git
 from bot.runtimes.kubernetes import gc as sweeper
 from bot.runtimes.kubernetes import objects, routes
+from bot.runtimes.kubernetes import state as copies
 from bot.runtimes.kubernetes.client import (
     DEPLOYMENT,
     EXPIRES_AT,
@@ -374,14 +375,16 @@ class KubernetesRuntime:
                 state.images[service] = image
             return BuildOutcome(service, True, image)
         assert kspec.build is not None
-        destination = f"{kspec.build.registry}:{state.merge_sha}"
+        # The pushed head, not the merge: Kaniko fetches from the remote, where no merge commit exists
+        # (the same commit an `image:` template's {sha} names, built by the team's CI).
+        destination = f"{kspec.build.registry}:{state.head_sha}"
         job = objects.build_job(
             name=objects.build_job_name(state.key, service),
             namespace=objects.jobs_namespace(sandbox.config),
             key=state.key,
             service=service,
             build=kspec.build,
-            git_context=_git_context(sandbox.baseline.base.repo, state.merge_sha),
+            git_context=_git_context(sandbox.baseline.base.repo, state.head_sha),
             destination=destination,
             expires_at=state.expires_at,
         )
@@ -406,6 +409,7 @@ class KubernetesRuntime:
         namespace = objects.fork_namespace(kspec, settings.sandbox_namespace)
         info = self._info(sandbox.baseline, sandbox.config)
         baseline = self.kube.get(DEPLOYMENT, kspec.namespace, kspec.deployment)
+        adjust = self._copy_state(sandbox, service, spec, namespace, state.key, state.expires_at)
         fork, outcome = start_fork(
             self.kube,
             service=service,
@@ -421,10 +425,34 @@ class KubernetesRuntime:
                 SERVICE, namespace, label_selector=f"!{SANDBOX_LABEL}"
             ).items,
             timeout_s=kspec.ready_timeout or settings.ready_timeout,
+            adjust=adjust,
         )
         with self._lock:
             state.forks[service] = fork
         return outcome
+
+    def _copy_state(
+        self, sandbox: Sandbox, service: str, spec: Service, namespace: str, key: str, expires_at: str
+    ) -> Callable[[Obj], Obj] | None:
+        """The fork's own copy of the service's Postgres state, made now (DESIGN "Data"); returns how
+        the fork's Deployment points at it. SQLite state lives in the pod's own files: a fork starts
+        from its image's, never the baseline's volume (the route note says so)."""
+        if spec.state is None or spec.state.postgres is None:
+            return None
+        server = kube_settings(sandbox.config).postgres
+        if server is None:  # the loader refuses such a config; a hand-made Config gets the same words
+            raise ConfigError(f"services.{service}.state: a postgres state needs runtime.kubernetes.postgres")
+        kspec = kube_spec(sandbox.config, service)
+        copy = copies.Copy(key, service, namespace, spec.state.postgres.database, server)
+        copies.make_copy(self.kube, self.api, copy, expires_at)
+        container = kspec.container
+
+        def point(deployment: Obj) -> Obj:
+            containers = deployment["spec"]["template"]["spec"]["containers"]
+            name = container or str(containers[0].get("name"))
+            return copies.point_at_copy(deployment, copy, name, kspec.state_env)
+
+        return point
 
     def keep(self, sandbox: Sandbox) -> None:
         """Nothing to do: every object carries its expires-at, after which gc removes it."""
@@ -592,14 +620,31 @@ class KubernetesRuntime:
                     self.kube.delete_collection(kind, namespace, selector)
                 except LoopgateError as exc:
                     errors.append(str(exc))
+        errors += self._drop_copies(copies.recorded_copies(self.kube, sandbox.routing_key))
         with self._lock:
             self._sandboxes.pop(sandbox.routing_key, None)
         if errors:
             raise InfrastructureError(f"teardown of sandbox {sandbox.routing_key}: {errors[0]}")
 
+    def _drop_copies(self, recorded: list[copies.Copy]) -> list[str]:
+        """Drop each copy; what fails stays recorded for the next gc and is returned as an error."""
+        errors = []
+        for copy in recorded:
+            try:
+                copies.drop_copy(self.kube, self.api, copy)
+            except LoopgateError as exc:
+                errors.append(str(exc))
+        return errors
+
     @infrastructure
     def gc(self) -> list[str]:
-        return sweeper.sweep(self.kube)
+        removed = sweeper.sweep(self.kube)
+        now = datetime.now(UTC)
+        live = sweeper.live_sandboxes(self.kube.list(DEPLOYMENT, None, label_selector=MANAGED).items, now)
+        for copy in copies.recorded_copies(self.kube):
+            if copy.key not in live and not self._drop_copies([copy]):
+                removed.append(f"dropped database {copy.database} (sandbox {copy.key} is gone)")
+        return removed
 
     def sweep_every(self, interval_s: float, stop: threading.Event) -> None:
         """`gc()` every `interval_s` until `stop` is set (run it in a thread of `loopgate serve`)."""
@@ -656,4 +701,6 @@ def _git_context(repo: Path, sha: str) -> str:
         url = url.removeprefix(prefix)
     if url.startswith("git@"):
         url = url.removeprefix("git@").replace(":", "/", 1)
-    return f"git://{url}##{sha}"
+    host, _, path = url.partition("/")
+    # Never a credential in a pod spec: `https://user:token@host/…` keeps only the host.
+    return f"git://{host.rpartition('@')[2]}/{path}##{sha}"

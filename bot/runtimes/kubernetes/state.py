@@ -19,12 +19,9 @@ from typing import Any
 from bot.config import InfrastructureError
 from bot.config.schema import KubernetesPostgres
 from bot.runtimes.kubernetes import jobs, objects
-from bot.runtimes.kubernetes.client import Kind, Kube, NotFound
+from bot.runtimes.kubernetes.client import CONFIG_MAP, SECRET, Kube, NotFound
 
 Obj = dict[str, Any]
-
-CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps")
-SECRET = Kind("Secret", "", "v1", "secrets")
 
 STATE_ROLE = "state"
 COPY_SCRIPT = """\
