@@ -968,3 +968,20 @@ def test_junit_from_log_edge_cases() -> None:
     assert objects.junit_from_log(garbage, nonce) == (None, garbage)
     inline = "say " + objects.junit_begin(nonce) + "\n" + base64.b64encode(b"<x/>").decode() + "\n" + end
     assert objects.junit_from_log(inline, nonce)[0] is None, "a begin marker must start a line"
+
+
+def test_a_fork_never_mounts_the_baselines_persistent_volume_claims() -> None:
+    """Its SQLite file or uploads on the baseline's claim would be the fork's to corrupt."""
+    baseline = baseline_deployment()
+    pod = baseline["spec"]["template"]["spec"]
+    pod["volumes"] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "orders-data"}},
+        {"name": "config", "configMap": {"name": "orders-config"}},
+    ]
+    pod["containers"][1]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    out = fork(baseline=baseline)
+    valid(out)
+    volumes = out["spec"]["template"]["spec"]["volumes"]
+    config = {"name": "config", "configMap": {"name": "orders-config"}}
+    assert volumes == [{"name": "data", "emptyDir": {}}, config]
+    assert "persistentVolumeClaim" not in str(out)

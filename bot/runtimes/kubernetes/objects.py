@@ -350,6 +350,16 @@ def _relax_spreading(pod_spec: Obj, baseline_labels: Mapping[str, str]) -> None:
     _keep(pod_spec, "topologySpreadConstraints", baseline_labels)
 
 
+def _own_volumes(pod_spec: Obj) -> None:
+    """A fork never mounts the baseline's PersistentVolumeClaims: writing there (a SQLite file, uploads)
+    would corrupt the baseline's data (DESIGN "Data"). Each becomes an empty dir of the fork's own, and
+    ephemeral claim templates stay (they make a fresh volume per pod anyway)."""
+    for volume in pod_spec.get("volumes") or []:
+        if "persistentVolumeClaim" in volume:
+            del volume["persistentVolumeClaim"]
+            volume["emptyDir"] = {}
+
+
 def _pod_template(baseline: Mapping[str, Any]) -> Obj:
     template = copy.deepcopy((baseline.get("spec") or {}).get("template") or {})
     meta = template.get("metadata") or {}
@@ -394,6 +404,7 @@ def fork_deployment(
         selectors.append(match_labels)
     template["metadata"]["labels"] = _fork_pod_labels(baseline_labels, selectors, key, own)
     _relax_spreading(pod_spec, baseline_labels)
+    _own_volumes(pod_spec)
 
     annotations = dict(template["metadata"].get("annotations") or {})
     for name in _STRIPPED_ANNOTATIONS:
