@@ -46,8 +46,25 @@ def polyglot(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     return repo
 
 
-def verify(repo: GitRepo, head: str, out: Path, **env: str) -> tuple[int, dict[str, object], str]:
-    done = run_cli("verify", "--repo", str(repo.path), "--head", head, "--json", str(out), env=env)
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Its own state dir: what these runs leave running (nothing, asserted) is theirs alone."""
+    return tmp_path_factory.mktemp("polyglot-state")
+
+
+def verify(
+    repo: GitRepo, head: str, out: Path, state: Path, **env: str
+) -> tuple[int, dict[str, object], str]:
+    done = run_cli(
+        "verify",
+        "--repo",
+        str(repo.path),
+        "--head",
+        head,
+        "--json",
+        str(out),
+        env={"LOOPGATE_STATE_DIR": str(state), **env},
+    )
     return done.returncode, json.loads(out.read_text()), done.stdout + done.stderr
 
 
@@ -61,10 +78,9 @@ def test_its_config_needs_no_absolute_path_and_no_inlined_variable() -> None:
     assert config.services["front"].local_spec.after == ["names"]
 
 
-def test_a_change_verifies_end_to_end(state_dir: Path, polyglot: GitRepo, tmp_path: Path) -> None:
-    code, evidence, output = verify(
-        polyglot, "agent/refactor", tmp_path / "pass.json", OTEL_SERVICE_NAME="pg"
-    )
+def test_a_change_verifies_end_to_end(state: Path, polyglot: GitRepo, tmp_path: Path) -> None:
+    out = tmp_path / "pass.json"
+    code, evidence, output = verify(polyglot, "agent/refactor", out, state, OTEL_SERVICE_NAME="pg")
     assert code == 0, output
     assert evidence["verdict"] == "pass" and evidence["confined"] is True
     services = {s["name"]: s for s in evidence["services"]}  # type: ignore[attr-defined]
@@ -72,15 +88,15 @@ def test_a_change_verifies_end_to_end(state_dir: Path, polyglot: GitRepo, tmp_pa
     assert not services["front"]["forked"] and not services["names"]["forked"]
     suites = evidence["suites"]
     assert [(s["name"], s["status"], s["counts"]["passed"]) for s in suites] == [("e2e", "passed", 2)]  # type: ignore[attr-defined]
-    assert processes_under(state_dir) == []
+    assert processes_under(state) == []
 
 
 def test_no_secret_of_loopgates_environment_reaches_a_service(
-    state_dir: Path, polyglot: GitRepo, tmp_path: Path
+    state: Path, polyglot: GitRepo, tmp_path: Path
 ) -> None:
     """The fork prints its own /proc/self/environ and exits; the evidence carries its log."""
     code, evidence, output = verify(
-        polyglot, "agent/leak", tmp_path / "leak.json", OTEL_SERVICE_NAME="polyglot-test", **CANARIES
+        polyglot, "agent/leak", tmp_path / "leak.json", state, OTEL_SERVICE_NAME="polyglot-test", **CANARIES
     )
     assert code == 1, output
     greeter = next(s for s in evidence["services"] if s["name"] == "greeter")  # type: ignore[attr-defined]
@@ -98,11 +114,11 @@ def test_no_secret_of_loopgates_environment_reaches_a_service(
         "http://127.0.0.1:"
     )
     assert seen["PATH"] == os.environ["PATH"]  # the invoking PATH, nothing of loopgate's put first
-    assert processes_under(state_dir) == []
+    assert processes_under(state) == []
 
 
 def test_a_pass_env_pattern_reaching_for_loopgates_settings_is_refused(
-    state_dir: Path, polyglot: GitRepo, tmp_path: Path
+    state: Path, polyglot: GitRepo, tmp_path: Path
 ) -> None:
     hostile = tmp_path / "hostile.yml"
     text = (POLYGLOT / ".loopgate.yml").read_text()
