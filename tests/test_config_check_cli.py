@@ -3,6 +3,8 @@ answer to what a change would fork and why."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from tests.conftest import make_shop, run_cli
@@ -65,3 +67,40 @@ def test_a_glob_that_matches_nothing_at_head_is_an_error_and_a_bad_diff_is_refus
     assert "services.web.paths: no file at the base commit matches 'web/**'" in done.stderr
     bad = run_cli("config", "check", "--repo", str(repo.path), "--diff", "main")
     assert bad.returncode == 2 and "--diff takes BASE..HEAD" in bad.stderr
+
+
+def test_it_says_where_each_program_is_found_and_when_confinement_would_hide_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    tool = home / "bin" / "teamtool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    config = tmp_path / "c.yml"
+    config.write_text(
+        "version: 1\nservices:\n"
+        "  a: {paths: [a], local: {run: 'teamtool --port {port}'}}\n"
+        "  b: {paths: [b], local: {run: 'PYTHONOPTIMIZE=1 python -m b {port}'}}\n"
+        "  c: {paths: [c], local: {run: 'nosuchtool {port}'}}\n"
+    )
+    path = f"{home / 'bin'}:{os.environ['PATH']}"
+    done = run_cli(
+        "config",
+        "check",
+        "--config",
+        str(config),
+        "--repo",
+        str(tmp_path),
+        env={"HOME": str(home), "PATH": path},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"toolchain: teamtool → {tool}, under {home}, which confinement hides" in done.stdout
+    assert f"toolchain: python → {shutil.which('python')}\n" in done.stdout
+    assert "toolchain: nosuchtool is not on PATH" in done.stdout
+    off = run_cli(
+        "config",
+        "check",
+        "--config",
+        str(config),
+        env={"HOME": str(home), "PATH": path, "LOOPGATE_CONFINE": "off"},
+    )
+    assert f"toolchain: teamtool → {tool}\n" in off.stdout

@@ -3,12 +3,15 @@ would fork and why (the pipeline's own plan, so the answer is the one `verify` w
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bot.cli.output import ConfigOption, RepoOption, _fail, console
+from bot.cli.output import ConfigOption, RepoOption, _fail, _settings, console
 from bot.cli.root import config_app
 from bot.config import CONFIG_FILE, LoopgateError
 from bot.config.globs import matches
@@ -16,6 +19,7 @@ from bot.config.loader import ConfigFile, read_config, read_limited
 from bot.config.schema import Config, Service, Suite
 from bot.pipeline.plan import Plan, check_against_tree, make_plan
 from bot.runtimes.git import Git
+from bot.runtimes.local.confine import Confinement
 
 DiffOption = Annotated[
     str | None,
@@ -91,6 +95,7 @@ def _service_lines(service: Service) -> list[str]:
         local = service.local
         build = f"; build `{local.build}`" if local.build else ""
         lines.append(f"local: `{local.run}` in {local.cwd}{build}")
+        lines += _toolchain(local.run)
         lines.append(f"health: {local.health_check.describe()} (within {local.ready_timeout:g}s)")
         if local.after:
             lines.append(f"after: {', '.join(local.after)}")
@@ -114,11 +119,61 @@ def _suite_lines(suite: Suite) -> list[str]:
     lines = [f"{'gating' if suite.gating else 'not gating'}, timeout {suite.timeout:g}s"]
     if suite.run is not None:
         lines.append(f"local: `{suite.run}`")
+        lines += _toolchain(suite.run)
     if suite.kubernetes is not None:
         lines.append(f"kubernetes: {suite.kubernetes.image} {' '.join(suite.kubernetes.command)}")
     if suite.paths:
         lines.append(f"paths: {', '.join(suite.paths)}")
     return lines + _env_lines(suite.env, suite.pass_env)
+
+
+def _toolchain(command: str) -> list[str]:
+    """Where the command's program is found on this PATH, and whether confined code can see it: a
+    toolchain under loopgate's HOME (pyenv, nvm) is on PATH but hidden when confined."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return []
+    program = next((w for w in words if not _is_assignment(w)), "")
+    if not program or "/" in program or "{" in program:
+        return []  # a file of the repository, or nothing to look up
+    found = shutil.which(program, path=os.environ.get("PATH", os.defpath))
+    if found is None:
+        return [] if program in _SHELL_WORDS else [f"toolchain: {program} is not on PATH"]
+    hidden = _hidden_from_confined(Path(found))
+    if hidden is not None:
+        return [
+            f"toolchain: {program} → {found}, under {hidden}, which confinement hides: expose it with"
+            " LOOPGATE_CONFINE_EXPOSE or install it elsewhere (docs/config.md, Environment)"
+        ]
+    return [f"toolchain: {program} → {found}"]
+
+
+_SHELL_WORDS = {"cd", "exec", "export", "set", ".", "source", "true", "false", "test", "[", "if", "env"}
+
+
+def _is_assignment(word: str) -> bool:
+    name, sep, _ = word.partition("=")
+    return bool(sep) and name.isidentifier()
+
+
+def _hidden_from_confined(path: Path) -> Path | None:
+    """The hidden directory `path` (or what it links to) lies under, unless it is exposed again."""
+    settings = _settings()
+    if settings.confine != "on":
+        return None
+    confinement = Confinement.create(
+        enabled=True,
+        state_dir=settings.state_dir,
+        hide=settings.secret_paths(),
+        expose=settings.confine_expose,
+    )
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        hidden = next((h for h in confinement.hidden if h == candidate or h in candidate.parents), None)
+        exposed = any(e == candidate or e in candidate.parents for e in confinement.readonly)
+        if hidden is not None and not exposed:
+            return hidden
+    return None
 
 
 def _env_lines(env: dict[str, str], pass_env: list[str]) -> list[str]:
