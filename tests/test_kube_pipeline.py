@@ -227,6 +227,7 @@ def test_a_good_change_passes_on_the_cluster_and_leaves_nothing(istio_shop: Shop
     assert orders is not None and orders.forked and orders.tagged_requests > 0
     assert orders.image_or_source == f"shop/orders:{istio_shop.heads['refactor-orders']}"
     assert [s.status for s in evidence.suites] == ["passed"]
+    assert any(n.startswith("orders declares SQLite state: in a cluster") for n in evidence.notes)
     assert _leftovers(istio_shop.cluster) == []
     assert istio_shop.cluster.store.list("VirtualService", NAMESPACE) == []
 

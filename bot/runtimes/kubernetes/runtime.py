@@ -462,9 +462,14 @@ class KubernetesRuntime:
     @infrastructure
     def route(self, sandbox: Sandbox) -> str | None:
         settings = kube_settings(sandbox.config)
-        if settings.routing == "none":
-            return routes.NONE_NOTE
         state = self._state(sandbox)
+        notes = [_sqlite_note(name) for name in sorted(state.forks) if _has_sqlite(sandbox.config, name)]
+        if settings.routing == "none":
+            return "; ".join([routes.NONE_NOTE, *notes])
+        self._add_routes(sandbox, settings, state)
+        return "; ".join(notes) or None
+
+    def _add_routes(self, sandbox: Sandbox, settings: KubernetesSettings, state: SandboxState) -> None:
         info = self._info(sandbox.baseline, sandbox.config)
         for service, fork in sorted(state.forks.items()):
             spec = kube_spec(sandbox.config, service)
@@ -489,7 +494,6 @@ class KubernetesRuntime:
                     parent_service=info.services[service].service_name,
                     expires_at=state.expires_at,
                 )
-        return None
 
     @infrastructure
     def unroute(self, sandbox: Sandbox) -> None:
@@ -683,6 +687,18 @@ def _head_of(merge: Source, base_sha: str) -> str:
     if done.returncode == 0 and len(parts) == 3 and parts[1] == base_sha:
         return parts[2]
     return merge.sha
+
+
+def _has_sqlite(config: Config, service: str) -> bool:
+    state = config.services[service].state
+    return state is not None and state.sqlite is not None
+
+
+def _sqlite_note(service: str) -> str:
+    return (
+        f"{service} declares SQLite state: in a cluster its fork starts from its image's own file, not a"
+        " copy of the baseline's (a pod's files are its own, and a fork never mounts the baseline's volumes)"
+    )
 
 
 def _git_context(repo: Path, sha: str) -> str:
