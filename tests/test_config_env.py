@@ -341,3 +341,62 @@ def test_http_health_with_exact_statuses(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+ORDERED = """\
+version: 1
+services:
+  slow:
+    paths: ["slow/**"]
+    local: {run: "python slow.py", cwd: slow, env: {PORT: "{port}"}, health: {tcp: true}}
+  needy:
+    paths: ["needy/**"]
+    local:
+      run: "python needy.py"
+      cwd: needy
+      env: {PORT: "{port}", SLOW_URL: "${LOOPGATE_SLOW_URL}"}
+      health: {tcp: true}
+      after: [slow]
+  broken:
+    paths: ["broken/**"]
+    local: {run: "python -c 'raise SystemExit(3)' {port}", cwd: broken, health: {tcp: true}}
+  held:
+    paths: ["held/**"]
+    local: {run: "python needy.py", cwd: needy, env: {PORT: "{port}"}, health: {tcp: true}, after: [broken]}
+"""
+SLOW = """\
+import os, time
+from http.server import HTTPServer, SimpleHTTPRequestHandler
+time.sleep(0.6)
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), SimpleHTTPRequestHandler).serve_forever()
+"""
+NEEDY = """\
+import os, socket, urllib.request
+urllib.request.urlopen(os.environ["SLOW_URL"] + "/", timeout=2)  # fails unless slow already answers
+s = socket.socket(); s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen()
+while True: s.accept()[0].close()
+"""
+
+
+def test_the_baseline_starts_a_service_after_those_it_names(tmp_path: Path) -> None:
+    from bot.config import RuntimeSettings
+    from bot.runtimes.local import LocalRuntime
+    from bot.runtimes.protocol import BaselineError, Source
+    from tests.gitrepo import GitRepo
+
+    files = {"slow/slow.py": SLOW, "needy/needy.py": NEEDY, "broken/x": "", "held/x": ""}
+    good = ORDERED.split("  broken:")[0]
+    repo = GitRepo.init(tmp_path / "repo", {".loopgate.yml": good, **files})
+    runtime = LocalRuntime(RuntimeSettings(state_dir=tmp_path / "state"))
+    sha = repo.git("rev-parse", "HEAD").strip()
+    baseline = runtime.up_baseline(Source(repo.path, sha), parse_config(good))
+    try:
+        assert runtime.baseline_health(baseline) is None  # needy read slow's answer at its start
+    finally:
+        runtime.down(baseline.env_id)
+
+    with pytest.raises(BaselineError) as caught:
+        runtime.up_baseline(Source(repo.path, sha), parse_config(ORDERED))
+    # The cause is named, not the service it held back; `held` never started.
+    assert str(caught.value).startswith("baseline broken exited with code 3 before becoming healthy")
+    assert runtime.baselines() == []

@@ -21,6 +21,8 @@ from bot.runtimes.local.processes import ProcessRef, stop_group, tail, wait_heal
 PORT_ATTEMPTS = 4
 """A port chosen free can be taken before the process binds it: that many fresh ports are tried."""
 _ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|errno 98\b", re.IGNORECASE)
+NOT_STARTED = "not started"
+"""How a service held back by a failed prerequisite (`after:`) reports itself."""
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -98,7 +100,7 @@ def _in_order(
         ready.wait()
         for other in after.get(name, ()):
             if other in jobs and futures[other].result() is not None:
-                return f"not started: {other}, which it starts after, did not start"
+                return f"{NOT_STARTED}: {other}, which it starts after, did not start"
         return jobs[name]()
 
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:

@@ -17,6 +17,7 @@ from bot.runtimes.local.allowlist import child_env
 from bot.runtimes.local.collect import Collector
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.helpers import (
+    NOT_STARTED,
     PORT_ATTEMPTS,
     _in_order,
     _last_line,
@@ -89,7 +90,8 @@ class LocalRuntime(Suites, Collector):
             pause.point("envoy-started")
             failed = self._start_baseline_services(record, config, ports)
             if failed:
-                name, why = sorted(failed.items())[0]
+                # The cause first: not a service held back because what it starts `after` failed.
+                name, why = min(failed.items(), key=lambda item: (item[1].startswith(NOT_STARTED), item[0]))
                 tails = {n: tail(Path(record.services[n].log)) for n in failed if n in record.services}
                 raise BaselineError(f"baseline {name} {why}", tails)
             record.state, record.starter = "ready", None
