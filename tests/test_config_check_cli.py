@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tests.conftest import make_shop, run_cli
+from tests.conftest import ROOT, make_shop, run_cli
 from tests.gitrepo import GitRepo
 
 
@@ -104,3 +104,13 @@ def test_it_says_where_each_program_is_found_and_when_confinement_would_hide_it(
         env={"HOME": str(home), "PATH": path, "LOOPGATE_CONFINE": "off"},
     )
     assert f"toolchain: teamtool → {tool}\n" in off.stdout
+
+
+def test_a_folder_inside_another_repository_is_not_checked_against_its_tree() -> None:
+    polyglot = ROOT / "examples" / "polyglot"
+    done = run_cli("config", "check", "--repo", str(polyglot))
+    assert done.returncode == 0, done.stderr
+    assert "baseline start order: greeter, names at once; then front (after names)" in done.stdout
+    assert (
+        f"not checked against any commit's files ({polyglot} is not the root of its repository" in done.stdout
+    )

@@ -65,8 +65,13 @@ def _against_head(repo: Path, loaded: ConfigFile) -> list[str]:
     try:
         git.check_repository()
         sha = git.resolve("HEAD")
+        top = git.run("rev-parse", "--show-toplevel").stdout.strip()
     except LoopgateError:
         return ["not checked against any commit's files (no git repository with a HEAD here)"]
+    if Path(top).resolve() != repo.resolve():
+        # Globs and cwd are relative to the repository's root; a folder inside another repository
+        # (an example, a monorepo part) would be checked against the wrong tree.
+        return [f"not checked against any commit's files ({repo} is not the root of its repository, {top})"]
     notes = check_against_tree(loaded, git.tree(sha))
     return [f"every service's globs match files at HEAD ({sha[:12]})", *(f"note: {n}" for n in notes)]
 
