@@ -316,3 +316,27 @@ def test_render_sandbox_forks_the_real_baseline_when_given() -> None:
     fork = docs[0]
     assert fork["spec"]["template"]["spec"]["containers"][0]["env"] == container["env"]
     assert not objects.selects({"app": "orders"}, fork["spec"]["template"]["metadata"]["labels"])
+
+
+def test_render_shows_the_postgres_copy_a_fork_gets(tmp_path: Path) -> None:
+    """DESIGN "Data": the record, the copy's Secret (its password is made at fork time) and the copy
+    Job come before the fork, whose state variable reads the copy's URL from that Secret."""
+    config = SHOP.replace(
+        "kubernetes: {routing: istio, ttl: 1800}",
+        "kubernetes: {routing: istio, ttl: 1800, postgres: {host: pg.db.svc.cluster.local, secret: pgadm}}",
+    ).replace(
+        '"shop/payments:{sha}"}\n', '"shop/payments:{sha}"}\n    state: {postgres: {database: payments}}\n'
+    )
+    code, out, err = render(
+        "--config", str(write(tmp_path, config)), "--sandbox", "abc123", "--service", "payments"
+    )
+    assert code == 0, err
+    docs = documents(out)
+    assert_valid(docs)
+    kinds = [d["kind"] for d in docs]
+    assert kinds[:4] == ["ConfigMap", "Secret", "Job", "Deployment"]
+    assert docs[0]["data"]["database"] == "payments_lg_abc123"
+    job_env = {e["name"]: e for e in docs[2]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert job_env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pgadm", "key": "password"}
+    fork_env = {e["name"]: e for e in docs[3]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert fork_env["LOOPGATE_STATE"]["valueFrom"]["secretKeyRef"]["name"] == docs[1]["metadata"]["name"]

@@ -17,6 +17,7 @@ import yaml
 from bot.config.errors import ConfigError
 from bot.config.schema import Config, KubernetesService, KubernetesSettings
 from bot.runtimes.kubernetes import objects
+from bot.runtimes.kubernetes import state as copies
 
 ROUTINGS = ("istio", "gateway-api", "none")
 PLACEHOLDER_GIT_CONTEXT = "git://git.example.invalid/your/repository.git#{merge_sha}"
@@ -141,8 +142,8 @@ def render_sandbox(
         spec = kubernetes_spec(config, name)
         namespace = objects.fork_namespace(spec, settings.sandbox_namespace)
         if spec.build is not None:
-            destination = f"{spec.build.registry}:{merge}"
-            context = (git_context or PLACEHOLDER_GIT_CONTEXT).replace("{merge_sha}", merge)
+            destination = f"{spec.build.registry}:{head_sha}"  # the runtime builds the pushed head
+            context = (git_context or PLACEHOLDER_GIT_CONTEXT).replace("{merge_sha}", head_sha)
             builds.append(_build(config, name, spec, key, context, destination, expires))
             image = destination
         else:
@@ -162,11 +163,33 @@ def render_sandbox(
             services_in_namespace=_services_near(in_namespace, spec.namespace, namespace),
             ready_timeout_s=spec.ready_timeout or settings.ready_timeout,
         )
+        copy = _state_copy(config, name, key, namespace)
+        if copy is not None:
+            container = spec.container or str(fork["spec"]["template"]["spec"]["containers"][0]["name"])
+            fork = copies.point_at_copy(fork, copy, container, spec.state_env)
+            forks += [
+                copies.record(copy, expires),
+                copies.password_secret(copy, COPY_PASSWORD_PLACEHOLDER, expires),
+                copies.copy_job(copy, expires),
+            ]
         fork_svc = objects.fork_service(fork, service=name, spec=spec, key=key, expires_at=expires)
         forks += [fork, fork_svc]
         routes += _routes(config, routing, name, spec, key, fork_svc, expires)
     suites = _suite_jobs(config, key, head_sha, merge, base_sha, expires, nonce)
     return builds + forks + routes + _reference_grants(routes, key, expires) + suites
+
+
+COPY_PASSWORD_PLACEHOLDER = "generated-per-copy-at-fork-time"
+
+
+def _state_copy(config: Config, service: str, key: str, namespace: str) -> copies.Copy | None:
+    """The Postgres copy the runtime makes for this fork (DESIGN "Data"), when the service declares one
+    and the config names the server."""
+    state = config.services[service].state
+    server = config.runtime.kubernetes.postgres if config.runtime.kind == "kubernetes" else None
+    if state is None or state.postgres is None or server is None:
+        return None
+    return copies.Copy(key, service, namespace, state.postgres.database, server)
 
 
 def _build(
