@@ -42,10 +42,15 @@ CORE_RULES = {
     ("", "pods/log"): ["get"],
     ("", "services/proxy"): ["get", "create", "update", "patch", "delete"],
     ("", "events"): ["get", "list", "watch"],
+    ("", "configmaps"): ["get", "list", "create", "delete"],
+    ("", "secrets"): ["create", "delete"],
 }
 # VirtualServices are shared with the team's own routes: loopgate edits them, never deletes them in bulk.
 ISTIO_RULE = {("networking.istio.io", "virtualservices"): MANAGED[:-1]}
-GATEWAY_API_RULE = {("gateway.networking.k8s.io", "httproutes"): MANAGED}
+GATEWAY_API_RULE = {
+    ("gateway.networking.k8s.io", "httproutes"): MANAGED,
+    ("gateway.networking.k8s.io", "referencegrants"): ["get", "list", "create", "delete", "deletecollection"],
+}
 # The chart sets these itself; the rest of the container's LOOPGATE_* variables come from values.
 CHART_SET = {"LOOPGATE_RUNTIME": "kubernetes", "LOOPGATE_STATE_DIR": "/var/lib/loopgate"}
 
@@ -271,12 +276,14 @@ def test_routing_none_grants_no_routing_objects() -> None:
 
 
 @pytest.mark.parametrize("routing", ["istio", "gateway-api", "none"])
-def test_no_wildcards_and_no_secrets_access(routing: str) -> None:
+def test_no_wildcards_and_secrets_never_read(routing: str) -> None:
+    """Secrets: loopgate creates and deletes its copies' logins, and reads none (no get, list, watch)."""
     for role in of_kind(render({"routing": routing}), "ClusterRole"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], rule
-            assert "secrets" not in rule["resources"]
+            if "secrets" in rule["resources"]:
+                assert rule["resources"] == ["secrets"] and sorted(rule["verbs"]) == ["create", "delete"]
 
 
 def test_service_monitor_renders_the_expected_fields() -> None:

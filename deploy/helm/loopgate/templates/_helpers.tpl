@@ -100,6 +100,12 @@ not make. docs/kubernetes.md explains each verb.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "create", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "delete"]
 {{- if eq .Values.routing "istio" }}
 - apiGroups: ["networking.istio.io"]
   resources: ["virtualservices"]
@@ -108,5 +114,8 @@ not make. docs/kubernetes.md explains each verb.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["referencegrants"]
+  verbs: ["get", "list", "create", "delete", "deletecollection"]
 {{- end }}
 {{- end }}
