@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 import psutil
 import pytest
 
-from bot.runtimes.local.accesslog import LoggedRequest, baggage_routing_key, read_access_log
+from bot.runtimes.baggage import baggage_member as baggage_routing_key
+from bot.runtimes.local.accesslog import LoggedRequest, read_access_log
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.xds import (
     DataPlaneSpec,

@@ -19,7 +19,6 @@ import pytest
 from bot.config.schema import Routing
 from bot.runtimes.kubernetes import observed
 from bot.runtimes.kubernetes.observed import parse_app_line, parse_line, routing_key
-from bot.runtimes.local.accesslog import baggage_routing_key
 from tests.kube_fake import FakeCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,27 +154,6 @@ def test_inbound_lines_with_an_inbound_cluster_are_kept() -> None:
 def test_the_baggage_member_matches_exactly(baggage: str, expected: str | None) -> None:
     assert key_of(line(baggage=baggage)) == expected
 
-
-def test_the_exact_member_rule_agrees_with_the_local_runtime() -> None:
-    corpus = [
-        None,
-        "",
-        f"loopgate-sandbox={KEY}",
-        f" loopgate-sandbox = {KEY} ",
-        f"loopgate-sandbox={KEY};a=b",
-        f"loopgate-sandbox={KEY}%3bp",
-        f"loopgate-sandbox={KEY}4",
-        f"loopgate-sandbox2={KEY}",
-        f"a=1,loopgate-sandbox={KEY},b=2",
-        f"a=loopgate-sandbox={KEY}",
-        "loopgate-sandbox=",
-        "loopgate-sandbox=;x",
-        "=,=,=",
-        "loopgate-sandbox=\t\tabc\t",
-    ]
-    for baggage in corpus:
-        for member in ("loopgate-sandbox", "my.member"):
-            assert observed.baggage_member(baggage, member) == baggage_routing_key(baggage, member), baggage
 
 
 def test_the_header_tags_only_with_a_routing_key_and_only_without_the_member() -> None:

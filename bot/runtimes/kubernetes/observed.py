@@ -30,6 +30,7 @@ from typing import Any
 import kubernetes.client
 
 from bot.config.schema import Routing
+from bot.runtimes.baggage import baggage_member
 from bot.runtimes.kubernetes.jobs import Obj, read_pod_log
 from bot.runtimes.protocol import ObservedRequest
 
@@ -56,26 +57,6 @@ _OUTBOUND_CLUSTER = ("outbound|", "PassthroughCluster", "BlackHoleCluster")
 """Istio's upstream clusters of a sidecar's outbound traffic (inbound ones: `inbound|<port>||`,
 `InboundPassthroughCluster…`). A format that logs `upstream_cluster` (or only server-side requests:
 Telemetry `accessLogging.match.mode: SERVER`) keeps callers' lines from counting as served."""
-
-
-def baggage_member(baggage: str | None, member: str) -> str | None:
-    """Value of the W3C baggage member `member` in a `baggage` header value, or None: an exact key
-    match (`loopgate-sandbox` never matches `loopgate-sandbox2`), ignoring optional whitespace and
-    `;properties`; the first such member wins.
-
-    The same rule as bot.runtimes.local.accesslog.baggage_routing_key (tests check they agree). Not
-    imported from there: importing any module of bot.runtimes.local runs its package's __init__, which
-    loads the whole local runtime (process launcher, Envoy, Postgres helpers) into the Kubernetes one.
-    """
-    if not baggage:
-        return None
-    for item in baggage.split(","):
-        key, sep, rest = item.partition("=")
-        if not sep or key.strip(" \t") != member:
-            continue
-        value = re.split(r";|%3[Bb]", rest, maxsplit=1)[0].strip(" \t")
-        return value or None
-    return None
 
 
 def parse_line(line: str, *, header: str = "x-loopgate-sandbox") -> dict[str, Any] | None:

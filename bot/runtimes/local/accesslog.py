@@ -7,11 +7,11 @@ so it is read incrementally (by byte offset) while Envoy keeps appending to it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.runtimes.baggage import baggage_member as member_value
 from bot.runtimes.local.xds import ROUTING_KEY_RE, parse_cluster_name
 from bot.runtimes.protocol import ObservedRequest
 
@@ -23,23 +23,6 @@ class LoggedRequest(ObservedRequest):
 
     baggage: str | None = None
     response_flags: str = "-"
-
-
-def baggage_routing_key(baggage: str | None, member: str) -> str | None:
-    """Value of W3C baggage member ``member`` in a ``baggage`` header value, or None.
-
-    An exact key match (``loopgate-sandbox`` never matches ``loopgate-sandbox2``), ignoring optional
-    whitespace and ``;properties``, as Envoy's routes match it.
-    """
-    if not baggage:
-        return None
-    for item in baggage.split(","):
-        key, sep, rest = item.partition("=")
-        if not sep or key.strip(" \t") != member:
-            continue
-        value = re.split(r";|%3[Bb]", rest, maxsplit=1)[0].strip(" \t")
-        return value or None
-    return None
 
 
 def read_access_log(
@@ -84,7 +67,7 @@ def _parse(line: bytes, baggage_member: str, header: str) -> LoggedRequest | Non
         return None
     baggage = _text(raw.get("baggage"))
     tagged_by_header = _text(raw.get(header))
-    routing_key = baggage_routing_key(baggage, baggage_member)
+    routing_key = member_value(baggage, baggage_member)
     if routing_key is None and tagged_by_header and ROUTING_KEY_RE.fullmatch(tagged_by_header):
         routing_key = tagged_by_header
     return LoggedRequest(
