@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,3 +151,13 @@ def _write_outputs(
 
 def _baggage(key: str) -> str:
     return f"loopgate-sandbox={key}"
+
+
+def examples_run_on_this_python() -> None:
+    """The bundled example shop runs a plain `python` found on PATH, as a team's services would; its
+    packages are in loopgate's own environment, so for `demo` and `zoo` that interpreter comes first
+    (a repository of the user's gets the user's PATH untouched)."""
+    own = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", os.defpath)
+    if path.split(os.pathsep)[0] != own:
+        os.environ["PATH"] = own + os.pathsep + path

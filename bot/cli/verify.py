@@ -25,6 +25,7 @@ from bot.cli.output import (
     _write_outputs,
     console,
     errors,
+    examples_run_on_this_python,
 )
 from bot.cli.root import app
 from bot.config import LoopgateError
@@ -126,6 +127,7 @@ def demo(
     html: Annotated[Path | None, typer.Option("--html")] = None,
 ) -> None:
     """Verify an example agent change to the example shop, end to end, on this machine."""
+    examples_run_on_this_python()
     workdir = Path(tempfile.mkdtemp(prefix="loopgate-demo-"))
     try:
         repo = workdir / "shop"

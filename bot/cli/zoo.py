@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.output import EXAMPLES, _fail, _settings, _terminate_as_interrupt, console
+from bot.cli.output import (
+    EXAMPLES,
+    _fail,
+    _settings,
+    _terminate_as_interrupt,
+    console,
+    examples_run_on_this_python,
+)
 from bot.cli.root import app
 from bot.config import LoopgateError
 from bot.runtimes.local import LocalRuntime
@@ -58,6 +65,7 @@ def zoo(
             markup=False,
         )
 
+    examples_run_on_this_python()
     try:
         with _terminate_as_interrupt():
             result = run_zoo(EXAMPLES, manifest, LocalRuntime(_settings()), progress=show)

@@ -9,7 +9,6 @@ loopgate's process or with its credentials.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import secrets
 import string
@@ -18,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bot.config import Config, ConfigError, InfrastructureError, LoopgateError, RuntimeSettings, Service
 from bot.config.schema import KubernetesService, KubernetesSettings
 from bot.runtimes.git import Git
+from bot.runtimes.guard import infrastructure_errors
 from bot.runtimes.kubernetes import gc as sweeper
 from bot.runtimes.kubernetes import objects, routes
 from bot.runtimes.kubernetes import state as copies
@@ -58,28 +58,10 @@ from bot.runtimes.protocol import (
     SuiteRequest,
 )
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _KEY_ALPHABET = string.ascii_lowercase + string.digits
 
 
-def infrastructure(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Whatever goes wrong inside the runtime is the cluster's fault (exit 3), one line, never a
-    traceback: the change's own faults are outcomes (`ForkOutcome`, `BuildOutcome`), not raises."""
-
-    @functools.wraps(method)
-    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except LoopgateError:
-            raise
-        except Exception as exc:
-            cause = " ".join(str(exc).split())[:500]
-            raise InfrastructureError(
-                f"kubernetes runtime: {method.__name__} failed: {type(exc).__name__}: {cause}"
-            ) from exc
-
-    return guarded
+infrastructure = infrastructure_errors("kubernetes runtime")
 
 
 def new_routing_key() -> str:

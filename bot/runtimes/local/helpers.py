@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 import subprocess
 import threading
@@ -11,9 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
-from bot.config import InfrastructureError, LoopgateError, Service
+from bot.config import InfrastructureError, Service
+from bot.runtimes.guard import infrastructure_errors
 from bot.runtimes.local.allowlist import with_port
 from bot.runtimes.local.ports import free_port
 from bot.runtimes.local.processes import ProcessRef, stop_group, tail, wait_healthy
@@ -23,26 +22,9 @@ PORT_ATTEMPTS = 4
 _ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE|errno 98\b", re.IGNORECASE)
 NOT_STARTED = "not started"
 """How a service held back by a failed prerequisite (`after:`) reports itself."""
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
-def infrastructure(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Whatever goes wrong inside the runtime is an infrastructure error (exit 3), never a traceback
-    and never blamed on the change: the change's own faults are outcomes (`ForkOutcome`), not raises."""
-
-    @functools.wraps(method)
-    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(*args, **kwargs)
-        except LoopgateError:
-            raise
-        except Exception as exc:
-            raise InfrastructureError(
-                f"local runtime: {method.__name__} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    return guarded
+infrastructure = infrastructure_errors("local runtime")
 
 
 def _wait(process: subprocess.Popen[bytes], timeout: float, should_stop: Callable[[], bool] | None) -> bool:
