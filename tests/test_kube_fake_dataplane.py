@@ -265,7 +265,8 @@ def test_deployment_runs_and_answers_through_the_service_proxy_and_the_mesh(
         assert [
             (e["method"], e["path"], e["response_code"], e["baggage"], e["traceparent"]) for e in front_log
         ] == [("GET", "/hop", 200, "k=v", "00-ab-cd-01")]
-        assert front_log[0]["upstream_cluster"].startswith("inbound|") and front_log[0]["x_loopgate_sandbox"] == "-"
+        assert front_log[0]["upstream_cluster"].startswith("inbound|")
+        assert front_log[0]["x_loopgate_sandbox"] == "-"
         assert front_log[0]["start_time"].endswith("Z") and isinstance(front_log[0]["duration"], int)
         # The inbound sidecar logs whatever reaches the pod: the service proxy's request too, as in a cluster.
         web_log = wait_for(

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from bot.config import InfrastructureError
-from bot.config.schema import KubernetesBuild
+from bot.config.kubernetes import KubernetesBuild
 from bot.runtimes.kubernetes import jobs, objects, probes
 from bot.runtimes.kubernetes.builds import run_build
 from bot.runtimes.kubernetes.jobs import JobOutcome, run_job, suite_outcome

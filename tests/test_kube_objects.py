@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.config import ConfigError, parse_config
-from bot.config.schema import KubernetesBuild, KubernetesService, Routing
+from bot.config.kubernetes import KubernetesBuild, KubernetesService
+from bot.config.schema import Routing
 from bot.runtimes.kubernetes import objects
 from tests.github_fake.contract import contracts_dir
 from tests.kube_fake.validate import validate_object

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bot.config.schema import KubernetesService, Routing
+from bot.config.kubernetes import KubernetesService
+from bot.config.schema import Routing
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes.client import Kube
 from bot.runtimes.kubernetes.forks import Fork

@@ -505,7 +505,7 @@ def test_suite_runs_as_a_job_with_the_sandbox_env(shop: FakeCluster, tmp_path: P
     script = (
         "import os; print('key', os.environ.get('LOOPGATE_ROUTING_KEY'), os.environ.get('LOOPGATE_BAGGAGE'))"
     )
-    from bot.config.schema import KubernetesSuite
+    from bot.config.kubernetes import KubernetesSuite
 
     suite = SuiteRequest(
         "e2e",

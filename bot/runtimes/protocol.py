@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bot.config import Config, InfrastructureError, Service
-from bot.config.schema import KubernetesSuite
+from bot.config.kubernetes import KubernetesSuite
 
 JUNIT_MAX_BYTES = 64 * 1024 * 1024
 """A suite's JUnit report above this is a runaway log, not a test result: not carried back."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.config import InfrastructureError
-from bot.config.schema import KubernetesService
+from bot.config.kubernetes import KubernetesService
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes.client import (
     DEPLOYMENT,

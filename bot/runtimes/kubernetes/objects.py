@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.config.errors import ConfigError
-from bot.config.schema import Config, KubernetesBuild, KubernetesService, Routing
+from bot.config.kubernetes import KubernetesBuild, KubernetesService
+from bot.config.schema import Config, Routing
 from bot.runtimes.protocol import JUNIT_MAX_BYTES
 
 Obj = dict[str, Any]

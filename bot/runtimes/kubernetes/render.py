@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from bot.config.errors import ConfigError
-from bot.config.schema import Config, KubernetesService, KubernetesSettings
+from bot.config.kubernetes import KubernetesService, KubernetesSettings
+from bot.config.schema import Config
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes import state as copies
 

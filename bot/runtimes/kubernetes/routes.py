@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterable
 
 from bot.config import InfrastructureError
-from bot.config.schema import KubernetesService, Routing
+from bot.config.kubernetes import KubernetesService
+from bot.config.schema import Routing
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes.client import (
     HTTP_ROUTE,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config, ConfigError, InfrastructureError, LoopgateError, RuntimeSettings, Service
-from bot.config.schema import KubernetesService, KubernetesSettings
+from bot.config.kubernetes import KubernetesService, KubernetesSettings
 from bot.runtimes.git import Git
 from bot.runtimes.guard import infrastructure_errors
 from bot.runtimes.kubernetes import gc as sweeper

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.config import InfrastructureError
-from bot.config.schema import KubernetesPostgres
+from bot.config.kubernetes import KubernetesPostgres
 from bot.runtimes.kubernetes import jobs, objects
 from bot.runtimes.kubernetes.client import CONFIG_MAP, SECRET, Kube, NotFound
 
