@@ -274,7 +274,8 @@ def test_the_jobs_deadline_is_a_timeout(
     cluster: FakeCluster, api: kubernetes.client.ApiClient, tmp_path: Path
 ) -> None:
     nonce = objects.new_nonce()
-    job = suite_job(tmp_path, "sleeps.sh", nonce=nonce, timeout_s=4, env={"PIDFILE": str(tmp_path / "pid")})
+    pidfile = tmp_path / "pid"
+    job = suite_job(tmp_path, "sleeps.sh", nonce=nonce, timeout_s=4, env={"PIDFILE": str(pidfile)})
     assert job["spec"]["activeDeadlineSeconds"] == 4
     started = time.monotonic()
     outcome = run_job(api, job, timeout_s=4, should_stop=None, nonce=nonce)
@@ -287,6 +288,11 @@ def test_the_jobs_deadline_is_a_timeout(
     assert suite.timed_out and suite.exit_code is None
     assert "DeadlineExceeded" in suite.log_tail
     assert job_gone(cluster, job["metadata"]["name"])
+    # The pod's processes went with it, what the suite left in the background too.
+    pid = int(pidfile.read_text())
+    if psutil.pid_exists(pid):
+        _, alive = psutil.wait_procs([psutil.Process(pid)], timeout=5)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_should_stop_deletes_the_job_and_nothing_keeps_running(

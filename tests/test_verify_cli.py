@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -132,13 +133,19 @@ def test_hanging_suite_times_out_and_its_processes_are_killed(
 ) -> None:
     # The suite runs confined (its own /tmp), so it says it started on its output, not in a file of ours.
     config = config_with_suite(tmp_path, "sleep 300 & echo hang-started; wait", timeout=2)
+    started = time.time()
     code, evidence, output = verify(shop_repo, "agent/orders-note", tmp_path, "--config", str(config))
     assert code == 1, output
     assert evidence["suites"][0]["status"] == "timed_out"
     assert "suite smoke timed out" in evidence["reasons"]
     assert "hang-started" in evidence["suites"][0]["log_tail"]
     # The kernel finishes tearing down a PID namespace asynchronously: allow it a moment, not more.
-    sleeping = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
+    # Only this run's: another test's leftover would be that test's failure, not this one's.
+    sleeping = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if p.info["cmdline"] == ["sleep", "300"] and p.info["create_time"] >= started - 1
+    ]
     _, survivors = psutil.wait_procs(sleeping, timeout=5)
     assert not survivors
     assert processes_under(state_dir / "envs" / shop_baseline.env_id / "sandboxes") == []

@@ -779,6 +779,10 @@ class PodRunner:
             self._sleep(PROBE_INTERVAL_S)
         else:
             return None, 0.0
+        # A container's main process exiting ends its PID namespace: whatever it left in the background
+        # (a suite's `sleep &`) dies with it, as on a real node.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.proc.pid, signal.SIGKILL)
         process.join()
         self._process = None
         self._ready = False
