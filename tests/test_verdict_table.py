@@ -266,12 +266,29 @@ VERDICT_ROWS: dict[str, tuple[Callable[[Evidence], None], Verdict, str, int, str
         0,
         "success",
     ),
-    "pass: a head suite failing cannot fail the gate": (
+    "pass: a non-gating head suite failing is reported, not gating": (
         suites(suite(), suite(name="agent-e2e", source="head", gating=False, status="failed")),
         Verdict.PASS,
         "e2e (base) passed: 5 tests",
         0,
         "success",
+    ),
+    "fail: a gating head suite failing tightens the gate": (
+        suites(
+            suite(),
+            suite(name="agent-e2e", source="head", status="failed", counts=Counts(tests=2, failed=1)),
+        ),
+        Verdict.FAIL,
+        "suite agent-e2e (from the agent's branch) failed: 1 failing test",
+        1,
+        "failure",
+    ),
+    "inconclusive: a gating head suite passing proves nothing on its own": (
+        suites(suite(source="head")),
+        Verdict.INCONCLUSIVE,
+        "no gating suite ran, so nothing exercised the change",
+        4,
+        "failure",
     ),
     "pass: a non-gating base suite failing is reported, not gating": (
         suites(suite(), suite(name="smoke", gating=False, status="failed")),

@@ -32,7 +32,9 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
             failures.append(f"{service.name}: the fork failed to build")
         elif service.status == "start_failed":
             failures.append(f"{service.name}: the fork never became healthy")
-    gating_failed = [s for s in evidence.suites if s.gating and s.source == "base" and s.status != "passed"]
+    # Head's suites (from the agent's branch) can only tighten the gate: their failure fails the change,
+    # their passing proves nothing (they are the agent's own word).
+    gating_failed = [s for s in evidence.suites if s.gating and s.status != "passed"]
     known = [_pre_existing_reason(s) for s in gating_failed if s.pre_existing]
     failures += [_suite_failure_reason(s) for s in gating_failed if not s.pre_existing]
     for result in evidence.diff:
@@ -86,7 +88,8 @@ def _suite_reason(name: str, status: str, failed: int) -> str:
 
 def _suite_failure_reason(suite: SuiteResult) -> str:
     """Sandbox-only failures first, by test id, when the baseline run shows some of the others too."""
-    reason = _suite_reason(suite.name, suite.status, suite.counts.failed + suite.counts.errors)
+    name = suite.name if suite.source == "base" else f"{suite.name} (from the agent's branch)"
+    reason = _suite_reason(name, suite.status, suite.counts.failed + suite.counts.errors)
     known = sum(f.pre_existing for f in suite.failures)
     own = [f.test for f in suite.failures if not f.pre_existing]
     if suite.status != "failed" or not known or not own:

@@ -273,10 +273,10 @@ class Pipeline:
                         should_stop=self._stopping,
                         kubernetes=suite.kubernetes,
                     )
-                    # Head's suites are reported, never gating: they cannot loosen the team's gate.
-                    evidence.suites.append(
-                        judge_suite(suite.name, "head", False, self.runtime.run_suite(sandbox, request))
-                    )
+                    # Head's suites can only tighten the team's gate: a failure fails the change, a pass
+                    # proves nothing (decide() counts only the base's suites as proof).
+                    outcome = self.runtime.run_suite(sandbox, request)
+                    evidence.suites.append(judge_suite(suite.name, "head", suite.gating, outcome))
             observed = self.runtime.observed_requests(sandbox)
             chosen = probes(plan.config.verify.diff, observed, sandbox.routing_key)
             if chosen:
