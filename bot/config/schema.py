@@ -212,6 +212,32 @@ class State(Strict):
         return self
 
 
+class OpenAPIDescription(Strict):
+    """Where a service publishes its OpenAPI 3.0/3.1 description (JSON), asked with GET."""
+
+    path: str = Field(default="/openapi.json", description="HTTP path of the description.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an HTTP path starting with /")
+        return value
+
+
+def _openapi_kind(value: Any) -> str:
+    return "path" if isinstance(value, str) else "off" if isinstance(value, bool) else "description"
+
+
+OpenAPI = Annotated[
+    Annotated[str, Tag("path")]
+    | Annotated[Literal[False], Tag("off")]
+    | Annotated[OpenAPIDescription, Tag("description")],
+    Discriminator(_openapi_kind),
+]
+"""A path string (the short form), `false`, or `{path}`."""
+
+
 class Service(Strict):
     paths: list[str] = Field(
         min_length=1, description="Globs (git pathspec style, ** allowed) owned by the service."
@@ -221,6 +247,27 @@ class Service(Strict):
         default=None, description="Required by the Kubernetes runtime."
     )
     state: State | None = None
+
+    openapi: OpenAPI = Field(
+        default_factory=OpenAPIDescription,
+        description="Where the service publishes its OpenAPI description: `{path}` (default"
+        " `/openapi.json`, FastAPI's), a path, or `false`. A forked service's base and head descriptions"
+        " are compared and its safe operations probed; one that answers no description there has none.",
+    )
+
+    @field_validator("openapi", mode="before")
+    @classmethod
+    def _openapi_form(cls, value: Any) -> Any:
+        if value is True or (isinstance(value, str) and not value.startswith("/")):
+            raise ValueError("must be an HTTP path starting with /, `false`, or `{path: ...}`")
+        return value
+
+    @property
+    def openapi_path(self) -> str | None:
+        """Where to GET the service's OpenAPI description; None when switched off."""
+        if self.openapi is False:
+            return None
+        return self.openapi if isinstance(self.openapi, str) else self.openapi.path
 
     @property
     def local_spec(self) -> LocalService:
