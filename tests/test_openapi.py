@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bot.verify import openapi
 from bot.verify.openapi import (
     MAX_DOCUMENT_BYTES,
     MAX_NESTING,
@@ -450,15 +451,49 @@ def test_what_is_no_description(body: bytes, why: str) -> None:
         parse_document(body)
 
 
-def test_too_much_comparison_work_is_bounded_and_noted() -> None:
-    wide = obj([], **{f"f{i}": STR for i in range(MAX_STEPS + 10)})
-    base = document({"/a": get(response=wide)})
+def test_too_much_comparison_work_is_bounded_and_noted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openapi, "MAX_STEPS", 1_000)
+    wide = obj([], **{f"f{i}": STR for i in range(1_010)})
+    base = document({"/a": get(response=wide), "/b": get()})
     head = document({"/a": get(response=copy.deepcopy(wide))})
-    started = time.monotonic()
     results, notes = compare_documents(base, head, "svc")
+    assert [(r.request, f.kind, f.breaking) for r in results for f in r.findings] == [
+        ("OpenAPI GET /a", "truncated", False)
+    ]
+    assert notes == ["the OpenAPI descriptions need over 1,000 schema comparisons: compared up to GET /a"]
+
+
+def test_the_largest_description_is_compared_in_seconds() -> None:
+    wide = obj([], **{f"f{i}": {"type": "integer", "maximum": i} for i in range(MAX_STEPS)})
+    body = json.dumps({"openapi": "3.1.0", "paths": {"/a": get(response=wide)}}).encode()
+    assert len(body) < MAX_DOCUMENT_BYTES
+    started = time.monotonic()
+    base = parse_document(body)
+    _, notes = compare_documents(base, base, "svc")
     assert time.monotonic() - started < 10
-    assert [(f.kind, f.breaking) for r in results for f in r.findings] == [("truncated", False)]
-    assert len(notes) == 1 and "schema comparisons" in notes[0]
+    assert "schema comparisons" in notes[0]
+
+
+def test_a_schema_that_contains_itself_ends() -> None:
+    """`A: {anyOf: [A, ...]}` and `A: {allOf: [A]}`: views are built once per ref, never forever."""
+    schemas = {
+        "A": {"anyOf": [{"$ref": "#/components/schemas/A"}, INT]},
+        "B": {"allOf": [{"$ref": "#/components/schemas/B"}, obj(["x"], x=STR)]},
+    }
+    ref_a, ref_b = {"$ref": "#/components/schemas/A"}, {"$ref": "#/components/schemas/B"}
+    base = document({"/a": get(response=ref_a), "/b": get(response=ref_b)}, schemas)
+    assert findings(base, base) == set()
+
+
+def test_a_huge_enum_is_compared_by_set_and_shown_clipped() -> None:
+    many = {"type": "string", "enum": [f"v{i}" for i in range(200_000)]}
+    fewer = {"type": "string", "enum": [f"v{i}" for i in range(1, 200_000)]}
+    results, _ = compare_documents(
+        document(search(query("k", many))), document(search(query("k", fewer))), "s"
+    )
+    [finding] = [f for r in results for f in r.findings]
+    assert finding.kind == "enum_narrowed"
+    assert finding.baseline is not None and len(finding.baseline) <= 120
 
 
 def test_hostile_shapes_do_not_crash() -> None:

@@ -51,7 +51,7 @@ MAX_NESTING: Final = 128  # JSON nesting levels of the document
 MAX_NODES: Final = 1_000_000  # JSON values in the document
 MAX_REF_HOPS: Final = 32  # `$ref`s followed in one chain
 MAX_SCHEMA_DEPTH: Final = 48  # schema levels compared below one parameter, body or response
-MAX_STEPS: Final = 50_000  # schema comparisons per pair of documents
+MAX_STEPS: Final = 200_000  # schema comparisons and views per pair of documents
 MAX_FINDINGS_PER_OPERATION: Final = 200
 MAX_VALUES: Final = 5  # values remembered per parameter from traffic
 
@@ -462,11 +462,14 @@ class _Comparer:
 
     # schemas
 
-    def schema(self, b_raw: Any, h_raw: Any, path: tuple[str, ...], *, request: bool, depth: int = 0) -> None:
-        """Inputs (`request`) may only widen; outputs may only narrow."""
+    def _tick(self) -> None:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise _Budget
+
+    def schema(self, b_raw: Any, h_raw: Any, path: tuple[str, ...], *, request: bool, depth: int = 0) -> None:
+        """Inputs (`request`) may only widen; outputs may only narrow."""
+        self._tick()
         if depth > MAX_SCHEMA_DEPTH:
             self.out.add(
                 "truncated",
@@ -490,8 +493,11 @@ class _Comparer:
         else:
             b_enum, h_enum = _enum(b.node), _enum(h.node)
             if h_enum is not None and (b_enum is None or not set(h_enum) <= set(b_enum)):
-                values = ", ".join(v for v in (h_enum or []) if b_enum is None or v not in b_enum)
-                self.out.add("enum_widened", pointer, ", ".join(b_enum or []) or None, values, breaking=False)
+                known = set(b_enum or [])
+                new = _values([v for v in h_enum if v not in known])
+                self.out.add(
+                    "enum_widened", pointer, _values(b_enum) if b_enum else None, new, breaking=False
+                )
         b_fmt, h_fmt = b.node.get("format"), h.node.get("format")
         if isinstance(h_fmt, str) and h_fmt != b_fmt and (isinstance(b_fmt, str) or request):
             self.out.add("format_changed", pointer, _text(b_fmt), h_fmt, breaking=True)
@@ -523,11 +529,10 @@ class _Comparer:
     def _input_rules(self, b: _View, h: _View, pointer: str) -> None:
         b_enum, h_enum = _enum(b.node), _enum(h.node)
         if h_enum is not None:
-            lost = [v for v in b_enum or [] if v not in h_enum]
             if b_enum is None:
-                self.out.add("enum_added", pointer, None, ", ".join(h_enum), breaking=True)
-            elif lost:
-                self.out.add("enum_narrowed", pointer, ", ".join(b_enum), ", ".join(h_enum), breaking=True)
+                self.out.add("enum_added", pointer, None, _values(h_enum), breaking=True)
+            elif not set(b_enum) <= set(h_enum):
+                self.out.add("enum_narrowed", pointer, _values(b_enum), _values(h_enum), breaking=True)
         b_pat, h_pat = b.node.get("pattern"), h.node.get("pattern")
         if isinstance(h_pat, str) and h_pat != b_pat:
             self.out.add("pattern_changed", pointer, _text(b_pat), _clip(h_pat), breaking=True)
@@ -608,8 +613,14 @@ class _Comparer:
     def _describe(self, resolver: _Resolver, raw: Any) -> str:
         return self._view(resolver, raw).describe()
 
-    def _view(self, resolver: _Resolver, raw: Any) -> _View:
+    def _view(self, resolver: _Resolver, raw: Any, entered: frozenset[str] = frozenset()) -> _View:
+        """`entered`: the refs this view is being built inside (`A: {anyOf: [A, ...]}` would never end)."""
+        self._tick()
         node, ref = resolver.deref(raw)
+        if ref is not None:
+            if ref in entered:
+                return _View(types=None, nullable=False, node={}, ref=ref)
+            entered = entered | {ref}
         if not isinstance(node, dict):
             return _View(types=None, nullable=False, node={}, ref=ref)
         node = self._merge_all_of(resolver, node)
@@ -621,7 +632,7 @@ class _Comparer:
                 target, _ = resolver.deref(member)
                 (nulls if _is_null(target) else rest).append(member)
         if len(rest) == 1 and "type" not in node:
-            inner = self._view(resolver, rest[0])
+            inner = self._view(resolver, rest[0], entered)
             inner.nullable = inner.nullable or bool(nulls) or node.get("nullable") is True
             own = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
             inner.node = {**inner.node, **own}
@@ -631,7 +642,7 @@ class _Comparer:
         if rest and types is None:
             alt_types: set[str] = set()
             for member in rest:
-                view = self._view(resolver, member)
+                view = self._view(resolver, member, entered)
                 if view.types is None:
                     break
                 alt_types |= view.types
@@ -720,6 +731,10 @@ def _enum(node: Mapping[str, Any]) -> list[str] | None:
     if "const" in node:
         return [_json(node["const"])]
     return None
+
+
+def _values(values: Sequence[str]) -> str:
+    return _clip(", ".join(values[:20]), 120)
 
 
 def _number(value: Any) -> float | None:
@@ -816,11 +831,20 @@ class _Harvest:
     def __init__(self, templates: Sequence[str], seen: Sequence[str]) -> None:
         self.path: dict[tuple[str, ...], list[str]] = {}
         self.query: dict[tuple[str, str], list[str]] = {}  # (normalized template or "", name)
-        patterns = [(t, *_template_pattern(t)) for t in dict.fromkeys(templates)]
+        # By segment count and first segment: a path is matched only against templates it could fit.
+        patterns: dict[tuple[int, str | None], list[tuple[str, re.Pattern[str], list[tuple[str, ...]]]]] = {}
+        for template in dict.fromkeys(templates):
+            pattern, places = _template_pattern(template)
+            patterns.setdefault(_shelf(template), []).append((template, pattern, places))
         for full in seen:
             path, _, query = full.partition("?")
-            pairs = parse_qsl(query, keep_blank_values=False)
-            for template, pattern, places in patterns:
+            pairs = parse_qsl(query, keep_blank_values=False)[: MAX_VALUES * 4]
+            count = path.count("/")
+            first = path.split("/")[1] if count else None
+            for template, pattern, places in [
+                *patterns.get((count, first), []),
+                *patterns.get((count, None), []),
+            ]:
                 match = pattern.fullmatch(path)
                 if match is None:
                     continue
@@ -830,6 +854,13 @@ class _Harvest:
                     _remember(self.query.setdefault((_PARAM.sub("{}", template), name), []), value)
             for name, value in pairs:
                 _remember(self.query.setdefault(("", name), []), value)
+
+
+def _shelf(template: str) -> tuple[int, str | None]:
+    """(segments, the first one when it is literal)."""
+    segments = template.split("/")[1:]
+    first = segments[0] if segments and not _PARAM.search(segments[0]) else None
+    return len(segments), first
 
 
 def _remember(values: list[str], value: str) -> None:
