@@ -496,6 +496,19 @@ def test_a_huge_enum_is_compared_by_set_and_shown_clipped() -> None:
     assert finding.baseline is not None and len(finding.baseline) <= 120
 
 
+def test_the_heads_texts_are_clipped_and_its_new_operations_counted() -> None:
+    """The head document is the agent's: a megabyte name or ten thousand operations stay a few lines."""
+    name = "n" * 1_000_000
+    head_paths = {**search(query(name, required=True)), **{f"/new{i}": get() for i in range(10_000)}}
+    results, _ = compare_documents(document(search()), document(head_paths), "svc")
+    assert len(results) == 22  # GET /search, 20 new operations listed, one line for the rest
+    assert results[-1].findings[0].sandbox == "9980 more new operations, not listed"
+    texts = [
+        t for r in results for f in r.findings for t in (r.request, f.pointer, f.baseline, f.sandbox) if t
+    ]
+    assert max(len(t) for t in texts) <= 300
+
+
 def test_hostile_shapes_do_not_crash() -> None:
     """Wrong types everywhere a well-formed document has objects: nothing to compare, no exception."""
     raw: Json = {

@@ -53,6 +53,7 @@ MAX_REF_HOPS: Final = 32  # `$ref`s followed in one chain
 MAX_SCHEMA_DEPTH: Final = 48  # schema levels compared below one parameter, body or response
 MAX_STEPS: Final = 200_000  # schema comparisons and views per pair of documents
 MAX_FINDINGS_PER_OPERATION: Final = 200
+MAX_ADDED_LISTED: Final = 20  # new operations listed one by one; the rest are counted
 MAX_VALUES: Final = 5  # values remembered per parameter from traffic
 
 METHODS: Final = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -81,7 +82,7 @@ class Operation:
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.template}"
+        return f"{self.method} {_clip(self.template, 200)}"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -244,10 +245,16 @@ def compare_documents(base: Document, head: Document, service: str) -> tuple[lis
                 results.append(
                     DiffResult(request=f"OpenAPI {op.label}", service=service, findings=out.result())
                 )
-        for key, op in head_ops.items():
-            if key not in base_keys:
-                finding = Finding(kind="operation_added", pointer="", sandbox=op.label, breaking=False)
-                results.append(DiffResult(request=f"OpenAPI {op.label}", service=service, findings=[finding]))
+        added = [op for key, op in head_ops.items() if key not in base_keys]
+        for op in added[:MAX_ADDED_LISTED]:
+            finding = Finding(kind="operation_added", pointer="", sandbox=op.label, breaking=False)
+            results.append(DiffResult(request=f"OpenAPI {op.label}", service=service, findings=[finding]))
+        if len(added) > MAX_ADDED_LISTED:
+            more = f"{len(added) - MAX_ADDED_LISTED} more new operations, not listed"
+            finding = Finding(kind="operation_added", pointer="", sandbox=more, breaking=False)
+            results.append(
+                DiffResult(request="OpenAPI (new operations)", service=service, findings=[finding])
+            )
     except _Budget:
         comparer.out.add(
             "truncated", "", None, f"over {MAX_STEPS:,} schema comparisons: stopped here", breaking=False
@@ -273,8 +280,10 @@ class _Out:
         self.findings: dict[tuple[str, str, str | None, str | None], bool] = {}
 
     def add(self, kind: str, pointer: str, base: str | None, head: str | None, *, breaking: bool) -> None:
+        """Texts from the head document are the agent's: every one is clipped."""
         if len(self.findings) < MAX_FINDINGS_PER_OPERATION:
-            self.findings.setdefault((kind, pointer, base, head), breaking)
+            clipped = (_clip(pointer, 300), _maybe_clip(base), _maybe_clip(head))
+            self.findings.setdefault((kind, *clipped), breaking)
 
     def result(self) -> list[Finding]:
         ordered = sorted(self.findings.items(), key=lambda kv: (not kv[1], kv[0][1], kv[0][0]))
@@ -301,9 +310,6 @@ class _View:
     def describe(self) -> str:
         names = "any" if self.types is None else " | ".join(sorted(self.types)) or "null"
         return f"{names} | null" if self.nullable and self.types != frozenset() else names
-
-    def flag(self, name: str) -> bool:
-        return self.node.get(name) is True
 
 
 _INPUT_BOUNDS: Final = (  # keyword, True when a higher value is stricter
@@ -770,6 +776,10 @@ def _ptr(*segments: str) -> str:
 
 def _json(value: Any) -> str:
     return _clip(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str))
+
+
+def _maybe_clip(text: str | None) -> str | None:
+    return None if text is None else _clip(text, 200)
 
 
 def _text(value: Any) -> str | None:
