@@ -38,9 +38,43 @@ def test_untagged_call_inside_a_tagged_request_blames_the_caller() -> None:
         Seen("inventory", None, None, at(10), 5, tp("a")),  # orders' call: orders never had the tag
         Seen("orders", None, None, at(7), 5, tp("b")),  # another trace: unrelated baseline traffic
     ]
-    assert diagnose(KEY, observed) == [
-        Propagation(service="gateway", drops_baggage_to=["inventory", "orders"])
+    assert diagnose(KEY, observed) == [Propagation(service="gateway", drops_baggage_to=["orders"])]
+
+
+def chain(first: str | None, second: str | None, third: str | None) -> list[Seen]:
+    """a → b → c in one trace, each hop tagged or not as given (the entry at a is always tagged)."""
+    return [
+        Seen("a", first, first, at(0), 90, tp("e")),
+        Seen("b", second, second, at(10), 60, tp("e")),
+        Seen("c", third, third, at(20), 20, tp("e")),
     ]
+
+
+def test_three_hops_the_middle_one_drops_the_tag() -> None:
+    assert diagnose(KEY, chain(KEY, KEY, None)) == [Propagation(service="b", drops_baggage_to=["c"])]
+
+
+def test_three_hops_the_first_one_drops_the_tag_and_only_it_is_blamed() -> None:
+    """c's call comes from b, which never had the tag: b is not to blame, and neither is a for c."""
+    assert diagnose(KEY, chain(KEY, None, None)) == [Propagation(service="a", drops_baggage_to=["b"])]
+
+
+def test_a_sibling_call_that_merely_overlaps_is_not_the_caller() -> None:
+    """a calls b and then c in parallel; c starts while b runs but outlasts it: a made it, not b."""
+    observed = [
+        Seen("a", KEY, None, at(0), 100, tp("f")),
+        Seen("b", KEY, None, at(10), 30, tp("f")),
+        Seen("c", None, None, at(20), 60, tp("f")),
+    ]
+    assert diagnose(KEY, observed) == [Propagation(service="a", drops_baggage_to=["c"])]
+
+
+def test_requests_tagged_for_another_sandbox_are_not_this_ones() -> None:
+    observed = [
+        Seen("a", "c0ntr0lkey", None, at(0), 90, tp("g")),
+        Seen("b", None, None, at(10), 60, tp("g")),
+    ]
+    assert diagnose(KEY, observed) == []
 
 
 def test_innermost_tagged_request_is_the_caller() -> None:

@@ -44,7 +44,11 @@ class ServiceResult(Record):
     image_or_source: str | None = Field(default=None, description="What the fork ran: a commit and dir.")
     ready_ms: int | None = Field(default=None, description="Fork start to healthy, build excluded.")
     build_ms: int | None = None
-    tagged_requests: int = Field(default=0, description="Requests of this sandbox the fork received.")
+    tagged_requests: int = Field(
+        default=0,
+        description="Requests tagged for this sandbox that the service received: for a fork, those the"
+        " fork served; for any other service, those that passed it on their way to its baseline.",
+    )
     status: Literal["baseline", "ready", "build_failed", "start_failed"] = "baseline"
     url: str | None = Field(default=None, description="The fork's own address while it runs.")
     log_tail: str | None = None
@@ -111,6 +115,22 @@ class Propagation(Record):
     drops_baggage_to: list[str] = Field(default_factory=list)
 
 
+class RequestEdge(Record):
+    """One edge of the observed request map: the sandbox's requests that `source` made to `target`."""
+
+    source: str | None = Field(
+        description="The calling service; None for the entry, a suite's own request (drawn as `client`)."
+    )
+    target: str
+    tagged: int = Field(default=0, description="Requests that arrived tagged for the sandbox.")
+    untagged: int = Field(default=0, description="Requests of the sandbox's traces that arrived untagged.")
+    lost_tag: bool = Field(
+        default=False,
+        description="The caller received the request tagged and made this call untagged: the tag was"
+        " lost on this hop (the caller drops `baggage`).",
+    )
+
+
 class Stage(Record):
     name: str
     started_at: datetime
@@ -153,6 +173,10 @@ class Evidence(Record):
     suites: list[SuiteResult] = Field(default_factory=list)
     diff: list[DiffResult] = Field(default_factory=list)
     propagation: list[Propagation] = Field(default_factory=list)
+    request_map: list[RequestEdge] = Field(
+        default_factory=list,
+        description="Who called whom with the sandbox's traffic, from the traces the data plane saw.",
+    )
     stages: list[Stage] = Field(default_factory=list)
     links: Links = Field(default_factory=Links)
     notes: list[str] = Field(default_factory=list, description="Facts worth knowing that decide nothing.")

@@ -40,7 +40,8 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
     for result in evidence.diff:
         for finding in result.findings:
             if finding.breaking:
-                failures.append(f"{result.service}: {finding.kind} at {finding.pointer} ({result.request})")
+                where = f"at {finding.pointer}" if finding.pointer else "on the whole body"
+                failures.append(f"{result.service}: {finding.kind} {where} ({result.request})")
     if failures:
         return Verdict.FAIL, failures + known
 
