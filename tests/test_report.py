@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from bot.evidence import Counts, DiffResult, Evidence, Finding, ServiceResult, SuiteResult
+from bot.evidence import Counts, DiffResult, Evidence, Finding, ServiceResult, SuiteResult, decide
 from bot.evidence import TestFailure as Failure  # a Test* name in the module would be collected
+from bot.evidence.model import RequestEdge
 from bot.report import (
     COMMENT_MARKER,
     budget,
@@ -132,11 +133,12 @@ def test_failing_report_has_every_part_of_the_evidence() -> None:
         "| merge | head into base | `e83c516` |",
         "| `inventory` | yes | ready | 1.6 s | 9 | changed: services/inventory/inventory\\_app.py |",
         "| `gateway` | no | baseline | — | 0 | unchanged |",
-        "| `e2e` | base | yes | FAILED | 6 tests: 4 passed, 2 failed | 3.2 s |",
+        "| `e2e` | the team's suite (base commit) | yes | FAILED | 6 tests: 4 passed, 2 failed | 3.2 s |",
+        "#### Suite `e2e`, the team's suite (base commit): FAILED",
         "| `e2e/test_checkout.py::test_checkout_in_stock_then_read_order` |",
         "| `e2e/test_checkout.py:43` |",
         "| `e2e/test_checkout.py:62` |",
-        "| `inventory` | field\\_removed | `/available` | `1000000` | — | yes |",
+        "| `inventory` | field\\_removed | `/available` | baseline | `1000000` | — | yes |",
         "| verify | FAILED | 14.8 s |",
         "[HTML report](https://loopgate.example.com/runs/r-2d71c0be9a5f4e13?token=t0k3n)",
         "[JSON](https://loopgate.example.com/api/runs/r-2d71c0be9a5f4e13?token=t0k3n)",
@@ -233,6 +235,64 @@ def test_templates_dir_can_be_overridden(tmp_path: Path, monkeypatch: pytest.Mon
 )
 def test_durations_read_as_people_say_them(ms: int | None, shown: str) -> None:
     assert display.duration(ms) == shown
+
+
+# --- labels a reader understands ----------------------------------------------------------------
+
+
+def whole_body_failing() -> Evidence:
+    """The failing run with a breaking finding on the whole body (the empty pointer) and the agent's own
+    suite failing beside the team's."""
+    evidence = samples.failing()
+    evidence.diff[0].findings.insert(
+        0, Finding(kind="body_type_changed", pointer="", baseline="object", sandbox="array", breaking=True)
+    )
+    evidence.suites.append(
+        SuiteResult(name="agent-e2e", source="head", status="failed", counts=Counts(tests=1, failed=1))
+    )
+    evidence.verdict, evidence.reasons = decide(evidence)
+    return evidence
+
+
+def test_a_whole_body_finding_says_so_in_every_report() -> None:
+    evidence = whole_body_failing()
+    reason = "inventory: body_type_changed on the whole body (GET /api/items/sku-tea-towel)"
+    assert reason in evidence.reasons
+    outputs = samples.markdown_outputs(evidence)
+    for output in ("comment", "check text", "pr body", "step summary"):
+        assert (
+            "| `inventory` | body\\_type\\_changed | the whole body | baseline | `object` | `array` | yes |"
+            in (outputs[output])
+        ), output
+        assert " at  (" not in outputs[output] and "``" not in outputs[output].replace("```", ""), output
+    page = render_html(evidence)
+    assert "<td>the whole body</td>" in page and "<code></code>" not in page
+
+
+def test_every_report_says_whose_suite_it_was() -> None:
+    evidence = whole_body_failing()
+    team, agent = "the team's suite (base commit)", "the agent's suite (its branch)"
+    outputs = samples.markdown_outputs(evidence)
+    for output in ("comment", "check text", "pr body", "step summary"):
+        text = outputs[output]
+        assert f"| `e2e` | {team} | yes | FAILED |" in text, output
+        assert f"| `agent-e2e` | {agent} | failure only | FAILED |" in text, output
+        assert "| base |" not in text.replace("| base | `main`", ""), output
+    assert "#### Suite `agent-e2e`, the agent's suite (its branch): FAILED" in outputs["comment"]
+    page = render_html(evidence)
+    assert f"<td>{team.replace(chr(39), '&#39;')}</td>" in page
+    assert f"<td>{agent.replace(chr(39), '&#39;')}</td>" in page
+    assert "<td>failure only</td>" in page
+
+
+def test_findings_against_the_control_say_so() -> None:
+    evidence = samples.failing()
+    if "against" not in DiffResult.model_fields:
+        return  # the control forks' field is not in this model yet
+    evidence.diff[0] = evidence.diff[0].model_copy(update={"against": "control"})
+    comment = render_comment(evidence)
+    assert "| `/available` | control (base code, same data) | `1000000` |" in comment
+    assert "<td>control (base code, same data)</td>" in render_html(evidence)
 
 
 # --- size budgets --------------------------------------------------------------------------------
@@ -499,6 +559,10 @@ def hostile_evidence(text: str) -> Evidence:
         )
     )
     evidence.stages[0].detail = text
+    evidence.request_map = [
+        RequestEdge(source=None, target=text, tagged=1),
+        RequestEdge(source=text, target="orders", untagged=1, lost_tag=True),
+    ]
     return evidence
 
 
@@ -516,7 +580,9 @@ def test_reports_neutralise_untrusted_text(text: str) -> None:
         assert {t.attrs["href"] for t in tokens if t.type == "link_open"} <= allowed_links, output
     comment = render_comment(evidence)
     logs = 2 if escape.clean_log(text) else 1
-    assert len(fences(comment)) == logs, "the failed fork's log and the suite's log, nothing else"
+    kinds = [fence.info for fence in fences(comment)]
+    assert kinds.count("text") == logs, "the failed fork's log and the suite's log"
+    assert kinds.count("mermaid") == 1 and len(kinds) == logs + 1, "and the request map, nothing else"
 
 
 def test_mentions_are_broken_but_still_read_the_same() -> None:

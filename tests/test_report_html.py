@@ -3,16 +3,20 @@ browser logs nothing against it (a blocked resource or script would show up as a
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import dataclass
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.evidence import Evidence
+from bot.evidence import Evidence, ServiceResult
 from bot.evidence import TestFailure as Failure  # a Test* name in the module would be collected
+from bot.evidence.model import RequestEdge
 from bot.report import display, render_html
 from tests import evidence_samples as samples
 
@@ -173,3 +177,86 @@ def test_page_is_self_contained(name: str) -> None:
     assert parser.found == []
     assert "url(" not in html and "@import" not in html
     assert "default-src 'none'" in html, "a content security policy backs the escaping up"
+
+
+# --- the request map --------------------------------------------------------------------------------
+
+PROBE = """<!DOCTYPE html><html><body><iframe id="page" src="run.html" width="1200" height="900"></iframe>
+<pre id="found"></pre>
+<script>
+window.addEventListener("load", () => {
+  const page = document.getElementById("page").contentDocument;
+  const map = page.querySelector("#request-map svg");
+  const box = (element) => { const r = element.getBoundingClientRect(); return [r.width, r.height]; };
+  const found = {
+    svg: box(map),
+    nodes: [...map.querySelectorAll("g.node")].map((g) => ({
+      name: g.dataset.name, role: g.getAttribute("class"), box: box(g.querySelector("rect")),
+      text: g.querySelector("text").textContent,
+    })),
+    edges: [...map.querySelectorAll("g.edge")].map((g) => ({
+      source: g.dataset.source, target: g.dataset.target, tagged: g.dataset.tagged,
+      untagged: g.dataset.untagged, lost: g.classList.contains("lost"),
+      stroke: getComputedStyle(g.querySelector("path")).stroke,
+    })),
+    elements: [...map.querySelectorAll("*")].map((e) => e.localName)
+      .filter((n) => !["g", "title", "path", "polygon", "text", "rect"].includes(n)),
+  };
+  document.getElementById("found").textContent = JSON.stringify(found);
+});
+</script></body></html>
+"""
+RED = "rgb(207, 34, 46)"  # --fail
+NAME = "<img src=x onerror=alert(1)>"  # short enough to be shown whole
+
+
+def mapped() -> Evidence:
+    """The inconclusive run's map: gateway drops the tag on its calls to the orders fork; a service with
+    markup for a name passes the traffic on (names are validated, but the page must not rely on it)."""
+    evidence = samples.inconclusive()
+    evidence.services.append(ServiceResult(name=NAME, forked=False, reason="unchanged"))
+    evidence.request_map = [
+        RequestEdge(source=None, target="gateway", tagged=6),
+        RequestEdge(source="gateway", target="orders", untagged=5, lost_tag=True),
+        RequestEdge(source="orders", target="inventory", untagged=4),
+        RequestEdge(source="orders", target=NAME, untagged=2),
+    ]
+    return evidence
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Shown, dict[str, Any]]:
+    """The page on its own (its console), and as a probe page in the same folder reads its DOM."""
+    directory = tmp_path_factory.mktemp("map")
+    shown = show(render_html(mapped()), directory)
+    (directory / "probe.html").write_text(PROBE, encoding="utf-8")
+    probed = chromium(
+        "--allow-file-access-from-files",
+        "--dump-dom",
+        (directory / "probe.html").as_uri(),
+        profile=directory / "probe-profile",
+    )
+    found = re.search(r'<pre id="found">(.*?)</pre>', probed.stdout, re.S)
+    assert found is not None and found[1], probed.stdout[-2000:]
+    return shown, json.loads(unescape(found[1]))
+
+
+def test_the_request_map_is_drawn_with_its_nodes_and_the_lost_hop_in_red(
+    drawn: tuple[Shown, dict[str, Any]],
+) -> None:
+    shown, found = drawn
+    assert shown.console == [], "the inline SVG needs nothing the page's CSP blocks"
+    assert found["svg"][0] > 0 and found["svg"][1] > 0
+    nodes = {n["name"]: n for n in found["nodes"]}
+    assert set(nodes) == {"client", "gateway", "orders", "inventory", NAME}
+    assert nodes["orders"]["role"] == "node fork" and nodes["gateway"]["role"] == "node baseline"
+    assert nodes["client"]["role"] == "node client"
+    assert nodes[NAME]["text"] == NAME, "a name with markup is shown as text"
+    assert all(n["box"][0] > 0 and n["box"][1] > 0 for n in found["nodes"])
+    edges = {(e["source"], e["target"]): e for e in found["edges"]}
+    lost = edges["gateway", "orders"]
+    assert (lost["lost"], lost["tagged"], lost["untagged"], lost["stroke"]) == (True, "0", "5", RED)
+    assert [e for e in found["edges"] if e["stroke"] == RED] == [lost]
+    assert edges["client", "gateway"]["tagged"] == "6"
+    assert found["elements"] == [], "only shapes and text: no script, image or foreign object"
+    assert "tag lost here" in shown.text and "6 tagged, 0 untagged" in shown.text

@@ -62,6 +62,8 @@ class FindingRow:
     request: str
     service: str
     finding: Finding
+    against: str = "baseline"
+    """What the sandbox's answer was compared with: `baseline` or `control`."""
 
 
 def verdict_word(verdict: Verdict | None) -> str:
@@ -168,7 +170,12 @@ def forked(services: list[ServiceResult]) -> list[ServiceResult]:
 
 def finding_rows(diff: list[DiffResult]) -> list[FindingRow]:
     """Requests by findings, flattened into table rows, breaking ones first (stable otherwise)."""
-    rows = [FindingRow(r.request, r.service, f) for r in diff for f in r.findings]
+    # `against` is read defensively: records from before control forks existed have no such field.
+    rows = [
+        FindingRow(r.request, r.service, f, getattr(r, "against", "baseline"))
+        for r in diff
+        for f in r.findings
+    ]
     return sorted(rows, key=lambda row: not row.finding.breaking)
 
 
@@ -178,6 +185,36 @@ def differing(diff: list[DiffResult]) -> list[DiffResult]:
 
 def breaking(diff: list[DiffResult]) -> list[Finding]:
     return [f for r in diff for f in r.findings if f.breaking]
+
+
+SUITE_SOURCES = {
+    "base": "the team's suite (base commit)",
+    "head": "the agent's suite (its branch)",
+}
+WHOLE_BODY = "the whole body"
+
+
+def suite_source(source: str) -> str:
+    """Where a suite came from, in words: `base` and `head` alone mean nothing to a reader."""
+    return SUITE_SOURCES.get(source, source)
+
+
+def where(pointer: str) -> str:
+    """A finding's place: its JSON pointer, or the whole body for the empty pointer (RFC 6901's root)."""
+    return pointer or WHOLE_BODY
+
+
+def compared_with(against: str) -> str:
+    """What the sandbox's answer was compared with: the shared baseline or the control fork."""
+    return {"baseline": "baseline", "control": "control (base code, same data)"}.get(against, against)
+
+
+def gate_word(suite: SuiteResult) -> str:
+    """How the suite bears on the verdict: the team's gating suites decide it; the agent's can only
+    tighten it (their failure fails the change, their pass proves nothing)."""
+    if not suite.gating:
+        return "no"
+    return "yes" if suite.source == "base" else "failure only"
 
 
 def gates(suite: SuiteResult) -> bool:

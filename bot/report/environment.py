@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from jinja2 import BaseLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 
-from bot.report import display, escape
+from bot.report import display, escape, requestmap
 from bot.report.budget import Listing, LogTail, Shrink, head, tail
 
 T = TypeVar("T")
@@ -60,6 +60,7 @@ def _markdown_environment(override: str | None) -> Environment:
         code_block=escape.code_block,
         link=escape.link,
         plain=_plain,
+        pointer=_pointer,
         message=lambda text: escape.inline(display.clip(escape.one_line(text), MESSAGE_CHARS)),
     )
     return environment
@@ -109,6 +110,11 @@ def _base(override: str | None, *, autoescape: bool, finalize: Callable[[Any], A
         count=display.count,
         headline=display.headline,
         run_duration=display.run_duration,
+        suite_source=display.suite_source,
+        gate_word=display.gate_word,
+        where=display.where,
+        compared_with=display.compared_with,
+        request_map=requestmap.layout,
         rows=_rows,
         first_failures=_first_failures,
         log_tail=_log_tail,
@@ -157,6 +163,11 @@ def _code(value: object) -> escape.Markdown:
     """A code span, or a dash for nothing: an empty span cannot be written in Markdown."""
     span = escape.code(display.clip(str(value), VALUE_CHARS)) if value is not None else escape.Markdown()
     return span or escape.Markdown(display.NOTHING)
+
+
+def _pointer(pointer: str) -> escape.Markdown:
+    """A finding's pointer as a code span, or the words for the whole body (the empty pointer)."""
+    return _code(pointer) if pointer else escape.inline(display.WHOLE_BODY)
 
 
 def _finalize_markdown(value: object) -> object:
