@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bot.verify import openapi
 from bot.verify.openapi import (
@@ -571,3 +573,77 @@ def test_required_header_from_the_description() -> None:
     header = {**query("X-Tenant", required=True, where="header"), "example": "acme"}
     planned, _ = plan_probes(document({"/a": get([header])}), [], limit=5)
     assert [(p.path, dict(p.headers)) for p in planned] == [("/a", {"x-tenant": "acme"})]
+
+
+# --- any document --------------------------------------------------------------------------------
+
+WORDS = [
+    "get",
+    "head",
+    "post",
+    "parameters",
+    "requestBody",
+    "responses",
+    "200",
+    "201",
+    "content",
+    "application/json",
+    "schema",
+    "$ref",
+    "type",
+    "properties",
+    "required",
+    "items",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "enum",
+    "nullable",
+    "name",
+    "in",
+    "query",
+    "path",
+    "header",
+    "example",
+    "examples",
+    "default",
+    "additionalProperties",
+    "maxLength",
+    "pattern",
+    "format",
+    "readOnly",
+    "/a/{x}",
+    "x",
+    "const",
+]
+REFS = st.sampled_from(["#/components/schemas/A", "#/components/schemas/B", "#/paths/~1a~1{x}", "#", "#/x/9"])
+LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, width=16),
+    st.sampled_from(WORDS),
+    REFS,
+    st.text(max_size=3),
+)
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(WORDS), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(paths=VALUES, schemas=VALUES, head_paths=VALUES)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_document_compares_and_plans_without_error(paths: Any, schemas: Any, head_paths: Any) -> None:
+    def doc(p: Any) -> Document:
+        raw = {"openapi": "3.1.0", "paths": p if isinstance(p, dict) else {"/a/{x}": p}}
+        raw["components"] = {"schemas": {"A": schemas, "B": {"$ref": "#/components/schemas/A"}}}
+        return parse_document(json.dumps(raw).encode())
+
+    base, head = doc(paths), doc(head_paths)
+    results, notes = compare_documents(base, head, "svc")
+    assert all(isinstance(n, str) and "\n" not in n for n in notes)
+    assert all(r.findings for r in results)
+    compare_documents(base, base, "svc")
+    plan_probes(base, ["/a/1?x=2", "/a/{x}"], limit=3)
