@@ -278,3 +278,24 @@ def test_an_id_only_one_side_has_is_not_a_finding(versions: dict[str, str]) -> N
     result = check(TwoVersions(versions["base"], versions["renamed"]), config(), traffic)
     assert not any("history" in r.request for r in result.diff)
     assert any(r.request.startswith("GET /search") for r in result.diff)
+
+
+def test_another_pair_of_sides_through_send(versions: dict[str, str]) -> None:
+    """A control and the candidate, say: `send` reaches them; the runtime's own probe is not used."""
+
+    class Unused(TwoVersions):
+        def probe(self, sandbox: Sandbox, request: ProbeRequest, *, tagged: bool) -> ProbeAnswer:
+            raise AssertionError("send was given")
+
+    sides = TwoVersions(versions["base"], versions["renamed"])
+    cfg = config()
+    result = check_contracts(
+        cast(Runtime, Unused("", "")),
+        sandbox(cfg),
+        cfg,
+        ["inventory"],
+        SUITE_TRAFFIC,
+        send=lambda request, candidate: sides.probe(sandbox(cfg), request, tagged=candidate),
+    )
+    assert any(f.kind == "parameter_renamed" for r in result.diff for f in r.findings)
+    assert (True, "/search?q=mug") in sides.sent and (False, "/search?q=mug") in sides.sent
