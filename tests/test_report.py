@@ -279,6 +279,7 @@ def test_every_report_says_whose_suite_it_was() -> None:
         assert f"| `agent-e2e` | {agent} | failure only | FAILED |" in text, output
         assert "| base |" not in text.replace("| base | `main`", ""), output
     assert "#### Suite `agent-e2e`, the agent's suite (its branch): FAILED" in outputs["comment"]
+    assert "Suites: 0 of 2 passed (1 of them the agent's own, from its branch);" in outputs["check summary"]
     page = render_html(evidence)
     assert f"<td>{team.replace(chr(39), '&#39;')}</td>" in page
     assert f"<td>{agent.replace(chr(39), '&#39;')}</td>" in page

@@ -4,9 +4,16 @@ of the Markdown reports (a hostile label cannot leave its node) and the layout o
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
@@ -81,6 +88,22 @@ def test_the_caller_is_the_innermost_preceding_request_of_the_trace() -> None:
     observed = propagated("f")
     callers = [(h.request.service, h.caller.service if h.caller else None) for h in hops(KEY, observed)]
     assert callers == [("gateway", None), ("orders", "gateway"), ("payments", "orders")]
+
+
+def test_a_suite_that_sends_everything_in_one_trace_is_mapped_hop_by_hop() -> None:
+    """Sequential requests sharing one traceparent: each call belongs to the request running around it."""
+    start = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    observed = []
+    for i in range(3000):
+        moment = start + timedelta(milliseconds=20 * i)
+        observed.append(Seen("gateway", KEY, None, moment.isoformat(), 12, tp("9")))
+        lost = i % 3 == 0
+        call = (moment + timedelta(milliseconds=2)).isoformat()
+        observed.append(Seen("orders", None if lost else KEY, None if lost else KEY, call, 6, tp("9")))
+    assert request_map(KEY, observed) == [
+        RequestEdge(source=None, target="gateway", tagged=3000),
+        RequestEdge(source="gateway", target="orders", tagged=2000, untagged=1000, lost_tag=True),
+    ]
 
 
 def test_tagged_counts_cover_every_service_and_forks_count_what_they_served() -> None:
@@ -243,3 +266,59 @@ def test_a_hostile_service_name_cannot_leave_its_node(first: str, second: str) -
     labels, found = check_flowchart(block)
     assert len(labels) == len({"", first, second}), "one node per service and the entry, no more"
     assert len(found) == len(edges)
+
+
+# Mermaid's own parser, where it is at hand: the `mermaid-parser-py` package ships Mermaid bundled as one
+# CommonJS file, which plain Node runs (its Python side needs pythonmonkey, which is not used here).
+MERMAID_CHECK = """
+const parse = require(process.argv[1]);
+let text = "";
+process.stdin.on("data", (chunk) => { text += chunk; });
+process.stdin.on("end", () => parse(text).then((out) => {
+  const graph = JSON.parse(out).graph_data;
+  console.log(JSON.stringify({
+    nodes: Object.values(graph.vertices).map((v) => [v.id, v.text]),
+    edges: graph.edges.map((e) => [e.start, e.end, e.text, (e.style || []).join(";")]),
+  }));
+}).catch((error) => { console.error(String(error && error.message || error)); process.exit(1); }));
+"""
+
+
+def mermaid_bundle() -> Path | None:
+    spec = importlib.util.find_spec("mermaid_parser")
+    if spec is None or not spec.submodule_search_locations or shutil.which("node") is None:
+        return None
+    bundle = Path(next(iter(spec.submodule_search_locations))) / "js" / "parser.bundle.js"
+    return bundle if bundle.is_file() else None
+
+
+@pytest.mark.skipif(mermaid_bundle() is None, reason="Mermaid's parser (pip mermaid-parser-py) and node")
+def test_mermaids_own_parser_reads_the_map_with_a_hostile_name_in_its_node() -> None:
+    name = 'x"]; click n0 call alert(1) %% `#quot;<b>'
+    services = [ServiceResult(name=name, forked=False, reason="unchanged")]
+    evidence = mapped([*LOST_MAP, RequestEdge(source="orders", target=name, untagged=2)], None)
+    evidence.services += services
+    [block] = mermaid_blocks(render_comment(evidence))
+    done = subprocess.run(
+        ["node", "-e", MERMAID_CHECK, str(mermaid_bundle())],
+        input=block,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    parsed = json.loads(done.stdout)
+    assert [label for _, label in parsed["nodes"]] == [
+        "client",
+        "gateway (baseline)",
+        "orders (fork)",
+        "inventory (baseline)",
+        "payments (baseline)",
+        "x___ click n0 call alert(1) __ _",
+    ]
+    assert len(parsed["edges"]) == 5
+    lost = [e for e in parsed["edges"] if "stroke:#cf222e" in e[3]]
+    assert lost == [
+        ["n1", "n2", "tag lost: 0 tagged, 5 untagged", "stroke:#cf222e;stroke-width:3px;fill:none"]
+    ]

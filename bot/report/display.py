@@ -209,6 +209,11 @@ def compared_with(against: str) -> str:
     return {"baseline": "baseline", "control": "control (base code, same data)"}.get(against, against)
 
 
+def from_agent(suites: list[SuiteResult]) -> list[SuiteResult]:
+    """The suites that came from the agent's branch (head), not from the team's base commit."""
+    return [s for s in suites if s.source == "head"]
+
+
 def gate_word(suite: SuiteResult) -> str:
     """How the suite bears on the verdict: the team's gating suites decide it; the agent's can only
     tighten it (their failure fails the change, their pass proves nothing)."""

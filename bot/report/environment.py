@@ -112,6 +112,7 @@ def _base(override: str | None, *, autoescape: bool, finalize: Callable[[Any], A
         run_duration=display.run_duration,
         suite_source=display.suite_source,
         gate_word=display.gate_word,
+        from_agent=display.from_agent,
         where=display.where,
         compared_with=display.compared_with,
         request_map=requestmap.layout,

@@ -76,12 +76,26 @@ def _precedes(before: _Timed, hop: _Timed) -> bool:
     return started_first and hop.start <= before.end + _SLACK
 
 
-def _caller(hop: _Timed, trace: list[_Timed]) -> Observed | None:
-    candidates = [t for t in trace if t is not hop and _precedes(t, hop)]
-    if not candidates:
-        return None
-    best = max(candidates, key=lambda t: (hop.end <= t.end + _SLACK, t.start, -t.request.duration_ms))
-    return best.request
+def _callers(trace: list[_Timed]) -> list[tuple[datetime, Hop]]:
+    """Each request of one trace with its caller. The trace is scanned in start order, and only back as
+    far as the longest request could reach: a suite that sends everything in one trace stays linear."""
+    trace = sorted(trace, key=lambda t: (t.start, -t.request.duration_ms))
+    reach = max(t.end - t.start for t in trace) + _SLACK
+    found: list[tuple[datetime, Hop]] = []
+    for index, hop in enumerate(trace):
+        candidates = []
+        for before in reversed(trace[:index]):
+            if before.start < hop.start - reach:
+                break
+            if _precedes(before, hop):
+                candidates.append(before)
+        best = max(
+            candidates,
+            key=lambda t: (hop.end <= t.end + _SLACK, t.start, -t.request.duration_ms),
+            default=None,
+        )
+        found.append((hop.start, Hop(hop.request, best.request if best is not None else None)))
+    return found
 
 
 def hops(routing_key: str, observed: Iterable[Observed]) -> list[Hop]:
@@ -97,7 +111,7 @@ def hops(routing_key: str, observed: Iterable[Observed]) -> list[Hop]:
     for trace in traces.values():
         if not any(t.request.routing_key == routing_key for t in trace):
             continue  # baseline traffic: nothing of the sandbox's passed here
-        found += [(t.start, Hop(t.request, _caller(t, trace))) for t in trace]
+        found += _callers(trace)
     return [hop for _, hop in sorted(found, key=lambda pair: pair[0])]
 
 
