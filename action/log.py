@@ -11,7 +11,7 @@ import time
 
 from action.commands import Console
 from bot.evidence import Evidence, Verdict
-from bot.report.display import clip
+from bot.report.display import clip, suite_source
 
 MAX_STEP_ERRORS = 10
 """GitHub shows at most 10 error annotations per step; the last is kept for the verdict."""
@@ -50,7 +50,7 @@ def print_run(console: Console, evidence: Evidence) -> None:
     for suite in evidence.suites:
         failed = suite.counts.failed + suite.counts.errors
         counts = f"{suite.counts.passed} passed, {failed} failed"
-        title = f"suite {suite.name} ({suite.source}): {suite.status}, {counts}"
+        title = f"suite {suite.name}, {suite_source(suite.source)}: {suite.status}, {counts}"
         with console.group(title):
             console.text(suite.log_tail or "(no output)")
 

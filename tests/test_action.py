@@ -96,7 +96,7 @@ def test_good_change_passes_and_opens_the_pr(
     assert [e for e in result.errors()] == []
     notices = [(props, message) for name, props, message in result.commands() if name == "notice"]
     assert notices and notices[-1][0] == {"title": "loopgate%3A pass"}
-    assert "::group::suite e2e (base): passed" in result.stdout
+    assert "::group::suite e2e, the team's suite (base commit): passed" in result.stdout
 
 
 def test_contract_break_fails_the_step_with_annotations_and_drafts_the_pr(
@@ -134,7 +134,7 @@ def test_contract_break_fails_the_step_with_annotations_and_drafts_the_pr(
     github.assert_no_violations()
 
     # The suite's log is folded into a group, with commands stopped around it.
-    group = result.stdout.index("::group::suite e2e (base): failed")
+    group = result.stdout.index("::group::suite e2e, the team's suite (base commit): failed")
     assert result.stdout[group:].split("\n", 2)[1].startswith("::stop-commands::")
 
 

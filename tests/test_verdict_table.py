@@ -248,7 +248,7 @@ VERDICT_ROWS: dict[str, tuple[Callable[[Evidence], None], Verdict, str, int, str
     "pass: every gating suite passed, every fork reached": (
         unchanged,
         Verdict.PASS,
-        "e2e (base) passed: 5 tests",
+        "e2e (the team's suite) passed: 5 tests",
         0,
         "success",
     ),
@@ -262,14 +262,14 @@ VERDICT_ROWS: dict[str, tuple[Callable[[Evidence], None], Verdict, str, int, str
     "pass: the diff found only non-breaking differences": (
         diff(finding(breaking=False)),
         Verdict.PASS,
-        "e2e (base) passed: 5 tests",
+        "e2e (the team's suite) passed: 5 tests",
         0,
         "success",
     ),
     "pass: a non-gating head suite failing is reported, not gating": (
         suites(suite(), suite(name="agent-e2e", source="head", gating=False, status="failed")),
         Verdict.PASS,
-        "e2e (base) passed: 5 tests",
+        "e2e (the team's suite) passed: 5 tests",
         0,
         "success",
     ),
@@ -293,7 +293,7 @@ VERDICT_ROWS: dict[str, tuple[Callable[[Evidence], None], Verdict, str, int, str
     "pass: a non-gating base suite failing is reported, not gating": (
         suites(suite(), suite(name="smoke", gating=False, status="failed")),
         Verdict.PASS,
-        "e2e (base) passed: 5 tests",
+        "e2e (the team's suite) passed: 5 tests",
         0,
         "success",
     ),

@@ -24,7 +24,7 @@ changes:
     kind: good
     service: orders
     expected: pass
-    expect_finding: e2e (base) passed
+    expect_finding: e2e (the team's suite) passed
     description: behaviour-preserving refactor
   - name: contract-break
     patch: contract-break.patch

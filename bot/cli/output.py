@@ -20,6 +20,7 @@ from rich.table import Table
 from bot.config import RuntimeSettings
 from bot.evidence import Evidence
 from bot.report import UNCONFINED_NOTICE, render_comment, render_html, render_json
+from bot.report.display import suite_source
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -122,7 +123,7 @@ def _print_plain(evidence: Evidence) -> None:
         failed = r.counts.failed + r.counts.errors
         counts = f"{r.counts.passed} passed, {failed} failed, {r.duration_ms} ms"
         console.print(
-            f"suite {r.name} ({r.source}): {r.status}, {counts}",
+            f"suite {r.name}, {suite_source(r.source)}: {r.status}, {counts}",
             markup=False,
         )
     _print_failures_and_reasons(evidence)

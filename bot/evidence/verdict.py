@@ -72,9 +72,8 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
         return Verdict.INCONCLUSIVE, gaps + known
 
     # Pre-existing failures first: the pass stands, but nobody should miss that the base is red.
-    reasons = known + [
-        f"{s.name} ({s.source}) passed: {s.counts.passed} tests" for s in gating_ran if s.status == "passed"
-    ]
+    passed = [s for s in gating_ran if s.status == "passed"]
+    reasons = known + [f"{s.name} (the team's suite) passed: {s.counts.passed} tests" for s in passed]
     reasons += [f"{s.name}: fork received {s.tagged_requests} tagged requests" for s in evidence.forks]
     return Verdict.PASS, reasons
 
