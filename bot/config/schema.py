@@ -334,13 +334,23 @@ class DiffRequest(Strict):
 
 
 class Diff(Strict):
-    """Baseline-vs-sandbox response diff."""
+    """The response diff: control-vs-candidate at a forked service's listener, baseline-vs-sandbox at the
+    services not forked."""
 
     requests: list[DiffRequest] | None = Field(default=None, min_length=1)
     from_suites: bool = Field(default=True, description="Also replay the suites' own GET/HEAD traffic.")
     ignore: list[str] = Field(default_factory=list, description="RFC 6901 pointers; `*` matches one segment.")
     headers: list[str] = Field(default_factory=list, description="Response headers that must not change.")
     max_requests: int = Field(default=50, ge=1, le=1000)
+    control: bool = Field(
+        default=True,
+        description=(
+            "Beside each fork, start controls: the base commit's code on copies of the same data, made"
+            " from one snapshot. The suites run against them too; requests at a forked service are"
+            " compared control-vs-candidate, values included; what differs between the two controls is"
+            " noise, never a finding."
+        ),
+    )
 
     @field_validator("ignore")
     @classmethod
@@ -353,9 +363,18 @@ class Diff(Strict):
         return pointers
 
 
+class Seed(Strict):
+    """A command run once against a new baseline (untagged, confined like a suite) to write realistic
+    data with the base code, so every fork copies real rows."""
+
+    run: str = Field(min_length=1, description="`sh -c` command; gets LOOPGATE_<SERVICE>_URL.")
+    timeout: float = Field(default=120, gt=0, le=3600)
+
+
 class Verify(Strict):
     suites: list[Suite] = Field(default_factory=list)
     diff: Diff = Field(default_factory=Diff)
+    seed: Seed | None = Field(default=None, description="Read from the base commit's config.")
 
     @field_validator("suites")
     @classmethod

@@ -108,6 +108,17 @@ class DiffResult(Record):
     request: str
     service: str
     findings: list[Finding] = Field(default_factory=list)
+    against: Literal["baseline", "control"] = Field(
+        default="baseline",
+        description="What the sandbox's answer was compared with: the shared baseline's (a finding's"
+        " `baseline` is its value), or the control's, the base code on a copy of the same data (the"
+        " finding's `baseline` is the control's value).",
+    )
+    noise: list[str] = Field(
+        default_factory=list,
+        description="Where values differed between the two control answers (array indices as `*`): never"
+        " findings.",
+    )
 
 
 class Propagation(Record):
@@ -168,6 +179,9 @@ class Evidence(Record):
         " the agent's code could then reach loopgate's secrets and the suites judging it.",
     )
     routing_key: str | None = None
+    control_keys: list[str] = Field(
+        default_factory=list, description="The routing keys of the sandbox's controls (primary, secondary)."
+    )
     changed_files: list[str] = Field(default_factory=list)
     services: list[ServiceResult] = Field(default_factory=list)
     suites: list[SuiteResult] = Field(default_factory=list)

@@ -30,16 +30,27 @@ from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageRe
 from bot.runtimes.protocol import (
     Baseline,
     BaselineError,
+    Controls,
     ProbeError,
     ProbeRequest,
     Runtime,
     Sandbox,
     Source,
+    SuiteOutcome,
     SuiteRequest,
 )
 from bot.verify import blame, diagnose, fork_coverage, judge_suite, last_tagged_hop
 from bot.verify.compare import Response
-from bot.verify.diff import NotSent, Probe, Send, probes, run_diff
+from bot.verify.diff import (
+    NotSent,
+    Probe,
+    Send,
+    SendTo,
+    control_pairs,
+    probes,
+    run_control_diff,
+    run_diff,
+)
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,7 @@ class Pipeline:
         stages = StageRecorder(evidence, self.listener)
         baseline: Baseline | None = None
         sandbox: Sandbox | None = None
+        self.controls: list[Sandbox] = []
         try:
             with stages.stage("plan") as result:
                 plan = make_plan(request.repo, request.base_ref, request.head_ref, request.config_file)
@@ -143,10 +155,14 @@ class Pipeline:
                     baseline, plan.config, Source(request.repo, plan.merge_sha)
                 )
                 evidence.routing_key = sandbox.routing_key
+                if not request.sandbox_only:
+                    self._new_controls(evidence, plan, sandbox, base)
                 self._build_and_fork(stages, evidence, plan, sandbox)
                 if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
                     with self._stage(stages, "route") as routed:
                         note = self.runtime.route(sandbox)
+                        for control in self.controls:
+                            self.runtime.route(control)
                         if note is not None:
                             routed.detail = note
                             evidence.notes.append(note)
@@ -218,9 +234,13 @@ class Pipeline:
             stages.skipped("fork", "no service is affected")
             return
         specs = {name: plan.config.services[name] for name in names}
-        with self._stage(stages, "build") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
-            builds = dict(
-                zip(names, pool.map(lambda n: self.runtime.build(sandbox, n, specs[n]), names), strict=True)
+        # Controls build and start beside the candidate's forks, in the same pool: they add no wait.
+        jobs = [(box, name) for box in (sandbox, *self.controls) for name in names]
+        with self._stage(stages, "build") as result, ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            built_all = list(pool.map(lambda job: self.runtime.build(job[0], job[1], specs[job[1]]), jobs))
+            builds = dict(zip(names, built_all[: len(names)], strict=True))
+            self._drop_controls(
+                evidence, [b.detail or "build failed" for b in built_all[len(names) :] if not b.ok]
             )
             for name, built in builds.items():
                 service = evidence.service(name)
@@ -233,8 +253,14 @@ class Pipeline:
         if result.outcome == "failed":
             stages.skipped("fork", "a build failed")
             return
-        with self._stage(stages, "fork") as result, ThreadPoolExecutor(max_workers=len(names)) as pool:
-            for forked in pool.map(lambda n: self.runtime.fork(sandbox, n, specs[n]), names):
+        jobs = [(box, name) for box in (sandbox, *self.controls) for name in names]
+        with self._stage(stages, "fork") as result, ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            forked_all = list(pool.map(lambda job: self.runtime.fork(job[0], job[1], specs[job[1]]), jobs))
+            failed = [f"{f.service} {f.detail}" for f in forked_all[len(names) :] if f.status != "ready"]
+            self._drop_controls(evidence, failed)
+            if self.controls:
+                result.detail = f"with {len(self.controls)} controls per service"
+            for forked in forked_all[: len(names)]:
                 service = evidence.service(forked.service)
                 assert service is not None
                 service.status, service.ready_ms, service.url = forked.status, forked.ready_ms, forked.url
@@ -255,7 +281,7 @@ class Pipeline:
                     should_stop=self._stopping,
                     kubernetes=suite.kubernetes,
                 )
-                outcome = self.runtime.run_suite(sandbox, request)
+                outcome = self._run_beside_controls(evidence, sandbox, request)
                 judged = judge_suite(suite.name, "base", suite.gating, outcome)
                 # Not after a timeout: another full timeout, and a hang tells nothing about whose it is.
                 if judged.gating and judged.status in ("failed", "errored"):
@@ -274,13 +300,30 @@ class Pipeline:
                         kubernetes=suite.kubernetes,
                     )
                     # Head's suites can only tighten the team's gate: a failure fails the change, a pass
-                    # proves nothing (decide() counts only the base's suites as proof).
-                    outcome = self.runtime.run_suite(sandbox, request)
+                    # proves nothing (decide() counts only the base's suites as proof). Beside the
+                    # controls too: what they write and then read exists on every side.
+                    outcome = self._run_beside_controls(evidence, sandbox, request)
                     evidence.suites.append(judge_suite(suite.name, "head", suite.gating, outcome))
             observed = self.runtime.observed_requests(sandbox)
-            chosen = probes(plan.config.verify.diff, observed, sandbox.routing_key)
+            config = plan.config.verify.diff
+            compared: list[str] = []
+            if len(self.controls) == 2:
+                compared = [s.name for s in evidence.forks]
+                primary, secondary = self.controls
+                with ThreadPoolExecutor(max_workers=2) as pool:  # each waits for the log to settle
+                    seen = list(pool.map(self.runtime.observed_requests, self.controls))
+                pairs = control_pairs(
+                    config,
+                    observed,
+                    (seen[0], seen[1]),
+                    (sandbox.routing_key, primary.routing_key, secondary.routing_key),
+                    compared,
+                )
+                evidence.diff = run_control_diff(config, pairs, self._sender_to(sandbox))
+            chosen = probes(config, observed, sandbox.routing_key, exclude=compared)
             if chosen:
-                evidence.diff = run_diff(plan.config.verify.diff, chosen, self._sender(sandbox))
+                evidence.diff += run_diff(config, chosen, self._sender(sandbox))
+            if evidence.diff:
                 observed = self.runtime.observed_requests(sandbox)
             coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
             for name, hits in coverage.items():
@@ -294,6 +337,66 @@ class Pipeline:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
+
+    def _new_controls(self, evidence: Evidence, plan: Plan, sandbox: Sandbox, base: Source) -> None:
+        """A primary and a secondary control beside the candidate (`verify.diff.control`)."""
+        if not plan.config.verify.diff.control or not plan.affected:
+            return
+        if not isinstance(self.runtime, Controls):
+            evidence.notes.append(
+                f"the {self.runtime.kind} runtime starts no controls: forked services are compared"
+                " baseline-vs-sandbox, without values"
+            )
+            return
+        runtime = self.runtime
+        self.controls = [runtime.new_control(sandbox, base) for _ in ("primary", "secondary")]
+        evidence.control_keys = [c.routing_key for c in self.controls]
+
+    def _drop_controls(self, evidence: Evidence, failures: list[str]) -> None:
+        """A control that did not build or start leaves the comparison to the baseline; its sandbox is
+        torn down with the candidate."""
+        if failures and self.controls:
+            self.controls = []
+            evidence.notes.append(
+                f"the controls did not start ({failures[0]}): forked services are compared"
+                " baseline-vs-sandbox, without values"
+            )
+
+    def _run_beside_controls(
+        self, evidence: Evidence, sandbox: Sandbox, request: SuiteRequest
+    ) -> SuiteOutcome:
+        """The suite against the candidate and, at the same time, against each control (tagged with its
+        key, on its own data), so the writes happen on every side; only the candidate's outcome is
+        judged."""
+        if not self.controls:
+            return self.runtime.run_suite(sandbox, request)
+        boxes = [sandbox, *self.controls]
+        with ThreadPoolExecutor(max_workers=len(boxes)) as pool:
+            outcomes = list(pool.map(lambda box: self.runtime.run_suite(box, request), boxes))
+        for side, outcome in zip(("primary", "secondary"), outcomes[1:], strict=True):
+            # A head suite may well fail on the base code: it tests the change. Only the base's says.
+            if request.source == "base" and (outcome.timed_out or outcome.exit_code != 0):
+                evidence.notes.append(
+                    f"suite {request.name} did not pass on the {side} control (the base code): its"
+                    " failures are the base's, not the change's"
+                )
+                break
+        return outcomes[0]
+
+    def _sender_to(self, sandbox: Sandbox) -> SendTo:
+        """The control diff's sides: `candidate` is the sandbox, `primary` and `secondary` its controls,
+        each tagged with its own routing key."""
+        boxes = {"candidate": sandbox, "primary": self.controls[0], "secondary": self.controls[1]}
+
+        def send(probe: Probe, side: str) -> Response:
+            request = ProbeRequest(probe.service, probe.method, probe.path, probe.headers, probe.body)
+            try:
+                answer = self.runtime.probe(boxes[side], request, tagged=True)
+            except ProbeError as exc:
+                raise NotSent(str(exc)) from None
+            return Response(answer.status, dict(answer.headers), answer.body)
+
+        return send
 
     def _sender(self, sandbox: Sandbox) -> Send:
         """The diff's probes go out through the runtime, which alone knows where a service lives."""

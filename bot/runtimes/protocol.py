@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from bot.config import Config, InfrastructureError, Service
 from bot.config.kubernetes import KubernetesSuite
@@ -219,3 +219,14 @@ class SandboxUpdates(Protocol):
 
     def unfork(self, sandbox: Sandbox, service: str) -> None:
         """Route the service back to the baseline for this sandbox and stop its fork."""
+
+
+@runtime_checkable
+class Controls(Protocol):
+    """A runtime that can start controls beside a sandbox's forks (`verify.diff.control`); the pipeline
+    skips them, with a note, on a runtime without."""
+
+    def new_control(self, sandbox: Sandbox, base: Source) -> Sandbox:
+        """A control of `sandbox`: its own routing key, whose forks (`build`, `fork`, `route` as for any
+        sandbox) run `base` on copies of the data made from the same snapshot as the sandbox's. It is
+        recorded with the sandbox before it exists, kept and torn down with it."""

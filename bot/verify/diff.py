@@ -1,20 +1,30 @@
-"""The baseline-vs-sandbox response diff: the same request, sent without and with the routing key.
+"""The response diffs.
+
+Control-vs-candidate (`run_control_diff`), at a forked service's own listener: each request the suites
+made there (and each configured one) goes to the primary control, the secondary control and the
+candidate — each side asked for its own path, since a record the suite made has its own id on each
+side. What differs between the two controls is noise; beyond it, status, listed headers, shape and
+values are compared.
+
+Baseline-vs-sandbox (`run_diff`), for the services not forked: the same request, sent without and with
+the routing key — what a caller of the service sees.
 
 Requests come from `verify.diff.requests` and from the suites' own GET/HEAD traffic as the data plane
-recorded it, at every service's listener: a finding on a fork's own listener names the service that
-changed, and one at the entry shows what a caller would see. Writes are replayed only when the config
-marks a request `unsafe`, since they write on both sides.
+recorded it. Writes are replayed only when the config marks a request `unsafe`, since they write on
+both sides.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 from bot.config.schema import SAFE_METHODS, Diff
-from bot.evidence import DiffResult
+from bot.evidence import DiffResult, Finding
 from bot.verify.compare import ComparePolicy, Response, compare
+from bot.verify.noise import generalise, noise_pointers, value_findings
 from bot.verify.observed import Observed
 
 
@@ -41,7 +51,15 @@ class NotSent(Exception):
     """A probe got no answer; the message is the one-line cause."""
 
 
-def probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> list[Probe]:
+def probes(
+    config: Diff, observed: Iterable[Observed], routing_key: str, exclude: Iterable[str] = ()
+) -> list[Probe]:
+    """Baseline-vs-sandbox probes; `exclude`: services compared control-vs-candidate instead."""
+    skip = set(exclude)
+    return [p for p in _probes(config, observed, routing_key) if p.service not in skip][: config.max_requests]
+
+
+def _probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> list[Probe]:
     chosen: list[Probe] = []
     for request in config.requests or []:
         body = json.dumps(request.body).encode() if request.body is not None else None
@@ -57,7 +75,7 @@ def probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> list
                 continue
             seen.add(key)
             chosen.append(Probe(record.service, record.method, record.path, recorded=True))
-    return chosen[: config.max_requests]
+    return chosen
 
 
 def run_diff(config: Diff, chosen: list[Probe], send: Send) -> list[DiffResult]:
@@ -78,3 +96,143 @@ def run_diff(config: Diff, chosen: list[Probe], send: Send) -> list[DiffResult]:
             )
         )
     return results
+
+
+# --- control-vs-candidate ----------------------------------------------------------------------
+
+SIDES = ("primary", "secondary", "candidate")
+PARALLEL_PROBES = 8
+SendTo = Callable[[Probe, str], Response]
+"""Send a probe to one side (`primary`, `secondary`: the controls; `candidate`: the sandbox), tagged
+with that side's routing key; raises NotSent when it gets no answer."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One request at a forked service, as each side is asked it: the candidate's path and each
+    control's (the same path, or the control's own request in the same place of the suite's run)."""
+
+    candidate: Probe
+    controls: tuple[Probe, Probe]
+
+    @property
+    def label(self) -> str:
+        paths = {p.path for p in self.controls} - {self.candidate.path}
+        seen = f" (controls: {', '.join(sorted(paths))})" if paths else ""
+        return f"{self.candidate.label}{seen}"
+
+
+def control_pairs(
+    config: Diff,
+    candidate: Iterable[Observed],
+    controls: tuple[Iterable[Observed], Iterable[Observed]],
+    keys: tuple[str, str, str],
+    forked: Iterable[str],
+) -> list[Pair]:
+    """The requests to compare at the forked services: configured ones (the same path on every side),
+    then the suites' GET/HEAD traffic, each candidate request paired with each control's request of
+    the same path or, failing that, the one in the same place of the run with the same path shape
+    (`/orders/<the id made on that side>`)."""
+    wanted = set(forked)
+    key, primary_key, secondary_key = keys
+    pairs: list[Pair] = []
+    for probe in _probes(config.model_copy(update={"from_suites": False}), [], key):
+        if probe.service in wanted:
+            pairs.append(Pair(probe, (probe, probe)))
+    if config.from_suites:
+        mine = _seen(candidate, key, wanted)
+        theirs = (_seen(controls[0], primary_key, wanted), _seen(controls[1], secondary_key, wanted))
+        done = {(p.candidate.service, p.candidate.method, p.candidate.path) for p in pairs}
+        for group, paths in mine.items():
+            service, method = group
+            matched = [_align(paths, side.get(group, [])) for side in theirs]
+            for index, path in enumerate(paths):
+                if (service, method, path) in done:
+                    continue
+                done.add((service, method, path))
+                probe = Probe(service, method, path, recorded=True)
+                a, b = matched[0][index], matched[1][index]
+                pairs.append(Pair(probe, (replace(probe, path=a or path), replace(probe, path=b or path))))
+    return pairs[: config.max_requests]
+
+
+def _seen(observed: Iterable[Observed], key: str, services: set[str]) -> dict[tuple[str, str], list[str]]:
+    """Each (service, method)'s distinct GET/HEAD paths tagged `key`, in the order first seen."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for record in observed:
+        if record.routing_key != key or record.method not in SAFE_METHODS or record.service not in services:
+            continue
+        paths = out.setdefault((record.service, record.method), [])
+        if record.path not in paths:
+            paths.append(record.path)
+    return out
+
+
+def _shape(path: str) -> tuple[int, str]:
+    """Segments count and first segment: `/orders/ord_1` and `/orders/ord_2` have one shape."""
+    segments = path.split("?", 1)[0].split("/")
+    return len(segments), segments[1] if len(segments) > 1 else ""
+
+
+def _align(mine: list[str], theirs: list[str]) -> list[str | None]:
+    """For each of `mine`, the same path in `theirs`, else the next unused one of the same shape that
+    `mine` does not have itself; None when there is none (the path is then sent as it is)."""
+    unused = [p for p in theirs if p not in mine]
+    out: list[str | None] = []
+    for path in mine:
+        if path in theirs:
+            out.append(path)
+            continue
+        match = next((p for p in unused if _shape(p) == _shape(path)), None)
+        if match is not None:
+            unused.remove(match)
+        out.append(match)
+    return out
+
+
+def run_control_diff(config: Diff, pairs: list[Pair], send: SendTo) -> list[DiffResult]:
+    """Each pair's three requests in turn (primary, secondary, candidate); the pairs side by side, as
+    they are independent reads. Results in the order of `pairs`."""
+    policy = ComparePolicy(ignore=config.ignore, headers=config.headers)
+
+    def one(pair: Pair) -> DiffResult:
+        try:
+            primary = send(pair.controls[0], "primary")
+            secondary = send(pair.controls[1], "secondary")
+            candidate = send(pair.candidate, "candidate")
+        except NotSent as exc:
+            cause = str(exc).split(":", 1)[0]
+            label = f"{pair.label} (not sent: {cause})"
+            return DiffResult(request=label, service=pair.candidate.service, against="control")
+        noise = noise_pointers(primary, secondary)
+        return DiffResult(
+            request=pair.label,
+            service=pair.candidate.service,
+            findings=_control_findings(primary, secondary, candidate, noise, policy),
+            against="control",
+            noise=generalise(noise),
+        )
+
+    if len(pairs) <= 1:
+        return [one(pair) for pair in pairs]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_PROBES, len(pairs))) as pool:
+        return list(pool.map(one, pairs))
+
+
+def _control_findings(
+    primary: Response, secondary: Response, candidate: Response, noise: list[str], policy: ComparePolicy
+) -> list[Finding]:
+    if "" in noise:
+        return []  # the controls disagree with each other on the whole answer: nothing can be blamed
+    unstable = [h for h in policy.headers if _header(primary, h) != _header(secondary, h)]
+    stable = ComparePolicy(
+        ignore=(*policy.ignore, *generalise(noise, limit=200)),
+        headers=[h for h in policy.headers if h not in unstable],
+    )
+    findings = compare(primary, candidate, stable)
+    findings += value_findings(primary, candidate, noise, tuple(policy.ignore))
+    return sorted(findings, key=lambda f: (not f.breaking, f.pointer, f.kind))
+
+
+def _header(response: Response, name: str) -> str | None:
+    return next((v.strip() for k, v in response.headers.items() if k.lower() == name.lower()), None)

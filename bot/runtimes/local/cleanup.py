@@ -64,21 +64,29 @@ class Cleanup(RuntimeCore):
         return errors
 
     def _teardown_record(self, env: EnvRecord, record: SandboxRecord, *, unroute: bool = True) -> None:
-        """Routes first, then processes, then files; each step runs even when an earlier one failed."""
+        """Routes first, then processes, then files; each step runs even when an earlier one failed. A
+        sandbox's controls go with it, in the same steps (one route update, one stop)."""
         errors: list[str] = []
-        record.state, record.starter = "stopping", ProcessRef.current()
-        if record.routed and unroute:
-            record.routed = False
-            self.registry.save_sandbox(record)
+        controls = [self.registry.load_sandbox(env.env_id, key) for key in record.controls]
+        records = [record, *(c for c in controls if c is not None)]
+        # `unroute=False`: the caller unrouted the sandbox itself (gc); its controls are unrouted here,
+        # best effort, as gc does.
+        leaving = [r for r in records if r.routed and (unroute or r is not record)]
+        for each in records:
+            each.state, each.starter = "stopping", ProcessRef.current()
+            if each in leaving:
+                each.routed = False
+            self.registry.save_sandbox(each)
+        if leaving:
             try:
                 self._apply_routes(env.env_id)
             except InfrastructureError as exc:
-                errors.append(str(exc))
-        else:
-            self.registry.save_sandbox(record)
-        stop_groups([*record.jobs, *(fork.process for fork in record.forks.values())])
-        sandbox_dir = self.registry.sandbox_dir(env.env_id, record.routing_key)
-        Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")  # a record older than journals
-        errors += self._purge_dir(sandbox_dir, record.databases)
+                if unroute:
+                    errors.append(str(exc))
+        stop_groups([ref for r in records for ref in (*r.jobs, *(fork.process for fork in r.forks.values()))])
+        for each in reversed(records):  # the sandbox last: its directory holds the controls' snapshot
+            sandbox_dir = self.registry.sandbox_dir(env.env_id, each.routing_key)
+            Git(Path(env.repo)).worktree_remove(sandbox_dir / "worktree")  # a record older than journals
+            errors += self._purge_dir(sandbox_dir, each.databases)
         if errors:
             raise InfrastructureError(errors[0])

@@ -47,6 +47,8 @@ class Collector(Baselines):
         return gone
 
     def _gc_sandbox(self, env: EnvRecord, key: str) -> str | None:
+        if not self.registry.sandbox_dir(env.env_id, key).is_dir():
+            return None  # a control, gone with its sandbox
         sandbox = self.registry.load_sandbox(env.env_id, key)
         if sandbox is None:
             why = self.registry.sandbox_problem(env.env_id, key)

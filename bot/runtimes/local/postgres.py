@@ -99,14 +99,42 @@ class Postgres:
             row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         return row is not None
 
-    def clone(self, source: str, target: str) -> str:
-        """Copy `source` into a new database `target`, everything in it owned by role `target`;
-        returns that role's URL."""
+    def snapshot(self, source: str, dump: Path) -> None:
+        """One `pg_dump` of `source` into the file `dump`: the moment every copy restored from it shares
+        (a candidate and its controls)."""
         if not self.exists(source):
+            raise InfrastructureError(f"state database {source} is missing in the baseline")
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        with self._child_env() as env:
+            done = subprocess.run(
+                [
+                    self._tool("pg_dump"),
+                    "--format=custom",
+                    "--no-owner",
+                    "--no-privileges",
+                    f"--file={dump}",
+                    f"--dbname={_without_password(database_url(self.admin_url, source))}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=env,
+            )
+        if done.returncode != 0:
+            dump.unlink(missing_ok=True)
+            why = done.stderr.strip() or "unknown error"
+            raise InfrastructureError(
+                f"could not snapshot state database {source}: {self._scrub(why.splitlines()[-1])}"
+            )
+
+    def clone(self, source: str, target: str, dump: Path | None = None) -> str:
+        """Copy `source` into a new database `target`, everything in it owned by role `target`;
+        returns that role's URL. With `dump` (a `snapshot` of `source`), restored from that file."""
+        if dump is None and not self.exists(source):
             raise InfrastructureError(f"state database {source} is missing in the baseline")
         url = self.create(target)
         with self._child_env() as env:
-            why = self._copy(source, target, env)
+            why = self._copy(source, target, env) if dump is None else self._restore(dump, target, env)
         if why is not None:
             self.drop(target, target)
             raise InfrastructureError(f"could not copy state database {source}: {why}")
@@ -148,6 +176,26 @@ class Postgres:
             return None
         why = dump_err or restore.stderr.strip() or "unknown error"
         return self._scrub(why.splitlines()[-1])
+
+    def _restore(self, dump: Path, target: str, env: dict[str, str]) -> str | None:
+        restore = subprocess.run(
+            [
+                self._tool("pg_restore"),
+                "--no-owner",
+                "--no-privileges",
+                f"--role={target}",
+                "--exit-on-error",
+                f"--dbname={_without_password(database_url(self.admin_url, target))}",
+                str(dump),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        if restore.returncode == 0:
+            return None
+        return self._scrub((restore.stderr.strip() or "unknown error").splitlines()[-1])
 
     def _tool(self, name: str) -> str:
         """From PATH (Debian's wrapper picks the right version), else next to the server's binaries."""

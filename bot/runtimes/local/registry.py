@@ -70,6 +70,10 @@ class SandboxRecord(BaseModel):
     jobs: list[ProcessRef] = Field(default_factory=list, description="Builds and suites while they run.")
     databases: list[str] = Field(default_factory=list, description="Postgres copies to drop at teardown.")
     roles: list[str] = Field(default_factory=list, description="Their roles, dropped after the copies.")
+    controls: list[str] = Field(
+        default_factory=list, description="Routing keys of its controls, torn down with it (recorded first)."
+    )
+    control_of: str | None = Field(default=None, description="The sandbox this one is a control of.")
     created_at: datetime = Field(default_factory=utcnow)
 
 

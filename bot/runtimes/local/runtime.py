@@ -11,9 +11,10 @@ from functools import partial
 from pathlib import Path
 
 from bot.config import Config, InfrastructureError
+from bot.config.schema import Seed
 from bot.runtimes.git import Git
 from bot.runtimes.local import pause, pristine
-from bot.runtimes.local.allowlist import child_env
+from bot.runtimes.local.allowlist import child_env, env_var_name
 from bot.runtimes.local.collect import Collector
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.helpers import (
@@ -23,11 +24,12 @@ from bot.runtimes.local.helpers import (
     _last_line,
     _run_build,
     _start_on_free_port,
+    _wait,
     infrastructure,
 )
 from bot.runtimes.local.ports import free_port, ports_from
 from bot.runtimes.local.postgres import database_name
-from bot.runtimes.local.processes import ProcessRef, tail
+from bot.runtimes.local.processes import ProcessRef, stop_group, tail
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, env_id_for
 from bot.runtimes.local.suites import ACCESS_LOG_SETTLE_S, Suites
 from bot.runtimes.protocol import Baseline, BaselineError, Source
@@ -94,12 +96,42 @@ class LocalRuntime(Suites, Collector):
                 name, why = min(failed.items(), key=lambda item: (item[1].startswith(NOT_STARTED), item[0]))
                 tails = {n: tail(Path(record.services[n].log)) for n in failed if n in record.services}
                 raise BaselineError(f"baseline {name} {why}", tails)
+            if config.verify.seed is not None:
+                self._seed(record, config.verify.seed)
             record.state, record.starter = "ready", None
             self.registry.save_env(record)
             return record
         except BaseException:
             self._stop_env(record)
             raise
+
+    def _seed(self, record: EnvRecord, seed: Seed) -> None:
+        """`verify.seed` once against the new baseline: untagged, through the data plane, confined as a
+        suite is (run from the base commit's pristine checkout), so every fork copies the rows it wrote.
+        A failure is the baseline's: BaselineError with the seed's log tail."""
+        env_dir = self.registry.env_dir(record.env_id)
+        cwd, home, log = env_dir / "pristine", env_dir / "home" / "seed", env_dir / "logs" / "seed.log"
+        urls = {env_var_name(n): f"http://127.0.0.1:{port}" for n, port in record.listeners.items()}
+        env = child_env(home, urls)
+        self.confinement.give(home)
+        process = self._spawn(
+            seed.run,
+            journal=self.registry.env_journal(record.env_id),
+            cwd=cwd,
+            env=env,
+            log=log,
+            writable=[home],
+            readonly=[cwd],
+        )
+        ref = ProcessRef.of(process.pid)
+        try:
+            finished = _wait(process, seed.timeout, None)
+        finally:
+            stop_group(ref, grace=3)  # also what the seed left running in its group
+            process.wait()
+        why = _seed_failure(not finished, process.returncode, seed)
+        if why is not None:
+            raise BaselineError(why, {"seed": tail(log)})
 
     def _start_envoy(self, record: EnvRecord, ports: dict[str, int], config: Config) -> None:
         """Envoy on fresh listener ports, again on others when one was taken meanwhile (unless the
@@ -183,6 +215,14 @@ class LocalRuntime(Suites, Collector):
 
         why = _start_on_free_port(spec, launch, log, port, started, env)
         return f"{why}: {_last_line(log)}" if why else None
+
+
+def _seed_failure(timed_out: bool, code: int | None, seed: Seed) -> str | None:
+    if timed_out:
+        return f"the seed (verify.seed) did not finish within {seed.timeout:g} s"
+    if code != 0:
+        return f"the seed (verify.seed) exited with {code}"
+    return None
 
 
 def _postgres_names(owner: str, config: Config) -> list[str]:

@@ -42,7 +42,23 @@ class Sandboxes(Baselines):
 
     @infrastructure
     def new_sandbox(self, baseline: Baseline, config: Config, head: Source) -> Sandbox:
+        return self._new_sandbox(baseline, config, head, new_routing_key())
+
+    @infrastructure
+    def new_control(self, sandbox: Sandbox, base: Source) -> Sandbox:
+        """A control of the sandbox: a second routing key whose forks run the base commit's code on
+        copies of the data made from the same snapshot as the sandbox's own. Recorded in the sandbox's
+        record before it exists, kept and torn down with it; `gc` finds it by its own record too."""
         key = new_routing_key()
+        with self.registry.lock(sandbox.baseline.env_id):
+            record = self._record(sandbox)
+            record.controls.append(key)
+            self.registry.save_sandbox(record)
+        return self._new_sandbox(sandbox.baseline, sandbox.config, base, key, control_of=sandbox.routing_key)
+
+    def _new_sandbox(
+        self, baseline: Baseline, config: Config, head: Source, key: str, control_of: str | None = None
+    ) -> Sandbox:
         plane = DataPlane(self.registry.env_dir(baseline.env_id) / "envoy")
         offset = plane.access_log.stat().st_size if plane.access_log.exists() else 0
         with self.registry.lock(baseline.env_id):
@@ -55,6 +71,7 @@ class Sandboxes(Baselines):
                     state="starting",  # `ready` once kept: a kill before then leaves it to gc
                     starter=ProcessRef.current(),
                     log_offset=offset,
+                    control_of=control_of,
                 )
             )
         return Sandbox(routing_key=key, baseline=baseline, config=config)
@@ -68,7 +85,13 @@ class Sandboxes(Baselines):
         return Sandbox(routing_key=key, baseline=self._baseline(env, reused=True), config=config)
 
     def sandboxes(self) -> list[SandboxRecord]:
-        return [s for env_id in self.registry.env_ids() for s in self.registry.sandboxes(env_id)]
+        """Every sandbox, its controls not on their own (they belong to it and go with it)."""
+        return [
+            s
+            for env_id in self.registry.env_ids()
+            for s in self.registry.sandboxes(env_id)
+            if s.control_of is None
+        ]
 
     def _sandbox_dir(self, sandbox: Sandbox) -> Path:
         return self.registry.sandbox_dir(sandbox.baseline.env_id, sandbox.routing_key)
@@ -145,9 +168,13 @@ class Sandboxes(Baselines):
     @infrastructure
     def fork(self, sandbox: Sandbox, service: str, spec: Service) -> ForkOutcome:
         cwd, env = self._service_context(sandbox, service, spec)
+        group = self._snapshot_group(sandbox)
         if spec.state is not None and spec.state.sqlite is not None:
             baseline_state = self.registry.env_dir(sandbox.baseline.env_id) / "state" / service
-            copy_sqlite(baseline_state / spec.state.sqlite, Path(env["LOOPGATE_STATE"]))
+            source = baseline_state / spec.state.sqlite
+            if group is not None:  # one backup, copied for the sandbox and each control
+                source = self._snapshot(sandbox, group, f"{service}.sqlite", partial(copy_sqlite, source))
+            copy_sqlite(source, Path(env["LOOPGATE_STATE"]))
             self.confinement.give(Path(env["LOOPGATE_STATE"]).parent)
         if spec.state is not None and spec.state.postgres is not None:
             logical = spec.state.postgres.database
@@ -159,8 +186,14 @@ class Sandboxes(Baselines):
                 self.registry.save_sandbox(record)
                 self._journal(sandbox).database(copy)
             with self._postgres() as postgres:
+                database = database_name(sandbox.baseline.env_id, logical)
+                dump = None
+                if group is not None:  # one dump, restored for the sandbox and each control
+                    dump = self._snapshot(
+                        sandbox, group, f"{service}.dump", partial(postgres.snapshot, database)
+                    )
                 # The copy's own role: not the baseline's database, nor any other sandbox's.
-                env["LOOPGATE_STATE"] = postgres.clone(database_name(sandbox.baseline.env_id, logical), copy)
+                env["LOOPGATE_STATE"] = postgres.clone(database, copy, dump)
         log = self._sandbox_dir(sandbox) / "logs" / f"{service}.log"
         launch = self._fork_launcher(sandbox, service, cwd, env, log)
         started = time.monotonic()
@@ -181,12 +214,36 @@ class Sandboxes(Baselines):
             return ForkOutcome(service, "start_failed", ready_ms=ready_ms, log_tail=tail(log), detail=why)
         return ForkOutcome(service, "ready", url=self._record(sandbox).forks[service].url, ready_ms=ready_ms)
 
+    def _snapshot_group(self, sandbox: Sandbox) -> str | None:
+        """The key whose snapshot this sandbox's copies come from: its own when it has controls, its
+        candidate's when it is a control; None when it copies straight from the baseline."""
+        record = self._record(sandbox)
+        return record.control_of or (sandbox.routing_key if record.controls else None)
+
+    def _snapshot(self, sandbox: Sandbox, group: str, name: str, make: Callable[[Path], None]) -> Path:
+        """The group's snapshot `name`, made by whichever of its forks comes first (in the candidate's
+        directory: removed with it)."""
+        path = self.registry.sandbox_dir(sandbox.baseline.env_id, group) / "snapshots" / name
+        with self.registry.lock(f"{sandbox.baseline.env_id}.{group}.snapshot"):
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temp = path.with_name(f".{name}.tmp")
+                temp.unlink(missing_ok=True)
+                make(temp)
+                temp.replace(path)
+        return path
+
     @infrastructure
     def keep(self, sandbox: Sandbox) -> None:
         with self.registry.lock(sandbox.baseline.env_id):
             record = self._record(sandbox)
             record.owner, record.state, record.starter = None, "ready", None
             self.registry.save_sandbox(record)
+            for key in record.controls:
+                control = self.registry.load_sandbox(sandbox.baseline.env_id, key)
+                if control is not None:
+                    control.owner, control.state, control.starter = None, "ready", None
+                    self.registry.save_sandbox(control)
             env = self.registry.load_env(sandbox.baseline.env_id)
             if env is not None and env.owner is not None:
                 env.owner = None
