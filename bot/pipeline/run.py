@@ -304,14 +304,14 @@ class Pipeline:
                     # controls too: what they write and then read exists on every side.
                     outcome = self._run_beside_controls(evidence, sandbox, request)
                     evidence.suites.append(judge_suite(suite.name, "head", suite.gating, outcome))
-            observed = self.runtime.observed_requests(sandbox)
             config = plan.config.verify.diff
-            compared: list[str] = []
-            if len(self.controls) == 2:
-                compared = [s.name for s in evidence.forks]
+            boxes = [sandbox, *self.controls] if len(self.controls) == 2 else [sandbox]
+            with ThreadPoolExecutor(max_workers=len(boxes)) as pool:  # each waits for the log to settle
+                observed, *seen = pool.map(self.runtime.observed_requests, boxes)
+            compared = [s.name for s in evidence.forks] if seen else []
+            pairs = []
+            if seen:
                 primary, secondary = self.controls
-                with ThreadPoolExecutor(max_workers=2) as pool:  # each waits for the log to settle
-                    seen = list(pool.map(self.runtime.observed_requests, self.controls))
                 pairs = control_pairs(
                     config,
                     observed,
@@ -319,10 +319,16 @@ class Pipeline:
                     (sandbox.routing_key, primary.routing_key, secondary.routing_key),
                     compared,
                 )
-                evidence.diff = run_control_diff(config, pairs, self._sender_to(sandbox))
             chosen = probes(config, observed, sandbox.routing_key, exclude=compared)
-            if chosen:
-                evidence.diff += run_diff(config, chosen, self._sender(sandbox))
+            with ThreadPoolExecutor(max_workers=2) as pool:  # the two diffs side by side
+                by_control = (
+                    pool.submit(run_control_diff, config, pairs, self._sender_to(sandbox)) if pairs else None
+                )
+                by_baseline = pool.submit(run_diff, config, chosen, self._sender(sandbox)) if chosen else None
+                evidence.diff = [
+                    *(by_control.result() if by_control else []),
+                    *(by_baseline.result() if by_baseline else []),
+                ]
             if evidence.diff:
                 observed = self.runtime.observed_requests(sandbox)
             coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)

@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from bot.config.schema import SAFE_METHODS, Diff
 from bot.evidence import DiffResult, Finding
@@ -42,6 +43,12 @@ class Probe:
     def label(self) -> str:
         return f"{self.method} {self.path}"
 
+
+PARALLEL_PROBES = 8
+"""Probes in flight at once: independent reads, each answered by another process."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 Send = Callable[[Probe, bool], Response]
 """Send a probe to its service, tagged for the sandbox or not; raises NotSent when it gets no answer."""
@@ -79,29 +86,38 @@ def _probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> lis
 
 
 def run_diff(config: Diff, chosen: list[Probe], send: Send) -> list[DiffResult]:
+    """Each probe to the baseline, then to the sandbox; the probes side by side, as they are independent.
+    Results in the order of `chosen`."""
     policy = ComparePolicy(ignore=config.ignore, headers=config.headers)
-    results = []
-    for probe in chosen:
+
+    def one(probe: Probe) -> DiffResult | None:
         try:
             baseline, sandbox = send(probe, False), send(probe, True)
         except NotSent as exc:
             cause = str(exc).split(":", 1)[0]
-            results.append(DiffResult(request=f"{probe.label} (not sent: {cause})", service=probe.service))
-            continue
+            return DiffResult(request=f"{probe.label} (not sent: {cause})", service=probe.service)
         if probe.recorded and 404 in (baseline.status, sandbox.status) and baseline.status != sandbox.status:
-            continue  # a resource the suite made in the sandbox's own data: absent from the baseline's
-        results.append(
-            DiffResult(
-                request=probe.label, service=probe.service, findings=compare(baseline, sandbox, policy)
-            )
+            return None  # a resource the suite made in the sandbox's own data: absent from the baseline's
+        return DiffResult(
+            request=probe.label, service=probe.service, findings=compare(baseline, sandbox, policy)
         )
-    return results
+
+    parallel = all(p.method in SAFE_METHODS for p in chosen)
+    return [r for r in _side_by_side(one, chosen, parallel) if r is not None]
+
+
+def _side_by_side(work: Callable[[_T], _R], items: list[_T], parallel: bool) -> list[_R]:
+    """`work` on each item, in order; side by side when `parallel` (only reads: a configured write and
+    the reads after it keep their order)."""
+    if len(items) <= 1 or not parallel:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_PROBES, len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 # --- control-vs-candidate ----------------------------------------------------------------------
 
 SIDES = ("primary", "secondary", "candidate")
-PARALLEL_PROBES = 8
 SendTo = Callable[[Probe, str], Response]
 """Send a probe to one side (`primary`, `secondary`: the controls; `candidate`: the sandbox), tagged
 with that side's routing key; raises NotSent when it gets no answer."""
@@ -213,10 +229,7 @@ def run_control_diff(config: Diff, pairs: list[Pair], send: SendTo) -> list[Diff
             noise=generalise(noise),
         )
 
-    if len(pairs) <= 1:
-        return [one(pair) for pair in pairs]
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_PROBES, len(pairs))) as pool:
-        return list(pool.map(one, pairs))
+    return _side_by_side(one, pairs, all(p.candidate.method in SAFE_METHODS for p in pairs))
 
 
 def _control_findings(
