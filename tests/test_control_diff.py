@@ -259,3 +259,27 @@ def test_requests_pair_by_path_then_by_place_in_the_run() -> None:
         ("/orders/ord_c2", "/orders/ord_p2", "/orders/ord_c2"),  # no such read on that control: sent as is
     ]
     assert pairs[0].label == "GET /orders/ord_c1 (controls: /orders/ord_p1, /orders/ord_s1)"
+
+
+def test_value_findings_past_a_lost_tag_do_not_count() -> None:
+    from bot.evidence import DiffResult, Evidence, Finding, GitRef, Propagation
+    from bot.pipeline.run import _set_aside_values_past_a_lost_tag
+
+    def result(service: str, against: str = "control") -> DiffResult:
+        value = Finding(kind="value_changed", pointer="/available", baseline="7", sandbox="9", breaking=True)
+        removed = Finding(kind="field_removed", pointer="/name", baseline="string", breaking=True)
+        return DiffResult(request="GET /x", service=service, findings=[value, removed], against=against)  # type: ignore[arg-type]
+
+    evidence = Evidence(run_id="r", repo="/r", base=GitRef(ref="main"), head=GitRef(ref="agent/x"))
+    evidence.propagation = [Propagation(service="gateway", drops_baggage_to=["inventory"])]
+    evidence.diff = [result("gateway"), result("orders"), result("gateway", "baseline")]
+    _set_aside_values_past_a_lost_tag(evidence)
+    assert [[f.breaking for f in r.findings] for r in evidence.diff] == [
+        [False, True],
+        [True, True],
+        [True, True],
+    ]
+    assert evidence.notes == [
+        "1 value difference(s) at gateway not counted: its fork drops the sandbox's tag, so it read the"
+        " baseline's data where the controls read their own copies"
+    ]

@@ -341,6 +341,7 @@ class Pipeline:
                 last = last_tagged_hop(sandbox.routing_key, observed)
                 if not evidence.propagation and last is not None:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
+                _set_aside_values_past_a_lost_tag(evidence)
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
 
@@ -459,6 +460,25 @@ class _NotChosen:
 
     def __getattr__(self, name: str) -> object:
         raise RuntimeError(f"no runtime chosen yet (asked for {name})")
+
+
+def _set_aside_values_past_a_lost_tag(evidence: Evidence) -> None:
+    """A candidate fork that drops the tag reads the baseline's data where its controls read their own
+    copies: the values it answers differ for that reason alone. Its value findings are kept, but do
+    not count; the lost tag itself is what the verdict reports (nothing proved the change)."""
+    dropping = {p.service for p in evidence.propagation if p.drops_baggage_to}
+    set_aside = 0
+    for result in evidence.diff:
+        if result.against != "control" or result.service not in dropping:
+            continue
+        for finding in result.findings:
+            if finding.kind == "value_changed" and finding.breaking:
+                finding.breaking, set_aside = False, set_aside + 1
+    if set_aside:
+        evidence.notes.append(
+            f"{set_aside} value difference(s) at {', '.join(sorted(dropping))} not counted: its fork drops"
+            " the sandbox's tag, so it read the baseline's data where the controls read their own copies"
+        )
 
 
 def _record_log_tails(evidence: Evidence, log_tails: dict[str, str]) -> None:
