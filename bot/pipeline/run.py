@@ -25,12 +25,15 @@ from bot.evidence import (
     decide,
     utcnow,
 )
+from bot.pipeline.contract import check_contracts
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import (
     Baseline,
     BaselineError,
     Controls,
+    ObservedRequest,
+    ProbeAnswer,
     ProbeError,
     ProbeRequest,
     Runtime,
@@ -329,6 +332,7 @@ class Pipeline:
                     *(by_control.result() if by_control else []),
                     *(by_baseline.result() if by_baseline else []),
                 ]
+            contract_traffic = observed
             if evidence.diff:
                 observed = self.runtime.observed_requests(sandbox)
             coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
@@ -342,8 +346,34 @@ class Pipeline:
                 if not evidence.propagation and last is not None:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
                 _set_aside_values_past_a_lost_tag(evidence)
+            # After the coverage count: a probe sent straight to a fork proves nothing about whether the
+            # suites' traffic reaches it.
+            self._check_contracts(evidence, plan, sandbox, contract_traffic)
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
+
+    def _check_contracts(
+        self, evidence: Evidence, plan: Plan, sandbox: Sandbox, observed: list[ObservedRequest]
+    ) -> None:
+        """Each forked service's OpenAPI description, base against head, and its safe operations probed:
+        the base side is the primary control where there is one (the base code on the same data), else
+        the baseline."""
+        forked = [s.name for s in evidence.forks if s.status == "ready"]
+        if not forked:
+            return
+        send = None
+        if self.controls:
+            primary = self.controls[0]
+
+            def send(request: ProbeRequest, to_candidate: bool) -> ProbeAnswer:
+                return self.runtime.probe(sandbox if to_candidate else primary, request, tagged=True)
+
+        contracts = check_contracts(self.runtime, sandbox, plan.config, forked, observed, send=send)
+        if self.controls:
+            for result in contracts.diff:
+                result.against = "control"
+        evidence.diff += contracts.diff
+        evidence.notes += contracts.notes
 
     def _new_controls(self, evidence: Evidence, plan: Plan, sandbox: Sandbox, base: Source) -> None:
         """A primary and a secondary control beside the candidate (`verify.diff.control`)."""
