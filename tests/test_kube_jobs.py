@@ -25,7 +25,7 @@ import pytest
 
 from bot.config import InfrastructureError
 from bot.config.kubernetes import KubernetesBuild
-from bot.runtimes.kubernetes import jobs, objects, probes
+from bot.runtimes.kubernetes import jobobjects, jobs, objects, probes
 from bot.runtimes.kubernetes.builds import run_build
 from bot.runtimes.kubernetes.jobs import JobOutcome, run_job, suite_outcome
 from bot.runtimes.protocol import ProbeError, ProbeRequest
@@ -421,7 +421,7 @@ def test_an_over_large_report_is_dropped_with_a_note(monkeypatch: pytest.MonkeyP
         reason=None,
     )
     assert suite_outcome(outcome, nonce).junit_xml == b"<?x"
-    for module in (objects, jobs):
+    for module in (jobobjects, jobs):
         monkeypatch.setattr(module, "JUNIT_MAX_BYTES", 2)
     over = suite_outcome(outcome, nonce)
     assert over.junit_xml is None

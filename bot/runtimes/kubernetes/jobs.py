@@ -8,37 +8,59 @@ is the timeout (condition `Failed`, reason `DeadlineExceeded`); the client gives
 in case the cluster never says so.
 
 The official client is untyped: every response is read as raw JSON (`_preload_content=False`) into
-plain dicts here, so `Any` stays at this boundary. (Raw JSON also because the client's own decoding of a
-pod log parses it as JSON first: a log that is one JSON object came back as its Python repr.)
+plain dicts (`rawapi.py`), so `Any` stays at this boundary. (Raw JSON also because the client's own
+decoding of a pod log parses it as JSON first: a log that is one JSON object came back as its Python
+repr.) The watch is `jobwatch.py`; reading the pod's log, `podlogs.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import kubernetes.client
 import kubernetes.watch
-import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from bot.config import InfrastructureError
-from bot.runtimes.kubernetes.objects import junit_begin, junit_end, junit_from_log
+from bot.runtimes.kubernetes.jobobjects import junit_begin, junit_from_log
+from bot.runtimes.kubernetes.jobwatch import WATCH_WINDOW_S, _finished_condition, _Watched
+from bot.runtimes.kubernetes.podlogs import (
+    LOG_LIMIT_BYTES,
+    TAIL_CHARS,
+    TAIL_LINES,
+    TAIL_LINES_FOR_REPORT,
+    _pod_log,
+    read_pod_log,
+    tail,
+)
+from bot.runtimes.kubernetes.rawapi import _TRANSIENT, API_TIMEOUT_S, Obj, api_message, as_obj, one_line
 from bot.runtimes.protocol import JUNIT_MAX_BYTES, SuiteOutcome
 
-Obj = dict[str, Any]
+__all__ = [
+    "API_TIMEOUT_S",
+    "LOG_LIMIT_BYTES",
+    "TAIL_CHARS",
+    "TAIL_LINES",
+    "TAIL_LINES_FOR_REPORT",
+    "WATCH_WINDOW_S",
+    "JobOutcome",
+    "Obj",
+    "api_message",
+    "as_obj",
+    "one_line",
+    "read_pod_log",
+    "run_job",
+    "suite_outcome",
+    "tail",
+]
 
 logger = logging.getLogger(__name__)
-
-WATCH_WINDOW_S = 2
-"""Server-side length of one watch request: the longest `should_stop` waits to be looked at."""
 
 CLIENT_GRACE_S = 60.0
 """How long after the suite's timeout the client stops waiting for the cluster's own DeadlineExceeded
@@ -46,13 +68,6 @@ CLIENT_GRACE_S = 60.0
 
 STOP_WAIT_S = 45.0
 """After a Foreground delete: how long to wait for the Job (and so its pods) to be gone."""
-
-LOG_LIMIT_BYTES = 100 * 1024 * 1024
-"""At most this much of a pod's log is read (the API server's `limitBytes`)."""
-
-TAIL_LINES_FOR_REPORT = 2_000_000
-"""When the log is over LOG_LIMIT_BYTES: the last this many lines are read again to find the JUnit
-report at its end (a 64 MiB report is about 1.2 million lines of base64)."""
 
 POD_CHECK_S = 15.0
 """How often a running Job's pod is looked at for a container that cannot start (image not pulled,
@@ -73,15 +88,6 @@ _STUCK = frozenset(
 SNAPSHOT_BEFORE_S = 3.0
 """How long before the suite's deadline its log is read once, in case the pod is deleted with it."""
 
-API_TIMEOUT_S = 60.0
-"""Client-side bound on one ordinary API request."""
-
-TAIL_LINES = 60
-TAIL_CHARS = 8_000
-
-_TRANSIENT = (urllib3.exceptions.HTTPError, OSError)
-_MAX_WATCH_ERRORS = 6
-
 
 @dataclass(frozen=True)
 class JobOutcome:
@@ -94,80 +100,6 @@ class JobOutcome:
     """The log of the Job's own (first template) container, however the Job ended; "" when the pod is gone."""
     reason: str | None
     """Why the Job failed, as the cluster said it (`DeadlineExceeded: …`), or what loopgate did."""
-
-
-# ------------------------------------------------------------------------------------------ API edge
-
-
-def as_obj(response: Any) -> Obj:
-    """A raw (`_preload_content=False`) response's JSON object."""
-    try:
-        data = json.loads(response.data)
-    finally:
-        with contextlib.suppress(Exception):
-            response.release_conn()
-    if not isinstance(data, dict):
-        raise InfrastructureError(f"the API server answered {type(data).__name__}, not an object")
-    return cast(Obj, data)
-
-
-def api_message(exc: ApiException) -> str:
-    """The API server's own words for a refusal: its Status message, else the HTTP reason."""
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", errors="replace")
-    if isinstance(body, str) and body:
-        try:
-            status = json.loads(body)
-        except ValueError:
-            status = None
-        if isinstance(status, dict) and isinstance(status.get("message"), str):
-            return one_line(status["message"])
-        return one_line(body[:500])
-    return one_line(f"{exc.status} {exc.reason}")
-
-
-def one_line(text: str, limit: int = 1000) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def read_pod_log(
-    api: kubernetes.client.ApiClient,
-    *,
-    namespace: str,
-    pod: str,
-    container: str,
-    limit_bytes: int = LOG_LIMIT_BYTES,
-    since_seconds: int | None = None,
-    tail_lines: int | None = None,
-) -> str | None:
-    """A container's log as text (undecodable bytes replaced); None when the pod or container is gone
-    or has no log yet."""
-    core = kubernetes.client.CoreV1Api(api)
-    kwargs: dict[str, Any] = {"container": container, "limit_bytes": limit_bytes}
-    if since_seconds is not None:
-        kwargs["since_seconds"] = since_seconds
-    if tail_lines is not None:
-        kwargs["tail_lines"] = tail_lines
-    try:
-        response = core.read_namespaced_pod_log(
-            pod, namespace, _preload_content=False, _request_timeout=API_TIMEOUT_S, **kwargs
-        )
-    except ApiException as exc:
-        if exc.status in (400, 404):  # gone, or "container … is waiting to start" / "not valid"
-            return None
-        raise InfrastructureError(
-            f"cannot read the log of pod {namespace}/{pod}: {api_message(exc)}"
-        ) from None
-    try:
-        data = response.data
-    finally:
-        with contextlib.suppress(Exception):
-            response.release_conn()
-    if isinstance(data, bytes):
-        return data.decode("utf-8", errors="replace")
-    return str(data)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -294,11 +226,6 @@ def suite_outcome(outcome: JobOutcome, nonce: str) -> SuiteOutcome:
     )
 
 
-def tail(text: str, *, lines: int = TAIL_LINES, limit: int = TAIL_CHARS) -> str:
-    """The end of a log, bounded in lines and characters (as the local runtime bounds its tails)."""
-    return "\n".join(text[-limit:].splitlines()[-lines:])
-
-
 # ------------------------------------------------------------------------------------------- helpers
 
 
@@ -351,143 +278,6 @@ def _delete(batch: Any, namespace: str, name: str, propagation: str) -> None:
             raise InfrastructureError(f"cannot delete Job {namespace}/{name}: {api_message(exc)}") from None
     except _TRANSIENT as exc:
         raise InfrastructureError(f"cannot delete Job {namespace}/{name}: {one_line(str(exc))}") from None
-
-
-def _finished_condition(job: Obj) -> Obj | None:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if (
-            isinstance(condition, dict)
-            and condition.get("type") in ("Complete", "Failed")
-            and condition.get("status") == "True"
-        ):
-            return condition
-    return None
-
-
-class _Watched:
-    """One Job, watched by name from a resourceVersion on."""
-
-    def __init__(self, batch: Any, namespace: str, name: str, resource_version: str) -> None:
-        self.batch = batch
-        self.namespace = namespace
-        self.name = name
-        self.rv = resource_version
-        self.selector = f"metadata.name={name}"
-        self._pause = threading.Event()  # never set: a stoppable wait between failed watch requests
-
-    def until_finished(
-        self,
-        deadline: float,
-        should_stop: Callable[[], bool] | None,
-        between: Callable[[float], bool] | None = None,
-    ) -> tuple[str, Obj | None]:
-        """("finished", job) | ("stopped", None) | ("deadline", None) | ("gone", None) | ("blocked",
-        None); `between(now)` is called between watch windows, True from it ends the wait ("blocked")."""
-        for type_, job in self._events(deadline, should_stop, between):
-            if type_ in ("stopped", "deadline", "blocked"):
-                return type_, None
-            if type_ == "DELETED" or job is None:
-                return "gone", None
-            if _finished_condition(job) is not None:
-                return "finished", job
-        return "deadline", None
-
-    def until_gone(self, deadline: float) -> bool:
-        """True once the Job no longer exists; False at `deadline`."""
-        for type_, job in self._events(deadline, None):
-            if type_ == "deadline":
-                return False
-            if type_ == "DELETED" or job is None:
-                return True
-        return False
-
-    def _events(
-        self,
-        deadline: float,
-        should_stop: Callable[[], bool] | None,
-        between: Callable[[float], bool] | None = None,
-    ) -> Iterator[tuple[str, Obj | None]]:
-        """(event type, the Job) as it changes; ("LISTED", job or None) after a re-list; ("stopped",
-        None) or ("deadline", None) last. A watch that ends is resumed from the last resourceVersion."""
-        errors = 0
-        relist = not self.rv
-        while True:
-            if between is not None and between(time.monotonic()):
-                yield "blocked", None
-                return
-            if should_stop is not None and should_stop():
-                yield "stopped", None
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                yield "deadline", None
-                return
-            try:
-                if relist:
-                    listed = as_obj(
-                        self.batch.list_namespaced_job(
-                            self.namespace,
-                            field_selector=self.selector,
-                            _preload_content=False,
-                            _request_timeout=API_TIMEOUT_S,
-                        )
-                    )
-                    self.rv = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                    items = [i for i in listed.get("items") or [] if isinstance(i, dict)]
-                    relist = False
-                    yield "LISTED", (items[0] if items else None)
-                    continue
-                window = max(1, min(WATCH_WINDOW_S, math.ceil(remaining)))
-                opened, events = time.monotonic(), 0
-                stream = kubernetes.watch.Watch().stream(
-                    self.batch.list_namespaced_job,
-                    self.namespace,
-                    field_selector=self.selector,
-                    resource_version=self.rv,
-                    timeout_seconds=window,
-                    allow_watch_bookmarks=True,
-                    _request_timeout=(API_TIMEOUT_S, window + 15),
-                )
-                try:
-                    for event in stream:
-                        events += 1
-                        # `raw_object`: the JSON as sent (the client's model of it is not used). Not
-                        # `deserialize=False`: on that path the client fails on an ERROR event (410).
-                        if not isinstance(event, dict) or not isinstance(event.get("raw_object"), dict):
-                            continue
-                        type_, obj = str(event.get("type")), cast(Obj, event["raw_object"])
-                        rv = (obj.get("metadata") or {}).get("resourceVersion")
-                        if rv:
-                            self.rv = str(rv)
-                        if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                            yield type_, obj
-                        if should_stop is not None and should_stop():
-                            break
-                finally:
-                    stream.close()  # the watch's connection, also when the caller stops listening
-                errors = 0
-                if not events and time.monotonic() - opened < window / 2:
-                    # A server that ends watches at once must not turn this into a tight poll.
-                    self._pause.wait(min(window / 2, max(0.0, deadline - time.monotonic())))
-            except ApiException as exc:
-                errors += 1
-                if exc.status == 410 and errors < _MAX_WATCH_ERRORS:
-                    relist = True  # the resourceVersion expired: list afresh, watch from there
-                    continue
-                if exc.status in (401, 403, 404) or errors >= _MAX_WATCH_ERRORS:
-                    raise InfrastructureError(
-                        f"cannot watch Job {self.namespace}/{self.name}: {api_message(exc)}"
-                    ) from None
-                relist = True
-                self._pause.wait(min(0.25 * 2**errors, 5.0))
-            except (*_TRANSIENT, ValueError) as exc:
-                errors += 1
-                if errors >= _MAX_WATCH_ERRORS:
-                    raise InfrastructureError(
-                        f"lost the API server watching Job {self.namespace}/{self.name}: {one_line(str(exc))}"
-                    ) from None
-                relist = True
-                self._pause.wait(min(0.25 * 2**errors, 5.0))
 
 
 def _job_pod(api: kubernetes.client.ApiClient, namespace: str, name: str, uid: str, main: str) -> Obj | None:
@@ -563,25 +353,3 @@ def _stuck(pod: Obj | None, main: str) -> tuple[str, str] | None:
                 reason = "ImagePullBackOff" if reason == "ErrImagePull" else reason
                 return reason, one_line(f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
     return None
-
-
-def _pod_log(
-    api: kubernetes.client.ApiClient, namespace: str, pod: Obj, container: str, nonce: str | None
-) -> str:
-    name = str(pod["metadata"]["name"])
-    try:
-        log = read_pod_log(api, namespace=namespace, pod=name, container=container)
-    except InfrastructureError:
-        return ""
-    if log is None:
-        return ""
-    end = junit_end(nonce) if nonce else None
-    if len(log.encode("utf-8", errors="replace")) >= LOG_LIMIT_BYTES and end and end not in log:
-        # The test output filled the limit before the report: read the end of the log instead.
-        with contextlib.suppress(InfrastructureError):
-            ending = read_pod_log(
-                api, namespace=namespace, pod=name, container=container, tail_lines=TAIL_LINES_FOR_REPORT
-            )
-            if ending and end in ending:
-                return "[loopgate] the log is over 100 MiB: only its end was read\n" + ending
-    return log
