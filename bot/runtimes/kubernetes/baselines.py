@@ -11,6 +11,8 @@ from bot.config.kubernetes import KubernetesService
 from bot.runtimes.kubernetes.client import DEPLOYMENT, SANDBOX_LABEL, SERVICE, Obj
 from bot.runtimes.kubernetes.core import KubeCore, infrastructure, kube_settings, kube_spec
 from bot.runtimes.kubernetes.forks import available, diagnose
+from bot.runtimes.kubernetes.names import service_host
+from bot.runtimes.kubernetes.workloads import selects
 from bot.runtimes.protocol import Baseline, BaselineError, Source
 
 
@@ -30,7 +32,7 @@ class BaselineService:
 
     @property
     def host(self) -> str:
-        return f"{self.service_name}.{self.spec.namespace}.svc.cluster.local"
+        return service_host(self.service_name, self.spec.namespace)
 
     @property
     def url(self) -> str:
@@ -163,12 +165,9 @@ def _selecting_service(services: list[Obj], deployment: Obj, port: int) -> Obj |
     matching: list[Obj] = []
     for service in services:
         spec = service.get("spec") or {}
-        selector = spec.get("selector") or {}
-        if not selector or spec.get("type") == "ExternalName":
+        if spec.get("type") == "ExternalName" or not selects(spec.get("selector"), labels):
             continue
-        if all(labels.get(k) == v for k, v in selector.items()) and any(
-            p.get("port") == port for p in spec.get("ports") or []
-        ):
+        if any(p.get("port") == port for p in spec.get("ports") or []):
             matching.append(service)
     matching.sort(key=lambda s: (s["metadata"]["name"] != name, str(s["metadata"]["name"])))
     return matching[0] if matching else None

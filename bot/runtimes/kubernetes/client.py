@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from bot.config import InfrastructureError
+from bot.runtimes.kubernetes import names
+from bot.runtimes.kubernetes.names import EXPIRES_AT as EXPIRES_AT
+from bot.runtimes.kubernetes.names import ROLE_LABEL as ROLE_LABEL
+from bot.runtimes.kubernetes.names import SANDBOX_LABEL as SANDBOX_LABEL
+from bot.runtimes.kubernetes.names import SERVICE_LABEL as SERVICE_LABEL
 
 Obj = dict[str, Any]
 """A Kubernetes object as JSON."""
@@ -60,12 +65,8 @@ KINDS = {
     )
 }
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED = f"{MANAGED_BY}=loopgate"
-SANDBOX_LABEL = "loopgate.dev/sandbox"
-ROLE_LABEL = "loopgate.dev/role"
-SERVICE_LABEL = "loopgate.dev/service"
-EXPIRES_AT = "loopgate.dev/expires-at"
+MANAGED_BY = names.MANAGED_BY_LABEL
+MANAGED = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
 
 
 class NotFound(Exception):

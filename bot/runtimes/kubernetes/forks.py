@@ -44,7 +44,7 @@ class Fork:
 
     @property
     def host(self) -> str:
-        return f"{self.service_name}.{self.namespace}.svc.cluster.local"
+        return objects.service_host(self.service_name, self.namespace)
 
     @property
     def url(self) -> str:

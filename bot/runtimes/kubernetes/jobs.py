@@ -313,12 +313,17 @@ def _job_pod(api: kubernetes.client.ApiClient, namespace: str, name: str, uid: s
     )
 
 
-def _terminated(pod: Obj, main: str) -> Obj | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+def _main_state(pod: Obj | None, main: str, which: str) -> Obj | None:
+    """The main container's `terminated` or `waiting` state, when its status has one."""
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
         if isinstance(status, dict) and status.get("name") == main:
-            terminated = (status.get("state") or {}).get("terminated")
-            return terminated if isinstance(terminated, dict) else None
+            state = (status.get("state") or {}).get(which)
+            return state if isinstance(state, dict) else None
     return None
+
+
+def _terminated(pod: Obj, main: str) -> Obj | None:
+    return _main_state(pod, main, "terminated")
 
 
 def _exit(pod: Obj | None, main: str) -> tuple[int | None, str | None]:
@@ -333,23 +338,19 @@ def _exit(pod: Obj | None, main: str) -> tuple[int | None, str | None]:
         return (code if isinstance(code, int) else None), (
             one_line(str(why)) if why and why != "Completed" and why != "Error" else None
         )
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if isinstance(status, dict) and status.get("name") == main:
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason"):
-                return None, one_line(f"container {waiting['reason']}: {waiting.get('message') or ''}")
+    waiting = _main_state(pod, main, "waiting") or {}
+    if waiting.get("reason"):
+        return None, one_line(f"container {waiting['reason']}: {waiting.get('message') or ''}")
     return None, f"the pod never ran (phase {(pod.get('status') or {}).get('phase') or 'unknown'})"
 
 
 def _stuck(pod: Obj | None, main: str) -> tuple[str, str] | None:
     """(reason, `Reason: message`) when the main container waits for something that will not come by
     itself."""
-    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
-        if isinstance(status, dict) and status.get("name") == main:
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if isinstance(waiting, dict) and waiting.get("reason") in _STUCK:
-                reason = str(waiting["reason"])
-                # ErrImagePull and ImagePullBackOff alternate: one problem, named once.
-                reason = "ImagePullBackOff" if reason == "ErrImagePull" else reason
-                return reason, one_line(f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+    waiting = _main_state(pod, main, "waiting") or {}
+    if waiting.get("reason") in _STUCK:
+        reason = str(waiting["reason"])
+        # ErrImagePull and ImagePullBackOff alternate: one problem, named once.
+        reason = "ImagePullBackOff" if reason == "ErrImagePull" else reason
+        return reason, one_line(f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 
 from bot.config import Config, ConfigError, InfrastructureError, LoopgateError
 from bot.config.kubernetes import KubernetesSettings
@@ -76,28 +77,22 @@ class KubernetesRuntime(Sandboxes):
     def _add_routes(self, sandbox: Sandbox, settings: KubernetesSettings, state: SandboxState) -> None:
         info = self._info(sandbox.baseline, sandbox.config)
         for service, fork in sorted(state.forks.items()):
-            spec = kube_spec(sandbox.config, service)
-            if settings.routing == "istio":
-                routes.add_istio_route(
-                    self.kube,
-                    service=service,
-                    spec=spec,
-                    routing=sandbox.config.routing,
-                    key=state.key,
-                    fork=fork,
-                    baseline_host=info.services[service].host,
+            baseline = info.services[service]
+            add = (
+                partial(routes.add_istio_route, baseline_host=baseline.host)
+                if settings.routing == "istio"
+                else partial(
+                    routes.add_http_route, parent_service=baseline.service_name, expires_at=state.expires_at
                 )
-            else:
-                routes.add_http_route(
-                    self.kube,
-                    service=service,
-                    spec=spec,
-                    routing=sandbox.config.routing,
-                    key=state.key,
-                    fork=fork,
-                    parent_service=info.services[service].service_name,
-                    expires_at=state.expires_at,
-                )
+            )
+            add(
+                self.kube,
+                service=service,
+                spec=kube_spec(sandbox.config, service),
+                routing=sandbox.config.routing,
+                key=state.key,
+                fork=fork,
+            )
 
     @infrastructure
     def unroute(self, sandbox: Sandbox) -> None:
