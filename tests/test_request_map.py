@@ -21,7 +21,8 @@ from markdown_it import MarkdownIt
 from bot.evidence import Evidence, ServiceResult
 from bot.evidence.model import RequestEdge
 from bot.report import render_comment, render_html, requestmap
-from bot.verify.requestmap import hops, request_map, tagged_counts
+from bot.verify.coverage import tagged_counts
+from bot.verify.requestmap import hops, request_map
 from tests import evidence_samples as samples
 
 KEY = "k3y4bcdefg"

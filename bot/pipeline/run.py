@@ -42,7 +42,7 @@ from bot.runtimes.protocol import (
     SuiteOutcome,
     SuiteRequest,
 )
-from bot.verify import blame, diagnose, fork_coverage, judge_suite, last_tagged_hop
+from bot.verify import blame, diagnose, judge_suite, last_tagged_hop, tagged_counts
 from bot.verify.compare import Response
 from bot.verify.diff import (
     NotSent,
@@ -54,6 +54,7 @@ from bot.verify.diff import (
     run_control_diff,
     run_diff,
 )
+from bot.verify.requestmap import request_map
 
 
 @dataclass(frozen=True)
@@ -335,12 +336,12 @@ class Pipeline:
             contract_traffic = observed
             if evidence.diff:
                 observed = self.runtime.observed_requests(sandbox)
-            coverage = fork_coverage(sandbox.routing_key, [s.name for s in evidence.forks], observed)
-            for name, hits in coverage.items():
-                service = evidence.service(name)
-                assert service is not None
-                service.tagged_requests = hits
-            if any(hits == 0 for hits in coverage.values()):
+            forked = [s.name for s in evidence.forks]
+            counts = tagged_counts(sandbox.routing_key, observed, forked=forked)
+            for service in evidence.services:
+                service.tagged_requests = counts.get(service.name, 0)
+            evidence.request_map = request_map(sandbox.routing_key, observed)
+            if any(counts.get(name, 0) == 0 for name in forked):
                 evidence.propagation = diagnose(sandbox.routing_key, observed)
                 last = last_tagged_hop(sandbox.routing_key, observed)
                 if not evidence.propagation and last is not None:

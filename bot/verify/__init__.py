@@ -1,6 +1,6 @@
 """Judging what ran: suite outcomes and JUnit, fork coverage from what the data plane saw."""
 
-from bot.verify.coverage import fork_coverage
+from bot.verify.coverage import tagged_counts
 from bot.verify.junit import JUnitReport, parse_junit
 from bot.verify.observed import Observed, RanSuite
 from bot.verify.propagation import diagnose, last_tagged_hop
@@ -12,8 +12,8 @@ __all__ = [
     "RanSuite",
     "blame",
     "diagnose",
-    "fork_coverage",
     "judge_suite",
     "last_tagged_hop",
     "parse_junit",
+    "tagged_counts",
 ]

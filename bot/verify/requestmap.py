@@ -134,22 +134,3 @@ def request_map(routing_key: str, observed: Iterable[Observed]) -> list[RequestE
         RequestEdge(source=s, target=t, tagged=tagged[s, t], untagged=untagged[s, t], lost_tag=(s, t) in lost)
         for s, t in edges
     ]
-
-
-def tagged_counts(
-    routing_key: str, observed: Iterable[Observed], forked: Iterable[str] = ()
-) -> dict[str, int]:
-    """Requests tagged for the sandbox that each service received, for every service that received any.
-
-    For a forked service only those its fork served count (the routing proof of `fork_coverage`); for
-    the others, every tagged request that passed their listener (they reach the baseline, as they should).
-    Every forked service is in the result, with 0 when none reached it.
-    """
-    forks = set(forked)
-    hits: Counter[str] = Counter()
-    for request in observed:
-        if request.service in forks:
-            hits[request.service] += request.target == routing_key
-        elif request.routing_key == routing_key:
-            hits[request.service] += 1
-    return {service: hits.get(service, 0) for service in sorted(set(hits) | forks)}
