@@ -6,10 +6,13 @@ APT    := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: demo test lint typecheck bench system-deps postgres bubblewrap clean contracts
 
+# mermaid-parser-py ships Mermaid's own parser as one bundle that plain Node runs (the report tests check
+# the Mermaid request map with it); --no-deps: its Python bridge (pythonmonkey) is not used.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,examples]'
+	$(PY) -m pip install -q --no-deps mermaid-parser-py==0.0.4
 	touch $(STAMP)
 
 # The example shop's services run a plain `python` found on PATH, as a team's would: the venv's, here.

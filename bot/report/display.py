@@ -172,7 +172,7 @@ def finding_rows(diff: list[DiffResult]) -> list[FindingRow]:
     """Requests by findings, flattened into table rows, breaking ones first (stable otherwise)."""
     # `against` is read defensively: records from before control forks existed have no such field.
     rows = [
-        FindingRow(r.request, r.service, f, getattr(r, "against", "baseline"))
+        FindingRow(r.request, r.service, f, r.against)
         for r in diff
         for f in r.findings
     ]

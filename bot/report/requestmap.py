@@ -150,7 +150,7 @@ def layout(evidence: Evidence) -> RequestMapLayout | None:
     """The map of `evidence.request_map`, None when nothing was observed."""
     if not evidence.request_map:
         return None
-    control = bool(getattr(evidence, "control_keys", None))
+    control = bool(evidence.control_keys)
     services = {s.name: s for s in evidence.services}
     names = _names(evidence)
     layers = _layers(names, evidence.request_map)
