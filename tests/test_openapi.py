@@ -1,4 +1,4 @@
-"""Contract checks from OpenAPI documents (bot/verify/openapi.py): every rule with a breaking and a
+"""Contract checks from OpenAPI documents (bot/verify/openapi/): every rule with a breaking and a
 harmless example, `$ref`s and their loops, hostile documents, 3.0 and 3.1 nullable forms, and the
 probes planned from a base document."""
 
