@@ -128,8 +128,11 @@ def test_gc_reclaims_what_a_killed_run_left_and_nothing_else(
         if process.poll() is None:
             process.kill()
     runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir))
-    left = runtime.registry.sandboxes(shop_baseline.env_id)
+    records = runtime.registry.sandboxes(shop_baseline.env_id)
+    left = [r for r in records if r.control_of is None]
     assert len(left) == 1
+    # Its two controls (verify.diff.control) are records of their own, each naming its candidate.
+    assert sorted(r.control_of for r in records if r.control_of is not None) == [left[0].routing_key] * 2
     # Its confined forks and suite died with it (bubblewrap's --die-with-parent); gc still owes the
     # records, the worktree and the files.
     deadline = time.monotonic() + 10

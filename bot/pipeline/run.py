@@ -7,6 +7,7 @@ pipeline knows nothing of GitHub or terminals: callers (CLI, worker, action) rep
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -408,9 +409,18 @@ class Pipeline:
         judged."""
         if not self.controls:
             return self.runtime.run_suite(sandbox, request)
-        boxes = [sandbox, *self.controls]
-        with ThreadPoolExecutor(max_workers=len(boxes)) as pool:
-            outcomes = list(pool.map(lambda box: self.runtime.run_suite(box, request), boxes))
+        # The candidate's run stays on this thread, where Ctrl-C lands; the controls' runs stop with it.
+        interrupted = threading.Event()
+        beside = replace(request, should_stop=lambda: interrupted.is_set() or self._stopping())
+        pool = ThreadPoolExecutor(max_workers=len(self.controls))
+        try:
+            on_controls = [pool.submit(self.runtime.run_suite, box, beside) for box in self.controls]
+            outcomes = [self.runtime.run_suite(sandbox, request), *(f.result() for f in on_controls)]
+        except BaseException:
+            interrupted.set()
+            raise
+        finally:
+            pool.shutdown(wait=True)
         for side, outcome in zip(("primary", "secondary"), outcomes[1:], strict=True):
             # A head suite may well fail on the base code: it tests the change. Only the base's says.
             if request.source == "base" and (outcome.timed_out or outcome.exit_code != 0):

@@ -84,7 +84,7 @@ class Suites(Sandboxes):
         timed_out = False
         with self._job(sandbox, ref):
             try:
-                pause.point("suite-running")
+                pause.point("suite-running", suite.should_stop)
                 timed_out = not _wait(process, suite.timeout, suite.should_stop)
             finally:
                 stop_group(ref, grace=3)  # also ends what the suite left running in its group
