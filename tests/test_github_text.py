@@ -135,13 +135,13 @@ def fill(model: BaseModel, text: str) -> None:
         if isinstance(value, BaseModel):
             fill(value, text)
         elif isinstance(value, list):
-            _fill_list(model, name, value, text)
+            _fill_list(model, name, value, text, strings=field.annotation == list[str])
         elif field.annotation in (str, str | None):
             setattr(model, name, text)
 
 
-def _fill_list(model: BaseModel, name: str, items: list[Any], text: str) -> None:
-    if all(isinstance(item, str) for item in items):
+def _fill_list(model: BaseModel, name: str, items: list[Any], text: str, *, strings: bool) -> None:
+    if strings:
         setattr(model, name, [text, *items])
     for item in items:
         if isinstance(item, BaseModel):

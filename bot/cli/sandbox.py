@@ -6,7 +6,6 @@ LoopgateError with a one-line cause: the commands below print them, `loopgate mc
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from bot.pipeline import Pipeline, StageListener, UpdateRequest, UpdateResult, V
 from bot.runtimes.git import snapshot_worktree
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.allowlist import env_var_name
-from bot.runtimes.local.registry import SandboxRecord
+from bot.runtimes.local.registry import SandboxRecord, flocked
 from bot.runtimes.protocol import Sandbox
 
 FOLLOW_FILE = "follow.json"
@@ -215,13 +214,8 @@ def _save_follow(local: LocalRuntime, sandbox: Sandbox, follow: Follow) -> None:
 @contextmanager
 def _updating(local: LocalRuntime, sandbox: Sandbox) -> Iterator[None]:
     """One update of a sandbox at a time, across processes."""
-    path = _follow_path(local, sandbox).with_name("update.lock")
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with flocked(_follow_path(local, sandbox).with_name("update.lock")):
+        yield
 
 
 def _exit_for(exc: LoopgateError) -> typer.Exit:

@@ -155,14 +155,7 @@ class Postgres:
             env=env,
         )
         restore = subprocess.run(
-            [
-                self._tool("pg_restore"),
-                "--no-owner",
-                "--no-privileges",
-                f"--role={target}",
-                "--exit-on-error",
-                f"--dbname={_without_password(database_url(self.admin_url, target))}",
-            ],
+            self._restore_argv(target),
             stdin=dump.stdout,
             capture_output=True,
             text=True,
@@ -179,15 +172,7 @@ class Postgres:
 
     def _restore(self, dump: Path, target: str, env: dict[str, str]) -> str | None:
         restore = subprocess.run(
-            [
-                self._tool("pg_restore"),
-                "--no-owner",
-                "--no-privileges",
-                f"--role={target}",
-                "--exit-on-error",
-                f"--dbname={_without_password(database_url(self.admin_url, target))}",
-                str(dump),
-            ],
+            [*self._restore_argv(target), str(dump)],
             capture_output=True,
             text=True,
             timeout=600,
@@ -196,6 +181,17 @@ class Postgres:
         if restore.returncode == 0:
             return None
         return self._scrub((restore.stderr.strip() or "unknown error").splitlines()[-1])
+
+    def _restore_argv(self, target: str) -> list[str]:
+        """`pg_restore` into `target` as admin, every object re-owned by role `target` (`--role`)."""
+        return [
+            self._tool("pg_restore"),
+            "--no-owner",
+            "--no-privileges",
+            f"--role={target}",
+            "--exit-on-error",
+            f"--dbname={_without_password(database_url(self.admin_url, target))}",
+        ]
 
     def _tool(self, name: str) -> str:
         """From PATH (Debian's wrapper picks the right version), else next to the server's binaries."""

@@ -103,12 +103,8 @@ class Registry:
     def lock(self, env_id: str) -> Iterator[None]:
         path = self.root / "locks" / f"{env_id}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with flocked(path):
+            yield
 
     def env_journal(self, env_id: str) -> Journal:
         return Journal(self.env_dir(env_id))
@@ -178,3 +174,14 @@ def _problem(path: Path, model: type[BaseModel]) -> str | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"corrupt: {first[:200]}"
     return None
+
+
+@contextmanager
+def flocked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (made if missing) across processes, held for the block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
