@@ -263,7 +263,7 @@ def test_requests_pair_by_path_then_by_place_in_the_run() -> None:
 
 def test_value_findings_past_a_lost_tag_do_not_count() -> None:
     from bot.evidence import DiffResult, Evidence, Finding, GitRef, Propagation
-    from bot.pipeline.run import _set_aside_values_past_a_lost_tag
+    from bot.pipeline.sides import set_aside_values_past_a_lost_tag
 
     def result(service: str, against: str = "control") -> DiffResult:
         value = Finding(kind="value_changed", pointer="/available", baseline="7", sandbox="9", breaking=True)
@@ -273,7 +273,7 @@ def test_value_findings_past_a_lost_tag_do_not_count() -> None:
     evidence = Evidence(run_id="r", repo="/r", base=GitRef(ref="main"), head=GitRef(ref="agent/x"))
     evidence.propagation = [Propagation(service="gateway", drops_baggage_to=["inventory"])]
     evidence.diff = [result("gateway"), result("orders"), result("gateway", "baseline")]
-    _set_aside_values_past_a_lost_tag(evidence)
+    set_aside_values_past_a_lost_tag(evidence)
     assert [[f.breaking for f in r.findings] for r in evidence.diff] == [
         [False, True],
         [True, True],

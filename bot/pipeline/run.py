@@ -7,15 +7,14 @@ pipeline knows nothing of GitHub or terminals: callers (CLI, worker, action) rep
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
-from bot.config import CONFIG_FILE, Config, ConfigError, LoopgateError
+from bot.config import Config, LoopgateError, Suite
 from bot.evidence import (
     ErrorKind,
     Evidence,
@@ -26,8 +25,10 @@ from bot.evidence import (
     decide,
     utcnow,
 )
+from bot.pipeline.choice import NotChosen, RuntimeChooser, only
 from bot.pipeline.contract import check_contracts
 from bot.pipeline.plan import Plan, make_plan
+from bot.pipeline.sides import run_beside_controls, sender, sender_to, set_aside_values_past_a_lost_tag
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import (
     Baseline,
@@ -35,21 +36,14 @@ from bot.runtimes.protocol import (
     Controls,
     ObservedRequest,
     ProbeAnswer,
-    ProbeError,
     ProbeRequest,
     Runtime,
     Sandbox,
     Source,
-    SuiteOutcome,
     SuiteRequest,
 )
 from bot.verify import blame, diagnose, judge_suite, last_tagged_hop, tagged_counts
-from bot.verify.compare import Response
 from bot.verify.diff import (
-    NotSent,
-    Probe,
-    Send,
-    SendTo,
     control_pairs,
     probes,
     run_control_diff,
@@ -85,24 +79,6 @@ def new_run_id() -> str:
     return secrets.token_urlsafe(12).replace("-", "a").replace("_", "b").lower()
 
 
-RuntimeChooser = Callable[[Config], Runtime]
-"""The runtime a config asks for (`runtime.kind`); raises ConfigError when this process has none."""
-
-
-def only(runtime: Runtime) -> RuntimeChooser:
-    """A chooser with one runtime: a config asking for another kind is a config error, by name."""
-
-    def choose(config: Config) -> Runtime:
-        if config.runtime.kind != runtime.kind:
-            raise ConfigError(
-                f"{CONFIG_FILE} asks for runtime.kind {config.runtime.kind}; this loopgate runs the"
-                f" {runtime.kind} runtime"
-            )
-        return runtime
-
-    return choose
-
-
 class Pipeline:
     def __init__(
         self,
@@ -113,7 +89,7 @@ class Pipeline:
         """`runtime` is one runtime, or a chooser by the config's `runtime.kind`. `should_stop` returns
         why the run must stop, or None; it is polled between stages and while suites run."""
         self.choose: RuntimeChooser = runtime if callable(runtime) else only(runtime)
-        self.runtime: Runtime = runtime if not callable(runtime) else cast(Runtime, _NotChosen())
+        self.runtime: Runtime = runtime if not callable(runtime) else cast(Runtime, NotChosen())
         self.listener = listener
         self.should_stop = should_stop or (lambda: None)
         self.kept: Kept | None = None
@@ -278,15 +254,10 @@ class Pipeline:
         with self._stage(stages, "verify") as result:
             for suite in plan.config.verify.suites:
                 self._checkpoint()
-                request = SuiteRequest(
-                    suite.name,
-                    suite.run,
-                    suite.timeout,
-                    "base",
-                    should_stop=self._stopping,
-                    kubernetes=suite.kubernetes,
+                request = self._suite_request(suite, "base")
+                outcome = run_beside_controls(
+                    self.runtime, evidence, sandbox, self.controls, request, self._stopping
                 )
-                outcome = self._run_beside_controls(evidence, sandbox, request)
                 judged = judge_suite(suite.name, "base", suite.gating, outcome)
                 # Not after a timeout: another full timeout, and a hang tells nothing about whose it is.
                 if judged.gating and judged.status in ("failed", "errored"):
@@ -296,18 +267,13 @@ class Pipeline:
                 head_config: Config = plan.head_config or plan.config
                 for suite in head_config.verify.suites:
                     self._checkpoint()
-                    request = SuiteRequest(
-                        suite.name,
-                        suite.run,
-                        suite.timeout,
-                        "head",
-                        should_stop=self._stopping,
-                        kubernetes=suite.kubernetes,
-                    )
+                    request = self._suite_request(suite, "head")
                     # Head's suites can only tighten the team's gate: a failure fails the change, a pass
                     # proves nothing (decide() counts only the base's suites as proof). Beside the
                     # controls too: what they write and then read exists on every side.
-                    outcome = self._run_beside_controls(evidence, sandbox, request)
+                    outcome = run_beside_controls(
+                        self.runtime, evidence, sandbox, self.controls, request, self._stopping
+                    )
                     evidence.suites.append(judge_suite(suite.name, "head", suite.gating, outcome))
             config = plan.config.verify.diff
             boxes = [sandbox, *self.controls] if len(self.controls) == 2 else [sandbox]
@@ -327,9 +293,15 @@ class Pipeline:
             chosen = probes(config, observed, sandbox.routing_key, exclude=compared)
             with ThreadPoolExecutor(max_workers=2) as pool:  # the two diffs side by side
                 by_control = (
-                    pool.submit(run_control_diff, config, pairs, self._sender_to(sandbox)) if pairs else None
+                    pool.submit(
+                        run_control_diff, config, pairs, sender_to(self.runtime, sandbox, self.controls)
+                    )
+                    if pairs
+                    else None
                 )
-                by_baseline = pool.submit(run_diff, config, chosen, self._sender(sandbox)) if chosen else None
+                by_baseline = (
+                    pool.submit(run_diff, config, chosen, sender(self.runtime, sandbox)) if chosen else None
+                )
                 evidence.diff = [
                     *(by_control.result() if by_control else []),
                     *(by_baseline.result() if by_baseline else []),
@@ -347,7 +319,7 @@ class Pipeline:
                 last = last_tagged_hop(sandbox.routing_key, observed)
                 if not evidence.propagation and last is not None:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
-                _set_aside_values_past_a_lost_tag(evidence)
+                set_aside_values_past_a_lost_tag(evidence)
             # After the coverage count: a probe sent straight to a fork proves nothing about whether the
             # suites' traffic reaches it.
             self._check_contracts(evidence, plan, sandbox, contract_traffic)
@@ -401,63 +373,15 @@ class Pipeline:
                 " baseline-vs-sandbox, without values"
             )
 
-    def _run_beside_controls(
-        self, evidence: Evidence, sandbox: Sandbox, request: SuiteRequest
-    ) -> SuiteOutcome:
-        """The suite against the candidate and, at the same time, against each control (tagged with its
-        key, on its own data), so the writes happen on every side; only the candidate's outcome is
-        judged."""
-        if not self.controls:
-            return self.runtime.run_suite(sandbox, request)
-        # The candidate's run stays on this thread, where Ctrl-C lands; the controls' runs stop with it.
-        interrupted = threading.Event()
-        beside = replace(request, should_stop=lambda: interrupted.is_set() or self._stopping())
-        pool = ThreadPoolExecutor(max_workers=len(self.controls))
-        try:
-            on_controls = [pool.submit(self.runtime.run_suite, box, beside) for box in self.controls]
-            outcomes = [self.runtime.run_suite(sandbox, request), *(f.result() for f in on_controls)]
-        except BaseException:
-            interrupted.set()
-            raise
-        finally:
-            pool.shutdown(wait=True)
-        for side, outcome in zip(("primary", "secondary"), outcomes[1:], strict=True):
-            # A head suite may well fail on the base code: it tests the change. Only the base's says.
-            if request.source == "base" and (outcome.timed_out or outcome.exit_code != 0):
-                evidence.notes.append(
-                    f"suite {request.name} did not pass on the {side} control (the base code): its"
-                    " failures are the base's, not the change's"
-                )
-                break
-        return outcomes[0]
-
-    def _sender_to(self, sandbox: Sandbox) -> SendTo:
-        """The control diff's sides: `candidate` is the sandbox, `primary` and `secondary` its controls,
-        each tagged with its own routing key."""
-        boxes = {"candidate": sandbox, "primary": self.controls[0], "secondary": self.controls[1]}
-
-        def send(probe: Probe, side: str) -> Response:
-            request = ProbeRequest(probe.service, probe.method, probe.path, probe.headers, probe.body)
-            try:
-                answer = self.runtime.probe(boxes[side], request, tagged=True)
-            except ProbeError as exc:
-                raise NotSent(str(exc)) from None
-            return Response(answer.status, dict(answer.headers), answer.body)
-
-        return send
-
-    def _sender(self, sandbox: Sandbox) -> Send:
-        """The diff's probes go out through the runtime, which alone knows where a service lives."""
-
-        def send(probe: Probe, tagged: bool) -> Response:
-            request = ProbeRequest(probe.service, probe.method, probe.path, probe.headers, probe.body)
-            try:
-                answer = self.runtime.probe(sandbox, request, tagged=tagged)
-            except ProbeError as exc:
-                raise NotSent(str(exc)) from None
-            return Response(answer.status, dict(answer.headers), answer.body)
-
-        return send
+    def _suite_request(self, suite: Suite, source: Literal["base", "head"]) -> SuiteRequest:
+        return SuiteRequest(
+            suite.name,
+            suite.run,
+            suite.timeout,
+            source,
+            should_stop=self._stopping,
+            kubernetes=suite.kubernetes,
+        )
 
     def _against_baseline(self, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox) -> SuiteResult:
         """The failed suite again, untagged against the baseline: what fails there too is pre-existing,
@@ -494,32 +418,6 @@ class Pipeline:
             if evidence.verdict in (None, Verdict.PASS):
                 evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
                 evidence.reasons = [f"teardown failed: {exc}"]
-
-
-class _NotChosen:
-    """Stands for the runtime until the config has chosen one; nothing may run before that."""
-
-    def __getattr__(self, name: str) -> object:
-        raise RuntimeError(f"no runtime chosen yet (asked for {name})")
-
-
-def _set_aside_values_past_a_lost_tag(evidence: Evidence) -> None:
-    """A candidate fork that drops the tag reads the baseline's data where its controls read their own
-    copies: the values it answers differ for that reason alone. Its value findings are kept, but do
-    not count; the lost tag itself is what the verdict reports (nothing proved the change)."""
-    dropping = {p.service for p in evidence.propagation if p.drops_baggage_to}
-    set_aside = 0
-    for result in evidence.diff:
-        if result.against != "control" or result.service not in dropping:
-            continue
-        for finding in result.findings:
-            if finding.kind == "value_changed" and finding.breaking:
-                finding.breaking, set_aside = False, set_aside + 1
-    if set_aside:
-        evidence.notes.append(
-            f"{set_aside} value difference(s) at {', '.join(sorted(dropping))} not counted: its fork drops"
-            " the sandbox's tag, so it read the baseline's data where the controls read their own copies"
-        )
 
 
 def _record_log_tails(evidence: Evidence, log_tails: dict[str, str]) -> None:
