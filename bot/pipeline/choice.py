@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot.config import CONFIG_FILE, Config, ConfigError
+from bot.config import Config
+from bot.runtimes.choice import require_kind
 from bot.runtimes.protocol import Runtime
 
 RuntimeChooser = Callable[[Config], Runtime]
@@ -15,11 +16,7 @@ def only(runtime: Runtime) -> RuntimeChooser:
     """A chooser with one runtime: a config asking for another kind is a config error, by name."""
 
     def choose(config: Config) -> Runtime:
-        if config.runtime.kind != runtime.kind:
-            raise ConfigError(
-                f"{CONFIG_FILE} asks for runtime.kind {config.runtime.kind}; this loopgate runs the"
-                f" {runtime.kind} runtime"
-            )
+        require_kind(config, runtime.kind)
         return runtime
 
     return choose

@@ -8,16 +8,26 @@ configs asking for the other with a config error that names both.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import Literal
 
 from bot.config import CONFIG_FILE, Config, ConfigError
 from bot.config.settings import RuntimeSettings
 from bot.runtimes.protocol import Runtime
 
 Kind = Literal["local", "kubernetes"]
+
+
+def require_kind(config: Config, kind: str, chosen_by: str | None = None) -> None:
+    """A config asking for another runtime than the one this process runs is a config error naming both
+    (and the setting that chose this process's, when one did)."""
+    if config.runtime.kind != kind:
+        by = f" ({chosen_by})" if chosen_by else ""
+        asked = config.runtime.kind
+        raise ConfigError(
+            f"{CONFIG_FILE} asks for runtime.kind {asked}; this loopgate runs the {kind} runtime{by}"
+        )
 
 
 class Runtimes:
@@ -41,13 +51,9 @@ class Runtimes:
         self._lock = threading.Lock()
 
     def __call__(self, config: Config) -> Runtime:
-        kind = config.runtime.kind
-        if self.only is not None and kind != self.only:
-            raise ConfigError(
-                f"{CONFIG_FILE} asks for runtime.kind {kind}; this loopgate runs the {self.only} runtime"
-                " (LOOPGATE_RUNTIME)"
-            )
-        return self.get(kind)
+        if self.only is not None:
+            require_kind(config, self.only, "LOOPGATE_RUNTIME")
+        return self.get(config.runtime.kind)
 
     def get(self, kind: Kind) -> Runtime:
         with self._lock:
@@ -65,8 +71,9 @@ class Runtimes:
     def _make(self, kind: Kind) -> Runtime:
         # Imported here: each runtime pulls in what only it needs (Envoy, the kubernetes client).
         if kind == "kubernetes":
-            module = importlib.import_module("bot.runtimes.kubernetes.runtime")
-            return cast(Runtime, module.KubernetesRuntime(self.settings))
+            from bot.runtimes.kubernetes.runtime import KubernetesRuntime
+
+            return KubernetesRuntime(self.settings)
         from bot.runtimes.local import LocalRuntime
 
         return LocalRuntime(self.settings, persistent=self.persistent)
