@@ -37,15 +37,25 @@ class ZooEntry(BaseModel):
     kind: Literal["defect", "good"]
     service: str = Field(description="The changed service(s), comma-separated.")
     expected: Literal["pass", "fail", "inconclusive"]
+    suite_only: Literal["pass", "fail"] = Field(
+        description="What the team's suite says wired directly, without loopgate (a suite-only verify)."
+    )
     expect_finding: str = Field(min_length=1)
     description: str
+    base_patch: str | None = Field(
+        default=None, description="Applied on main to make this change's own base (e.g. a red suite)."
+    )
 
-    @field_validator("patch")
+    @field_validator("patch", "base_patch")
     @classmethod
-    def _relative(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
             raise ValueError("must be a path relative to the manifest")
         return value
+
+    @property
+    def base_ref(self) -> str:
+        return f"base/{self.name}" if self.base_patch else "main"
 
     @property
     def services(self) -> list[str]:
@@ -79,8 +89,9 @@ def load_manifest(path: Path) -> Manifest:
     if duplicates:
         raise ConfigError(f"{path.name}: change names used twice: {', '.join(duplicates)}")
     for entry in manifest.changes:
-        if not (path.parent / entry.patch).is_file():
-            raise ConfigError(f"{path.name} {entry.name}: patch {entry.patch} not found")
+        for patch in (entry.patch, entry.base_patch):
+            if patch is not None and not (path.parent / patch).is_file():
+                raise ConfigError(f"{path.name} {entry.name}: patch {patch} not found")
     return manifest
 
 
@@ -89,6 +100,7 @@ class ZooRow:
     name: str
     kind: str
     expected: str
+    suite_only: str
     mocks_only: Literal["passed", "failed", "error"]
     verdict: str
     finding: str
@@ -119,6 +131,7 @@ class ZooResult:
             "good_total": len(good),
             "good_passed": sum(r.verdict == "pass" for r in good),
             "mocks_only_caught": sum(r.mocks_only != "passed" for r in defects),
+            "suite_only_caught": sum(r.suite_only == "fail" for r in defects),
         }
 
     @property
@@ -147,14 +160,20 @@ def build_repo(example: Path, target: Path, manifest: Manifest, changes_dir: Pat
     _git(target, "commit", "-q", "-m", "example: baseline")
     problems: dict[str, str | None] = {}
     for entry in manifest.changes:
-        _git(target, "checkout", "-q", "-B", f"agent/{entry.name}", "main")
-        applied = _git(target, "apply", "--index", str((changes_dir / entry.patch).resolve()))
-        if applied.returncode != 0:
-            last = (applied.stderr.strip().splitlines() or ["unknown error"])[-1]
-            problems[entry.name] = f"patch {entry.patch} does not apply: {last}"
-        else:
-            _git(target, "commit", "-q", "-m", f"agent: {entry.name}")
-            problems[entry.name] = None
+        problems[entry.name] = None
+        steps = [(entry.base_ref, entry.base_patch, "team"), (f"agent/{entry.name}", entry.patch, "agent")]
+        start = "main"
+        for branch, patch, who in steps:
+            if patch is None:
+                continue
+            _git(target, "checkout", "-q", "-B", branch, start)
+            applied = _git(target, "apply", "--index", str((changes_dir / patch).resolve()))
+            if applied.returncode != 0:
+                last = (applied.stderr.strip().splitlines() or ["unknown error"])[-1]
+                problems[entry.name] = f"patch {patch} does not apply: {last}"
+                break
+            _git(target, "commit", "-q", "-m", f"{who}: {entry.name}")
+            start = branch
         _git(target, "checkout", "-q", "main")
     return problems
 
@@ -193,10 +212,13 @@ def run_zoo(
     repo = workdir / "repo"
     try:
         problems = build_repo(example, repo, manifest, manifest_path.parent)
-        plan = make_plan(repo, "main", "main")
-        baseline = runtime.up_baseline(Source(repo, plan.base_sha), plan.config)
+        bases = sorted({"main"} | {e.base_ref for e in manifest.changes if problems[e.name] is None})
+        baselines = []
         rows = []
         try:
+            for ref in bases:  # one per base, each shared by its changes' sandboxes
+                plan = make_plan(repo, ref, ref)
+                baselines.append(runtime.up_baseline(Source(repo, plan.base_sha), plan.config))
             with ThreadPoolExecutor(max_workers=2) as pool:
                 mocks = {
                     entry.name: pool.submit(mocks_only, repo, entry, workdir)
@@ -210,6 +232,7 @@ def run_zoo(
                             entry.name,
                             entry.kind,
                             entry.expected,
+                            entry.suite_only,
                             "error",
                             "error",
                             problem,
@@ -221,7 +244,7 @@ def run_zoo(
                         evidence = Pipeline(runtime).verify(
                             VerifyRequest(
                                 repo=repo,
-                                base_ref="main",
+                                base_ref=entry.base_ref,
                                 head_ref=f"agent/{entry.name}",
                                 trigger="zoo",
                                 keep_baseline=True,
@@ -231,7 +254,8 @@ def run_zoo(
                     rows.append(row)
                     progress(row)
         finally:
-            runtime.release_baseline(baseline)
+            for baseline in baselines:
+                runtime.release_baseline(baseline)
         return ZooResult(rows)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -247,6 +271,7 @@ def _row(entry: ZooEntry, evidence: Evidence, mocks: Literal["passed", "failed",
         name=entry.name,
         kind=entry.kind,
         expected=entry.expected,
+        suite_only=entry.suite_only,
         mocks_only=mocks,
         verdict=verdict,
         finding=decided,

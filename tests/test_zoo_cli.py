@@ -24,6 +24,7 @@ changes:
     kind: good
     service: orders
     expected: pass
+    suite_only: pass
     expect_finding: e2e (the team's suite) passed
     description: behaviour-preserving refactor
   - name: contract-break
@@ -31,6 +32,7 @@ changes:
     kind: defect
     service: inventory
     expected: fail
+    suite_only: fail
     expect_finding: test_checkout_in_stock_then_read_order
     description: inventory renames a field orders reads
 """
@@ -51,7 +53,7 @@ def test_zoo_compares_mocks_only_ci_with_loopgate(tmp_path: Path, state_dir: Pat
     assert result["mocks_only_caught"] == 0  # the defect's own mocked unit tests pass
     rows = {row["name"]: row for row in result["rows"]}
     assert rows["contract-break"]["mocks_only"] == "passed" and rows["contract-break"]["verdict"] == "fail"
-    assert "| contract-break | defect | fail | passed | fail |" in md.read_text()
+    assert "| contract-break | defect | fail | passed | fail | fail |" in md.read_text()
     assert list((state_dir / "envs").glob("*/sandboxes/*")) == []
 
 
@@ -85,6 +87,7 @@ changes:
     kind: defect
     service: inventory,gateway
     expected: inconclusive
+    suite_only: pass
     expect_finding: gateway drops baggage
     description: gateway keeps traceparent but stops forwarding baggage
 """

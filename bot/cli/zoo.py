@@ -28,21 +28,24 @@ def _zoo_markdown(result: ZooResult) -> str:
     lines = [
         "# Defect zoo",
         "",
-        "Each example change is checked twice: by the changed services' own unit tests, which mock their",
-        "neighbours (what an agent's CI runs), and by loopgate against the real services.",
+        "Each example change is checked three ways: by the changed services' own unit tests, which mock",
+        "their neighbours (what an agent's CI runs); by the team's suite against the real services wired",
+        "directly (a suite-only verify: `suite_only` in the manifest); and by loopgate.",
         "",
-        "| change | kind | expected | mocks-only CI | loopgate | finding that decided it |",
-        "|---|---|---|---|---|---|",
+        "| change | kind | expected | mocks-only CI | suite only | loopgate | finding that decided it |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in result.rows:
         finding = row.finding.replace("|", "\\|")
         lines.append(
-            f"| {row.name} | {row.kind} | {row.expected} | {row.mocks_only} | {row.verdict} | {finding} |"
+            f"| {row.name} | {row.kind} | {row.expected} | {row.mocks_only} | {row.suite_only}"
+            f" | {row.verdict} | {finding} |"
         )
     lines += [
         "",
         f"Defects caught by loopgate: {counts['defects_caught']}/{counts['defects_total']}; by mocks-only CI:"
-        f" {counts['mocks_only_caught']}/{counts['defects_total']}. Good changes passed:"
+        f" {counts['mocks_only_caught']}/{counts['defects_total']}; by the suite alone:"
+        f" {counts['suite_only_caught']}/{counts['defects_total']}. Good changes passed:"
         f" {counts['good_passed']}/{counts['good_total']}.",
         "",
     ]

@@ -33,6 +33,7 @@ CONFIG_FILE = ".loopgate.yml"
 SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 """DNS-1123 label, short enough to prefix with a routing key and stay a valid Kubernetes name."""
 
+
 class HealthCheck(Strict):
     """When a service is ready: its port accepts a connection (`tcp: true`), or an HTTP path answers."""
 
@@ -289,6 +290,16 @@ class Suite(Strict):
     )
     gating: bool = Field(
         default=True, description="A failing non-gating suite is reported but does not fail."
+    )
+    repeat_failed: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description=(
+            "When a gating suite has failures the baseline does not share, it runs this many more times"
+            " on the sandbox (beside its controls) and each failure reports in how many runs it failed."
+            " A failure that shows only sometimes still counts."
+        ),
     )
     env: dict[str, str] = Field(default_factory=dict, description=ENV_DESCRIPTION + " Local runtime.")
     pass_env: list[str] = Field(default_factory=list, description=PASS_ENV_DESCRIPTION)

@@ -72,6 +72,12 @@ class TestFailure(Record):
         default=False,
         description="The same test also fails on the baseline (the suite run untagged): not the change's.",
     )
+    failed_runs: int | None = Field(
+        default=None,
+        ge=1,
+        description="In how many of the suite's `runs` on the sandbox this test failed; None when the suite"
+        " ran once. Fewer than `runs`: intermittent, and still counted.",
+    )
 
 
 class SuiteResult(Record):
@@ -93,6 +99,12 @@ class SuiteResult(Record):
         default=False,
         description="Every failure also shows on the baseline (per test, or the same status without"
         " JUnit): reported, not counted against the change.",
+    )
+    runs: int = Field(
+        default=1,
+        ge=1,
+        description="Runs on the sandbox: a gating suite with sandbox-only failures runs again"
+        " (`repeat_failed`) to tell how often each one fails.",
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.evidence.model import ErrorKind, Evidence, SuiteResult, Verdict
+from bot.evidence.model import ErrorKind, Evidence, Finding, SuiteResult, Verdict
 
 EXIT_CODES = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.INCONCLUSIVE: 4}
 CHECK_CONCLUSIONS = {
@@ -40,8 +40,7 @@ def decide(evidence: Evidence) -> tuple[Verdict, list[str]]:
     for result in evidence.diff:
         for finding in result.findings:
             if finding.breaking:
-                where = f"at {finding.pointer}" if finding.pointer else "on the whole body"
-                failures.append(f"{result.service}: {finding.kind} {where} ({result.request})")
+                failures.append(f"{result.service}: {finding.kind} {_where(finding)} ({result.request})")
     if failures:
         return Verdict.FAIL, failures + known
 
@@ -92,13 +91,27 @@ def _suite_failure_reason(suite: SuiteResult) -> str:
     reason = _suite_reason(name, suite.status, suite.counts.failed + suite.counts.errors)
     known = sum(f.pre_existing for f in suite.failures)
     own = [f.test for f in suite.failures if not f.pre_existing]
-    if suite.status != "failed" or not known or not own:
-        return reason
-    shown = ", ".join(own[:3]) + (f" (+{len(own) - 3} more)" if len(own) > 3 else "")
-    return (
-        f"suite {suite.name} failed: {_plural(len(own), 'failing test')} only on the sandbox: {shown};"
-        f" {_plural(known, 'more')} also failing on the baseline (pre-existing)"
-    )
+    if suite.status == "failed" and known and own:
+        shown = ", ".join(own[:3]) + (f" (+{len(own) - 3} more)" if len(own) > 3 else "")
+        reason = (
+            f"suite {suite.name} failed: {_plural(len(own), 'failing test')} only on the sandbox: {shown};"
+            f" {_plural(known, 'more')} also failing on the baseline (pre-existing)"
+        )
+    return reason + _intermittent(suite)
+
+
+def _intermittent(suite: SuiteResult) -> str:
+    """Sandbox-only failures that did not show in every run: named, with how often, still counted."""
+    flaky = [
+        f
+        for f in suite.failures
+        if not f.pre_existing and f.failed_runs is not None and f.failed_runs < suite.runs
+    ]
+    if not flaky:
+        return ""
+    shown = ", ".join(f"{f.test} in {f.failed_runs} of {suite.runs} runs" for f in flaky[:3])
+    more = f" (+{len(flaky) - 3} more)" if len(flaky) > 3 else ""
+    return f"; intermittent, still counted: failed {shown}{more}"
 
 
 def _pre_existing_reason(suite: SuiteResult) -> str:
@@ -112,3 +125,13 @@ def _pre_existing_reason(suite: SuiteResult) -> str:
 
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 and noun != 'more' else ''}"
+
+
+STATUS_TALLIES = frozenset({"server_errors", "status_added", "status_missing"})
+"""Findings on the statuses of every exchange at a listener (bot.verify.listener): tallies, no body."""
+
+
+def _where(finding: Finding) -> str:
+    if finding.kind in STATUS_TALLIES:
+        return f"{finding.sandbox} where the controls answered {finding.baseline}"
+    return f"at {finding.pointer}" if finding.pointer else "on the whole body"

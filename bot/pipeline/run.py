@@ -39,16 +39,18 @@ from bot.runtimes.protocol import (
     ProbeRequest,
     Runtime,
     Sandbox,
+    SeedReads,
     Source,
     SuiteRequest,
 )
-from bot.verify import blame, diagnose, judge_suite, last_tagged_hop, tagged_counts
+from bot.verify import blame, diagnose, judge_suite, last_tagged_hop, tagged_counts, with_repeats
 from bot.verify.diff import (
     control_pairs,
     probes,
     run_control_diff,
     run_diff,
 )
+from bot.verify.listener import listener_findings
 from bot.verify.requestmap import request_map
 
 
@@ -262,6 +264,8 @@ class Pipeline:
                 # Not after a timeout: another full timeout, and a hang tells nothing about whose it is.
                 if judged.gating and judged.status in ("failed", "errored"):
                     judged = self._against_baseline(judged, request, sandbox)
+                if judged.gating and suite.repeat_failed and any(not f.pre_existing for f in judged.failures):
+                    judged = self._repeat(evidence, judged, request, sandbox, suite.repeat_failed)
                 evidence.suites.append(judged)
             if plan.run_head_suites:
                 head_config: Config = plan.head_config or plan.config
@@ -280,17 +284,14 @@ class Pipeline:
             with ThreadPoolExecutor(max_workers=len(boxes)) as pool:  # each waits for the log to settle
                 observed, *seen = pool.map(self.runtime.observed_requests, boxes)
             compared = [s.name for s in evidence.forks] if seen else []
-            pairs = []
+            seeded = self.runtime.seed_reads(sandbox.baseline) if isinstance(self.runtime, SeedReads) else []
+            pairs, at_listeners = [], []
             if seen:
                 primary, secondary = self.controls
-                pairs = control_pairs(
-                    config,
-                    observed,
-                    (seen[0], seen[1]),
-                    (sandbox.routing_key, primary.routing_key, secondary.routing_key),
-                    compared,
-                )
-            chosen = probes(config, observed, sandbox.routing_key, exclude=compared)
+                keys = (sandbox.routing_key, primary.routing_key, secondary.routing_key)
+                pairs = control_pairs(config, observed, (seen[0], seen[1]), keys, compared, seeded)
+                at_listeners = listener_findings(observed, (seen[0], seen[1]), keys, compared)
+            chosen = probes(config, observed, sandbox.routing_key, exclude=compared, seeded=seeded)
             with ThreadPoolExecutor(max_workers=2) as pool:  # the two diffs side by side
                 by_control = (
                     pool.submit(
@@ -304,9 +305,10 @@ class Pipeline:
                 )
                 evidence.diff = [
                     *(by_control.result() if by_control else []),
+                    *at_listeners,
                     *(by_baseline.result() if by_baseline else []),
                 ]
-            contract_traffic = observed
+            contract_traffic = [*observed, *seeded]  # the seed's reads name data that exists
             if evidence.diff:
                 observed = self.runtime.observed_requests(sandbox)
             forked = [s.name for s in evidence.forks]
@@ -389,6 +391,20 @@ class Pipeline:
         self._checkpoint()
         outcome = self.runtime.run_suite(sandbox, replace(request, target="baseline"))
         return blame(judged, judge_suite(judged.name, "base", judged.gating, outcome))
+
+    def _repeat(
+        self, evidence: Evidence, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox, times: int
+    ) -> SuiteResult:
+        """A suite with sandbox-only failures again, beside the controls (every side keeps the same
+        writes): how often each failure shows. Only on failure, like the baseline's run."""
+        again = []
+        for _ in range(times):
+            self._checkpoint()
+            outcome = run_beside_controls(
+                self.runtime, evidence, sandbox, self.controls, request, self._stopping
+            )
+            again.append(judge_suite(judged.name, "base", judged.gating, outcome))
+        return with_repeats(judged, again)
 
     def _teardown(
         self,

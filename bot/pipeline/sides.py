@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from bot.evidence import Evidence
+from bot.evidence.verdict import STATUS_TALLIES
 from bot.runtimes.protocol import ProbeError, ProbeRequest, Runtime, Sandbox, SuiteOutcome, SuiteRequest
 from bot.verify.compare import Response
 from bot.verify.diff import NotSent, Probe, Send, SendTo
@@ -67,25 +68,27 @@ def run_beside_controls(
     for side, outcome in zip(SIDES, outcomes[1:], strict=True):
         # A head suite may well fail on the base code: it tests the change. Only the base's says.
         if request.source == "base" and (outcome.timed_out or outcome.exit_code != 0):
-            evidence.notes.append(
+            note = (
                 f"suite {request.name} did not pass on the {side} control (the base code): its"
                 " failures are the base's, not the change's"
             )
+            if note not in evidence.notes:  # once, however often the suite runs
+                evidence.notes.append(note)
             break
     return outcomes[0]
 
 
 def set_aside_values_past_a_lost_tag(evidence: Evidence) -> None:
     """A candidate fork that drops the tag reads the baseline's data where its controls read their own
-    copies: the values it answers differ for that reason alone. Its value findings are kept, but do
-    not count; the lost tag itself is what the verdict reports (nothing proved the change)."""
+    copies: the values (and statuses) it answers differ for that reason alone. Those findings are kept,
+    but do not count; the lost tag itself is what the verdict reports (nothing proved the change)."""
     dropping = {p.service for p in evidence.propagation if p.drops_baggage_to}
     set_aside = 0
     for result in evidence.diff:
         if result.against != "control" or result.service not in dropping:
             continue
         for finding in result.findings:
-            if finding.kind == "value_changed" and finding.breaking:
+            if (finding.kind == "value_changed" or finding.kind in STATUS_TALLIES) and finding.breaking:
                 finding.breaking, set_aside = False, set_aside + 1
     if set_aside:
         evidence.notes.append(

@@ -171,11 +171,7 @@ def forked(services: list[ServiceResult]) -> list[ServiceResult]:
 def finding_rows(diff: list[DiffResult]) -> list[FindingRow]:
     """Requests by findings, flattened into table rows, breaking ones first (stable otherwise)."""
     # `against` is read defensively: records from before control forks existed have no such field.
-    rows = [
-        FindingRow(r.request, r.service, f, r.against)
-        for r in diff
-        for f in r.findings
-    ]
+    rows = [FindingRow(r.request, r.service, f, r.against) for r in diff for f in r.findings]
     return sorted(rows, key=lambda row: not row.finding.breaking)
 
 

@@ -222,6 +222,15 @@ class SandboxUpdates(Protocol):
 
 
 @runtime_checkable
+class SeedReads(Protocol):
+    """A runtime that recorded what `verify.seed` read from its baseline: reads of data that existed
+    before the change, which the diff replays on every side."""
+
+    def seed_reads(self, baseline: Baseline) -> list[ObservedRequest]:
+        """The seed's GET/HEAD requests the baseline answered below 400, in order, one per path."""
+
+
+@runtime_checkable
 class Controls(Protocol):
     """A runtime that can start controls beside a sandbox's forks (`verify.diff.control`); the pipeline
     skips them, with a note, on a runtime without."""

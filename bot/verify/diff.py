@@ -38,10 +38,12 @@ class Probe:
     body: bytes | None = None
     recorded: bool = False
     """Replayed from the suites' traffic: data made during the suite may exist on one side only."""
+    seeded: bool = False
+    """A read `verify.seed` made: of data written before the change, which every side holds."""
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path}" + (" (the seed's read)" if self.seeded else "")
 
 
 PARALLEL_PROBES = 8
@@ -59,14 +61,21 @@ class NotSent(Exception):
 
 
 def probes(
-    config: Diff, observed: Iterable[Observed], routing_key: str, exclude: Iterable[str] = ()
+    config: Diff,
+    observed: Iterable[Observed],
+    routing_key: str,
+    exclude: Iterable[str] = (),
+    seeded: Iterable[Observed] = (),
 ) -> list[Probe]:
     """Baseline-vs-sandbox probes; `exclude`: services compared control-vs-candidate instead."""
     skip = set(exclude)
-    return [p for p in _probes(config, observed, routing_key) if p.service not in skip][: config.max_requests]
+    configured = [p for p in _configured(config) if p.service not in skip]
+    suites = [p for p in _suites_reads(config, observed, routing_key) if p.service not in skip]
+    seed = [p for p in _seed_reads(seeded) if p.service not in skip]
+    return _within_budget(config, configured, suites, seed, lambda probe: probe)
 
 
-def _probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> list[Probe]:
+def _configured(config: Diff) -> list[Probe]:
     chosen: list[Probe] = []
     for request in config.requests or []:
         body = json.dumps(request.body).encode() if request.body is not None else None
@@ -74,15 +83,41 @@ def _probes(config: Diff, observed: Iterable[Observed], routing_key: str) -> lis
         if body is not None:
             headers.setdefault("content-type", "application/json")
         chosen.append(Probe(request.service, request.method, request.path, headers, body))
-    if config.from_suites:
-        seen = {(p.service, p.method, p.path) for p in chosen}
-        for record in observed:
-            key = (record.service, record.method, record.path)
-            if record.routing_key != routing_key or record.method not in SAFE_METHODS or key in seen:
-                continue
-            seen.add(key)
-            chosen.append(Probe(record.service, record.method, record.path, recorded=True))
     return chosen
+
+
+def _suites_reads(config: Diff, observed: Iterable[Observed], routing_key: str) -> list[Probe]:
+    if not config.from_suites:
+        return []
+    seen: set[tuple[str, str, str]] = set()
+    chosen = []
+    for record in observed:
+        key = (record.service, record.method, record.path)
+        if record.routing_key != routing_key or record.method not in SAFE_METHODS or key in seen:
+            continue
+        seen.add(key)
+        chosen.append(Probe(record.service, record.method, record.path, recorded=True))
+    return chosen
+
+
+def _seed_reads(seeded: Iterable[Observed]) -> list[Probe]:
+    return [Probe(r.service, r.method, r.path, seeded=True) for r in seeded]
+
+
+def _within_budget(
+    config: Diff, configured: list[_T], suites: list[_T], seeded: list[_T], probe: Callable[[_T], Probe]
+) -> list[_T]:
+    """Configured requests, the suites' reads, then the seed's reads (the paths not asked already), up
+    to `max_requests`, of which the seed's may take up to half: both kinds of data get compared."""
+
+    def path(item: _T) -> tuple[str, str, str]:
+        return probe(item).service, probe(item).method, probe(item).path
+
+    asked = {path(item) for item in (*configured, *suites)}
+    seeded = [item for item in seeded if path(item) not in asked][: config.max_requests // 2]
+    room = max(0, config.max_requests - len(configured) - len(seeded))
+    suites = [item for item in suites if path(item) not in {path(c) for c in configured}][:room]
+    return [*configured, *suites, *seeded][: config.max_requests]
 
 
 def run_diff(config: Diff, chosen: list[Probe], send: Send) -> list[DiffResult]:
@@ -144,32 +179,28 @@ def control_pairs(
     controls: tuple[Iterable[Observed], Iterable[Observed]],
     keys: tuple[str, str, str],
     forked: Iterable[str],
+    seeded: Iterable[Observed] = (),
 ) -> list[Pair]:
-    """The requests to compare at the forked services: configured ones (the same path on every side),
-    then the suites' GET/HEAD traffic, each candidate request paired with each control's request of
-    the same path or, failing that, the one in the same place of the run with the same path shape
-    (`/orders/<the id made on that side>`)."""
+    """The requests to compare at the forked services: configured ones, then the suites' GET/HEAD
+    traffic, each candidate request paired with each control's request of the same path or, failing
+    that, the one in the same place of the run with the same path shape (`/orders/<the id made on that
+    side>`), then the seed's reads (the same path on every side: that data existed before the copies)."""
     wanted = set(forked)
     key, primary_key, secondary_key = keys
-    pairs: list[Pair] = []
-    for probe in _probes(config.model_copy(update={"from_suites": False}), [], key):
-        if probe.service in wanted:
-            pairs.append(Pair(probe, (probe, probe)))
+    configured = [Pair(p, (p, p)) for p in _configured(config) if p.service in wanted]
+    seed = [Pair(p, (p, p)) for p in _seed_reads(seeded) if p.service in wanted]
+    suites: list[Pair] = []
     if config.from_suites:
         mine = _seen(candidate, key, wanted)
         theirs = (_seen(controls[0], primary_key, wanted), _seen(controls[1], secondary_key, wanted))
-        done = {(p.candidate.service, p.candidate.method, p.candidate.path) for p in pairs}
         for group, paths in mine.items():
             service, method = group
             matched = [_align(paths, side.get(group, [])) for side in theirs]
             for index, path in enumerate(paths):
-                if (service, method, path) in done:
-                    continue
-                done.add((service, method, path))
                 probe = Probe(service, method, path, recorded=True)
                 a, b = matched[0][index], matched[1][index]
-                pairs.append(Pair(probe, (replace(probe, path=a or path), replace(probe, path=b or path))))
-    return pairs[: config.max_requests]
+                suites.append(Pair(probe, (replace(probe, path=a or path), replace(probe, path=b or path))))
+    return _within_budget(config, configured, suites, seed, lambda pair: pair.candidate)
 
 
 def _seen(observed: Iterable[Observed], key: str, services: set[str]) -> dict[tuple[str, str], list[str]]:

@@ -41,5 +41,6 @@ class RanSuite(Protocol):
     @property
     def junit_xml(self) -> bytes | None:
         """The report's bytes: a runtime carries them back from wherever the suite ran."""
+
     @property
     def log_tail(self) -> str: ...

@@ -51,3 +51,15 @@ def blame(sandbox: SuiteResult, baseline: SuiteResult) -> SuiteResult:
     return sandbox.model_copy(
         update={"failures": failures, "baseline_status": baseline.status, "pre_existing": pre_existing}
     )
+
+
+def with_repeats(first: SuiteResult, again: list[SuiteResult]) -> SuiteResult:
+    """`first` with each of its failures counted over every run (DESIGN "Blame": an intermittent
+    sandbox-only failure still counts; the fraction says how often it shows)."""
+    runs = [first, *again]
+    failing = [{f.test for f in run.failures} for run in runs]
+    failures = [
+        f.model_copy(update={"failed_runs": sum(f.test in tests for tests in failing)})
+        for f in first.failures
+    ]
+    return first.model_copy(update={"failures": failures, "runs": len(runs)})

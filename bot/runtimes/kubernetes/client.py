@@ -61,7 +61,16 @@ SECRET = Kind("Secret", "", "v1", "secrets")
 KINDS = {
     k.kind: k
     for k in (
-        DEPLOYMENT, SERVICE, POD, EVENT, JOB, VIRTUAL_SERVICE, HTTP_ROUTE, REFERENCE_GRANT, CONFIG_MAP, SECRET
+        DEPLOYMENT,
+        SERVICE,
+        POD,
+        EVENT,
+        JOB,
+        VIRTUAL_SERVICE,
+        HTTP_ROUTE,
+        REFERENCE_GRANT,
+        CONFIG_MAP,
+        SECRET,
     )
 }
 

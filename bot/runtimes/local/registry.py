@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 from bot.evidence import utcnow
 from bot.runtimes.local.journal import Journal
 from bot.runtimes.local.processes import ProcessRef
+from bot.runtimes.local.seedlog import SeedSpan
 
 State = Literal["starting", "ready", "stopping"]
 
@@ -54,6 +55,7 @@ class EnvRecord(BaseModel):
     services: dict[str, ProcessRecord] = Field(default_factory=dict)
     databases: list[str] = Field(default_factory=list, description="Postgres databases to drop at the end.")
     roles: list[str] = Field(default_factory=list, description="Their roles, dropped after the databases.")
+    seed: SeedSpan | None = Field(default=None, description="Where `verify.seed` ran in the access log.")
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from bot.config import Config, InfrastructureError
 from bot.config.schema import Seed
 from bot.runtimes.git import Git
-from bot.runtimes.local import pause, pristine
+from bot.runtimes.local import pause, pristine, seedlog
 from bot.runtimes.local.allowlist import child_env, env_var_name
 from bot.runtimes.local.collect import Collector
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
@@ -32,7 +32,7 @@ from bot.runtimes.local.postgres import database_name
 from bot.runtimes.local.processes import ProcessRef, stop_group, tail
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, env_id_for
 from bot.runtimes.local.suites import ACCESS_LOG_SETTLE_S, Suites
-from bot.runtimes.protocol import Baseline, BaselineError, Source
+from bot.runtimes.protocol import Baseline, BaselineError, ObservedRequest, Source
 
 __all__ = ["ACCESS_LOG_SETTLE_S", "PORT_ATTEMPTS", "LocalRuntime", "infrastructure"]
 
@@ -114,6 +114,8 @@ class LocalRuntime(Suites, Collector):
         urls = {env_var_name(n): f"http://127.0.0.1:{port}" for n, port in record.listeners.items()}
         env = child_env(home, urls)
         self.confinement.give(home)
+        access_log = DataPlane(env_dir / "envoy").access_log
+        span = seedlog.begin(access_log)
         process = self._spawn(
             seed.run,
             journal=self.registry.env_journal(record.env_id),
@@ -132,6 +134,15 @@ class LocalRuntime(Suites, Collector):
         why = _seed_failure(not finished, process.returncode, seed)
         if why is not None:
             raise BaselineError(why, {"seed": tail(log)})
+        record.seed = span.model_copy(update={"finished": seedlog.now()})
+
+    def seed_reads(self, baseline: Baseline) -> list[ObservedRequest]:
+        record = self.registry.load_env(baseline.env_id)
+        if record is None or record.seed is None:
+            return []
+        plane = DataPlane(self.registry.env_dir(record.env_id) / "envoy")
+        config = Config.model_validate_json(record.config_json)
+        return seedlog.seed_reads(plane.access_log, record.seed, config.routing)
 
     def _start_envoy(self, record: EnvRecord, ports: dict[str, int], config: Config) -> None:
         """Envoy on fresh listener ports, again on others when one was taken meanwhile (unless the
