@@ -35,6 +35,16 @@ def test_item_has_a_currency() -> None:
     assert item.json().get("currency") == "GBP"
 """
 KNOWN_ID = "e2e.test_known_bug::test_item_has_a_currency"
+MUG = KNOWN_BUG.replace("sku-tea-towel", "sku-red-mug").replace(
+    "test_item_has_a_currency", "test_mug_reads"
+).replace('assert item.json().get("currency") == "GBP"', "assert item.status_code == 200, item.text")
+MUG_ID = "e2e.test_mug::test_mug_reads"
+GET_ITEM = "        item = request.app.state.catalogue.get(sku)\n"
+FLAKY_GET_ITEM = """\
+        request.app.state.reads = getattr(request.app.state, "reads", 0) + (sku == "sku-red-mug")
+        if sku == "sku-red-mug" and request.app.state.reads % 2:
+            return error(503, "warehouse_sync", "try again")
+""" + GET_ITEM
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +53,14 @@ def red_base(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Itera
     its baseline kept up for both runs."""
     repo = make_shop(tmp_path_factory.mktemp("red") / "shop", [])
     repo.write("e2e/test_known_bug.py", KNOWN_BUG)
-    repo.commit("a test the base already fails")
+    repo.write("e2e/test_mug.py", MUG)
+    repo.commit("a test the base already fails, and one it passes")
     orders = (repo.path / "services/orders/orders_app.py").read_text()
     repo.branch("agent/orders-note", {"services/orders/orders_app.py": orders + "\n# a note\n"})
+    inventory = (repo.path / "services/inventory/inventory_app.py").read_text()
+    assert GET_ITEM in inventory
+    flaky = inventory.replace(GET_ITEM, FLAKY_GET_ITEM)
+    repo.branch("agent/flaky-mug", {"services/inventory/inventory_app.py": flaky})
     repo.branch("agent/contract-break", patch=SHOP / "changes" / "contract-break.patch")
     runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir), persistent=True)
     plan = make_plan(repo.path, "main", "main")
@@ -95,3 +110,21 @@ def test_a_change_failing_more_than_the_baseline_fails_naming_its_own_failures(
     reason = next(r for r in evidence["reasons"] if r.startswith("suite e2e failed: "))
     assert reason.startswith(f"suite e2e failed: {len(own)} failing test")
     assert own[0] in reason and KNOWN_ID not in reason and reason.endswith("(pre-existing)")
+
+
+def test_an_intermittent_sandbox_only_failure_counts_with_its_failing_fraction(
+    red_base: GitRepo, tmp_path: Path
+) -> None:
+    """Every other read of the mug fails on the fork: the suite fails on its first run (the baseline's
+    passes), then passes, then fails again; the failure counts, with how often it showed."""
+    code, evidence, output = verify(red_base, "agent/flaky-mug", tmp_path)
+    assert code == 1, output
+    suite = evidence["suites"][0]
+    assert suite["runs"] == 3
+    runs = {f["test"]: (f["failed_runs"], f["pre_existing"]) for f in suite["failures"]}
+    assert runs[MUG_ID] == (2, False)
+    assert runs[KNOWN_ID] == (3, True)  # pre-existing, and failing every time
+    reason = next(r for r in evidence["reasons"] if r.startswith("suite e2e failed: "))
+    assert reason.endswith(f"intermittent, still counted: failed {MUG_ID} in 2 of 3 runs"), reason
+    assert "Run 3 times on the sandbox" in output  # the Markdown report
+    assert "| 2 of 3 runs |" in output
