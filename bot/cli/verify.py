@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +30,7 @@ from bot.config import LoopgateError
 from bot.evidence import exit_code
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.runtimes.choice import Runtimes
+from bot.zoo import Manifest, build_repo, load_manifest
 
 
 def _run_verify(
@@ -80,43 +79,18 @@ def verify(
     raise typer.Exit(_run_verify(request, json_out, markdown, html))
 
 
-def _changes() -> list[str]:
-    return sorted(p.stem for p in (EXAMPLES / "changes").glob("*.patch"))
-
-
-def make_demo_repo(target: Path, change: str) -> None:
-    """A throwaway repository: the example shop on `main`, the change applied on `agent/<change>`."""
-    patch = EXAMPLES / "changes" / f"{change}.patch"
-    if not patch.is_file():
-        raise LoopgateError(f"unknown change {change!r}; choose one of: {', '.join(_changes())}")
-    shutil.copytree(
-        EXAMPLES,
-        target,
-        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes"),
-    )
-
-    def git(*args: str) -> None:
-        subprocess.run(
-            ["git", *args],
-            cwd=target,
-            check=True,
-            capture_output=True,
-            env={
-                **os.environ,
-                "GIT_AUTHOR_NAME": "shop team",
-                "GIT_AUTHOR_EMAIL": "team@shop.example",
-                "GIT_COMMITTER_NAME": "shop team",
-                "GIT_COMMITTER_EMAIL": "team@shop.example",
-            },
-        )
-
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("commit", "-q", "-m", "shop: baseline")
-    git("checkout", "-q", "-b", f"agent/{change}")
-    git("apply", "--index", str(patch))
-    git("commit", "-q", "-m", f"agent: {change}")
-    git("checkout", "-q", "main")
+def make_demo_repo(target: Path, change: str, example: Path = EXAMPLES) -> str:
+    """A throwaway repository: the example shop on `main` (or the change's own base), the change on
+    `agent/<change>`, as the zoo builds it. The base ref to verify against."""
+    manifest = load_manifest(EXAMPLES / "changes" / "zoo.yml")
+    entry = next((e for e in manifest.changes if e.name == change), None)
+    if entry is None:
+        names = ", ".join(sorted(e.name for e in manifest.changes))
+        raise LoopgateError(f"unknown change {change!r}; choose one of: {names}")
+    problem = build_repo(example, target, Manifest(changes=[entry]), EXAMPLES / "changes")[change]
+    if problem is not None:
+        raise LoopgateError(problem)
+    return entry.base_ref
 
 
 @app.command()
@@ -132,11 +106,11 @@ def demo(
     try:
         repo = workdir / "shop"
         try:
-            make_demo_repo(repo, change)
+            base = make_demo_repo(repo, change)
         except LoopgateError as exc:
             raise _fail(str(exc), 2) from None
-        console.print(f"demo repository {repo}: agent/{change} → main", markup=False)
-        request = VerifyRequest(repo=repo, base_ref="main", head_ref=f"agent/{change}", trigger="demo")
+        console.print(f"demo repository {repo}: agent/{change} → {base}", markup=False)
+        request = VerifyRequest(repo=repo, base_ref=base, head_ref=f"agent/{change}", trigger="demo")
         code = _run_verify(request, json_out, markdown, html)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -134,4 +134,6 @@ STATUS_TALLIES = frozenset({"server_errors", "status_added", "status_missing"})
 def _where(finding: Finding) -> str:
     if finding.kind in STATUS_TALLIES:
         return f"{finding.sandbox} where the controls answered {finding.baseline}"
+    if finding.kind == "status_changed" and not finding.pointer:
+        return f"{finding.baseline} → {finding.sandbox}"
     return f"at {finding.pointer}" if finding.pointer else "on the whole body"
