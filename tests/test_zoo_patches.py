@@ -3,11 +3,14 @@ own mocked unit tests stay green, and the real services tell the defects from th
 
 The end-to-end half needs no loopgate: the four services run as real uvicorn processes wired directly
 to each other through `LOOPGATE_*_URL` (orders on a temp SQLite file, payments on a temp PostgreSQL
-database). One unpatched baseline set serves every change that does not touch a service; each change
-starts its patched services plus fresh copies of their callers, since a direct wiring cannot reroute
-the callers. A change to payments gets a copy of the baseline's database made after the baseline
-wrote to it, as a loopgate fork does. Everything runs at once, in one fixture, and the tests read its
-results; every process and database is stopped or dropped here, also when a test fails.
+database). One unpatched baseline set serves every change that does not touch a service; the shop's
+seed (`verify.seed`) writes its orders into it. Each change starts its patched services plus fresh
+copies of their callers, since a direct wiring cannot reroute the callers. A change to orders or
+payments gets a copy of the baseline's database made after the seed wrote to it, as a loopgate fork
+does. A change with a `base_patch` is applied on top of its own base. The team's suite, run against
+each change, must say what `suite_only` says; the defects it misses are shown to be real by direct
+probes (`PROBES`). Everything runs at once, in one fixture, and the tests read its results; every
+process and database is stopped or dropped here, also when a test fails.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ import re
 import shlex
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +49,11 @@ MANIFEST = CHANGES / "zoo.yml"
 CONFIG = yaml.safe_load((SHOP / ".loopgate.yml").read_text())
 SERVICES = tuple(CONFIG["services"])
 SUITE = CONFIG["verify"]["suites"][0]
+SEED = CONFIG["verify"]["seed"]
 # Who calls whom: a service changed behind a direct wiring needs fresh callers pointed at it.
 CALLERS = {"gateway": (), "orders": ("gateway",), "inventory": ("orders", "gateway"), "payments": ("orders",)}
-FIELDS = {"name", "patch", "kind", "service", "expected", "expect_finding", "description"}
+FIELDS = {"name", "patch", "kind", "service", "expected", "suite_only", "expect_finding", "description"}
+OPTIONAL_FIELDS = {"base_patch"}
 POSTGRES_URL = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 READY_TIMEOUT_S = 60
 COMMAND_TIMEOUT_S = 120
@@ -61,8 +67,10 @@ class Change:
     kind: str
     services: tuple[str, ...]
     expected: str
+    suite_only: str
     expect_finding: str
     description: str
+    base_patch: str | None = None
 
 
 def _load_manifest() -> tuple[list[dict[str, Any]], list[Change]]:
@@ -74,8 +82,10 @@ def _load_manifest() -> tuple[list[dict[str, Any]], list[Change]]:
             kind=str(entry.get("kind")),
             services=tuple(s.strip() for s in str(entry.get("service", "")).split(",") if s.strip()),
             expected=str(entry.get("expected")),
+            suite_only=str(entry.get("suite_only")),
             expect_finding=str(entry.get("expect_finding") or ""),
             description=str(entry.get("description") or ""),
+            base_patch=str(entry["base_patch"]) if entry.get("base_patch") else None,
         )
         for entry in raw
     ]
@@ -109,20 +119,31 @@ def _e2e_test_names() -> set[str]:
     }
 
 
-def _scratch_copy(root: Path, name: str, patch: str | None) -> tuple[Path, str]:
-    """A fresh git copy of the shop, with `patch` checked and applied; returns (copy, problem or "")."""
+def _tests_added_by(patch: str | None) -> set[str]:
+    """The e2e tests a (base) patch adds."""
+    if patch is None:
+        return set()
+    return set(re.findall(r"^\+def (test_\w+)\(", (CHANGES / patch).read_text(), re.M))
+
+
+def _scratch_copy(root: Path, name: str, patches: tuple[str, ...]) -> tuple[Path, str]:
+    """A fresh git copy of the shop with `patches` checked, applied and committed in turn (a change's
+    base patch, then the change); returns (copy, problem or "")."""
     repo = root / name
     shutil.copytree(
         SHOP, repo, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
     )
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "shop"]):
         subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True)
-    if patch is None:
-        return repo, ""
-    for args in (["apply", "--check"], ["apply"]):
-        done = subprocess.run([*GIT, *args, str(CHANGES / patch)], cwd=repo, capture_output=True, text=True)
-        if done.returncode != 0:
-            return repo, f"git {' '.join(args)} {patch}: {done.stderr.strip()}"
+    for patch in patches:
+        for args in (["apply", "--check"], ["apply"]):
+            done = subprocess.run(
+                [*GIT, *args, str(CHANGES / patch)], cwd=repo, capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                return repo, f"git {' '.join(args)} {patch}: {done.stderr.strip()}"
+        for args in (["add", "-A"], ["commit", "-qm", patch]):
+            subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True)
     return repo, ""
 
 
@@ -272,17 +293,158 @@ def _run_suite(repo: Path, gateway_url: str, junit: Path, key: str) -> SuiteRun:
     )
 
 
+def _run_seed(repo: Path, urls: dict[str, str]) -> list[str]:
+    """The shop's seed (`verify.seed`) against `urls`, as loopgate runs it; the order ids it wrote."""
+    wiring = {f"LOOPGATE_{name.upper()}_URL": url for name, url in urls.items()}
+    done = subprocess.run(
+        ["sh", "-c", SEED["run"]],
+        cwd=repo,
+        env=_env(**wiring),
+        capture_output=True,
+        text=True,
+        timeout=SEED["timeout"],
+    )
+    assert done.returncode == 0, f"the seed failed: {done.stdout}{done.stderr}"
+    seeded = re.findall(r"^seeded (ord_\w+)$", done.stdout, re.M)
+    assert seeded, done.stdout
+    return seeded
+
+
+def _copy_sqlite(source: str, target: Path) -> str:
+    """A consistent copy of a live SQLite database (the backup API, as a loopgate fork makes it)."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return str(target)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Direct probes: each shows one defect that the team's suite misses, wired directly (no loopgate).
+# They run on every change whose suite passes, after its suite, and on the baseline: a defect's own
+# probe must see it, and no probe may see anything on the baseline or on a good change.
+
+GOOD_CARD = "4242-4242-4242-4242"
+
+
+@dataclass
+class Probed:
+    """One wiring to probe: where its services answer, and what its own processes logged."""
+
+    urls: dict[str, str]
+    baseline: dict[str, str]
+    logs: dict[str, Path]
+    seeded: list[str]
+
+
+def _read(http: httpx.Client, url: str, **params: Any) -> httpx.Response:
+    """GET as orders does it (retried on 5xx and transport errors: uvicorn drops the connection after
+    an unhandled exception): a probe is no victim of the defects it does not probe."""
+    for attempt in range(3):
+        try:
+            response = http.get(url, params=params)
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+            continue
+        if response.status_code < 500 or attempt == 2:
+            return response
+    raise AssertionError("unreachable")
+
+
+def _server_errors_at_inventory(p: Probed, http: httpx.Client) -> bool:
+    """retry-masked: the inventory process itself answered 5xx during the suite (run first, before the
+    other probes' reads reach it)."""
+    log = p.logs.get("inventory")
+    return log is not None and re.search(r'" 5\d\d ', log.read_text(errors="replace")) is not None
+
+
+def _stock_not_taken(p: Probed, http: httpx.Client) -> bool:
+    """stock-not-reserved: a checkout leaves the item's `available` where it was."""
+    item = f"{p.urls['inventory']}/items/sku-notebook"
+    before = _read(http, item).json()["available"]
+    placed = http.post(
+        f"{p.urls['gateway']}/api/checkout", json={"sku": "sku-notebook", "qty": 1, "card": GOOD_CARD}
+    )
+    assert placed.status_code == 201, placed.text
+    return bool(_read(http, item).json()["available"] == before)
+
+
+def _price_differs(p: Probed, http: httpx.Client) -> bool:
+    """price-includes-vat: the item's price_cents is not the baseline's."""
+    prices = [
+        _read(http, f"{urls['inventory']}/items/sku-tea-towel").json()["price_cents"]
+        for urls in (p.urls, p.baseline)
+    ]
+    return prices[0] != prices[1]
+
+
+def _limit_ignored(p: Probed, http: httpx.Client) -> bool:
+    """renamed-query-param: GET /orders?limit=1 answers more than one order."""
+    listed = _read(http, f"{p.urls['orders']}/orders", limit=1)
+    assert listed.status_code == 200, listed.text
+    return len(listed.json()["orders"]) > 1
+
+
+def _page_default_changed(p: Probed, http: httpx.Client) -> bool:
+    """page-size-default: GET /orders' page size (limit, or page_size) defaults to something else than 20."""
+    spec = _read(http, f"{p.urls['orders']}/openapi.json").json()
+    params = spec["paths"]["/orders"]["get"]["parameters"]
+    return any(q["name"] in {"limit", "page_size"} and q["schema"].get("default") != 20 for q in params)
+
+
+def _seeded_orders_unreadable(p: Probed, http: httpx.Client) -> bool:
+    """old-orders-unreadable: reading an order the seed wrote before the change answers 5xx."""
+    return any(
+        _read(http, f"{p.urls['orders']}/orders/{order_id}").status_code >= 500 for order_id in p.seeded
+    )
+
+
+def _status_differs_on_read(p: Probed, http: httpx.Client) -> bool:
+    """order-status-on-read: an order reads back with another status than its checkout answered."""
+    placed = http.post(
+        f"{p.urls['gateway']}/api/checkout", json={"sku": "sku-tea-towel", "qty": 1, "card": GOOD_CARD}
+    )
+    assert placed.status_code == 201, placed.text
+    read = _read(http, f"{p.urls['gateway']}/api/orders/{placed.json()['id']}")
+    return bool(read.json()["status"] != placed.json()["status"])
+
+
+PROBES: dict[str, Callable[[Probed, httpx.Client], bool]] = {
+    "retry-masked": _server_errors_at_inventory,
+    "stock-not-reserved": _stock_not_taken,
+    "price-includes-vat": _price_differs,
+    "renamed-query-param": _limit_ignored,
+    "page-size-default": _page_default_changed,
+    "old-orders-unreadable": _seeded_orders_unreadable,
+    "order-status-on-read": _status_differs_on_read,
+}
+
+
+def _probe(p: Probed) -> dict[str, bool | str]:
+    """Every probe on one wiring: True when it sees its defect, or why it could not tell."""
+    seen: dict[str, bool | str] = {}
+    with httpx.Client(timeout=10) as http:
+        for name, probe in PROBES.items():
+            try:
+                seen[name] = probe(p, http)
+            except Exception as exc:
+                seen[name] = f"{type(exc).__name__}: {exc}"
+    return seen
+
+
 @dataclass
 class Outcome:
     applied: str = "not tried"  # "" when the patch applied cleanly
     units: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
     suite: SuiteRun | None = None
+    base_suite: SuiteRun | None = None  # a change with a base_patch: its base's suite on the baseline
+    probes: dict[str, bool | str] = field(default_factory=dict)
     error: str = ""
 
 
 @dataclass
 class Zoo:
     baseline: SuiteRun
+    baseline_probes: dict[str, bool | str]
     outcomes: dict[str, Outcome]
     timings: dict[str, float]
 
@@ -313,12 +475,17 @@ def _unit_tests(stack: ExitStack, repo: Path, service: str) -> subprocess.Popen[
     return proc
 
 
+# The services whose state a fork copies from the seeded baseline, as loopgate's forks do.
+STATEFUL = ("orders", "payments")
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     """Every change's copy, unit tests, services and suite, run at once; the tests read the outcomes.
 
     The critical path is the slowest suite (timeout-retry waits out its timeouts): services and suites
-    run at normal priority, the unit tests (off that path) niced, all at the same time.
+    run at normal priority, the unit tests (off that path) niced, all at the same time. Changes to a
+    stateful service start once the seed has written into the baseline; the others at once.
     """
     tmp = tmp_path_factory.mktemp("zoo")
     logs = tmp / "logs"
@@ -327,12 +494,23 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     timings: dict[str, float] = {}
     outcomes = {change.name: Outcome() for change in ZOO}
     databases = Databases()
-    with ExitStack() as stack, ThreadPoolExecutor(max_workers=len(ZOO) + 2) as pool:
+    bases = [c for c in ZOO if c.base_patch]
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=len(ZOO) + len(bases) + 2) as pool:
         stack.callback(databases.drop_all)
-        base_copy = pool.submit(_scratch_copy, tmp, "base", None)
-        copies = {c.name: pool.submit(_scratch_copy, tmp, c.name, c.patch) for c in ZOO}
+        base_copy = pool.submit(_scratch_copy, tmp, "base", ())
+        copies = {
+            c.name: pool.submit(
+                _scratch_copy, tmp, c.name, (*([c.base_patch] if c.base_patch else []), c.patch)
+            )
+            for c in ZOO
+        }
+        base_copies = {
+            c.name: pool.submit(_scratch_copy, tmp, f"{c.name}-base", (c.base_patch,))
+            for c in bases
+            if c.base_patch
+        }
 
-        # The shared baseline, and every change's services that need no copy of its database.
+        # The shared baseline, and every change's services that copy no state from it.
         base_db = databases.create("base")
         base_state = {"orders": str(tmp / "base-orders.db"), "payments": _database_url(base_db)}
         baseline = _spawn(stack, base_copy.result()[0], SERVICES, _ports(SERVICES, {}), base_state, logs)
@@ -344,40 +522,46 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
         forks: dict[str, Services] = {}
         units = {(c.name, svc): _unit_tests(stack, repos[c.name], svc) for c in ready for svc in c.services}
 
-        def spawn(change: Change, payments_db: str | None = None) -> None:
+        def spawn(change: Change, copied: dict[str, str] | None = None) -> None:
             names = _callers_of(change.services)
-            state = {"orders": str(tmp / f"{change.name}-orders.db")}
-            if payments_db is not None:
-                state["payments"] = _database_url(payments_db)
+            state = {"orders": str(tmp / f"{change.name}-orders.db"), **(copied or {})}
             forks[change.name] = _spawn(
                 stack, repos[change.name], names, _ports(names, baseline.urls), state, logs
             )
 
         for change in ready:
-            if "payments" not in change.services:
+            if not set(change.services) & set(STATEFUL):
                 spawn(change)
-        # A fork of payments gets a copy of the baseline's ledger made after the baseline wrote to it.
+        # A fork of a stateful service gets a copy of the baseline's data made after the seed wrote it.
         baseline.wait_ready()
         timings["baseline ready"] = time.monotonic() - t0
-        paid = httpx.post(
-            f"{baseline.urls['payments']}/charges",
-            json={"amount_cents": 900, "card": "4242-4242-4242-4242"},
-            timeout=10,
-        )
-        assert paid.status_code == 201, paid.text
+        seeded = _run_seed(base_copy.result()[0], baseline.urls)
+        timings["seeded"] = time.monotonic() - t0
         for change in ready:
-            if "payments" in change.services:
-                spawn(change, databases.create(change.name, template=base_db))
+            if set(change.services) & set(STATEFUL):
+                copied = {}
+                if "orders" in change.services:
+                    copied["orders"] = _copy_sqlite(base_state["orders"], tmp / f"{change.name}-orders.db")
+                if "payments" in change.services:
+                    copied["payments"] = _database_url(databases.create(change.name, template=base_db))
+                spawn(change, copied)
 
         def verify(change: Change) -> None:
             outcome = outcomes[change.name]
             try:
-                forks[change.name].wait_ready()
-                gateway = forks[change.name].urls["gateway"]
+                fork = forks[change.name]
+                fork.wait_ready()
                 outcome.suite = _run_suite(
-                    repos[change.name], gateway, tmp / f"{change.name}.xml", change.name
+                    repos[change.name], fork.urls["gateway"], tmp / f"{change.name}.xml", change.name
                 )
                 timings[change.name] = time.monotonic() - t0
+                if change.suite_only == "pass":
+                    outcome.probes = _probe(Probed(fork.urls, baseline.urls, fork.logs, seeded))
+                if change.name in base_copies:
+                    base_repo, problem = base_copies[change.name].result()
+                    assert not problem, problem
+                    junit = tmp / f"{change.name}-base.xml"
+                    outcome.base_suite = _run_suite(base_repo, baseline.urls["gateway"], junit, "base")
             except Exception as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
 
@@ -385,9 +569,10 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
             _run_suite, base_copy.result()[0], baseline.urls["gateway"], tmp / "base.xml", "base"
         )
         verified = [pool.submit(verify, change) for change in ready]
+        baseline_run = control.result()
+        baseline_probes = _probe(Probed(baseline.urls, baseline.urls, baseline.logs, seeded))
         for future in verified:
             future.result()
-        baseline_run = control.result()
         for (name, service), proc in units.items():
             out, _ = proc.communicate(timeout=COMMAND_TIMEOUT_S)
             outcomes[name].units[service] = subprocess.CompletedProcess(proc.args, proc.returncode, out)
@@ -396,40 +581,48 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
     for change in ZOO:
         if (run := outcomes[change.name].suite) is not None:
             print(f"  {change.name}: exit {run.returncode} in {run.duration_s:.1f} s, failed {run.failed}")
-    yield Zoo(baseline_run, outcomes, timings)
+    yield Zoo(baseline_run, baseline_probes, outcomes, timings)
 
 
 # ---------------------------------------------------------------------------------------------------
 
 
 def test_manifest_is_valid() -> None:
-    assert len(ZOO) >= 9
+    assert len(ZOO) >= 19
     for entry in RAW:
-        assert set(entry) == FIELDS, f"{entry.get('name')}: fields {sorted(set(entry) ^ FIELDS)}"
+        missing, unknown = FIELDS - set(entry), set(entry) - FIELDS - OPTIONAL_FIELDS
+        assert not missing and not unknown, f"{entry.get('name')}: missing {missing}, unknown {unknown}"
     names = [c.name for c in ZOO]
     assert len(names) == len(set(names)), "names are unique"
     assert {"refactor-orders", "contract-break", "serialisation", "timeout-retry", "schema-change"} <= set(
         names
     )
     assert {"error-shape", "two-hop", "propagation-break", "additive-field"} <= set(names)
-    listed = {c.patch for c in ZOO}
+    assert set(PROBES) <= set(names)
+    listed = {c.patch for c in ZOO} | {c.base_patch for c in ZOO if c.base_patch}
     assert listed == {p.name for p in CHANGES.glob("*.patch")}, (
-        "every patch is listed, every listed patch exists"
+        "every patch is listed (as a change's patch or base_patch), every listed patch exists"
     )
     tests = _e2e_test_names()
     for c in ZOO:
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", c.name), c.name
         assert c.patch == f"{c.name}.patch", c.name
+        assert c.base_patch is None or c.base_patch not in {x.patch for x in ZOO}, c.name
         assert c.kind in {"defect", "good"}, c.name
         verdicts = {"pass"} if c.kind == "good" else {"fail", "inconclusive"}
         assert c.expected in verdicts, f"{c.name}: a {c.kind} change cannot be expected to {c.expected}"
+        assert c.suite_only in {"pass", "fail"}, c.name
         assert c.services and set(c.services) <= set(SERVICES), c.name
         assert set(c.services) == _touched_services(CHANGES / c.patch), (
             f"{c.name}: service lists what it changes"
         )
         assert c.expect_finding.strip() and c.description.strip(), c.name
-        if c.expected == "fail":
-            assert c.expect_finding in tests, f"{c.name}: {c.expect_finding} is no e2e test"
+        # The failing e2e test is the finding exactly when the suite alone catches a defect.
+        names_a_test = c.expect_finding in tests | _tests_added_by(c.base_patch)
+        catches = c.suite_only == "fail" and c.expected == "fail"
+        assert names_a_test == catches, f"{c.name}: {c.expect_finding!r} (suite_only {c.suite_only})"
+        if c.kind == "defect" and c.suite_only == "pass" and c.name != "propagation-break":
+            assert c.name in PROBES, f"{c.name}: a defect the suite misses needs a probe that shows it"
     propagation = next(c for c in ZOO if c.name == "propagation-break")
     assert (propagation.expected, propagation.expect_finding) == ("inconclusive", "gateway drops baggage")
     assert set(propagation.services) == {"inventory", "gateway"}
@@ -456,15 +649,36 @@ def test_e2e_suite_passes_on_the_unpatched_baseline(zoo: Zoo) -> None:
 
 
 @pytest.mark.parametrize("change", ZOO, ids=lambda c: c.name)
-def test_real_services_tell_defects_from_good_changes(zoo: Zoo, change: Change) -> None:
+def test_the_suite_alone_says_what_suite_only_says(zoo: Zoo, change: Change) -> None:
     outcome = zoo.outcomes[change.name]
     assert not outcome.error, outcome.error
     run = outcome.suite
     assert run is not None
-    if change.expected == "fail":
+    if change.suite_only == "pass":
+        # Good changes pass; so do the defects the team's suite misses, and propagation-break: only
+        # loopgate's routing (the sandbox tag riding on baggage) shows nothing reached the inventory fork.
+        assert run.returncode == 0 and not run.failed, run.output
+    elif change.kind == "defect":
         assert run.returncode != 0, f"the defect went through:\n{run.output}"
         assert change.expect_finding in run.failed, f"failed: {run.failed}\n{run.output}"
     else:
-        # Good changes pass; propagation-break passes too when wired directly: only loopgate's
-        # routing (the sandbox tag riding on baggage) shows that nothing reached the inventory fork.
-        assert run.returncode == 0 and not run.failed, run.output
+        # A good change on a red base: only the tests its base adds fail, and they fail on the base too.
+        assert run.returncode != 0 and run.failed, run.output
+        assert set(run.failed) <= _tests_added_by(change.base_patch), f"failed: {run.failed}\n{run.output}"
+        base = outcome.base_suite
+        assert base is not None and set(base.failed) == set(run.failed), base and base.output
+
+
+def test_no_probe_sees_a_defect_on_the_baseline(zoo: Zoo) -> None:
+    assert zoo.baseline_probes == dict.fromkeys(PROBES, False)
+
+
+@pytest.mark.parametrize("change", [c for c in ZOO if c.suite_only == "pass"], ids=lambda c: c.name)
+def test_defects_the_suite_misses_are_real(zoo: Zoo, change: Change) -> None:
+    """Each defect the suite passes shows under its own probe; a good change shows under none."""
+    outcome = zoo.outcomes[change.name]
+    assert not outcome.error, outcome.error
+    expected = dict.fromkeys(PROBES, False)
+    if change.name in PROBES:
+        expected[change.name] = True
+    assert outcome.probes == expected
