@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from bot.config import AppSettings
 from bot.github.client import GitHubApp
 from bot.github.gate import is_gated
 from bot.report import COMMENT_MARKER, render_comment
+from bot.server.ack_queue import AckQueue
+from bot.server.endpoint import WEBHOOK_PATH, WebhookEndpoint
 from bot.server.metrics import Metrics
 from bot.server.runs import runs_router
-from bot.server.webhooks import webhook_router
 from bot.store import NewReport, Store
 
 log = logging.getLogger("loopgate.server")
+
+
+class LoopgateApp(FastAPI):
+    """FastAPI with the webhook's route answered before FastAPI's own routing and middleware, whose
+    per-request cost was most of a delivery's (see `bot.server.endpoint`)."""
+
+    webhook: WebhookEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.webhook is not None and scope["type"] == "http" and scope["path"] == WEBHOOK_PATH:
+            await self.webhook(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -32,7 +48,14 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> FastAPI:
     metrics = metrics or Metrics()
-    app = FastAPI(title="loopgate", docs_url=None, redoc_url=None)
+    acks = AckQueue(store.ack_writer())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        acks.close()  # what was acknowledged is committed already; this releases the connection
+
+    app = LoopgateApp(title="loopgate", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.metrics = metrics
 
     def refresh_comment(repo: str, branch: str, number: int | None) -> None:
@@ -55,7 +78,7 @@ def create_app(
             payload = json.dumps({"body": body, "known_id": run.comment_id})
             store.enqueue_reports([NewReport(repo, run.installation_id, "comment", number, payload, run.id)])
 
-    app.include_router(webhook_router(settings, store, metrics, refresh_comment, new_run_id))
+    app.webhook = WebhookEndpoint(settings, store, metrics, refresh_comment, new_run_id, acks)
     app.include_router(runs_router(settings, store))
 
     @app.get("/healthz")

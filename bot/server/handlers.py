@@ -2,7 +2,9 @@
 
 A handler registers with `@handlers.on("push", model=Push)` and receives the payload already parsed
 into its model, with a `Context` to record its delivery and queue runs; `bot.server.webhooks` routes,
-parses and dispatches.
+parses and dispatches. An event only recorded, never acted on, registers with
+`handlers.acknowledge(event, action, answer)`; the webhook records those, and the pushes that queue a
+run, through its fast path (`bot.server.ack`), with the same answers and rows as these handlers.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ class Context:
 class Entry:
     model: type[BaseModel]
     handler: Handler
+    answer: str | None = None
+    """Set for an event only recorded, never acted on: its answer, so the webhook can record it
+    in one statement without calling the handler."""
 
 
 @dataclass
@@ -98,6 +103,15 @@ class Handlers:
             return handler
 
         return register
+
+    def acknowledge(self, event: str, action: str | None, answer: str) -> None:
+        """An event answered without acting: its delivery is recorded, nothing else."""
+
+        def record(ctx: Context, _event: Ignored) -> str:
+            ctx.accept()
+            return answer
+
+        self.table[(event, action)] = Entry(Ignored, record, answer)
 
     def find(self, event: str, action: str | None) -> Entry | None:
         return self.table.get((event, action)) or self.table.get((event, None))
@@ -135,19 +149,48 @@ def _enqueue(ctx: Context, run: NewRun, *, reuse: bool = False) -> str:
     return f"queued run {queued.id}" if created else f"attached to run {queued.id}"
 
 
+def ignored_push(push: Push) -> str | None:
+    """The answer to a push that queues nothing (a tag, a deletion), None for one that does."""
+    if push.branch is None:
+        return "ignored: a tag push"
+    if push.deleted or push.after == ZERO_SHA:
+        return "ignored: branch deletions act on the delete event"
+    return None
+
+
+def push_outcome(created: bool, run_id: str, superseded: int) -> str:
+    """The webhook's answer to a push that queued or attached to a run."""
+    done = "queued run" if created else "attached to run"
+    return f"{done} {run_id}" + (f"; superseded {superseded}" if superseded else "")
+
+
+def push_run(push: Push, delivery_id: str, run_id: str) -> NewRun:
+    """The run a push of a branch asks for (`ignored_push` said it asks for one)."""
+    repo = push.repository
+    return NewRun(
+        id=run_id,
+        repo=repo.full_name,
+        branch=str(push.branch),
+        head_sha=push.after,
+        check_name=CHECK_NAME,
+        trigger="push",
+        clone_url=repo.clone_url,
+        installation_id=push.installation_id,
+        delivery_id=delivery_id,
+    )
+
+
 @handlers.on("push", model=Push)
 def on_push(ctx: Context, push: Push) -> str:
     """A push supersedes only the runs of the commit it moved the branch from (`before`), never by
     arrival order: GitHub may deliver an older push after a newer one. The worker settles the rest
     against the branch head, and decides from the trusted config whether the branch is gated (see
     `bot.worker.executor`)."""
-    if push.deleted or push.after == ZERO_SHA or push.branch is None:
+    ignored = ignored_push(push)
+    if ignored is not None:
         ctx.accept()
-        return "ignored: " + (
-            "a tag push" if push.branch is None else "branch deletions act on the delete event"
-        )
-    repo = push.repository
-    run = _new_run(ctx, repo.full_name, push.branch, push.after, "push", repo.clone_url, push.installation_id)
+        return ignored
+    run = push_run(push, ctx.delivery_id, ctx.new_run_id())
     if ctx.replaying:
         ctx.store.supersede(run.repo, run.branch, run.head_sha, heads=[push.before])
         return _enqueue(ctx, run, reuse=True)
@@ -156,9 +199,7 @@ def on_push(ctx: Context, push: Push) -> str:
     )
     if not accepted.new_delivery or accepted.run is None:
         raise Redelivery
-    done = "queued run" if accepted.created else "attached to run"
-    superseded = accepted.superseded
-    return f"{done} {accepted.run.id}" + (f"; superseded {len(superseded)}" if superseded else "")
+    return push_outcome(accepted.created, accepted.run.id, len(accepted.superseded))
 
 
 @handlers.on("delete", model=Delete)
@@ -212,10 +253,7 @@ def on_check_suite_rerequested(ctx: Context, event: CheckSuiteEvent) -> str:
     return _rerun(ctx, event.rerun)
 
 
-@handlers.on("check_suite", "requested", model=Ignored)
-def on_check_suite_requested(ctx: Context, _event: Ignored) -> str:
-    ctx.accept()
-    return "ignored: the push starts the run"
+handlers.acknowledge("check_suite", "requested", "ignored: the push starts the run")
 
 
 def _pull_run(ctx: Context, pull: PullRequestEvent, trigger: str) -> NewRun:
@@ -278,7 +316,4 @@ def on_installation(ctx: Context, change: InstallationEvent) -> str:
     return "installation recorded"
 
 
-@handlers.on("ping", model=Ignored)
-def on_ping(ctx: Context, _event: Ignored) -> str:
-    ctx.accept()
-    return "pong"
+handlers.acknowledge("ping", None, "pong")

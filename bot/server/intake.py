@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 from bot.github.events import MAX_DEPTH, depth_within
@@ -33,16 +32,6 @@ def declared_too_large(content_length: str | None) -> bool:
         return False
     digits = content_length.strip()
     return digits.isascii() and digits.isdigit() and int(digits) > MAX_BODY
-
-
-async def read_limited(chunks: AsyncIterator[bytes]) -> bytes:
-    """The body, refused (413) as soon as it passes the limit, whatever Content-Length said."""
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise Refused(413, "payload over 25 MB")
-    return bytes(body)
 
 
 def delivery_headers(event: str | None, delivery: str | None) -> tuple[str, str]:

@@ -1,4 +1,8 @@
-"""The webhook route accepts, verifies, persists and enqueues; it never does pipeline work.
+"""The webhook's general way: decode, record and act on one delivery, and replay after a crash.
+
+The route itself (`bot.server.endpoint`) verifies and answers; it takes a fast path for pushes and
+events only recorded, and calls `receive_delivery` here, in the thread pool, for everything else.
+The webhook never does pipeline work.
 
 Events dispatch through a table of handlers (`@handlers.on("push", model=Push)`): the payload is
 parsed into the handler's typed model *before* anything is stored, so a malformed signed delivery is
@@ -17,21 +21,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi import BackgroundTasks
 
-from bot.config import AppSettings, InfrastructureError
 from bot.github.events import MalformedEvent, envelope, parse, printable
-from bot.github.signature import verify_signature
 from bot.server import intake
-from bot.server.handlers import Context, Redelivery, handlers
+from bot.server.handlers import Context, handlers
 from bot.server.intake import MAX_BODY, Refused
-from bot.server.metrics import Metrics
 from bot.store import Store
 from bot.store.snapshots import DeliverySnapshot
 
-__all__ = ["MAX_BODY", "handlers", "replay_unprocessed", "webhook_router"]
+__all__ = ["MAX_BODY", "handlers", "receive_delivery", "replay_unprocessed"]
 
 log = logging.getLogger("loopgate.webhooks")
 
@@ -78,7 +77,7 @@ def _context(
     )
 
 
-def _receive(ctx: Context, body: bytes) -> str:
+def receive_delivery(ctx: Context, body: bytes) -> str:
     """Decode, record and act, off the event loop: a malformed body is stored as rejected (400)."""
     try:
         payload = intake.decode(body)
@@ -121,7 +120,7 @@ def _replay_one(store: Store, delivery: DeliverySnapshot, new_run_id: Callable[[
         replaying=True,
     )
     try:
-        _receive(ctx, delivery.payload.encode("utf-8", "surrogatepass"))
+        receive_delivery(ctx, delivery.payload.encode("utf-8", "surrogatepass"))
     except Exception as exc:
         log.warning("delivery %s cannot be replayed: %s", delivery.id, printable(str(exc), 300))
         _mark(store, delivery.id, "failed", printable(f"{type(exc).__name__}: {exc}"))
@@ -137,50 +136,3 @@ def _mark(store: Store, delivery_id: str, outcome: str, error: str | None) -> No
             store.mark_delivery(delivery_id, "processed")
     except Exception:
         log.exception("marking delivery %s %s failed", delivery_id, outcome)
-
-
-def webhook_router(
-    settings: AppSettings,
-    store: Store,
-    metrics: Metrics,
-    refresh_comment: Callable[[str, str, int | None], None],
-    new_run_id: Callable[[], str],
-) -> APIRouter:
-    router = APIRouter()
-
-    @router.post("/webhooks/github", status_code=202)
-    async def receive(request: Request, background: BackgroundTasks) -> JSONResponse:
-        try:
-            if intake.declared_too_large(request.headers.get("content-length")):
-                raise Refused(413, "payload over 25 MB")
-            body = await intake.read_limited(request.stream())
-            if not verify_signature(
-                body, settings.webhook_secret, request.headers.get("x-hub-signature-256")
-            ):
-                metrics.rejected.labels("signature").inc()
-                return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"}, status_code=401)
-            event, delivery = intake.delivery_headers(
-                request.headers.get("x-github-event"), request.headers.get("x-github-delivery")
-            )
-            ctx = _context(store, delivery, event, "", background, refresh_comment, new_run_id)
-            ctx.payload_text = body.decode("utf-8", "replace")
-            # Database work runs off the event loop, so slow commits never stall other deliveries.
-            outcome = await run_in_threadpool(_receive, ctx, body)
-        except Refused as exc:
-            metrics.rejected.labels("too_large" if exc.status == 413 else "malformed").inc()
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except MalformedEvent as exc:
-            metrics.rejected.labels("malformed").inc()
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        except Redelivery:
-            metrics.redeliveries.inc()
-            return JSONResponse({"status": "duplicate delivery: already handled"}, status_code=200)
-        except InfrastructureError as exc:
-            log.error("webhook: %s", exc)
-            return JSONResponse(
-                {"error": "the database is unavailable; GitHub may redeliver"}, status_code=503
-            )
-        metrics.deliveries.labels(event).inc()
-        return JSONResponse({"status": outcome}, status_code=202)
-
-    return router

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot.config import RuntimeSettings
 from bot.store import database, migrate
+from bot.store.acks import AckWriter
 from bot.store.base import LostClaim, UnknownRun
 from bot.store.deliveries import Deliveries, DeliveryOutcome
 from bot.store.installations import Installations
@@ -40,3 +41,8 @@ class Store(Deliveries, Installations, Runs, WorkerRuns, Outbox, PullRequests):
             engine.dispose()
             raise
         return cls(engine, parsed)
+
+    def ack_writer(self) -> AckWriter:
+        """A writer of webhook acknowledgements on a connection of its own (see `bot.store.acks`),
+        queueing on this Store's SQLite writer lock."""
+        return AckWriter(self._engine, self._url, self._sqlite_writers)

@@ -1,0 +1,199 @@
+"""POST /webhooks/github as a plain ASGI callable: the webhook's acknowledgement, cheap per delivery.
+
+Why not a FastAPI route: dependency resolution, the request and response objects, the middleware
+stack and a hop to the thread pool cost more CPU per delivery than everything the acknowledgement
+itself does (verify the HMAC over the raw bytes, decode the JSON once, validate the few fields a push
+needs, one transaction). So this route reads the ASGI messages itself, and what most deliveries
+are — a push that queues a run, or an event only recorded (an event not used, a tag push, a ping,
+`check_suite.requested`) — is written by one prepared transaction on the webhook's writer thread
+(`bot.server.ack_queue`, `bot.store.acks`). Everything else — events that act on other rows, a
+malformed payload to record as rejected, a body too large to decode on the event loop — goes the
+general way, `bot.server.webhooks`, in the thread pool. Either way the answer, its status and the
+stored rows are the same; the 2xx is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import BackgroundTasks
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from bot.config import AppSettings, InfrastructureError
+from bot.github.events import MalformedEvent, Push, envelope, parse
+from bot.github.signature import verify_signature
+from bot.server import intake
+from bot.server.ack_queue import AckQueue
+from bot.server.handlers import Context, Redelivery, handlers, ignored_push, push_outcome, push_run
+from bot.server.intake import Refused
+from bot.server.metrics import Metrics
+from bot.server.webhooks import receive_delivery
+from bot.store import Store
+from bot.store.acks import Ack, Acked, PushAck, RecordAck
+
+log = logging.getLogger("loopgate.webhooks")
+
+WEBHOOK_PATH = "/webhooks/github"
+FAST_BODY = 256 * 1024
+"""Bodies up to this size are decoded on the event loop (GitHub's pushes are a few KiB); a larger
+one is decoded in the thread pool, so no delivery holds the loop for long."""
+
+Answer = Callable[[Acked], str]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class WebhookEndpoint:
+    def __init__(
+        self,
+        settings: AppSettings,
+        store: Store,
+        metrics: Metrics,
+        refresh_comment: Callable[[str, str, int | None], None],
+        new_run_id: Callable[[], str],
+        acks: AckQueue,
+    ) -> None:
+        self._secret = settings.webhook_secret
+        self._store = store
+        self._metrics = metrics
+        self._refresh_comment = refresh_comment
+        self._new_run_id = new_run_id
+        self._acks = acks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await _respond(send, 405, {"detail": "Method Not Allowed"}, [(b"allow", b"POST")])
+            return
+        background = BackgroundTasks()
+        answer = await self._answer(scope, receive, background)
+        if answer is None:
+            return  # the client went away before its body arrived
+        await _respond(send, *answer)
+        await background()
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, background: BackgroundTasks
+    ) -> tuple[int, dict[str, str]] | None:
+        headers = _headers(scope)
+        metrics = self._metrics
+        try:
+            if intake.declared_too_large(_text(headers.get(b"content-length"))):
+                raise Refused(413, "payload over 25 MB")
+            body = await _body(receive)
+            if body is None:
+                return None
+            if not verify_signature(body, self._secret, headers.get(b"x-hub-signature-256")):
+                metrics.rejected.labels("signature").inc()
+                return 401, {"error": "missing or invalid X-Hub-Signature-256"}
+            event, delivery = intake.delivery_headers(
+                _text(headers.get(b"x-github-event")), _text(headers.get(b"x-github-delivery"))
+            )
+            outcome = await self._act(event, delivery, body, background)
+        except Refused as exc:
+            metrics.rejected.labels("too_large" if exc.status == 413 else "malformed").inc()
+            return exc.status, {"error": str(exc)}
+        except MalformedEvent as exc:
+            metrics.rejected.labels("malformed").inc()
+            return 400, {"error": str(exc)}
+        except Redelivery:
+            metrics.redeliveries.inc()
+            return 200, {"status": "duplicate delivery: already handled"}
+        except InfrastructureError as exc:
+            log.error("webhook: %s", exc)
+            return 503, {"error": "the database is unavailable; GitHub may redeliver"}
+        metrics.deliveries.labels(event).inc()
+        return 202, {"status": outcome}
+
+    async def _act(self, event: str, delivery: str, body: bytes, background: BackgroundTasks) -> str:
+        fast = self._fast(event, delivery, body) if len(body) <= FAST_BODY else None
+        if fast is not None:
+            ack, answer = fast
+            acked = await self._acks.write(ack)
+            if not acked.new_delivery:
+                raise Redelivery
+            return answer(acked)
+        ctx = Context(
+            self._store,
+            delivery,
+            event,
+            None,
+            body.decode("utf-8", "replace"),
+            background,
+            self._refresh_comment,
+            self._new_run_id,
+        )
+        # Database work runs off the event loop, so slow commits never stall other deliveries.
+        return await run_in_threadpool(receive_delivery, ctx, body)
+
+    def _fast(self, event: str, delivery: str, body: bytes) -> tuple[Ack, Answer] | None:
+        """The one transaction a delivery needs when it is a push that queues a run or an event
+        only recorded; None when it must go the general way (including every malformed payload,
+        which that way records as rejected with its reason)."""
+        try:
+            payload = intake.decode(body)
+        except Refused:
+            return None
+        head = envelope(payload)
+        entry = handlers.find(event, head.action)
+        text = body.decode("utf-8")  # decode() proved it UTF-8, and JSON holds no raw NUL
+
+        def recorded(answer: str) -> tuple[Ack, Answer]:
+            row = RecordAck(delivery, event, head.action, head.repo, head.installation_id, text)
+            return row, lambda _: answer
+
+        if entry is None:
+            return recorded("ignored: event not used")
+        if entry.answer is not None:
+            return recorded(entry.answer)
+        if entry.model is not Push:
+            return None
+        try:
+            push = parse(Push, payload)
+        except MalformedEvent:
+            return None
+        ignored = ignored_push(push)
+        if ignored is not None:
+            return recorded(ignored)
+        run = push_run(push, delivery, self._new_run_id())
+        ack = PushAck(delivery, text, run, push.before)
+        return ack, lambda acked: push_outcome(acked.created, str(acked.run_id), len(acked.superseded))
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The first value of each header (ASGI gives names lower-cased), as bytes: nothing here may
+    raise on characters an unauthenticated sender chose."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(name, value)
+    return found
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The body, refused (413) as soon as it passes the limit whatever Content-Length said; None
+    when the client disconnects first."""
+    chunks = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks += message.get("body", b"")
+        if len(chunks) > intake.MAX_BODY:
+            raise Refused(413, "payload over 25 MB")
+        if not message.get("more_body", False):
+            return bytes(chunks)
+
+
+async def _respond(
+    send: Send, status: int, content: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
