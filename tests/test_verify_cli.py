@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 
 from bot.config import RuntimeSettings
 from bot.runtimes.local import LocalRuntime
@@ -36,6 +37,15 @@ def assert_sandboxes_gone(state_dir: Path, baseline: Baseline, repo: GitRepo) ->
     assert spec is not None and dict(spec.forks) == {}
 
 
+def assert_verdict_before_teardown(output: str, verdict: str) -> None:
+    """The verdict is printed (and written) before the sandbox is torn down; the CLI waits for the
+    teardown, says so, and its outcome is the last line."""
+    lines = [line.strip() for line in output.strip().splitlines()]
+    said = lines.index(f"verdict: {verdict}")
+    assert lines[said + 1] == "tearing the sandbox down before exiting …", lines[said:]
+    assert lines[-1].startswith("✓ teardown  ok"), lines[said:]
+
+
 def test_good_refactor_passes(
     shop_repo: GitRepo, shop_baseline: Baseline, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -44,7 +54,7 @@ def test_good_refactor_passes(
         shop_repo, "agent/refactor-orders", tmp_path, "--markdown", str(md), "--html", str(html)
     )
     assert code == 0, output
-    assert output.rstrip().splitlines()[-1] == "verdict: pass"
+    assert_verdict_before_teardown(output, "pass")
     assert evidence["verdict"] == "pass"
     orders = next(s for s in evidence["services"] if s["name"] == "orders")
     assert orders["forked"] and orders["status"] == "ready" and orders["tagged_requests"] > 0
@@ -215,7 +225,7 @@ def test_demo_contract_break_fails_and_leaves_nothing(state_dir: Path, tmp_path:
     before = set(LocalRuntime(RuntimeSettings(state_dir=state_dir)).registry.env_ids())
     done = run_cli("demo", "--change", "contract-break", "--json", str(out))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert done.stdout.rstrip().splitlines()[-1] == "verdict: fail"
+    assert_verdict_before_teardown(done.stdout, "fail")
     evidence = json.loads(out.read_text())
     assert evidence["verdict"] == "fail"
     assert any("suite e2e failed" in r for r in evidence["reasons"])
@@ -227,7 +237,8 @@ def test_demo_contract_break_fails_and_leaves_nothing(state_dir: Path, tmp_path:
 def test_demo_unknown_change_lists_the_choices() -> None:
     done = run_cli("demo", "--change", "nope")
     assert done.returncode == 2
-    changes = ", ".join(sorted(p.stem for p in (SHOP / "changes").glob("*.patch")))
+    manifest = yaml.safe_load((SHOP / "changes" / "zoo.yml").read_text())
+    changes = ", ".join(sorted(entry["name"] for entry in manifest["changes"]))  # not the base patches
     assert "contract-break, " in changes and "refactor-orders" in changes
     assert done.stderr.strip() == f"loopgate: unknown change 'nope'; choose one of: {changes}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +28,7 @@ from bot.cli.output import (
 )
 from bot.cli.root import app
 from bot.config import LoopgateError
-from bot.evidence import exit_code
+from bot.evidence import Evidence, exit_code
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.runtimes.choice import Runtimes
 from bot.zoo import Manifest, build_repo, load_manifest
@@ -39,14 +40,33 @@ def _run_verify(
     # `--keep` leaves what it starts running after this process: it must not die with it.
     runtimes = Runtimes(_settings(), persistent=request.keep, on_made=lambda r: _print_unconfined(r.confined))
     pipeline = Pipeline(runtimes, listener=StageProgress())
+
+    early: list[Evidence] = []
+
+    def report(evidence: Evidence) -> None:
+        _print_summary(evidence)
+        _write_outputs(evidence, json_out, markdown, html)
+        verdict = evidence.verdict.value if evidence.verdict else "error"
+        console.print(f"verdict: {verdict}", markup=False)
+
+    def report_before_teardown(evidence: Evidence) -> None:
+        report(evidence)
+        early.append(evidence)
+        console.print("tearing the sandbox down before exiting …", markup=False)
+
     try:
         with _terminate_as_interrupt():
-            evidence = pipeline.verify(request)
+            evidence = pipeline.verify(replace(request, on_verdict=report_before_teardown))
     except KeyboardInterrupt:
         errors.print("loopgate: interrupted; the sandbox was torn down")
         return 130
-    _print_summary(evidence)
-    _write_outputs(evidence, json_out, markdown, html)
+    if not early:
+        report(evidence)  # kept, or ended before a verdict: nothing was reported yet
+    else:
+        _write_outputs(evidence, json_out, markdown, html)  # again, now with teardown's own outcome
+        for note in evidence.notes:
+            if note.startswith("teardown: "):
+                errors.print(f"loopgate: {note}")
     if pipeline.kept is not None:
         sandbox = pipeline.kept.sandbox
         console.print(
@@ -56,8 +76,6 @@ def _run_verify(
         for name, url in sorted(sandbox.baseline.entry_urls.items()):
             console.print(f"  {name}: {url}", markup=False)
         console.print(f"delete it with: loopgate sandbox delete {sandbox.routing_key}", markup=False)
-    verdict = evidence.verdict.value if evidence.verdict else "error"
-    console.print(f"verdict: {verdict}", markup=False)
     return exit_code(evidence)
 
 

@@ -28,7 +28,7 @@ from bot.evidence import (
 from bot.pipeline.choice import NotChosen, RuntimeChooser, only
 from bot.pipeline.contract import check_contracts
 from bot.pipeline.plan import Plan, make_plan
-from bot.pipeline.sides import run_beside_controls, sender, sender_to, set_aside_values_past_a_lost_tag
+from bot.pipeline.sides import Sides, run_beside_controls, set_aside_values_past_a_lost_tag
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import (
     Baseline,
@@ -44,13 +44,6 @@ from bot.runtimes.protocol import (
     SuiteRequest,
 )
 from bot.verify import blame, diagnose, judge_suite, last_tagged_hop, tagged_counts, with_repeats
-from bot.verify.diff import (
-    control_pairs,
-    probes,
-    run_control_diff,
-    run_diff,
-)
-from bot.verify.listener import listener_findings
 from bot.verify.requestmap import request_map
 
 
@@ -67,6 +60,9 @@ class VerifyRequest:
     """Leave a baseline this process started running for later runs (`loopgate zoo`)."""
     sandbox_only: bool = False
     """Stop once the forks are routed and keep them: `loopgate sandbox create`, the agent's inner loop."""
+    on_verdict: Callable[[Evidence], None] | None = None
+    """Called with the decided Evidence before teardown, so the verdict is reported without waiting for
+    the cleanup; teardown's own outcome is added to the same Evidence afterwards."""
 
 
 @dataclass
@@ -117,70 +113,88 @@ class Pipeline:
         baseline: Baseline | None = None
         sandbox: Sandbox | None = None
         self.controls: list[Sandbox] = []
+        reported = False
         try:
-            with stages.stage("plan") as result:
-                plan = make_plan(request.repo, request.base_ref, request.head_ref, request.config_file)
-                self._record_plan(evidence, plan)
-                result.detail = (
-                    f"{len(plan.changed_files)} files changed, {len(plan.affected)} services affected"
-                )
-                self.runtime = self.choose(plan.config)
-                evidence.confined = self.runtime.confined
-            if not plan.affected and not plan.run_head_suites:
-                for name in ("baseline", "build", "fork", "route", "verify"):
-                    stages.skipped(name, "no service is affected by the change")
-            else:
-                base = Source(request.repo, plan.base_sha)
-                with self._stage(stages, "baseline") as result:
-                    baseline = self.runtime.up_baseline(base, plan.config)
-                    result.detail = "reused a running baseline" if baseline.reused else "started"
-                sandbox = self.runtime.new_sandbox(
-                    baseline, plan.config, Source(request.repo, plan.merge_sha)
-                )
-                evidence.routing_key = sandbox.routing_key
-                if not request.sandbox_only:
-                    self._new_controls(evidence, plan, sandbox, base)
-                self._build_and_fork(stages, evidence, plan, sandbox)
-                if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
-                    with self._stage(stages, "route") as routed:
-                        note = self.runtime.route(sandbox)
-                        for control in self.controls:
-                            self.runtime.route(control)
-                        if note is not None:
-                            routed.detail = note
-                            evidence.notes.append(note)
-                    if request.sandbox_only:
-                        return evidence
-                    self._verify(stages, evidence, plan, sandbox)
+            try:
+                with stages.stage("plan") as result:
+                    plan = make_plan(request.repo, request.base_ref, request.head_ref, request.config_file)
+                    self._record_plan(evidence, plan)
+                    result.detail = (
+                        f"{len(plan.changed_files)} files changed, {len(plan.affected)} services affected"
+                    )
+                    self.runtime = self.choose(plan.config)
+                    evidence.confined = self.runtime.confined
+                if not plan.affected and not plan.run_head_suites:
+                    for name in ("baseline", "build", "fork", "route", "verify"):
+                        stages.skipped(name, "no service is affected by the change")
                 else:
-                    stages.skipped("route", "a fork failed")
-                    stages.skipped("verify", "a fork failed")
-                self._require_healthy_baseline(baseline)
-            with stages.stage("decide"):
-                evidence.verdict, evidence.reasons = decide(evidence)
-        except Cancelled as exc:
-            evidence.verdict, evidence.cancelled = None, True
-            evidence.reasons = [f"cancelled: {exc}"]
-        except LoopgateError as exc:
-            evidence.verdict = Verdict.ERROR
-            evidence.error_kind = ErrorKind.CONFIG if exc.kind == "config" else ErrorKind.INFRASTRUCTURE
-            evidence.reasons = [str(exc)]
-            if exc.kind == "change":
-                evidence.verdict, evidence.error_kind = Verdict.FAIL, None
-            if isinstance(exc, BaselineError):
-                _record_log_tails(evidence, exc.log_tails)
-        except Exception as exc:
-            # A bug or an unforeseen failure below: nobody's change is to blame, and the run still
-            # ends with Evidence and a teardown rather than a traceback.
-            evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
-            evidence.reasons = [f"internal error: {type(exc).__name__}: {exc}"]
+                    base = Source(request.repo, plan.base_sha)
+                    with self._stage(stages, "baseline") as result:
+                        baseline = self.runtime.up_baseline(base, plan.config)
+                        result.detail = "reused a running baseline" if baseline.reused else "started"
+                    sandbox = self.runtime.new_sandbox(
+                        baseline, plan.config, Source(request.repo, plan.merge_sha)
+                    )
+                    evidence.routing_key = sandbox.routing_key
+                    if not request.sandbox_only:
+                        self._new_controls(evidence, plan, sandbox, base)
+                    self._build_and_fork(stages, evidence, plan, sandbox)
+                    if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
+                        with self._stage(stages, "route") as routed:
+                            note = self.runtime.route(sandbox)
+                            for control in self.controls:
+                                self.runtime.route(control)
+                            if note is not None:
+                                routed.detail = note
+                                evidence.notes.append(note)
+                        if request.sandbox_only:
+                            return evidence
+                        self._verify(stages, evidence, plan, sandbox)
+                    else:
+                        stages.skipped("route", "a fork failed")
+                        stages.skipped("verify", "a fork failed")
+                    self._require_healthy_baseline(baseline)
+                with stages.stage("decide"):
+                    evidence.verdict, evidence.reasons = decide(evidence)
+            except Cancelled as exc:
+                evidence.verdict, evidence.cancelled = None, True
+                evidence.reasons = [f"cancelled: {exc}"]
+            except LoopgateError as exc:
+                evidence.verdict = Verdict.ERROR
+                evidence.error_kind = ErrorKind.CONFIG if exc.kind == "config" else ErrorKind.INFRASTRUCTURE
+                evidence.reasons = [str(exc)]
+                if exc.kind == "change":
+                    evidence.verdict, evidence.error_kind = Verdict.FAIL, None
+                if isinstance(exc, BaselineError):
+                    _record_log_tails(evidence, exc.log_tails)
+            except Exception as exc:
+                # A bug or an unforeseen failure below: nobody's change is to blame, and the run still
+                # ends with Evidence and a teardown rather than a traceback.
+                evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
+                evidence.reasons = [f"internal error: {type(exc).__name__}: {exc}"]
+            if request.on_verdict is not None and not self.kept_for(request, evidence):
+                # The verdict is decided: the caller reports it now, while the sandbox is cleaned up.
+                evidence.finished_at, reported = utcnow(), True
+                request.on_verdict(evidence)
         finally:
-            keep = request.keep or (
-                request.sandbox_only and evidence.verdict is None and not evidence.cancelled
+            keep = self.kept_for(request, evidence)
+            self._teardown(
+                stages,
+                evidence,
+                baseline,
+                sandbox,
+                keep=keep,
+                release=not request.keep_baseline,
+                reported=reported,
             )
-            self._teardown(stages, evidence, baseline, sandbox, keep=keep, release=not request.keep_baseline)
-            evidence.finished_at = utcnow()
+            if not reported:
+                evidence.finished_at = utcnow()
         return evidence
+
+    @staticmethod
+    def kept_for(request: VerifyRequest, evidence: Evidence) -> bool:
+        """Whether the sandbox stays up: `--keep`, or `sandbox create` that got its routed forks."""
+        return request.keep or (request.sandbox_only and evidence.verdict is None and not evidence.cancelled)
 
     def _require_healthy_baseline(self, baseline: Baseline) -> None:
         """A failure is only the change's fault while the baseline is healthy; otherwise nobody's code is
@@ -284,31 +298,9 @@ class Pipeline:
             with ThreadPoolExecutor(max_workers=len(boxes)) as pool:  # each waits for the log to settle
                 observed, *seen = pool.map(self.runtime.observed_requests, boxes)
             compared = [s.name for s in evidence.forks] if seen else []
-            seeded = self.runtime.seed_reads(sandbox.baseline) if isinstance(self.runtime, SeedReads) else []
-            pairs, at_listeners = [], []
-            if seen:
-                primary, secondary = self.controls
-                keys = (sandbox.routing_key, primary.routing_key, secondary.routing_key)
-                pairs = control_pairs(config, observed, (seen[0], seen[1]), keys, compared, seeded)
-                at_listeners = listener_findings(observed, (seen[0], seen[1]), keys, compared)
-            chosen = probes(config, observed, sandbox.routing_key, exclude=compared, seeded=seeded)
-            with ThreadPoolExecutor(max_workers=2) as pool:  # the two diffs side by side
-                by_control = (
-                    pool.submit(
-                        run_control_diff, config, pairs, sender_to(self.runtime, sandbox, self.controls)
-                    )
-                    if pairs
-                    else None
-                )
-                by_baseline = (
-                    pool.submit(run_diff, config, chosen, sender(self.runtime, sandbox)) if chosen else None
-                )
-                evidence.diff = [
-                    *(by_control.result() if by_control else []),
-                    *at_listeners,
-                    *(by_baseline.result() if by_baseline else []),
-                ]
-            contract_traffic = [*observed, *seeded]  # the seed's reads name data that exists
+            sides = Sides(self.runtime, config, sandbox, self.controls, compared)
+            evidence.diff = sides.compare(observed, seen)
+            suites_traffic = observed
             if evidence.diff:
                 observed = self.runtime.observed_requests(sandbox)
             forked = [s.name for s in evidence.forks]
@@ -316,12 +308,17 @@ class Pipeline:
             for service in evidence.services:
                 service.tagged_requests = counts.get(service.name, 0)
             evidence.request_map = request_map(sandbox.routing_key, observed)
+            # After the coverage count, as contract probes: the seed's reads are loopgate's traffic, not
+            # the suites', and prove nothing about whether the suites reach a fork.
+            seeded = self.runtime.seed_reads(sandbox.baseline) if isinstance(self.runtime, SeedReads) else []
+            evidence.diff += sides.replay(seeded)
             if any(counts.get(name, 0) == 0 for name in forked):
                 evidence.propagation = diagnose(sandbox.routing_key, observed)
                 last = last_tagged_hop(sandbox.routing_key, observed)
                 if not evidence.propagation and last is not None:
                     evidence.notes.append(f"the sandbox's tag was last seen at {last}")
                 set_aside_values_past_a_lost_tag(evidence)
+            contract_traffic = [*suites_traffic, *seeded]  # the seed's reads name data that exists
             # After the coverage count: a probe sent straight to a fork proves nothing about whether the
             # suites' traffic reaches it.
             self._check_contracts(evidence, plan, sandbox, contract_traffic)
@@ -415,6 +412,7 @@ class Pipeline:
         *,
         keep: bool,
         release: bool,
+        reported: bool = False,
     ) -> None:
         if baseline is None:
             return
@@ -431,7 +429,8 @@ class Pipeline:
                     self.runtime.release_baseline(baseline)
         except Exception as exc:
             evidence.notes.append(f"teardown: {exc}")
-            if evidence.verdict in (None, Verdict.PASS):
+            # Once reported, the verdict stands: what was left is gc's (every part carries its expiry).
+            if not reported and evidence.verdict in (None, Verdict.PASS):
                 evidence.verdict, evidence.error_kind = Verdict.ERROR, ErrorKind.INFRASTRUCTURE
                 evidence.reasons = [f"teardown failed: {exc}"]
 

@@ -9,11 +9,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from bot.evidence import Evidence
+from bot.config.schema import Diff
+from bot.evidence import DiffResult, Evidence
 from bot.evidence.verdict import STATUS_TALLIES
 from bot.runtimes.protocol import ProbeError, ProbeRequest, Runtime, Sandbox, SuiteOutcome, SuiteRequest
 from bot.verify.compare import Response
-from bot.verify.diff import NotSent, Probe, Send, SendTo
+from bot.verify.diff import (
+    NotSent,
+    Pair,
+    Probe,
+    Send,
+    SendTo,
+    control_pairs,
+    probes,
+    run_control_diff,
+    run_diff,
+)
+from bot.verify.listener import listener_findings
+from bot.verify.observed import Observed
 
 SIDES = ("primary", "secondary")
 
@@ -38,6 +51,66 @@ def sender_to(runtime: Runtime, sandbox: Sandbox, controls: Sequence[Sandbox]) -
     each tagged with its own routing key."""
     boxes = {"candidate": sandbox, **dict(zip(SIDES, controls, strict=True))}
     return lambda probe, side: probe_through(runtime, boxes[side], probe, tagged=True)
+
+
+class Sides:
+    """The diffs of one verify: control-vs-candidate at the forked services (`compared`), with every
+    exchange at their listeners; baseline-vs-sandbox at the others."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: Diff,
+        sandbox: Sandbox,
+        controls: Sequence[Sandbox],
+        compared: list[str],
+    ) -> None:
+        self.runtime, self.config, self.sandbox, self.controls = runtime, config, sandbox, controls
+        self.compared = compared
+
+    def compare(self, observed: Sequence[Observed], seen: Sequence[Sequence[Observed]]) -> list[DiffResult]:
+        """The suites' traffic (`observed` the candidate's, `seen` each control's) and the configured
+        requests."""
+        pairs: list[Pair] = []
+        at_listeners: list[DiffResult] = []
+        if seen:
+            keys = (self.sandbox.routing_key, *(c.routing_key for c in self.controls))
+            assert len(keys) == 3 and len(seen) == 2
+            both = (seen[0], seen[1])
+            pairs = control_pairs(self.config, observed, both, (keys[0], keys[1], keys[2]), self.compared)
+            at_listeners = listener_findings(observed, both, (keys[0], keys[1], keys[2]), self.compared)
+        chosen = probes(self.config, observed, self.sandbox.routing_key, exclude=self.compared)
+        by_control, by_baseline = self._send(pairs, chosen)
+        return [*by_control, *at_listeners, *by_baseline]
+
+    def replay(self, seeded: Sequence[Observed]) -> list[DiffResult]:
+        """The seed's reads, the same path on every side: that data existed before the copies."""
+        if not seeded:
+            return []
+        only_seed = self.config.model_copy(update={"requests": None, "from_suites": False})
+        no_traffic: tuple[list[Observed], list[Observed]] = ([], [])
+        keys = (self.sandbox.routing_key, *(c.routing_key for c in self.controls), "", "")[:3]
+        pairs = control_pairs(only_seed, [], no_traffic, (keys[0], keys[1], keys[2]), self.compared, seeded)
+        chosen = probes(only_seed, [], self.sandbox.routing_key, exclude=self.compared, seeded=seeded)
+        by_control, by_baseline = self._send(pairs, chosen)
+        return [*by_control, *by_baseline]
+
+    def _send(self, pairs: list[Pair], chosen: list[Probe]) -> tuple[list[DiffResult], list[DiffResult]]:
+        """The two diffs side by side."""
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            by_control = (
+                pool.submit(
+                    run_control_diff, self.config, pairs, sender_to(self.runtime, self.sandbox, self.controls)
+                )
+                if pairs
+                else None
+            )
+            by_baseline = (
+                pool.submit(run_diff, self.config, chosen, sender(self.runtime, self.sandbox))
+                if chosen
+                else None
+            )
+            return (by_control.result() if by_control else []), (by_baseline.result() if by_baseline else [])
 
 
 def run_beside_controls(
