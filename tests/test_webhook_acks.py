@@ -4,6 +4,7 @@ them, batches that commit together and fail one by one."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from bot.config import InfrastructureError
+from bot.server.ack_queue import AckQueue
 from bot.store import RunStatus, Store
 from bot.store.acks import Acked, AckWriter, PushAck, RecordAck
 from tests.test_store import REPO, SHA_A, SHA_B, SHA_C, in_threads, new_run, pg_database, store, url
@@ -156,3 +158,21 @@ def test_a_database_gone_is_an_infrastructure_error_for_each_ack(tmp_path: Any) 
         assert all(isinstance(r, InfrastructureError) for r in results), results
         assert "acknowledging a delivery failed" in str(results[0])
         made.close()
+
+
+def test_the_writer_thread_commits_before_it_answers_and_refuses_once_closed(store: Store) -> None:
+    """Many acks at once are written in batches and each answered; after `close`, a write is an
+    infrastructure error (a 503, so GitHub may redeliver), never a request left waiting."""
+
+    async def scenario() -> list[Acked]:
+        acks = AckQueue(store.ack_writer())
+        pushes = [push((uuid.uuid4().hex * 2)[:40], before=SHA_A, branch=f"agent/q{i}") for i in range(40)]
+        answers = await asyncio.gather(*(acks.write(p) for p in pushes))
+        acks.close()
+        with pytest.raises(InfrastructureError, match="shutting down"):
+            await acks.write(RecordAck("late", "ping", None, None, None, "{}"))
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert all(a.created for a in answers) and len({a.run_id for a in answers}) == 40
+    assert store.queue_depth() == 40 and store.delivery("late") is None

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 
+from bot.config import InfrastructureError
 from bot.store.acks import Ack, Acked, AckWriter
 
 log = logging.getLogger("loopgate.webhooks")
@@ -32,29 +33,27 @@ class AckQueue:
         self._closed = False
 
     async def write(self, ack: Ack) -> Acked:
-        """The ack, committed; raises what the write raised (InfrastructureError: the database)."""
+        """The ack, committed; raises what the write raised (InfrastructureError: the database, or
+        the server stopping, answered 503 so that GitHub may redeliver)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Acked] = loop.create_future()
-        self._start()
-        self._queue.put((ack, future, loop))
+        with self._lock:
+            if self._closed:
+                raise InfrastructureError("the webhook's writer has stopped: the server is shutting down")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="loopgate-acks", daemon=True)
+                self._thread.start()
+            self._queue.put((ack, future, loop))
         return await future
 
-    def _start(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._closed:
-                    raise RuntimeError("the webhook's writer is closed")
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="loopgate-acks", daemon=True)
-                    self._thread.start()
-
     def close(self) -> None:
-        """Write what is queued, then stop the thread and release its connection."""
+        """Write what is queued, then stop the thread and release its connection. Nothing is queued
+        after the stop (`write` refuses under the same lock), so no request waits forever."""
         with self._lock:
             self._closed = True
             thread = self._thread
-        if thread is not None:
             self._queue.put(None)
+        if thread is not None:
             thread.join(timeout=30)
         self._writer.close()
 
