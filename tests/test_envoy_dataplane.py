@@ -514,6 +514,35 @@ def test_access_log_records_sandbox_target_status_and_trace(routed: DataPlane, s
     assert {(r.routing_key, r.target, r.status) for r in untagged} == {(None, None, 200)}
 
 
+def test_await_access_log_returns_with_every_answered_request_in_the_file(
+    routed: DataPlane, system: System
+) -> None:
+    """Requests through three hops each, then the log read at once: every hop of every one is there,
+    also while other traffic keeps Envoy's log buffer busy (its entries are not ours, and must not make
+    the wait stop short of ours)."""
+    stop = threading.Event()
+
+    def background() -> None:
+        while not stop.is_set():
+            _get(system.listeners["back"], "/background", {})
+
+    other = threading.Thread(target=background, daemon=True)
+    other.start()
+    try:
+        for round_ in range(3):
+            marker = f"/awaited-{round_}-"
+            for n in range(20):
+                _get(system.listeners["front"], f"{marker}{n}", bag("sbx111"))
+            assert routed.await_access_log()
+            records, _ = read_access_log(routed.access_log)
+            mine = [r for r in records if r.path.startswith(marker)]
+            assert len(mine) == 20 * len(CHAIN)
+    finally:
+        stop.set()
+        other.join(timeout=10)
+    assert not DataPlane(routed.access_log.parent / "not-started").await_access_log()
+
+
 def test_access_log_reader_tolerates_a_partial_last_line(routed: DataPlane, tmp_path: Path) -> None:
     _observed(routed, "/", 1)
     full = routed.access_log.read_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from bot.pipeline import make_plan
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.envoy import DataPlane
-from bot.runtimes.local.runtime import ACCESS_LOG_SETTLE_S
 from bot.runtimes.protocol import Baseline, ObservedRequest, Sandbox, Source, SuiteRequest
 from tests.gitrepo import GitRepo
 
@@ -125,8 +123,9 @@ def test_similar_keys_never_match(
     near = mangle(a.routing_key)  # type: ignore[operator]
     trace = hashlib.sha256(near.encode()).hexdigest()[:32]  # a trace of its own per key
     checkout(a.baseline, traced({"baggage": f"loopgate-sandbox={near}"}, trace))
-    time.sleep(ACCESS_LOG_SETTLE_S)
-    log = DataPlane(runtime.registry.env_dir(a.baseline.env_id) / "envoy").access_log
+    plane = DataPlane(runtime.registry.env_dir(a.baseline.env_id) / "envoy")
+    assert plane.await_access_log()
+    log = plane.access_log
     seen = [r for r in read_access_log(log)[0] if trace in (r.traceparent or "")]
     assert {r.service for r in seen} == {"gateway", "orders", "inventory", "payments"}
     assert all(r.routing_key == near and r.target is None for r in seen)  # its own key, served by baseline

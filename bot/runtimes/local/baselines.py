@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from pathlib import Path
 
 from bot.config import Service
-from bot.runtimes.git import Git
-from bot.runtimes.local import pristine
 from bot.runtimes.local.allowlist import env_var_name
-from bot.runtimes.local.cleanup import Cleanup
+from bot.runtimes.local.cleanup import Cleanup, Leftovers, sandbox_processes
 from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.helpers import infrastructure
-from bot.runtimes.local.processes import ProcessRef, stop_groups, tail
+from bot.runtimes.local.processes import ProcessRef, tail
 from bot.runtimes.local.registry import EnvRecord, env_id_for
 from bot.runtimes.protocol import Baseline, Source
 
@@ -81,9 +80,7 @@ class Baselines(Cleanup):
             if record is None:
                 self._purge_env(env_id)
                 return
-            for sandbox in self.registry.sandboxes(env_id):
-                self._teardown_record(record, sandbox)
-            self._stop_env(record)
+            self._stop_env(record)  # its sandboxes with it: no route update for a data plane that stops
 
     def _baseline(self, record: EnvRecord, *, reused: bool) -> Baseline:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in record.listeners.items()}
@@ -136,18 +133,35 @@ class Baselines(Cleanup):
         return extra
 
     def _stop_env(self, record: EnvRecord) -> None:
-        """Marked `stopping` first, so a kill midway leaves a record `gc` finishes."""
+        """Marked `stopping` first, so a kill midway leaves a record `gc` finishes. Then everything at
+        once: Envoy, the services and every sandbox's forks and jobs stop together (Envoy's connections
+        to them close as it exits, and what ignores SIGTERM gets SIGKILL after a short grace), the
+        databases are dropped meanwhile; worktrees and checkouts go next, the directories last."""
         record.state, record.starter = "stopping", ProcessRef.current()
         self.registry.save_env(record)
-        for sandbox in self.registry.sandboxes(record.env_id):
-            self._teardown_record(record, sandbox, unroute=False)
-        with contextlib.suppress(EnvoyError):  # an unreadable state.json: stop_writers finds Envoy
-            DataPlane(self.registry.env_dir(record.env_id) / "envoy").stop()
-        stop_groups([service.process for service in record.services.values()])
         env_dir = self.registry.env_dir(record.env_id)
-        Git(Path(record.repo)).worktree_remove(env_dir / "worktree")  # a record older than journals
-        pristine.remove(env_dir / "pristine")
-        self._purge_env(record.env_id, databases=record.databases)
+        leftovers = Leftovers(processes=[service.process for service in record.services.values()])
+        for sandbox in self.registry.sandboxes(record.env_id):
+            sandbox.state, sandbox.starter = "stopping", ProcessRef.current()
+            self.registry.save_sandbox(sandbox)
+            leftovers.processes += sandbox_processes(sandbox)
+            leftovers.databases += sandbox.databases
+            sandbox_dir = self.registry.sandbox_dir(record.env_id, sandbox.routing_key)
+            leftovers.worktrees.append((Path(record.repo), sandbox_dir / "worktree"))  # older records
+        # Records older than journals: the env's own worktree and checkout.
+        leftovers.worktrees.append((Path(record.repo), env_dir / "worktree"))
+        leftovers.checkouts.append(env_dir / "pristine")
+        self._purge_env(
+            record.env_id,
+            databases=record.databases,
+            also=leftovers,
+            alongside=[partial(_stop_envoy, DataPlane(env_dir / "envoy"))],
+        )
+
+
+def _stop_envoy(plane: DataPlane) -> None:
+    with contextlib.suppress(EnvoyError):  # an unreadable state.json: stop_writers finds Envoy
+        plane.stop()
 
 
 def _owner_alive(owner: ProcessRef | None) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot.config import Config, InfrastructureError, RuntimeSettings
 from bot.runtimes.local.confine import Confinement
-from bot.runtimes.local.envoy import DataPlane, EnvoyError
+from bot.runtimes.local.envoy import DRAIN_LIMIT_S, DataPlane, EnvoyError
 from bot.runtimes.local.journal import Journal
 from bot.runtimes.local.pgsite import PostgresSite
 from bot.runtimes.local.postgres import Postgres
@@ -97,8 +97,9 @@ class RuntimeCore:
             header=config.routing.header,
         )
 
-    def _apply_routes(self, env_id: str) -> None:
-        """Recompute every route of the env from the records on disk; callers hold the env lock."""
+    def _apply_routes(self, env_id: str, *, drain_limit: float = DRAIN_LIMIT_S) -> None:
+        """Recompute every route of the env from the records on disk; callers hold the env lock.
+        Requests in flight to a fork whose routes go are given `drain_limit` seconds to finish."""
         record = self.registry.load_env(env_id)
         if record is None:
             raise InfrastructureError(f"baseline {env_id} is gone")
@@ -110,6 +111,8 @@ class RuntimeCore:
         }
         ports = {name: p.port for name, p in record.services.items()}
         try:
-            DataPlane(self.registry.env_dir(env_id) / "envoy").apply(self._spec(record, ports, forks, config))
+            DataPlane(self.registry.env_dir(env_id) / "envoy").apply(
+                self._spec(record, ports, forks, config), drain_limit=drain_limit
+            )
         except EnvoyError as exc:
             raise InfrastructureError(str(exc)) from None

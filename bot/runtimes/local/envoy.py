@@ -29,6 +29,7 @@ from bot.runtimes.local.envoy_admin import (
     EnvoyError,
     _Admin,
     _await_drained,
+    _await_logged,
     _prefixes,
     _rds_prefix,
 )
@@ -50,10 +51,18 @@ from bot.runtimes.local.envoy_process import (
 )
 from bot.runtimes.local.xds import DataPlaneSpec, Upstream
 
-__all__ = ["DRAIN_LIMIT_S", "STOP_GRACE_S", "DataPlane", "EnvoyError"]
+__all__ = ["ACCESS_LOG_WAIT_S", "DRAIN_LIMIT_S", "STOP_GRACE_S", "DataPlane", "EnvoyError"]
 
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 0.5
+"""Envoy exits within milliseconds of SIGTERM (it does not drain on it); past this it gets SIGKILL."""
 DRAIN_LIMIT_S = 5.0
+ACCESS_LOG_WAIT_S = 1.0
+"""The longest :meth:`DataPlane.await_access_log` waits; Envoy writes its buffer every
+`FILE_FLUSH_MS`, so it is reached only when Envoy stalls."""
+FILE_FLUSH_MS = 10
+"""How often Envoy writes its access log buffer to the file. Envoy's default (10 s) would hide requests
+from anyone reading the log during a run; every 10 ms, a verify reads its suite's requests about as
+soon as they were answered, for one timer wake-up of Envoy's main thread per interval."""
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
 _REJECTION = re.compile(r"(?:rejected|failure|Unable to)", re.IGNORECASE)
 _ENVOY_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -146,9 +155,8 @@ class DataPlane:
             "--disable-hot-restart",
             "--concurrency",
             str(concurrency),
-            # The default (10 s) would hide requests from anyone reading the access log during a run.
             "--file-flush-interval-msec",
-            "100",
+            str(FILE_FLUSH_MS),
             "--log-level",
             "info",
         ]
@@ -208,12 +216,14 @@ class DataPlane:
 
     # -- reconfiguration -------------------------------------------------------------------------
 
-    def apply(self, spec: DataPlaneSpec, *, timeout: float = 10) -> None:
+    def apply(self, spec: DataPlaneSpec, *, timeout: float = 10, drain_limit: float = DRAIN_LIMIT_S) -> None:
         """Make the running Envoy route by ``spec`` without a restart and without failing requests.
 
         Clusters are added before the routes that use them, routes are removed before their
-        clusters, and a cluster is removed only once its in-flight requests finished (bounded).
-        Each step waits until Envoy reports the written version.
+        clusters, and a cluster is removed only once its in-flight requests finished (for at most
+        ``drain_limit`` seconds; a teardown, which stops the fork right after, waits less). Removing
+        a cluster closes Envoy's connections to it, so the fork behind it has none left when it is
+        stopped. Each step waits until Envoy reports the written version.
         """
         state = self._running_state()
         if state is None:
@@ -277,7 +287,7 @@ class DataPlane:
                 acked.update(expected)
 
             if gone:
-                _await_drained(admin, gone, stats, min(deadline, time.monotonic() + DRAIN_LIMIT_S))
+                _await_drained(admin, gone, stats, min(deadline, time.monotonic() + drain_limit))
                 version = next_version()
                 self._write_clusters(wanted, version)
                 self._await(admin, {_CDS_PREFIX: version}, before, deadline, "cluster", warm=True)
@@ -289,6 +299,18 @@ class DataPlane:
         new_state = replace(state, version=serial, spec=spec, acked=complete)
         if new_state != state:
             self._save(new_state)
+
+    def await_access_log(self, timeout: float = ACCESS_LOG_WAIT_S) -> bool:
+        """Return once every request Envoy has answered so far is in :attr:`access_log` (read it after
+        this), or after ``timeout``; True when it is, False when that was not seen in time or Envoy
+        does not run (the log then holds what it holds)."""
+        if not self.is_running():
+            return False
+        try:
+            with _Admin(self.admin_socket) as admin:
+                return _await_logged(admin, self.access_log, time.monotonic() + timeout)
+        except EnvoyError:
+            return False  # stopped meanwhile: it wrote its buffer on the way out
 
     def _write_clusters(self, by_name: Mapping[str, Upstream], version: str) -> None:
         _write_atomic(xds.cds_path(self._workdir), xds.cluster_resources(by_name, version))
@@ -378,17 +400,27 @@ class DataPlane:
         return f"{status}: {_last_problem(text.splitlines())}"
 
     def _rejection_reason(self, log_offset: int) -> str:
-        # Envoy writes the warning just before bumping the counter; give the log a moment to land.
-        time.sleep(0.05)
-        with self.envoy_log.open("rb") as log:
-            log.seek(log_offset)
-            lines = log.read().decode(errors="replace").splitlines()
-        found = [line for line in lines if _REJECTION.search(line)]
+        found = self._rejection_lines(log_offset)
         reason = _last_problem(found).split("update rejected: ", 1)[-1] if found else ""
         if not reason or "goo.gle/debug" in reason:
             # Release builds replace proto validation details with a link; the log has no more either.
             return f"invalid configuration (Envoy gives no detail); see {self.envoy_log}"
         return reason
+
+    def _rejection_lines(self, log_offset: int) -> list[str]:
+        """Envoy's warning lines since ``log_offset``. Envoy writes the warning just before it bumps
+        the rejection counter, and its log reaches the file a moment later: read until it shows one
+        (for at most 0.5 s), not for a fixed time."""
+        until, delay = time.monotonic() + 0.5, _POLL_S
+        while True:
+            with self.envoy_log.open("rb") as log:
+                log.seek(log_offset)
+                lines = log.read().decode(errors="replace").splitlines()
+            found = [line for line in lines if _REJECTION.search(line)]
+            if found or time.monotonic() >= until:
+                return found
+            time.sleep(delay)
+            delay = min(delay * 1.5, _POLL_MAX_S)
 
     # -- state -----------------------------------------------------------------------------------
 

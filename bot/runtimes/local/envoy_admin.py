@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 from bot.runtimes.local import xds
@@ -36,6 +37,22 @@ def _rds_prefix(service: str) -> str:
 def _prefixes(spec: DataPlaneSpec) -> list[str]:
     """Stat prefixes of every xDS subscription: CDS and one RDS per listener."""
     return [_CDS_PREFIX, *(_rds_prefix(service) for service in sorted(spec.listeners))]
+
+
+class LogProgress(NamedTuple):
+    """Where Envoy's access log stands, by Envoy's own counters since it started.
+
+    Envoy logs a request when its stream ends, which is before the response's last bytes leave for
+    the client; the entry goes to an in-memory buffer that a flush thread writes to the file every
+    ``--file-flush-interval-msec`` (or sooner when it grows large). Only the access log writes through
+    that buffer (Envoy's own log is its stdout)."""
+
+    answered: int
+    """Requests answered at every service listener (``downstream_rq_completed``, summed)."""
+    entries: int
+    """Access log entries handed to the file writer (``filesystem.write_buffered``)."""
+    pending: int
+    """Bytes of them not written to the file yet (``filesystem.write_total_buffered``)."""
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -111,6 +128,27 @@ class _Admin:
             out[name.strip()] = value
         return out
 
+    def log_progress(self) -> LogProgress:
+        """Envoy's own count of answered requests and of access log entries, and how much of those is
+        still in its write buffer (see :class:`LogProgress`)."""
+        prefix = re.escape(xds.stat_prefix(""))
+        pattern = (
+            r"^(?:filesystem\.(?:write_buffered|write_total_buffered)"
+            rf"|http\.{prefix}[^.]+\.downstream_rq_completed)$"
+        )
+        answered = entries = pending = 0
+        for line in self._get("/stats", {"usedonly": "", "filter": pattern}).splitlines():
+            name, sep, value = line.partition(": ")
+            if not sep or not value.strip().isdigit():
+                continue
+            if name.endswith(".downstream_rq_completed"):
+                answered += int(value)
+            elif name == "filesystem.write_buffered":
+                entries = int(value)
+            elif name == "filesystem.write_total_buffered":
+                pending = int(value)
+        return LogProgress(answered=answered, entries=entries, pending=pending)
+
     def _get(self, path: str, params: Mapping[str, str] | None = None) -> str:
         try:
             status, text = self._request(path + ("?" + urlencode(params) if params else ""))
@@ -155,3 +193,38 @@ def _await_drained(admin: _Admin, clusters: Sequence[str], stats: Mapping[str, s
         time.sleep(delay)
         delay = min(delay * 1.5, _POLL_MAX_S)
         stats = admin.xds_stats(clusters)
+
+
+def _await_logged(admin: _Admin, log: Path, until: float) -> bool:
+    """Wait until every request Envoy had answered when called is in the access log file, or give up
+    at ``until``; True when it is.
+
+    First until Envoy has logged as many entries as it had answered requests (an entry is made as a
+    request's stream ends, an instant after the answer counted), then until those entries' bytes are
+    in the file: the buffer is empty, or the file has grown to the size it had plus what was buffered
+    when the entries were counted (read before the file's size, so it bounds from above what must be
+    written; more traffic only writes more). Entries from other sandboxes' traffic count too, which
+    can only make the wait longer, never short of this sandbox's own."""
+    progress = admin.log_progress()
+    wanted = progress.answered
+    size_wanted: int | None = None
+    delay = _POLL_S
+    while True:
+        if size_wanted is None and progress.entries >= wanted:
+            if progress.pending == 0:
+                return True
+            size_wanted = _file_size(log) + progress.pending
+        elif size_wanted is not None and (progress.pending == 0 or _file_size(log) >= size_wanted):
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 1.5, _POLL_MAX_S)
+        progress = admin.log_progress()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -92,22 +92,39 @@ def _popen(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subpro
         )
 
 
-def stop_group(ref: ProcessRef, *, grace: float = 5.0) -> None:
-    """SIGTERM the process group led by `ref`, SIGKILL what is left after `grace` seconds."""
-    stop_groups([ref], grace=grace)
+STOP_GRACE_S = 0.5
+"""How long a stopped process group may take to exit on SIGTERM before it gets SIGKILL. Nothing of a
+sandbox or a baseline needs a graceful exit (their state copies are thrown away, a baseline's are
+replaced when it starts again), and Envoy closed its connections to them first: a service still
+running after this is waiting for a request no one will finish, or ignores SIGTERM."""
+
+_POLL_MIN_S = 0.002
+_POLL_MAX_S = 0.02
 
 
-def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
-    """Stop several process groups at once: each gets its grace period concurrently, not in turn."""
+def stop_group(ref: ProcessRef, *, grace: float = STOP_GRACE_S) -> bool:
+    """SIGTERM the process group led by `ref`, SIGKILL what is left after `grace` seconds; True when
+    SIGKILL was needed."""
+    return bool(stop_groups([ref], grace=grace))
+
+
+def stop_groups(refs: list[ProcessRef], *, grace: float = STOP_GRACE_S) -> list[ProcessRef]:
+    """Stop several process groups at once: each gets its grace period concurrently, not in turn.
+
+    Returns the groups that were still running after `grace` and got SIGKILL (empty when every one
+    exited on SIGTERM)."""
     members: dict[int, psutil.Process] = {}
+    leaders: dict[int, ProcessRef] = {}
     for ref in refs:
         if ref.alive():
             for member in _group_members(ref.pid) + _descendants(ref.pid):
                 members.setdefault(member.pid, member)
+                leaders.setdefault(member.pid, ref)
             _kill_group(ref.pid, signal.SIGTERM)
         else:
             _kill_group(ref.pid, signal.SIGKILL)  # orphans of a dead leader may still hold its group
     alive = _wait_gone(list(members.values()), grace)
+    killed = list({leaders[p.pid].pid: leaders[p.pid] for p in alive}.values())
     if alive:
         for ref in refs:
             _kill_group(ref.pid, signal.SIGKILL)
@@ -118,16 +135,17 @@ def stop_groups(refs: list[ProcessRef], *, grace: float = 5.0) -> None:
     for ref in refs:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(ref.pid, os.WNOHANG)  # reap our own child if it is one
+    return killed
 
 
-def stop_writers(root: Path, *, grace: float = 5.0) -> int:
-    """Stop the process group of every process whose stdout or stderr is a file under `root`.
+def stop_writers(roots: Path | Sequence[Path], *, grace: float = STOP_GRACE_S) -> int:
+    """Stop the process group of every process whose stdout or stderr is a file under one of `roots`.
 
     Every process loopgate spawns writes to a log in the directory of its env or sandbox, so this finds
     one whose pid never reached any record (loopgate was killed between spawn and record); a shell's
-    `tail -f` of such a log reads it, it does not write to it, and is left alone. Returns how many
-    processes were found."""
-    found = _writers(root)
+    `tail -f` of such a log reads it, it does not write to it, and is left alone. Several roots are
+    searched in one pass over the process table. Returns how many processes were found."""
+    found = _writers([roots] if isinstance(roots, Path) else list(roots))
     if not found:
         return 0
     own = os.getpgrp()
@@ -153,13 +171,16 @@ def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.P
 
     A zombie counts as gone: the child of a loopgate process that was killed is reparented to init,
     and an init that never reaps (a container's `sleep`) would otherwise keep it "alive" for the whole
-    grace period. Our own children are reaped on the way."""
+    grace period. Our own children are reaped on the way. Polls start fast and back off: most groups
+    are gone within milliseconds of SIGTERM (a confined one dies with its bubblewrap)."""
     deadline = time.monotonic() + timeout
+    delay = _POLL_MIN_S
     while True:
         alive = [p for p in processes if _running(p)]
         if not alive or time.monotonic() >= deadline:
             return alive
-        time.sleep(0.02)
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, _POLL_MAX_S)
 
 
 def _running(process: psutil.Process) -> bool:
@@ -171,9 +192,11 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
-def _writers(root: Path) -> list[psutil.Process]:
-    prefix = str(root.resolve()).rstrip("/") + "/"
-    found = []
+def _writers(roots: list[Path]) -> list[psutil.Process]:
+    prefixes = tuple(str(root.resolve()).rstrip("/") + "/" for root in roots)
+    found: list[psutil.Process] = []
+    if not prefixes:
+        return found
     for process in psutil.process_iter(["pid"]):
         if process.pid == os.getpid():
             continue
@@ -182,7 +205,7 @@ def _writers(root: Path) -> list[psutil.Process]:
                 target = os.readlink(f"/proc/{process.pid}/fd/{fd}")
             except OSError:
                 continue
-            if target.startswith(prefix):
+            if target.startswith(prefixes):
                 found.append(process)
                 break
     return found
@@ -224,8 +247,12 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
 def wait_healthy(
     process: subprocess.Popen[bytes], port: int, check: HealthCheck, timeout: float
 ) -> str | None:
-    """Poll the service on `port` until `check` passes; return None when healthy, else why not."""
+    """Poll the service on `port` until `check` passes; return None when healthy, else why not.
+
+    Polls start at 5 ms and back off to 50 ms: a fast service is seen ready within milliseconds, a slow
+    one is not kept busy answering."""
     deadline = time.monotonic() + timeout
+    delay = 0.005
     last = "no answer"
     url = f"http://127.0.0.1:{port}{check.path}"
     accepted = check.statuses
@@ -247,7 +274,8 @@ def wait_healthy(
                     last = f"health check answered {status}"
                 except httpx.HTTPError as exc:
                     last = f"health check failed: {type(exc).__name__}"
-            time.sleep(0.05)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
     return f"not healthy after {timeout:g}s ({last})"
 
 

@@ -11,7 +11,7 @@ import httpx
 from bot.runtimes.local import pause
 from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name, suite_section
-from bot.runtimes.local.envoy import DataPlane
+from bot.runtimes.local.envoy import ACCESS_LOG_WAIT_S, DataPlane
 from bot.runtimes.local.helpers import _wait, infrastructure
 from bot.runtimes.local.processes import ProcessRef, stop_group, tail
 from bot.runtimes.local.sandboxes import Sandboxes
@@ -28,8 +28,9 @@ from bot.runtimes.protocol import (
 
 PROBE_TIMEOUT_S = 30.0
 
-ACCESS_LOG_SETTLE_S = 0.25
-"""Envoy flushes its access log every 100 ms: past two flushes, every answered request is in it."""
+ACCESS_LOG_SETTLE_S = ACCESS_LOG_WAIT_S
+"""The longest `observed_requests` waits for Envoy's access log to hold every answered request (it
+returns as soon as it does, within milliseconds: `DataPlane.await_access_log`)."""
 
 
 class Suites(Sandboxes):
@@ -87,7 +88,7 @@ class Suites(Sandboxes):
                 pause.point("suite-running", suite.should_stop)
                 timed_out = not _wait(process, suite.timeout, suite.should_stop)
             finally:
-                stop_group(ref, grace=3)  # also ends what the suite left running in its group
+                stop_group(ref)  # also ends what the suite left running in its group
                 process.wait()
         return SuiteOutcome(
             exit_code=None if timed_out else process.returncode,
@@ -113,8 +114,10 @@ class Suites(Sandboxes):
     @infrastructure
     def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
         record = self._record(sandbox)
-        time.sleep(ACCESS_LOG_SETTLE_S)
         plane = DataPlane(self.registry.env_dir(sandbox.baseline.env_id) / "envoy")
+        # Every request the suite made was answered before it exited: Envoy's counters say when its
+        # access log holds them all (a log read too early would miss the last ones).
+        plane.await_access_log(ACCESS_LOG_SETTLE_S)
         raw, _ = read_access_log(
             plane.access_log,
             offset=record.log_offset,
