@@ -14,6 +14,7 @@ through `send` when the caller compares other sides (a control and the candidate
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bot.config import Config
@@ -21,6 +22,7 @@ from bot.config.schema import SAFE_METHODS
 from bot.evidence import DiffResult
 from bot.runtimes.protocol import ProbeAnswer, ProbeError, ProbeRequest, Runtime, Sandbox
 from bot.verify.compare import ComparePolicy, Response, compare
+from bot.verify.diff import PARALLEL_PROBES
 from bot.verify.observed import Observed
 from bot.verify.openapi import Document, NotADescription, compare_documents, parse_document, plan_probes
 
@@ -84,47 +86,70 @@ def check_contracts(
     )
     budget = settings.max_requests
     check = ContractCheck()
-    for name in forked:
-        spec = config.services.get(name)
-        path = spec.openapi_path if spec is not None else None
-        if path is None:
-            continue
-        base = _fetch(sender, name, path, tagged=False)
-        if isinstance(base, str):
-            check.notes.append(f"{name}: no OpenAPI description from the baseline at {path} ({base})")
-            continue
-        head = _fetch(sender, name, path, tagged=True)
-        if isinstance(head, str):
-            check.notes.append(f"{name}: the fork's OpenAPI description at {path} was not compared ({head})")
-        else:
-            results, notes = compare_documents(base, head, name)
-            check.diff.extend(results)
-            check.notes.extend(f"{name}: {note}" for note in notes)
-        seen = list(dict.fromkeys(r.path for r in observed if r.service == name and r.status < 400))
-        planned, notes = plan_probes(
-            base,
-            seen[-MAX_SEEN_PATHS:],
-            limit=budget,
-            exclude={p for s, p in replayed if s == name},
-        )
-        check.notes.extend(f"{name}: {note}" for note in notes)
-        for probe in planned:
-            budget -= 1
-            label = f"{probe.method} {probe.path} {PROBE_SUFFIX}"
-            request = ProbeRequest(name, probe.method, probe.path, dict(probe.headers))
-            try:
-                before, after = _response(sender(request, False)), _response(sender(request, True))
-            except ProbeError as exc:
-                cause = str(exc).split(":", 1)[0]
-                check.diff.append(DiffResult(request=f"{label} (not sent: {cause})", service=name))
+    described = [(n, p) for n in forked if (p := _described_at(config, n)) is not None]
+    # Every request here is a read answered by another process: all of them side by side, results
+    # in a fixed order (services as given, probes as planned).
+    with ThreadPoolExecutor(max_workers=PARALLEL_PROBES) as pool:
+        documents = {
+            name: (
+                pool.submit(_fetch, sender, name, path, tagged=False),
+                pool.submit(_fetch, sender, name, path, tagged=True),
+            )
+            for name, path in described
+        }
+        sent: list[tuple[str, str, bool, Future[tuple[Response, Response] | str]]] = []
+        for name, path in described:
+            base, head = (future.result() for future in documents[name])
+            if isinstance(base, str):
+                check.notes.append(f"{name}: no OpenAPI description from the baseline at {path} ({base})")
                 continue
+            if isinstance(head, str):
+                check.notes.append(
+                    f"{name}: the fork's OpenAPI description at {path} was not compared ({head})"
+                )
+            else:
+                results, notes = compare_documents(base, head, name)
+                check.diff.extend(results)
+                check.notes.extend(f"{name}: {note}" for note in notes)
+            seen = list(dict.fromkeys(r.path for r in observed if r.service == name and r.status < 400))
+            planned, notes = plan_probes(
+                base,
+                seen[-MAX_SEEN_PATHS:],
+                limit=budget,
+                exclude={p for s, p in replayed if s == name},
+            )
+            check.notes.extend(f"{name}: {note}" for note in notes)
+            budget -= len(planned)
+            for probe in planned:
+                request = ProbeRequest(name, probe.method, probe.path, dict(probe.headers))
+                label = f"{probe.method} {probe.path} {PROBE_SUFFIX}"
+                sent.append((name, label, probe.from_traffic, pool.submit(_both_sides, sender, request)))
+        for name, label, from_traffic, answers in sent:
+            both = answers.result()
+            if isinstance(both, str):
+                check.diff.append(DiffResult(request=f"{label} (not sent: {both})", service=name))
+                continue
+            before, after = both
             one_sided = 404 in (before.status, after.status) and before.status != after.status
-            if probe.from_traffic and one_sided:
+            if from_traffic and one_sided:
                 continue  # an id the suites made on one side only
             check.diff.append(
                 DiffResult(request=label, service=name, findings=compare(before, after, policy))
             )
     return check
+
+
+def _described_at(config: Config, name: str) -> str | None:
+    spec = config.services.get(name)
+    return spec.openapi_path if spec is not None else None
+
+
+def _both_sides(send: Send, request: ProbeRequest) -> tuple[Response, Response] | str:
+    """The base side's answer, then the changed side's; or the one-line cause of no answer."""
+    try:
+        return _response(send(request, False)), _response(send(request, True))
+    except ProbeError as exc:
+        return str(exc).split(":", 1)[0]
 
 
 def _fetch(send: Send, service: str, path: str, *, tagged: bool) -> Document | str:
