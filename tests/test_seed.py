@@ -9,6 +9,7 @@ with the seed's own log, and nothing left running.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,9 @@ def test_the_seeded_order_is_read_through_the_fork() -> None:
 def seeded_shop(path: Path, seed: str) -> GitRepo:
     repo = make_shop(path, [])
     config = (repo.path / ".loopgate.yml").read_text()
-    assert "verify:\n  suites:\n" in config
-    repo.write(
-        ".loopgate.yml", config.replace("verify:\n  suites:\n", f"verify:\n  seed: {seed}\n  suites:\n")
-    )
+    shop_seed = re.search(r"^  seed: .*$", config, flags=re.MULTILINE)
+    assert shop_seed is not None, "the shop seeds its baseline"
+    repo.write(".loopgate.yml", config.replace(shop_seed.group(0), f"  seed: {seed}"))
     repo.write("seed/seed.py", SEED)
     repo.write("e2e/test_seeded.py", SEEDED_TEST)
     repo.commit("a seed, and a test that reads what it wrote")
