@@ -136,3 +136,35 @@ def test_the_seeds_reads_go_to_every_side_as_they_are_after_the_suites() -> None
         ObservedRequest("orders", None, None, "GET", f"/orders/o{i}", 200, None, "t", 1) for i in range(9)
     ]
     assert len(probes(Diff(max_requests=4), [], "cand", seeded=many)) == 2
+
+
+def test_differences_at_a_fork_the_suites_never_reached_do_not_count() -> None:
+    """The controls took the suites' writes, the unreached candidate fork did not: its answers differ
+    for that reason alone (the zoo's propagation-break, whose seed's reads are still replayed)."""
+    from bot.evidence import Finding, ServiceResult
+    from bot.pipeline.sides import set_aside_values_past_a_lost_tag
+
+    value = Finding(kind="value_changed", pointer="/available", baseline="7", sandbox="9", breaking=True)
+    errors = Finding(kind="server_errors", pointer="", baseline="200 (2)", sandbox="503 (1)", breaking=True)
+    evidence = Evidence(run_id="r", repo="/r", base=GitRef(ref="main"), head=GitRef(ref="agent/x"))
+    evidence.services = [
+        ServiceResult(name="inventory", forked=True, reason="changed", tagged_requests=0),
+        ServiceResult(name="orders", forked=True, reason="changed", tagged_requests=4),
+    ]
+    evidence.diff = [
+        DiffResult(
+            request="GET /items/x (the seed's read)",
+            service="inventory",
+            findings=[value, errors],
+            against="control",
+        ),
+        DiffResult(
+            request="GET /orders/o", service="orders", findings=[value.model_copy()], against="control"
+        ),
+    ]
+    set_aside_values_past_a_lost_tag(evidence)
+    assert [[f.breaking for f in r.findings] for r in evidence.diff] == [[False, False], [True]]
+    assert evidence.notes == [
+        "2 value difference(s) at inventory not counted: the sandbox's requests never reached its fork,"
+        " so it did not take the writes its controls took"
+    ]

@@ -153,18 +153,25 @@ def run_beside_controls(
 
 def set_aside_values_past_a_lost_tag(evidence: Evidence) -> None:
     """A candidate fork that drops the tag reads the baseline's data where its controls read their own
-    copies: the values (and statuses) it answers differ for that reason alone. Those findings are kept,
-    but do not count; the lost tag itself is what the verdict reports (nothing proved the change)."""
+    copies, and a fork the suites never reached did not take the writes its controls took: the values
+    (and statuses) they answer differ for that reason alone. Those findings are kept, but do not
+    count; the lost tag itself is what the verdict reports (nothing proved the change)."""
     dropping = {p.service for p in evidence.propagation if p.drops_baggage_to}
-    set_aside = 0
+    unreached = {s.name for s in evidence.forks if s.tagged_requests == 0}
+    set_aside: dict[str, int] = {}
     for result in evidence.diff:
-        if result.against != "control" or result.service not in dropping:
+        if result.against != "control" or result.service not in dropping | unreached:
             continue
         for finding in result.findings:
             if (finding.kind == "value_changed" or finding.kind in STATUS_TALLIES) and finding.breaking:
-                finding.breaking, set_aside = False, set_aside + 1
-    if set_aside:
-        evidence.notes.append(
-            f"{set_aside} value difference(s) at {', '.join(sorted(dropping))} not counted: its fork drops"
-            " the sandbox's tag, so it read the baseline's data where the controls read their own copies"
+                finding.breaking = False
+                set_aside[result.service] = set_aside.get(result.service, 0) + 1
+    for service, count in sorted(set_aside.items()):
+        why = (
+            "its fork drops the sandbox's tag, so it read the baseline's data where the controls read their"
+            " own copies"
+            if service in dropping
+            else "the sandbox's requests never reached its fork, so it did not take the writes its"
+            " controls took"
         )
+        evidence.notes.append(f"{count} value difference(s) at {service} not counted: {why}")
