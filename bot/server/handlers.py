@@ -4,7 +4,7 @@ A handler registers with `@handlers.on("push", model=Push)` and receives the pay
 into its model, with a `Context` to record its delivery and queue runs; `bot.server.webhooks` routes,
 parses and dispatches. An event only recorded, never acted on, registers with
 `handlers.acknowledge(event, action, answer)`; the webhook records those, and the pushes that queue a
-run, through its fast path (`bot.server.ack`), with the same answers and rows as these handlers.
+run, through its fast path (`bot.server.endpoint`), with the same answers and rows as these handlers.
 """
 
 from __future__ import annotations
