@@ -6,6 +6,9 @@ The fake's API server validates every object the official client sends against t
 its mesh routes by the VirtualServices or HTTPRoutes loopgate writes. The baseline is the team's own:
 four Deployments and Services the test creates, as a cluster would have them, with an `istio-proxy`
 container whose log carries the mesh's access log.
+
+Every verify starts two controls beside the candidate (`verify.diff.control`, on by default): forks of the
+base commit's image under their own routing keys, on copies of the data from the candidate's snapshot.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,8 @@ from bot.config.settings import RuntimeSettings
 from bot.evidence import Evidence, Verdict
 from bot.pipeline import Pipeline, VerifyRequest, make_plan
 from bot.runtimes.choice import Runtimes
-from bot.runtimes.protocol import Source
+from bot.runtimes.kubernetes import objects
+from bot.runtimes.protocol import Controls, Source
 from tests.conftest import make_shop
 from tests.gitrepo import GitRepo
 from tests.kube_fake import FakeCluster
@@ -196,7 +202,7 @@ def payments_db() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def istio_shop(tmp_path_factory: pytest.TempPathFactory, payments_db: str) -> Iterator[Shop]:
-    changes = ["refactor-orders", "contract-break"]
+    changes = ["refactor-orders", "contract-break", "stock-not-reserved"]
     yield from _start_shop(tmp_path_factory.mktemp("istio"), "istio", changes, payments_db)
 
 
@@ -212,7 +218,16 @@ def _verify(shop: Shop, head: str) -> Evidence:
 
 
 def _leftovers(cluster: FakeCluster) -> list[str]:
-    kinds = ("Deployment", "Service", "Job", "Pod", "VirtualService", "HTTPRoute", "ConfigMap", "Secret")
+    kinds = (
+        "Deployment",
+        "Service",
+        "Job",
+        "Pod",
+        "VirtualService",
+        "HTTPRoute",
+        "ConfigMap",
+        "Secret",
+    )
     found = []
     for kind in kinds:
         for obj in cluster.store.list(kind, None, MANAGED):
@@ -220,7 +235,29 @@ def _leftovers(cluster: FakeCluster) -> list[str]:
     return found
 
 
-def test_a_good_change_passes_on_the_cluster_and_leaves_nothing(istio_shop: Shop) -> None:
+def _forked_images(cluster: FakeCluster) -> dict[str, str]:
+    """Every fork Deployment loopgate ever wrote to the cluster, by routing key: its image."""
+    return {
+        obj["metadata"]["labels"]["loopgate.dev/sandbox"]: obj["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+        for obj in cluster.written_objects()
+        if obj.get("kind") == "Deployment"
+        and (obj["metadata"].get("labels") or {}).get("loopgate.dev/role") == "fork"
+    }
+
+
+def _value_findings(evidence: Evidence) -> list[tuple[str, str, str | None, str | None]]:
+    return [
+        (result.service, finding.pointer, finding.baseline, finding.sandbox)
+        for result in evidence.diff
+        if result.against == "control"
+        for finding in result.findings
+        if finding.kind == "value_changed" and finding.breaking
+    ]
+
+
+def test_a_good_change_passes_on_the_cluster_beside_its_controls_and_leaves_nothing(istio_shop: Shop) -> None:
     evidence = _verify(istio_shop, "agent/refactor-orders")
     assert evidence.verdict is Verdict.PASS, evidence.reasons
     orders = evidence.service("orders")
@@ -228,8 +265,31 @@ def test_a_good_change_passes_on_the_cluster_and_leaves_nothing(istio_shop: Shop
     assert orders.image_or_source == f"shop/orders:{istio_shop.heads['refactor-orders']}"
     assert [s.status for s in evidence.suites] == ["passed"]
     assert any(n.startswith("orders declares SQLite state: in a cluster") for n in evidence.notes)
+    assert not any("starts no controls" in n or "controls did not start" in n for n in evidence.notes)
+    # Two controls, each its own routing key, forking orders at the base commit; compared with values.
+    assert evidence.routing_key is not None and len(evidence.control_keys) == 2
+    assert evidence.routing_key not in evidence.control_keys
+    images = _forked_images(istio_shop.cluster)
+    assert images[evidence.routing_key] == f"shop/orders:{istio_shop.heads['refactor-orders']}"
+    assert [images[key] for key in evidence.control_keys] == [f"shop/orders:{istio_shop.base}"] * 2
+    assert any(r.against == "control" and r.service == "orders" for r in evidence.diff), evidence.diff
+    assert _value_findings(evidence) == []
     assert _leftovers(istio_shop.cluster) == []
     assert istio_shop.cluster.store.list("VirtualService", NAMESPACE) == []
+
+
+def test_a_value_change_fails_against_the_control_on_the_cluster(istio_shop: Shop) -> None:
+    """The stock a checkout takes: same status, same fields, same types; only the base code on the same
+    data, beside it, shows that the candidate no longer takes any."""
+    evidence = _verify(istio_shop, "agent/stock-not-reserved")
+    assert evidence.verdict is Verdict.FAIL, (evidence.reasons, evidence.notes)
+    assert [s.status for s in evidence.suites] == ["passed"]  # the suite alone would pass it
+    found = _value_findings(evidence)
+    assert any(service == "inventory" and pointer == "/available" for service, pointer, _, _ in found), (
+        found,
+        evidence.diff,
+    )
+    assert _leftovers(istio_shop.cluster) == []
 
 
 def test_a_contract_break_fails_on_the_cluster(istio_shop: Shop) -> None:
@@ -295,3 +355,157 @@ def test_a_postgres_fork_gets_its_own_copy_and_teardown_drops_it(istio_shop: Sho
         assert admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (copy,)).fetchone() is None
     assert _leftovers(istio_shop.cluster) == []
     assert istio_shop.cluster.store.list("ConfigMap", NAMESPACE, MANAGED) == []
+
+
+def _copies_of(server: str, keys: list[str], payments_db: str) -> dict[str, tuple[str, list[tuple[int]]]]:
+    """Each key's copy of the ledger database: its owner and the snapshot rows it holds."""
+    base = payments_db.rsplit("/", 1)[1]
+    out = {}
+    with psycopg.connect(server, autocommit=True) as admin:
+        for key in keys:
+            name = f"{base}_lg_{key}"
+            owner = admin.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            with psycopg.connect(server.rsplit("/", 1)[0] + "/" + name, autocommit=True) as copy:
+                rows = copy.execute("SELECT v FROM lg_snapshot ORDER BY v").fetchall()
+            out[key] = (owner[0] if owner else "", rows)
+    return out
+
+
+def _no_copies_left(server: str, payments_db: str, keys: list[str]) -> None:
+    base = payments_db.rsplit("/", 1)[1]
+    with psycopg.connect(server, autocommit=True) as admin:
+        for key in keys:
+            name = f"{base}_lg_{key}"
+            assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+            assert admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None
+
+
+def test_a_candidate_and_its_controls_copy_one_snapshot_and_teardown_drops_them_all(
+    istio_shop: Shop, payments_db: str
+) -> None:
+    """DESIGN "Control and candidate": the candidate's copy and both controls' come from ONE dump of the
+    baseline's database, taken while the baseline keeps being written (separate dumps would disagree),
+    each owned by its own role; the controls are recorded before they have anything, every object of
+    theirs says whose they are, and the candidate's teardown removes all of it."""
+    with psycopg.connect(payments_db, autocommit=True) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS lg_snapshot (v bigint)")
+        db.execute("INSERT INTO lg_snapshot SELECT generate_series(1, 20)")
+    cluster = istio_shop.cluster
+    runtime = Runtimes(RuntimeSettings(kubeconfig=cluster.kubeconfig), only="kubernetes")
+    plan = make_plan(istio_shop.repo.path, "main", "agent/payments-note")
+    kube = runtime(plan.config)
+    base = Source(istio_shop.repo.path, plan.base_sha)
+    baseline = kube.up_baseline(base, plan.config)
+    sandbox = kube.new_sandbox(baseline, plan.config, Source(istio_shop.repo.path, plan.merge_sha))
+    assert isinstance(kube, Controls)
+    controls = [kube.new_control(sandbox, base) for _ in ("primary", "secondary")]
+    keys = [sandbox.routing_key, *(c.routing_key for c in controls)]
+    server = payments_db.rsplit("/", 1)[0] + "/postgres"
+    records = cluster.store.list(
+        "ConfigMap", NAMESPACE, f"loopgate.dev/role=control,loopgate.dev/sandbox={sandbox.routing_key}"
+    )
+    assert sorted(r["metadata"]["labels"]["loopgate.dev/control"] for r in records) == sorted(keys[1:])
+    writing = threading.Event()
+
+    def keep_writing() -> None:
+        with psycopg.connect(payments_db, autocommit=True) as db:
+            n = 1000
+            while not writing.is_set():
+                n += 1
+                db.execute("INSERT INTO lg_snapshot VALUES (%s)", (n,))
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    spec = plan.config.services["payments"]
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            forked = list(pool.map(lambda box: kube.fork(box, "payments", spec), [sandbox, *controls]))
+        writing.set()
+        writer.join()
+        assert [f.status for f in forked] == ["ready"] * 3, [f.detail for f in forked]
+        for control in controls:
+            kube.route(control)
+        kube.route(sandbox)
+        copy_jobs = [
+            o["metadata"]["name"]
+            for o in cluster.written_objects()
+            if o.get("kind") == "Job"
+            and o["metadata"]["name"].startswith(tuple(f"lg-{k}-copy-" for k in keys))
+        ]
+        assert copy_jobs == [f"lg-{sandbox.routing_key}-copy-payments"]
+        copies = _copies_of(server, keys, payments_db)
+        assert [owner for owner, _ in copies.values()] == [
+            f"{payments_db.rsplit('/', 1)[1]}_lg_{k}" for k in keys
+        ]
+        snapshots = [rows for _, rows in copies.values()]
+        assert len(snapshots[0]) > 20 and snapshots[1] == snapshots[0] and snapshots[2] == snapshots[0]
+        for control in controls:
+            selector = f"loopgate.dev/sandbox={control.routing_key}"
+            mine = [
+                obj
+                for kind in ("Deployment", "Service", "ConfigMap", "Secret")
+                for obj in cluster.store.list(kind, NAMESPACE, selector)
+            ]
+            assert len(mine) == 4
+            assert {o["metadata"]["labels"].get("loopgate.dev/control-of") for o in mine} == {
+                sandbox.routing_key
+            }
+            image = cluster.store.list("Deployment", NAMESPACE, selector)[0]["spec"]["template"]["spec"]
+            assert image["containers"][0]["image"] == f"shop/payments:{plan.base_sha}"
+        routed = objects.route_keys(cluster.store.list("VirtualService", NAMESPACE)[0])
+        assert sorted(routed) == sorted(keys)
+    finally:
+        writing.set()
+        writer.join()
+        kube.teardown(sandbox)
+    _no_copies_left(server, payments_db, keys)
+    assert _leftovers(cluster) == []
+    assert cluster.store.list("VirtualService", NAMESPACE) == []
+
+
+def test_gc_removes_a_control_whose_owner_is_gone(istio_shop: Shop, payments_db: str) -> None:
+    """A control outlives its owner only when the owner's teardown lost track of it (here: another
+    loopgate tears the owner down after its control records were deleted). While its record stands, gc
+    leaves the control alone; once the record is gone, gc removes its fork, Service, route and copy."""
+    cluster = istio_shop.cluster
+    settings = RuntimeSettings(kubeconfig=cluster.kubeconfig)
+    plan = make_plan(istio_shop.repo.path, "main", "agent/payments-note")
+    kube = Runtimes(settings, only="kubernetes")(plan.config)
+    base = Source(istio_shop.repo.path, plan.base_sha)
+    baseline = kube.up_baseline(base, plan.config)
+    sandbox = kube.new_sandbox(baseline, plan.config, Source(istio_shop.repo.path, plan.merge_sha))
+    assert isinstance(kube, Controls)
+    control = kube.new_control(sandbox, base)
+    spec = plan.config.services["payments"]
+    server = payments_db.rsplit("/", 1)[0] + "/postgres"
+    keys = [sandbox.routing_key, control.routing_key]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            forked = list(pool.map(lambda box: kube.fork(box, "payments", spec), [sandbox, control]))
+        assert [f.status for f in forked] == ["ready"] * 2, [f.detail for f in forked]
+        kube.route(sandbox)
+        kube.route(control)
+        another = Runtimes(settings, only="kubernetes")(plan.config)
+        assert another.gc() == []  # the owner stands: its control is not gc's
+        api = cluster.api_client()
+        kubernetes.client.CoreV1Api(api).delete_collection_namespaced_config_map(
+            NAMESPACE, label_selector=f"loopgate.dev/role=control,loopgate.dev/sandbox={sandbox.routing_key}"
+        )
+        another.teardown(sandbox)  # knows no control of it any more
+        left = cluster.store.list("Deployment", NAMESPACE, f"loopgate.dev/sandbox={control.routing_key}")
+        assert len(left) == 1
+        removed = another.gc()
+        why = f"a control of sandbox {sandbox.routing_key}, which is gone"
+        assert any(
+            f"Deployment {NAMESPACE}/payments-lg-{control.routing_key}" in r and why in r for r in removed
+        )
+        assert any(f"loopgate-{control.routing_key}" in r for r in removed), removed
+        assert any(f"_lg_{control.routing_key}" in r for r in removed), removed
+    finally:
+        kube.teardown(sandbox)  # whatever the test left
+    _no_copies_left(server, payments_db, keys)
+    assert _leftovers(cluster) == []
+    assert cluster.store.list("VirtualService", NAMESPACE) == []

@@ -13,7 +13,14 @@ from bot.cli.root import app
 from bot.config import ConfigError
 from bot.config.loader import ConfigFile, read_config, read_limited
 from bot.runtimes.kubernetes import objects
-from bot.runtimes.kubernetes.render import ROUTINGS, header, render_sandbox, settings_of, to_yaml
+from bot.runtimes.kubernetes.render import (
+    ROUTINGS,
+    control_keys,
+    header,
+    render_sandbox,
+    settings_of,
+    to_yaml,
+)
 
 NEEDS_KUBERNETES = "render needs --runtime kubernetes"
 
@@ -56,6 +63,13 @@ def render(
     ] = None,
     head: Annotated[str, typer.Option("--head", help="Head commit sha, for image templates.")] = "head",
     base: Annotated[str, typer.Option("--base", help="Base commit sha, for image templates.")] = "base",
+    controls: Annotated[
+        bool,
+        typer.Option(
+            "--controls",
+            help="Also the sandbox's two controls (verify.diff.control): forks of the base commit beside it.",
+        ),
+    ] = False,
 ) -> None:
     """Print every object the Kubernetes runtime would create or patch for a sandbox, as YAML."""
     if runtime is not None and runtime != "kubernetes":
@@ -70,11 +84,20 @@ def render(
             raise _fail(f"{config} has runtime.kind {loaded.config.runtime.kind}: {NEEDS_KUBERNETES}", 2)
         services = sorted(set(service)) if service else sorted(loaded.config.services)
         _require_kubernetes_sections(loaded, services)
+        shown = control_keys(sandbox) if controls else []
         documents = render_sandbox(
-            loaded.config, key=sandbox, routing=routing, services=services, head_sha=head, base_sha=base
+            loaded.config,
+            key=sandbox,
+            routing=routing,
+            services=services,
+            head_sha=head,
+            base_sha=base,
+            controls=shown,
         )
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
     chosen = routing or settings_of(loaded.config).routing
-    comment = header(key=sandbox, routing=chosen, services=services, head_sha=head, base_sha=base)
+    comment = header(
+        key=sandbox, routing=chosen, services=services, head_sha=head, base_sha=base, controls=shown
+    )
     typer.echo(to_yaml(documents, comment), nl=False)

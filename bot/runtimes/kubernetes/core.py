@@ -16,6 +16,7 @@ from bot.runtimes.kubernetes.client import Kube, api_client, context_name
 if TYPE_CHECKING:
     from bot.runtimes.kubernetes.baselines import BaselineInfo
     from bot.runtimes.kubernetes.sandboxes import SandboxState
+    from bot.runtimes.kubernetes.state import Snapshot
 
 _KEY_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -51,6 +52,8 @@ class KubeCore:
         self._lock = threading.Lock()
         self._baselines: dict[str, BaselineInfo] = {}
         self._sandboxes: dict[str, SandboxState] = {}
+        self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        """(sandbox key, service) -> the one dump its copies and its controls' come from."""
 
     @property
     def confined(self) -> bool:

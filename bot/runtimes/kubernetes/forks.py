@@ -65,10 +65,12 @@ def start_fork(
     services_in_namespace: list[Obj],
     timeout_s: float,
     adjust: Callable[[Obj], Obj] | None = None,
+    owner: str | None = None,
 ) -> tuple[Fork, ForkOutcome]:
     """Create the fork's Deployment and Service (labelled and stamped with expires-at before they exist,
     so gc finds them whatever happens next) and wait for it to become Available. `adjust` edits the
-    Deployment before it is created (e.g. pointing the fork at its own copy of the service's data)."""
+    Deployment before it is created (e.g. pointing the fork at its own copy of the service's data);
+    `owner` marks both as a control's of that sandbox."""
     deployment = objects.fork_deployment(
         baseline,
         service=service,
@@ -90,6 +92,8 @@ def start_fork(
         expires_at=expires_at,
         baseline_service=baseline_service,
     )
+    objects.as_control(deployment, owner)
+    objects.as_control(fork_svc, owner)
     name = str(deployment["metadata"]["name"])
     fork = Fork(service, namespace, name, str(fork_svc["metadata"]["name"]), spec.port)
     started = time.monotonic()

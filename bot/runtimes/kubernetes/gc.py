@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes.client import (
+    CONFIG_MAP,
     DEPLOYMENT,
     EXPIRES_AT,
     HTTP_ROUTE,
@@ -30,6 +31,7 @@ from bot.runtimes.kubernetes.client import (
     NotFound,
     Obj,
 )
+from bot.runtimes.kubernetes.controlrecords import owned_pairs, record_selector
 from bot.runtimes.kubernetes.routes import owned, remove_istio_routes
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,40 @@ def live_sandboxes(deployments: list[Obj], now: datetime) -> set[str]:
     }
 
 
+def orphaned_controls(kube: Kube, listed: list[Obj], now: datetime) -> dict[str, str]:
+    """Control key -> owner key, for each control among `listed` whose record is gone or expired: its
+    owner was torn down (or never finished being made). Lists the records only when some control
+    exists, so a cluster without controls pays no list call for them."""
+    controls = {
+        _labels(o)[SANDBOX_LABEL]: _labels(o)[objects.CONTROL_OF_LABEL]
+        for o in listed
+        if objects.CONTROL_OF_LABEL in _labels(o) and SANDBOX_LABEL in _labels(o)
+    }
+    if not controls:
+        return {}
+    records = _list(kube, CONFIG_MAP, record_selector()) or []
+    standing = owned_pairs(records, now)
+    return {key: owner for key, owner in controls.items() if (owner, key) not in standing}
+
+
+def expired_control_records(kube: Kube, now: datetime) -> list[str]:
+    """Control records past their expires-at (the owner's teardown never got to them); one list call."""
+    removed = []
+    for record in _list(kube, CONFIG_MAP, record_selector()) or []:
+        if expired(record, now) and kube.delete(
+            CONFIG_MAP, record["metadata"].get("namespace"), _name(record)
+        ):
+            removed.append(f"deleted ConfigMap {_where(record)} (expired control record)")
+    return removed
+
+
+def _name(obj: Obj) -> str:
+    return str(obj["metadata"]["name"])
+
+
 def sweep(kube: Kube, now: datetime | None = None) -> list[str]:
-    """Remove what is past expires-at and every route whose fork is gone; one line per removal."""
+    """Remove what is past expires-at, every route whose fork is gone and every control whose owner is
+    gone; one line per removal."""
     now = now or datetime.now(UTC)
     removed: list[str] = []
     # Routes are listed before the forks: a route seen here was added after its fork existed, so a
@@ -87,12 +121,16 @@ def sweep(kube: Kube, now: datetime | None = None) -> list[str]:
     for kind in (DEPLOYMENT, SERVICE, JOB):
         listed[kind.kind] = _list(kube, kind, MANAGED)
     live = live_sandboxes(listed[DEPLOYMENT.kind] or [], now)
+    ownerless = orphaned_controls(kube, [o for kind in EXPIRING for o in listed[kind.kind] or []], now)
+    live -= set(ownerless)
 
     for kind in EXPIRING:
         for obj in listed[kind.kind] or []:
             key = _labels(obj).get(SANDBOX_LABEL)
             if expired(obj, now):
                 why = f"expired at {(obj['metadata'].get('annotations') or {}).get(EXPIRES_AT)}"
+            elif key is not None and key in ownerless:
+                why = f"a control of sandbox {ownerless[key]}, which is gone"
             elif kind is HTTP_ROUTE and key is not None and key not in live:
                 why = f"the fork of sandbox {key} is gone"
             else:

@@ -25,10 +25,15 @@ SERVICE_LABEL = "loopgate.dev/service"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "loopgate"
 EXPIRES_AT = "loopgate.dev/expires-at"
+CONTROL_OF_LABEL = "loopgate.dev/control-of"
+"""On every object of a control: the routing key of the sandbox it is a control of. The owner's
+teardown finds the control's objects by it, and gc removes a control whose owner's record is gone."""
+CONTROL_LABEL = "loopgate.dev/control"
+"""On a control record (role `control`): the control's routing key."""
 BASELINE_ANNOTATION = "loopgate.dev/baseline"
 """On a fork Deployment: `deployment/<name>` it was forked from (for people and gc, never for routing)."""
 
-ROLES = ("fork", "suite", "build", "route", "state")
+ROLES = ("fork", "suite", "build", "route", "state", "control")
 KEY_RE = re.compile(r"[a-z0-9]{6,16}")
 """A routing key (DESIGN "Routing"): DNS-1123 safe, so it can end any name."""
 
@@ -114,6 +119,23 @@ def labels(key: str, role: str, service: str | None = None) -> dict[str, str]:
         out[SERVICE_LABEL] = service
     out[MANAGED_BY_LABEL] = MANAGED_BY
     return out
+
+
+def as_control(obj: Obj, owner: str | None) -> Obj:
+    """`obj` labelled as an object of a control of sandbox `owner` (unchanged when `owner` is None).
+
+    One label beside the control's own sandbox label: the control stays a sandbox of its own routing key
+    for every selector, and its owner's teardown and gc still find it."""
+    if owner is None:
+        return obj
+    _require_key(owner)
+    metadata = obj.setdefault("metadata", {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), CONTROL_OF_LABEL: owner}
+    return obj
+
+
+def control_record_name(owner: str, key: str) -> str:
+    return bounded_name(f"lg-{owner}-control-{key}")
 
 
 def expires_at(ttl_s: float, now: datetime) -> str:

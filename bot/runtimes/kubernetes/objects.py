@@ -32,6 +32,8 @@ from bot.runtimes.kubernetes.jobobjects import (
 )
 from bot.runtimes.kubernetes.names import (
     BASELINE_ANNOTATION,
+    CONTROL_LABEL,
+    CONTROL_OF_LABEL,
     EXPIRES_AT,
     KEY_RE,
     MANAGED_BY,
@@ -44,9 +46,11 @@ from bot.runtimes.kubernetes.names import (
     SANDBOX_LABEL,
     SERVICE_LABEL,
     Obj,
+    as_control,
     baseline_service_name,
     bounded_name,
     build_job_name,
+    control_record_name,
     env_name,
     expires_at,
     fork_deployment_name,
@@ -88,6 +92,8 @@ from bot.runtimes.kubernetes.workloads import (
 
 __all__ = [
     "BASELINE_ANNOTATION",
+    "CONTROL_LABEL",
+    "CONTROL_OF_LABEL",
     "DEFAULT_READY_TIMEOUT_S",
     "DEFAULT_ROUTE_NAME",
     "EXPIRES_AT",
@@ -108,11 +114,13 @@ __all__ = [
     "SANDBOX_LABEL",
     "SERVICE_LABEL",
     "Obj",
+    "as_control",
     "baggage_regex",
     "baseline_service_name",
     "bounded_name",
     "build_job",
     "build_job_name",
+    "control_record_name",
     "env_name",
     "expires_at",
     "fork_deployment",

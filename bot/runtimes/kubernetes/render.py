@@ -8,17 +8,19 @@ skeleton made from `.loopgate.yml` (`skeleton_deployment`, `skeleton_service`); 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-
-import yaml
 
 from bot.config.errors import ConfigError
 from bot.config.kubernetes import KubernetesService, KubernetesSettings
 from bot.config.schema import Config
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes import state as copies
+from bot.runtimes.kubernetes.controlrecords import control_record
+from bot.runtimes.kubernetes.renderyaml import header as header
+from bot.runtimes.kubernetes.renderyaml import to_yaml as to_yaml
 
 ROUTINGS = ("istio", "gateway-api", "none")
 PLACEHOLDER_GIT_CONTEXT = "git://git.example.invalid/your/repository.git#{merge_sha}"
@@ -121,14 +123,19 @@ def render_sandbox(
     now: datetime | None = None,
     nonce: str | None = None,
     git_context: str | None = None,
+    controls: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Every object the runtime would create or patch for a sandbox forking `services` (default all):
     build Jobs, fork Deployments and Services, routes (`routing`, default the config's), suite Jobs.
+    With `controls` (their routing keys), each control's too: its record first, then for every service
+    its fork of the base commit beside the sandbox's, its data copy from the same copy Job, its routes,
+    and the suites run against it.
 
     `baselines` (service → Deployment) and `services_in_namespace` (namespace → Services) are what the
     runtime reads from the cluster; missing, skeletons stand in. `merge_sha` defaults to `head_sha`."""
-    if not objects.is_routing_key(key):
-        raise ConfigError(f"sandbox key {key!r} is not a routing key: 6 to 16 of a-z and 0-9")
+    for each in (key, *controls):
+        if not objects.is_routing_key(each):
+            raise ConfigError(f"sandbox key {each!r} is not a routing key: 6 to 16 of a-z and 0-9")
     settings = settings_of(config)
     routing = routing or settings.routing
     if routing not in ROUTINGS:
@@ -136,61 +143,88 @@ def render_sandbox(
     merge = merge_sha or head_sha
     expires = objects.expires_at(settings.ttl, now or datetime.now(UTC))
     in_namespace = dict(services_in_namespace or _offline_services(config))
+    # (routing key, owner, the commit its forks run): the sandbox runs the change, a control the base.
+    sides = [(key, None, head_sha, merge), *((c, key, base_sha, base_sha) for c in controls)]
+    records = [
+        control_record(owner=key, key=c, namespace=objects.jobs_namespace(config), expires_at=expires)
+        for c in controls
+    ]
     builds: list[dict[str, Any]] = []
     forks: list[dict[str, Any]] = []
     routes: list[dict[str, Any]] = []
     for name in _selected(config, services):
         spec = kubernetes_spec(config, name)
         namespace = objects.fork_namespace(spec, settings.sandbox_namespace)
-        if spec.build is not None:
-            destination = f"{spec.build.registry}:{head_sha}"  # the runtime builds the pushed head
-            context = (git_context or PLACEHOLDER_GIT_CONTEXT).replace("{merge_sha}", head_sha)
-            builds.append(_build(config, name, spec, key, context, destination, expires))
-            image = destination
-        else:
-            assert spec.image is not None  # the schema requires exactly one of image and build
-            image = objects.image_for(
-                spec.image, sha=head_sha, merge_sha=merge, base_sha=base_sha, service=name
+        group: list[copies.Copy] = []
+        workloads: list[dict[str, Any]] = []
+        fork_services: list[tuple[str, str | None, dict[str, Any]]] = []
+        for side, owner, sha, side_merge in sides:
+            if spec.build is not None:
+                destination = f"{spec.build.registry}:{sha}"  # the runtime builds the pushed head
+                context = (git_context or PLACEHOLDER_GIT_CONTEXT).replace("{merge_sha}", sha)
+                build = _build(config, name, spec, side, context, destination, expires)
+                builds.append(objects.as_control(build, owner))
+                image = destination
+            else:
+                assert spec.image is not None  # the schema requires exactly one of image and build
+                image = objects.image_for(
+                    spec.image, sha=sha, merge_sha=side_merge, base_sha=base_sha, service=name
+                )
+            baseline = (baselines or {}).get(name) or skeleton_deployment(name, spec)
+            fork = objects.fork_deployment(
+                baseline,
+                service=name,
+                spec=spec,
+                key=side,
+                image=image,
+                namespace=namespace,
+                expires_at=expires,
+                services_in_namespace=_services_near(in_namespace, spec.namespace, namespace),
+                ready_timeout_s=spec.ready_timeout or settings.ready_timeout,
             )
-        baseline = (baselines or {}).get(name) or skeleton_deployment(name, spec)
-        fork = objects.fork_deployment(
-            baseline,
-            service=name,
-            spec=spec,
-            key=key,
-            image=image,
-            namespace=namespace,
-            expires_at=expires,
-            services_in_namespace=_services_near(in_namespace, spec.namespace, namespace),
-            ready_timeout_s=spec.ready_timeout or settings.ready_timeout,
-        )
-        copy = _state_copy(config, name, key, namespace)
-        if copy is not None:
-            container = spec.container or str(fork["spec"]["template"]["spec"]["containers"][0]["name"])
-            fork = copies.point_at_copy(fork, copy, container, spec.state_env)
-            forks += [
-                copies.record(copy, expires),
-                copies.password_secret(copy, COPY_PASSWORD_PLACEHOLDER, expires),
-                copies.copy_job(copy, expires),
-            ]
-        fork_svc = objects.fork_service(fork, service=name, spec=spec, key=key, expires_at=expires)
-        forks += [fork, fork_svc]
-        routes += _routes(config, routing, name, spec, key, fork_svc, expires)
-    suites = _suite_jobs(config, key, head_sha, merge, base_sha, expires, nonce)
-    return builds + forks + routes + _reference_grants(routes, key, expires) + suites
+            copy = _state_copy(config, name, side, namespace, owner)
+            if copy is not None:
+                container = spec.container or str(fork["spec"]["template"]["spec"]["containers"][0]["name"])
+                fork = copies.point_at_copy(fork, copy, container, spec.state_env)
+                group.append(copy)
+                forks += [
+                    copies.record(copy, expires),
+                    copies.password_secret(copy, COPY_PASSWORD_PLACEHOLDER, expires),
+                ]
+            fork_svc = objects.fork_service(fork, service=name, spec=spec, key=side, expires_at=expires)
+            workloads += [objects.as_control(fork, owner), objects.as_control(fork_svc, owner)]
+            fork_services.append((side, owner, fork_svc))
+        if group:  # one Job: every side's copy from one dump of the baseline's database
+            forks.append(copies.copy_job(group, expires))
+        forks += workloads
+        routes += _routes(config, routing, name, spec, fork_services, expires)
+    suites = [
+        objects.as_control(job, owner)
+        for side, owner, _, _ in sides
+        for job in _suite_jobs(config, side, head_sha, merge, base_sha, expires, nonce)
+    ]
+    return records + builds + forks + routes + _reference_grants(routes, sides, expires) + suites
+
+
+def control_keys(key: str) -> list[str]:
+    """The routing keys render shows for a sandbox's two controls (primary, secondary): made from the
+    sandbox's key, so the same command prints the same objects. The runtime draws them at random."""
+    return [hashlib.sha256(f"{key}/{side}".encode()).hexdigest()[:10] for side in ("primary", "secondary")]
 
 
 COPY_PASSWORD_PLACEHOLDER = "generated-per-copy-at-fork-time"
 
 
-def _state_copy(config: Config, service: str, key: str, namespace: str) -> copies.Copy | None:
+def _state_copy(
+    config: Config, service: str, key: str, namespace: str, owner: str | None = None
+) -> copies.Copy | None:
     """The Postgres copy the runtime makes for this fork (DESIGN "Data"), when the service declares one
-    and the config names the server."""
+    and the config names the server; `owner` when the fork is a control's."""
     state = config.services[service].state
     server = config.runtime.kubernetes.postgres if config.runtime.kind == "kubernetes" else None
     if state is None or state.postgres is None or server is None:
         return None
-    return copies.Copy(key, service, namespace, state.postgres.database, server)
+    return copies.Copy(key, service, namespace, state.postgres.database, server, owner)
 
 
 def _build(
@@ -220,39 +254,48 @@ def _routes(
     routing: str,
     service: str,
     spec: KubernetesService,
-    key: str,
-    fork_svc: dict[str, Any],
+    sides: Sequence[tuple[str, str | None, dict[str, Any]]],
     expires: str,
 ) -> list[dict[str, Any]]:
-    """The sandbox's route objects for one service. Istio: the VirtualService as it would be after the
-    route is added (offline: the loopgate-owned one the runtime creates where none exists)."""
-    fork_name, fork_ns = fork_svc["metadata"]["name"], fork_svc["metadata"]["namespace"]
+    """The route objects for one service of each side (routing key, owner, fork Service). Istio: the
+    VirtualService as it would be after every side's route is added (offline: the loopgate-owned one
+    the runtime creates where none exists)."""
     if routing == "istio":
         baseline_host = objects.service_host(objects.baseline_service_name(service, spec), spec.namespace)
         vs = objects.owned_virtual_service(service=service, spec=spec, baseline_host=baseline_host)
-        route = objects.istio_route(
-            key=key,
-            routing=config.routing,
-            fork_host=objects.service_host(fork_name, fork_ns),
-            port=spec.port,
-        )
-        return [objects.with_route(vs, route)]
+        for key, _, fork_svc in sides:
+            fork_name, fork_ns = fork_svc["metadata"]["name"], fork_svc["metadata"]["namespace"]
+            route = objects.istio_route(
+                key=key,
+                routing=config.routing,
+                fork_host=objects.service_host(fork_name, fork_ns),
+                port=spec.port,
+            )
+            vs = objects.with_route(vs, route)
+        return [vs]
     if routing == "gateway-api":
-        http_route = objects.http_route(
-            service=service,
-            spec=spec,
-            key=key,
-            routing=config.routing,
-            fork_service=fork_name,
-            namespace=fork_ns,
-            expires_at=expires,
-        )
-        return [http_route]
+        return [
+            objects.as_control(
+                objects.http_route(
+                    service=service,
+                    spec=spec,
+                    key=key,
+                    routing=config.routing,
+                    fork_service=fork_svc["metadata"]["name"],
+                    namespace=fork_svc["metadata"]["namespace"],
+                    expires_at=expires,
+                ),
+                owner,
+            )
+            for key, owner, fork_svc in sides
+        ]
     return []
 
 
-def _reference_grants(routes: Iterable[dict[str, Any]], key: str, expires: str) -> list[dict[str, Any]]:
-    """One ReferenceGrant per (route namespace, fork namespace) pair that differ."""
+def _reference_grants(
+    routes: Iterable[dict[str, Any]], sides: Sequence[tuple[str, str | None, str, str]], expires: str
+) -> list[dict[str, Any]]:
+    """One ReferenceGrant per side per (route namespace, fork namespace) pair that differ."""
     pairs: set[tuple[str, str]] = set()
     for route in routes:
         if route["kind"] != "HTTPRoute":
@@ -262,7 +305,11 @@ def _reference_grants(routes: Iterable[dict[str, Any]], key: str, expires: str) 
                 if "namespace" in ref:
                     pairs.add((route["metadata"]["namespace"], ref["namespace"]))
     return [
-        objects.reference_grant(key=key, route_namespace=source, namespace=target, expires_at=expires)
+        objects.as_control(
+            objects.reference_grant(key=key, route_namespace=source, namespace=target, expires_at=expires),
+            owner,
+        )
+        for key, owner, _, _ in sides
         for source, target in sorted(pairs)
     ]
 
@@ -294,48 +341,3 @@ def _suite_jobs(
         )
         jobs.append(job)
     return jobs
-
-
-def header(*, key: str, routing: str, services: Sequence[str], head_sha: str, base_sha: str) -> str:
-    """The YAML comment that says what the documents are, and what offline rendering could not know."""
-    lines = [
-        f"loopgate render: the objects the Kubernetes runtime would create or patch for sandbox {key}",
-        f"(routing {routing}; forked services {', '.join(services)}; head {head_sha}, base {base_sha}).",
-        "Rendered offline: each baseline Deployment is a SKELETON made from .loopgate.yml (one container,",
-        "the configured port, pods labelled app=<deployment>, a Service named like the service); the runtime",
-        "copies the real pod template and rewrites the labels the real Services select by.",
-    ]
-    if routing == "istio":
-        lines += [
-            "Istio: where the service already has a VirtualService the runtime adds its loopgate-<key> route",
-            "to it; the loopgate-owned VirtualService shown here is what it creates where none exists.",
-        ]
-    if routing == "none":
-        lines.append(
-            "Routing none: no routes; the mesh must send tagged requests to the fork Services itself."
-        )
-    lines += [
-        "Suite Jobs carry a random nonce per run. Check against your cluster:",
-        "  loopgate render ... | kubectl apply --dry-run=server -f -",
-    ]
-    return "".join(f"# {line}\n" for line in lines)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (the suite wrapper script) as literal blocks, so people can read them."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def to_yaml(documents: Sequence[dict[str, Any]], comment: str = "") -> str:
-    """Multi-document YAML (`---` before each object), keys in the builders' order, after `comment`."""
-    body = yaml.dump_all(
-        documents, Dumper=_Dumper, sort_keys=False, explicit_start=True, width=4096, allow_unicode=True
-    )
-    return comment + body

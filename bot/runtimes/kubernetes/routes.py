@@ -197,9 +197,11 @@ def add_http_route(
     fork: Fork,
     parent_service: str,
     expires_at: str,
+    owner: str | None = None,
 ) -> None:
     """The sandbox's HTTPRoute for `service` (in the baseline Service's namespace, its parent), and the
-    ReferenceGrant that lets it reach a fork in another namespace (`sandbox_namespace`)."""
+    ReferenceGrant that lets it reach a fork in another namespace (`sandbox_namespace`); `owner` marks
+    both as a control's of that sandbox."""
     route = objects.http_route(
         service=service,
         spec=spec,
@@ -210,10 +212,12 @@ def add_http_route(
         expires_at=expires_at,
         parent_service=parent_service,
     )
+    objects.as_control(route, owner)
     if fork.namespace != spec.namespace:
         grant = objects.reference_grant(
             key=key, route_namespace=spec.namespace, namespace=fork.namespace, expires_at=expires_at
         )
+        objects.as_control(grant, owner)
         try:
             kube.create(grant)
         except Conflict as exc:

@@ -21,6 +21,7 @@ from bot.runtimes.kubernetes import objects, routes
 from bot.runtimes.kubernetes import state as copies
 from bot.runtimes.kubernetes.baselines import BaselineInfo, BaselineService
 from bot.runtimes.kubernetes.client import (
+    CONFIG_MAP,
     DEPLOYMENT,
     HTTP_ROUTE,
     JOB,
@@ -33,9 +34,11 @@ from bot.runtimes.kubernetes.client import (
     SERVICE_LABEL,
     Obj,
 )
+from bot.runtimes.kubernetes.controlrecords import record_selector
+from bot.runtimes.kubernetes.controls import ControlSandboxes
 from bot.runtimes.kubernetes.core import infrastructure, kube_settings, kube_spec, new_routing_key
 from bot.runtimes.kubernetes.forks import pods_of
-from bot.runtimes.kubernetes.sandboxes import Sandboxes, SandboxState
+from bot.runtimes.kubernetes.sandboxes import SandboxState
 from bot.runtimes.kubernetes.sandboxes import _git_context as _git_context  # tests import it from here
 from bot.runtimes.protocol import (
     ObservedRequest,
@@ -58,9 +61,9 @@ __all__ = [
 ]
 
 
-class KubernetesRuntime(Sandboxes):
+class KubernetesRuntime(ControlSandboxes):
     """Every part of the Kubernetes runtime, and a sandbox's routes, suites, probes, observation and
-    teardown."""
+    teardown (its controls' with it)."""
 
     # -- routes --------------------------------------------------------------------------------------
 
@@ -82,7 +85,10 @@ class KubernetesRuntime(Sandboxes):
                 partial(routes.add_istio_route, baseline_host=baseline.host)
                 if settings.routing == "istio"
                 else partial(
-                    routes.add_http_route, parent_service=baseline.service_name, expires_at=state.expires_at
+                    routes.add_http_route,
+                    parent_service=baseline.service_name,
+                    expires_at=state.expires_at,
+                    owner=state.control_of,
                 )
             )
             add(
@@ -96,11 +102,13 @@ class KubernetesRuntime(Sandboxes):
 
     @infrastructure
     def unroute(self, sandbox: Sandbox) -> None:
-        settings = kube_settings(sandbox.config)
+        self._unroute(sandbox.config, sandbox.routing_key)
+
+    def _unroute(self, config: Config, key: str) -> None:
+        settings = kube_settings(config)
         if settings.routing == "none":
             return
-        key = sandbox.routing_key
-        namespaces = sorted({kube_spec(sandbox.config, s).namespace for s in sandbox.config.services})
+        namespaces = sorted({kube_spec(config, s).namespace for s in config.services})
         for namespace in namespaces:
             if settings.routing == "istio":
                 routes.remove_istio_routes(self.kube, namespace, {key})
@@ -138,6 +146,7 @@ class KubernetesRuntime(Sandboxes):
             nonce=nonce,
             expires_at=state.expires_at,
         )
+        objects.as_control(job, state.control_of)
         outcome = jobs.run_job(
             self.api, job, timeout_s=suite.timeout, should_stop=suite.should_stop, nonce=nonce
         )
@@ -201,33 +210,58 @@ class KubernetesRuntime(Sandboxes):
 
     @infrastructure
     def teardown(self, sandbox: Sandbox) -> None:
-        """Routes first (tagged requests go back to the baseline), then everything labelled with the
-        sandbox's key, kind by kind and namespace by namespace (Background: pods go on their own)."""
-        settings = kube_settings(sandbox.config)
+        """Its controls first, then the sandbox itself, then the controls' records (last: until then gc
+        knows the controls belong to a sandbox still being torn down). Each step runs even when an
+        earlier one failed; the first error is raised at the end."""
         errors: list[str] = []
         try:
-            self.unroute(sandbox)
+            controls = self._controls_of(sandbox)
         except LoopgateError as exc:
             errors.append(str(exc))
-        namespaces = {kube_spec(sandbox.config, s).namespace for s in sandbox.config.services}
-        namespaces.add(objects.jobs_namespace(sandbox.config))
+            with self._lock:
+                state = self._sandboxes.get(sandbox.routing_key)
+                controls = list(state.controls) if state is not None else []
+        for key in controls:
+            errors += self._remove(sandbox.config, key)
+        errors += self._remove(sandbox.config, sandbox.routing_key)
+        try:
+            namespace = objects.jobs_namespace(sandbox.config)
+            self.kube.delete_collection(CONFIG_MAP, namespace, record_selector(sandbox.routing_key))
+        except LoopgateError as exc:
+            errors.append(str(exc))
+        self._forget(sandbox.routing_key, controls)
+        if errors:
+            raise InfrastructureError(f"teardown of sandbox {sandbox.routing_key}: {errors[0]}")
+
+    def _remove(self, config: Config, key: str) -> list[str]:
+        """Routes first (tagged requests go back to the baseline), then everything labelled with the
+        key, kind by kind and namespace by namespace (Background: pods go on their own), then its data
+        copies; returns what failed."""
+        settings = kube_settings(config)
+        errors: list[str] = []
+        try:
+            self._unroute(config, key)
+        except LoopgateError as exc:
+            errors.append(str(exc))
+        namespaces = {kube_spec(config, s).namespace for s in config.services}
+        namespaces.add(objects.jobs_namespace(config))
         if settings.sandbox_namespace:
             namespaces.add(settings.sandbox_namespace)
         kinds = [DEPLOYMENT, SERVICE, JOB]
         if settings.routing == "gateway-api":
             kinds += [HTTP_ROUTE, REFERENCE_GRANT]
-        selector = f"{SANDBOX_LABEL}={sandbox.routing_key}"
+        selector = f"{SANDBOX_LABEL}={key}"
         for namespace in sorted(namespaces):
             for kind in kinds:
                 try:
                     self.kube.delete_collection(kind, namespace, selector)
                 except LoopgateError as exc:
                     errors.append(str(exc))
-        errors += self._drop_copies(copies.recorded_copies(self.kube, sandbox.routing_key))
-        with self._lock:
-            self._sandboxes.pop(sandbox.routing_key, None)
-        if errors:
-            raise InfrastructureError(f"teardown of sandbox {sandbox.routing_key}: {errors[0]}")
+        try:
+            recorded = copies.recorded_copies(self.kube, key)
+        except LoopgateError as exc:
+            return [*errors, str(exc)]
+        return errors + self._drop_copies(recorded)
 
     def _drop_copies(self, recorded: list[copies.Copy]) -> list[str]:
         """Drop each copy; what fails stays recorded for the next gc and is returned as an error."""
@@ -241,9 +275,14 @@ class KubernetesRuntime(Sandboxes):
 
     @infrastructure
     def gc(self) -> list[str]:
+        """The sweep, expired control records, then every data copy whose sandbox has no fork left (a
+        control whose owner is gone has none: the sweep removed them)."""
         removed = sweeper.sweep(self.kube)
         now = datetime.now(UTC)
-        live = sweeper.live_sandboxes(self.kube.list(DEPLOYMENT, None, label_selector=MANAGED).items, now)
+        removed += sweeper.expired_control_records(self.kube, now)
+        deployments = self.kube.list(DEPLOYMENT, None, label_selector=MANAGED).items
+        live = sweeper.live_sandboxes(deployments, now)
+        live -= set(sweeper.orphaned_controls(self.kube, deployments, now))
         for copy in copies.recorded_copies(self.kube):
             if copy.key not in live and not self._drop_copies([copy]):
                 removed.append(f"dropped database {copy.database} (sandbox {copy.key} is gone)")

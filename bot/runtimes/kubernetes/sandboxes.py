@@ -5,7 +5,7 @@ another process made is adopted from the labels its objects carry."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +42,17 @@ class SandboxState:
     base_sha: str
     images: dict[str, str] = field(default_factory=dict)
     forks: dict[str, Fork] = field(default_factory=dict)
+    control_of: str | None = None
+    """The sandbox this one is a control of: its forks run the base commit, its copies come from its
+    owner's snapshot, and every object it makes says whose control it is."""
+    controls: list[str] = field(default_factory=list)
+    """The routing keys of this sandbox's controls, in the order made (recorded in the cluster first)."""
+
+    @property
+    def code_sha(self) -> str:
+        """The commit its forks run: the pushed head (what an `image:` template's {sha} names and Kaniko
+        builds), or the base for a control."""
+        return self.base_sha if self.control_of else self.head_sha
 
 
 class Sandboxes(Baselines):
@@ -73,8 +84,10 @@ class Sandboxes(Baselines):
         return Sandbox(routing_key=key, baseline=baseline, config=config)
 
     def live_sandboxes(self) -> set[str]:
-        """Routing keys with an unexpired fork Deployment anywhere in the cluster: one list call."""
-        forks = self.kube.list(DEPLOYMENT, None, label_selector=f"{MANAGED},{ROLE_LABEL}=fork").items
+        """Routing keys with an unexpired fork Deployment anywhere in the cluster: one list call. Controls
+        are not counted: they come and go with their sandbox, which is what `max_sandboxes` limits."""
+        selector = f"{MANAGED},{ROLE_LABEL}=fork,!{objects.CONTROL_OF_LABEL}"
+        forks = self.kube.list(DEPLOYMENT, None, label_selector=selector).items
         return sweeper.live_sandboxes(forks, datetime.now(UTC))
 
     def _state(self, sandbox: Sandbox) -> SandboxState:
@@ -100,8 +113,10 @@ class Sandboxes(Baselines):
         now = datetime.now(UTC)
         created, expires = now, objects.expires_at(settings.ttl, now)
         forks: dict[str, Fork] = {}
+        owner: str | None = None
         for deployment in deployments:
             metadata = deployment["metadata"]
+            owner = (metadata.get("labels") or {}).get(objects.CONTROL_OF_LABEL) or owner
             name = (metadata.get("labels") or {}).get(SERVICE_LABEL)
             service = services.get((metadata.get("namespace"), name))
             if name not in sandbox.config.services or service is None:
@@ -116,12 +131,20 @@ class Sandboxes(Baselines):
                 created = min(created, datetime.fromisoformat(str(stamp).replace("Z", "+00:00")))
             expires = str((metadata.get("annotations") or {}).get(EXPIRES_AT) or expires)
         base = sandbox.baseline.base.sha
-        return SandboxState(key, created, expires, base, base, base, forks=forks)
+        return SandboxState(key, created, expires, base, base, base, forks=forks, control_of=owner)
 
     def _image(self, state: SandboxState, template: str, service: str) -> str:
+        """A suite's image: a control runs its owner's suites, so the same test code reaches every side."""
         return objects.image_for(
             template, sha=state.head_sha, merge_sha=state.merge_sha, base_sha=state.base_sha, service=service
         )
+
+    def _fork_image(self, state: SandboxState, template: str, service: str) -> str:
+        """A fork's image: the change's, or the base commit's everywhere for a control."""
+        if state.control_of is None:
+            return self._image(state, template, service)
+        base = state.base_sha
+        return objects.image_for(template, sha=base, merge_sha=base, base_sha=base, service=service)
 
     @infrastructure
     def build(self, sandbox: Sandbox, service: str, spec: Service) -> BuildOutcome:
@@ -131,24 +154,25 @@ class Sandboxes(Baselines):
         state = self._state(sandbox)
         kspec = kube_spec(sandbox.config, service)
         if kspec.image is not None:
-            image = self._image(state, kspec.image, service)
+            image = self._fork_image(state, kspec.image, service)
             with self._lock:
                 state.images[service] = image
             return BuildOutcome(service, True, image)
         assert kspec.build is not None
         # The pushed head, not the merge: Kaniko fetches from the remote, where no merge commit exists
-        # (the same commit an `image:` template's {sha} names, built by the team's CI).
-        destination = f"{kspec.build.registry}:{state.head_sha}"
+        # (the same commit an `image:` template's {sha} names, built by the team's CI); a control's base.
+        destination = f"{kspec.build.registry}:{state.code_sha}"
         job = objects.build_job(
             name=objects.build_job_name(state.key, service),
             namespace=objects.jobs_namespace(sandbox.config),
             key=state.key,
             service=service,
             build=kspec.build,
-            git_context=_git_context(sandbox.baseline.base.repo, state.head_sha),
+            git_context=_git_context(sandbox.baseline.base.repo, state.code_sha),
             destination=destination,
             expires_at=state.expires_at,
         )
+        objects.as_control(job, state.control_of)
         outcome = builds.run_build(
             self.api, job, service=service, destination=destination, timeout_s=kspec.build.timeout
         )
@@ -166,16 +190,17 @@ class Sandboxes(Baselines):
         if image is None:
             if kspec.image is None:
                 raise InfrastructureError(f"{service} has no image: its build did not run")
-            image = self._image(state, kspec.image, service)
+            image = self._fork_image(state, kspec.image, service)
         namespace = objects.fork_namespace(kspec, settings.sandbox_namespace)
         info = self._info(sandbox.baseline, sandbox.config)
         baseline = self.kube.get(DEPLOYMENT, kspec.namespace, kspec.deployment)
-        adjust = self._copy_state(sandbox, service, spec, namespace, state.key, state.expires_at)
+        adjust = self._copy_state(sandbox, service, spec, namespace, state)
         fork, outcome = start_fork(
             self.kube,
             service=service,
             spec=kspec,
             key=state.key,
+            owner=state.control_of,
             image=image,
             namespace=namespace,
             expires_at=state.expires_at,
@@ -193,19 +218,21 @@ class Sandboxes(Baselines):
         return outcome
 
     def _copy_state(
-        self, sandbox: Sandbox, service: str, spec: Service, namespace: str, key: str, expires_at: str
+        self, sandbox: Sandbox, service: str, spec: Service, namespace: str, state: SandboxState
     ) -> Callable[[Obj], Obj] | None:
-        """The fork's own copy of the service's Postgres state, made now (DESIGN "Data"); returns how
-        the fork's Deployment points at it. SQLite state lives in the pod's own files: a fork starts
-        from its image's, never the baseline's volume (the route note says so)."""
+        """The fork's own copy of the service's Postgres state, made now (DESIGN "Data") from the one
+        snapshot its sandbox and controls share; returns how the fork's Deployment points at it. SQLite
+        state lives in the pod's own files: a fork starts from its image's, never the baseline's volume
+        (the route note says so)."""
         if spec.state is None or spec.state.postgres is None:
             return None
         server = kube_settings(sandbox.config).postgres
         if server is None:  # the loader refuses such a config; a hand-made Config gets the same words
             raise ConfigError(f"services.{service}.state: a postgres state needs runtime.kubernetes.postgres")
         kspec = kube_spec(sandbox.config, service)
-        copy = copies.Copy(key, service, namespace, spec.state.postgres.database, server)
-        copies.make_copy(self.kube, self.api, copy, expires_at)
+        database = spec.state.postgres.database
+        copy = copies.Copy(state.key, service, namespace, database, server, state.control_of)
+        self._copy_from_snapshot(state, copy)
         container = kspec.container
 
         def point(deployment: Obj) -> Obj:
@@ -214,6 +241,35 @@ class Sandboxes(Baselines):
             return copies.point_at_copy(deployment, copy, name, kspec.state_env)
 
         return point
+
+    def _copy_from_snapshot(self, state: SandboxState, copy: copies.Copy) -> None:
+        """Make `copy`, with the copies of every other side of its group (the sandbox and its controls)
+        from one dump: whichever side's fork gets here first runs the one copy Job, the others wait for
+        it. A side this process did not make (adopted) copies on its own."""
+        group_key = state.control_of or state.key
+        with self._lock:
+            owner = self._sandboxes.get(group_key)
+            members = [group_key, *owner.controls] if owner is not None else [state.key]
+            if state.key not in members or len(members) == 1:
+                snapshot, first, members = None, True, [state.key]
+            else:
+                snapshot = self._snapshots.get((group_key, copy.service))
+                first = snapshot is None
+                snapshot = self._snapshots.setdefault((group_key, copy.service), copies.Snapshot())
+        if not first:
+            assert snapshot is not None
+            snapshot.wait(copy)
+            return
+        group = [replace(copy, key=k, owner=None if k == group_key else group_key) for k in members]
+        try:
+            copies.make_copies(self.kube, self.api, group, owner.expires_at if owner else state.expires_at)
+        except Exception as exc:
+            if snapshot is not None:
+                snapshot.error = str(exc)
+            raise
+        finally:
+            if snapshot is not None:
+                snapshot.done.set()
 
     def keep(self, sandbox: Sandbox) -> None:
         """Nothing to do: every object carries its expires-at, after which gc removes it."""

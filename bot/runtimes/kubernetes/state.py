@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,20 +26,31 @@ from bot.runtimes.kubernetes.client import CONFIG_MAP, SECRET, Kube, NotFound
 Obj = dict[str, Any]
 
 STATE_ROLE = "state"
+SNAPSHOT_WAIT_SLACK_S = 60.0
+"""Beyond the copy Job's own timeout: the records and Secrets made before it, the Job's scheduling."""
+SNAPSHOT_DIR = "/var/lib/loopgate-snapshot"
+"""Where the copy Job keeps its one dump (an emptyDir: the pod's own, gone with it)."""
 COPY_SCRIPT = """\
 set -eu
-psql -X -q -v ON_ERROR_STOP=1 -v role="$LOOPGATE_COPY_ROLE" -v db="$LOOPGATE_COPY_DB" \\
-  -v pw="$LOOPGATE_COPY_PASSWORD" -d "$LOOPGATE_MAINTENANCE_DB" <<'SQL'
+for i in $LOOPGATE_COPIES; do
+  eval "role=\\$LOOPGATE_COPY_ROLE_$i db=\\$LOOPGATE_COPY_DB_$i pw=\\$LOOPGATE_COPY_PASSWORD_$i"
+  psql -X -q -v ON_ERROR_STOP=1 -v role="$role" -v db="$db" -v pw="$pw" -d "$LOOPGATE_MAINTENANCE_DB" <<'SQL'
 CREATE ROLE :"role" LOGIN PASSWORD :'pw';
 GRANT :"role" TO CURRENT_USER;
 CREATE DATABASE :"db" OWNER :"role";
 REVOKE CONNECT ON DATABASE :"db" FROM PUBLIC;
 SQL
-pg_dump --format=custom --no-owner --no-privileges -d "$LOOPGATE_BASE_DB" \\
-  | pg_restore --no-owner --no-privileges --role="$LOOPGATE_COPY_ROLE" -d "$LOOPGATE_COPY_DB"
+done
+pg_dump --format=custom --no-owner --no-privileges -d "$LOOPGATE_BASE_DB" -f "$LOOPGATE_SNAPSHOT"
+for i in $LOOPGATE_COPIES; do
+  eval "role=\\$LOOPGATE_COPY_ROLE_$i db=\\$LOOPGATE_COPY_DB_$i"
+  pg_restore --no-owner --no-privileges --role="$role" -d "$db" "$LOOPGATE_SNAPSHOT"
+done
 """
-"""Role first, then the database it owns, then the rows: `--role` makes every restored object the
-copy's, so the fork's login reaches its copy and nothing else."""
+"""Every copy's role first, then the database it owns; then ONE dump of the baseline's database,
+restored into each: a candidate and its controls start from the same snapshot, so what differs between
+them later is the code's doing, not the moment each copy was taken. `--role` makes every restored object
+the copy's, so a fork's login reaches its copy and nothing else. (No `$(`: Kubernetes would expand it.)"""
 
 DROP_SCRIPT = """\
 set -eu
@@ -59,6 +72,8 @@ class Copy:
     """Where the record, the password Secret and the Jobs live (the Jobs' namespace)."""
     base_database: str
     server: KubernetesPostgres
+    owner: str | None = None
+    """The sandbox whose control this copy's sandbox is (None for a candidate's own copy)."""
 
     @property
     def database(self) -> str:
@@ -75,6 +90,25 @@ class Copy:
 
     def url(self, password: str) -> str:
         return f"postgresql://{self.role}:{password}@{self.server.host}:{self.server.port}/{self.database}"
+
+
+@dataclass
+class Snapshot:
+    """The one dump a sandbox and its controls copy from, per service: the first side whose fork needs
+    it makes every side's copy; the others wait here for that to end."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+    def wait(self, copy: Copy) -> None:
+        """Until the copies are made; InfrastructureError with the maker's words when they were not."""
+        if not self.done.wait(copy.server.timeout + SNAPSHOT_WAIT_SLACK_S):
+            raise InfrastructureError(
+                f"copying database {copy.base_database} for the {copy.service} fork: the shared snapshot"
+                f" was not ready within {copy.server.timeout + SNAPSHOT_WAIT_SLACK_S:g}s"
+            )
+        if self.error is not None:
+            raise InfrastructureError(self.error)
 
 
 def new_password() -> str:
@@ -108,12 +142,36 @@ def password_secret(copy: Copy, password: str, expires_at: str) -> Obj:
     }
 
 
-def copy_job(copy: Copy, expires_at: str) -> Obj:
-    return _job(copy, "copy", COPY_SCRIPT, expires_at, with_password=True)
+def copy_job(group: Sequence[Copy], expires_at: str) -> Obj:
+    """One Job that makes every copy of `group` from one dump: the sandbox's own copy first (the Job is
+    named and labelled after it, so its teardown finds it), then its controls'. Every copy is of the same
+    database on the same server."""
+    first = group[0]
+    same = (first.service, first.base_database, first.server)
+    if any((c.service, c.base_database, c.server) != same for c in group):
+        raise ValueError("the copies of one snapshot are of one service's database on one server")
+    env: list[Obj] = [{"name": "LOOPGATE_COPIES", "value": " ".join(str(i) for i in range(len(group)))}]
+    env.append({"name": "LOOPGATE_SNAPSHOT", "value": f"{SNAPSHOT_DIR}/base.dump"})
+    for index, copy in enumerate(group):
+        secret_ref = {"secretKeyRef": {"name": copy.name, "key": "password"}}
+        env += [
+            {"name": f"LOOPGATE_COPY_DB_{index}", "value": copy.database},
+            {"name": f"LOOPGATE_COPY_ROLE_{index}", "value": copy.role},
+            {"name": f"LOOPGATE_COPY_PASSWORD_{index}", "valueFrom": secret_ref},
+        ]
+    job = _job(first, "copy", COPY_SCRIPT, expires_at, env)
+    pod = job["spec"]["template"]["spec"]
+    pod["volumes"] = [{"name": "snapshot", "emptyDir": {}}]
+    pod["containers"][0]["volumeMounts"] = [{"name": "snapshot", "mountPath": SNAPSHOT_DIR}]
+    return job
 
 
 def drop_job(copy: Copy, expires_at: str) -> Obj:
-    return _job(copy, "drop", DROP_SCRIPT, expires_at, with_password=False)
+    env = [
+        {"name": "LOOPGATE_COPY_DB", "value": copy.database},
+        {"name": "LOOPGATE_COPY_ROLE", "value": copy.role},
+    ]
+    return _job(copy, "drop", DROP_SCRIPT, expires_at, env)
 
 
 def copy_from_record(configmap: Obj) -> Copy | None:
@@ -129,7 +187,9 @@ def copy_from_record(configmap: Obj) -> Copy | None:
     except ValueError:
         return None
     base = str(database)[: -len(f"_lg_{key}")]
-    return Copy(str(key), str(service), str(metadata.get("namespace") or ""), base, server)
+    owner = labels.get(objects.CONTROL_OF_LABEL)
+    namespace = str(metadata.get("namespace") or "")
+    return Copy(str(key), str(service), namespace, base, server, str(owner) if owner else None)
 
 
 def point_at_copy(fork: Obj, copy: Copy, container: str, variable: str) -> Obj:
@@ -144,15 +204,18 @@ def point_at_copy(fork: Obj, copy: Copy, container: str, variable: str) -> Obj:
 
 
 def _metadata(copy: Copy, expires_at: str) -> Obj:
+    labels = objects.labels(copy.key, STATE_ROLE, copy.service)
+    if copy.owner is not None:
+        labels[objects.CONTROL_OF_LABEL] = copy.owner
     return {
         "name": copy.name,
         "namespace": copy.namespace,
-        "labels": objects.labels(copy.key, STATE_ROLE, copy.service),
+        "labels": labels,
         "annotations": {objects.EXPIRES_AT: expires_at},
     }
 
 
-def _job(copy: Copy, verb: str, script: str, expires_at: str, *, with_password: bool) -> Obj:
+def _job(copy: Copy, verb: str, script: str, expires_at: str, copy_env: list[Obj]) -> Obj:
     server = copy.server
     env: list[Obj] = [
         {"name": "PGHOST", "value": server.host},
@@ -161,12 +224,8 @@ def _job(copy: Copy, verb: str, script: str, expires_at: str, *, with_password: 
         {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": server.secret, "key": "password"}}},
         {"name": "LOOPGATE_MAINTENANCE_DB", "value": server.maintenance_database},
         {"name": "LOOPGATE_BASE_DB", "value": copy.base_database},
-        {"name": "LOOPGATE_COPY_DB", "value": copy.database},
-        {"name": "LOOPGATE_COPY_ROLE", "value": copy.role},
+        *copy_env,
     ]
-    if with_password:
-        secret_ref = {"secretKeyRef": {"name": copy.name, "key": "password"}}
-        env.append({"name": "LOOPGATE_COPY_PASSWORD", "valueFrom": secret_ref})
     metadata = _metadata(copy, expires_at)
     metadata["name"] = objects.bounded_name(f"lg-{copy.key}-{verb}-{copy.service}")
     return {
@@ -191,18 +250,21 @@ def _job(copy: Copy, verb: str, script: str, expires_at: str, *, with_password: 
     }
 
 
-def make_copy(kube: Kube, api: Any, copy: Copy, expires_at: str) -> None:
-    """Record, password, then the copy Job; InfrastructureError (the server's or the cluster's fault,
-    not the change's) when the copy cannot be made. The record stays for teardown or gc to drop."""
-    kube.create(record(copy, expires_at))
-    kube.create(password_secret(copy, new_password(), expires_at))
+def make_copies(kube: Kube, api: Any, group: Sequence[Copy], expires_at: str) -> None:
+    """Each copy's record and password, then the one copy Job (`copy_job`); InfrastructureError (the
+    server's or the cluster's fault, not the change's) when the copies cannot be made. The records stay
+    for teardown or gc to drop."""
+    for copy in group:
+        kube.create(record(copy, expires_at))
+        kube.create(password_secret(copy, new_password(), expires_at))
+    first = group[0]
     outcome = jobs.run_job(
-        api, copy_job(copy, expires_at), timeout_s=copy.server.timeout, should_stop=None, nonce=None
+        api, copy_job(group, expires_at), timeout_s=first.server.timeout, should_stop=None, nonce=None
     )
     if outcome.exit_code != 0:
         why = outcome.reason or f"exit {outcome.exit_code}"
         raise InfrastructureError(
-            f"copying database {copy.base_database} for the {copy.service} fork failed ({why}):"
+            f"copying database {first.base_database} for the {first.service} fork failed ({why}):"
             f" {jobs.one_line(jobs.tail(outcome.log, lines=5))}"
         )
 
