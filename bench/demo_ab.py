@@ -46,6 +46,8 @@ def run_once(side: Side) -> Run:
     with tempfile.TemporaryDirectory(prefix="lg-bench-ab-") as scratch:
         out = Path(scratch) / "evidence.json"
         env = {**os.environ, **side.env, "LOOPGATE_STATE_DIR": str(Path(scratch) / "state")}
+        # The example's services run `python`: this interpreter's, as `loopgate demo` arranges.
+        env["PATH"] = f"{LOOPGATE.parent}{os.pathsep}{env.get('PATH', '')}"
         started = time.perf_counter()
         done = subprocess.run(
             [str(LOOPGATE), *side.argv(out)], env=env, capture_output=True, text=True, timeout=900
@@ -54,6 +56,8 @@ def run_once(side: Side) -> Run:
         if not out.exists():
             raise SystemExit(f"{side.name}: no evidence written:\n{done.stdout}{done.stderr}")
         evidence = json.loads(out.read_text())
+        if evidence["verdict"] == "error":
+            raise SystemExit(f"{side.name}: verdict error: {'; '.join(evidence['reasons'])}")
     stages = {s["name"]: int(s["duration_ms"]) for s in evidence["stages"]}
     return Run(elapsed, stages, str(evidence["verdict"]))
 
