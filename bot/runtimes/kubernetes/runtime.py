@@ -10,6 +10,7 @@ loopgate's process or with its credentials.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -48,6 +49,9 @@ from bot.runtimes.protocol import (
     SuiteOutcome,
     SuiteRequest,
 )
+
+DROPS_AT_ONCE = 4
+"""Drop Jobs run side by side at teardown: a sandbox and its two controls' copies of one database at once."""
 
 __all__ = [
     "BaselineInfo",
@@ -102,18 +106,19 @@ class KubernetesRuntime(ControlSandboxes):
 
     @infrastructure
     def unroute(self, sandbox: Sandbox) -> None:
-        self._unroute(sandbox.config, sandbox.routing_key)
+        self._unroute(sandbox.config, [sandbox.routing_key])
 
-    def _unroute(self, config: Config, key: str) -> None:
+    def _unroute(self, config: Config, keys: list[str]) -> None:
+        """The routes of every key in `keys` (a sandbox and its controls: one write per VirtualService)."""
         settings = kube_settings(config)
         if settings.routing == "none":
             return
         namespaces = sorted({kube_spec(config, s).namespace for s in config.services})
         for namespace in namespaces:
             if settings.routing == "istio":
-                routes.remove_istio_routes(self.kube, namespace, {key})
+                routes.remove_istio_routes(self.kube, namespace, set(keys))
             else:
-                self.kube.delete_collection(HTTP_ROUTE, namespace, f"{SANDBOX_LABEL}={key}")
+                self.kube.delete_collection(HTTP_ROUTE, namespace, _of_keys(keys))
 
     # -- suites, probes, observation -----------------------------------------------------------------
 
@@ -210,9 +215,9 @@ class KubernetesRuntime(ControlSandboxes):
 
     @infrastructure
     def teardown(self, sandbox: Sandbox) -> None:
-        """Its controls first, then the sandbox itself, then the controls' records (last: until then gc
-        knows the controls belong to a sandbox still being torn down). Each step runs even when an
-        earlier one failed; the first error is raised at the end."""
+        """The sandbox with its controls, then the controls' records (last: until then gc knows the
+        controls belong to a sandbox being torn down). Each step runs even when an earlier one failed;
+        the first error is raised at the end."""
         errors: list[str] = []
         try:
             controls = self._controls_of(sandbox)
@@ -221,26 +226,25 @@ class KubernetesRuntime(ControlSandboxes):
             with self._lock:
                 state = self._sandboxes.get(sandbox.routing_key)
                 controls = list(state.controls) if state is not None else []
-        for key in controls:
-            errors += self._remove(sandbox.config, key)
-        errors += self._remove(sandbox.config, sandbox.routing_key)
-        try:
-            namespace = objects.jobs_namespace(sandbox.config)
-            self.kube.delete_collection(CONFIG_MAP, namespace, record_selector(sandbox.routing_key))
-        except LoopgateError as exc:
-            errors.append(str(exc))
+        errors += self._remove(sandbox.config, [sandbox.routing_key, *controls])
+        if controls:
+            try:
+                namespace = objects.jobs_namespace(sandbox.config)
+                self.kube.delete_collection(CONFIG_MAP, namespace, record_selector(sandbox.routing_key))
+            except LoopgateError as exc:
+                errors.append(str(exc))
         self._forget(sandbox.routing_key, controls)
         if errors:
             raise InfrastructureError(f"teardown of sandbox {sandbox.routing_key}: {errors[0]}")
 
-    def _remove(self, config: Config, key: str) -> list[str]:
-        """Routes first (tagged requests go back to the baseline), then everything labelled with the
-        key, kind by kind and namespace by namespace (Background: pods go on their own), then its data
-        copies; returns what failed."""
+    def _remove(self, config: Config, keys: list[str]) -> list[str]:
+        """Routes first (tagged requests go back to the baseline), then everything labelled with one of
+        the keys, kind by kind and namespace by namespace (one call each, Background: pods go on their
+        own), then their data copies; returns what failed."""
         settings = kube_settings(config)
         errors: list[str] = []
         try:
-            self._unroute(config, key)
+            self._unroute(config, keys)
         except LoopgateError as exc:
             errors.append(str(exc))
         namespaces = {kube_spec(config, s).namespace for s in config.services}
@@ -250,28 +254,35 @@ class KubernetesRuntime(ControlSandboxes):
         kinds = [DEPLOYMENT, SERVICE, JOB]
         if settings.routing == "gateway-api":
             kinds += [HTTP_ROUTE, REFERENCE_GRANT]
-        selector = f"{SANDBOX_LABEL}={key}"
         for namespace in sorted(namespaces):
             for kind in kinds:
                 try:
-                    self.kube.delete_collection(kind, namespace, selector)
+                    self.kube.delete_collection(kind, namespace, _of_keys(keys))
                 except LoopgateError as exc:
                     errors.append(str(exc))
         try:
-            recorded = copies.recorded_copies(self.kube, key)
+            recorded = copies.recorded_copies(self.kube, keys)
         except LoopgateError as exc:
             return [*errors, str(exc)]
         return errors + self._drop_copies(recorded)
 
     def _drop_copies(self, recorded: list[copies.Copy]) -> list[str]:
-        """Drop each copy; what fails stays recorded for the next gc and is returned as an error."""
-        errors = []
-        for copy in recorded:
+        """Drop each copy, side by side (each its own Job); what fails stays recorded for the next gc
+        and is returned as an error."""
+
+        def drop(copy: copies.Copy) -> str | None:
             try:
                 copies.drop_copy(self.kube, self.api, copy)
             except LoopgateError as exc:
-                errors.append(str(exc))
-        return errors
+                return str(exc)
+            return None
+
+        if len(recorded) <= 1:
+            failed = [drop(copy) for copy in recorded]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(recorded), DROPS_AT_ONCE)) as pool:
+                failed = list(pool.map(drop, recorded))
+        return [error for error in failed if error is not None]
 
     @infrastructure
     def gc(self) -> list[str]:
@@ -291,6 +302,13 @@ class KubernetesRuntime(ControlSandboxes):
     def sweep_every(self, interval_s: float, stop: threading.Event) -> None:
         """`gc()` every `interval_s` until `stop` is set (run it in a thread of `loopgate serve`)."""
         sweeper.sweep_every(self.gc, interval_s, stop)
+
+
+def _of_keys(keys: list[str]) -> str:
+    """The label selector of everything of these sandboxes."""
+    if len(keys) == 1:
+        return f"{SANDBOX_LABEL}={keys[0]}"
+    return f"{SANDBOX_LABEL} in ({','.join(sorted(set(keys)))})"
 
 
 def _has_sqlite(config: Config, service: str) -> bool:

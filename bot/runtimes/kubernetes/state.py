@@ -288,10 +288,10 @@ def drop_copy(kube: Kube, api: Any, copy: Copy) -> None:
             kube.delete(kind, copy.namespace, copy.name)
 
 
-def recorded_copies(kube: Kube, key: str | None = None) -> list[Copy]:
-    """Every copy recorded cluster-wide (one list call), or the sandbox `key`'s."""
+def recorded_copies(kube: Kube, keys: Sequence[str] | None = None) -> list[Copy]:
+    """Every copy recorded cluster-wide (one list call), or those of the sandboxes `keys`."""
     selector = f"{objects.MANAGED_BY_LABEL}={objects.MANAGED_BY},{objects.ROLE_LABEL}={STATE_ROLE}"
-    if key is not None:
-        selector += f",{objects.SANDBOX_LABEL}={key}"
+    if keys is not None:
+        selector += f",{objects.SANDBOX_LABEL} in ({','.join(sorted(set(keys)))})"
     found = (copy_from_record(item) for item in kube.list(CONFIG_MAP, None, label_selector=selector).items)
     return [copy for copy in found if copy is not None]
