@@ -13,6 +13,11 @@ holds connections to the fork and to every baseline service, as it does after a 
 - **baseline down**: `LocalRuntime.down(env_id)` (Envoy, 4 services, the payments database and role,
   loopgate's own PostgreSQL cluster when it runs one, worktree, pristine checkout, directory).
 
+Before the teardown, `observed_requests` is called once right after the traffic, as a verify does
+after its suite: how long it took, and how many of the tagged requests it saw (each of those requests
+passes 4 listeners: gateway, orders, inventory, payments for a checkout; gateway, inventory for a
+read).
+
 Also printed: the time spent in each part of them (parts may overlap when they run concurrently) and
 whether anything of the round is left running or on disk. It always exits 0: it is a measurement,
 not a test.
@@ -157,8 +162,9 @@ def hostile(config: Any) -> Any:
     return config.model_copy(update={"services": services})
 
 
-Round = tuple[float, float, dict[str, float], dict[str, float], list[str]]
-"""Sandbox teardown and baseline down (s), the time in each part of each, what was left behind."""
+Round = tuple[float, float, dict[str, float], dict[str, float], list[str], float, str]
+"""Sandbox teardown and baseline down (s), the time in each part of each, what was left behind, how
+long `observed_requests` took right after the traffic (s) and what it saw of it."""
 
 
 def one_round(timer: PartTimer, *, hostile_services: bool) -> Round:
@@ -187,6 +193,12 @@ def one_round(timer: PartTimer, *, hostile_services: bool) -> Round:
                 raise SystemExit(f"fork of {name} failed: {built.detail or (forked and forked.detail)}")
         runtime.route(sandbox)
         traffic(baseline.entry_urls["gateway"], sandbox.routing_key)
+        started = time.perf_counter()
+        observed = runtime.observed_requests(sandbox)
+        observed_s = time.perf_counter() - started
+        mine = [r for r in observed if r.routing_key == sandbox.routing_key]
+        seen = f"{len([r for r in mine if r.service == 'gateway'])}/{TAGGED_CHECKOUTS * 2} at the gateway"
+        seen += f", {len(mine)} hops in all"
         timer.take()
         started = time.perf_counter()
         runtime.teardown(sandbox)
@@ -199,7 +211,8 @@ def one_round(timer: PartTimer, *, hostile_services: bool) -> Round:
         for client in _OPEN:
             client.close()
         _OPEN.clear()
-        return sandbox_s, baseline_s, sandbox_parts, baseline_parts, left_behind(scratch)
+        left = left_behind(scratch)
+        return sandbox_s, baseline_s, sandbox_parts, baseline_parts, left, observed_s, seen
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -211,11 +224,13 @@ def main() -> None:
     opts = parser.parse_args()
     timer = PartTimer()
     sandbox_s: list[float] = []
+    observed_s: list[float] = []
     baseline_s: list[float] = []
     parts: dict[str, dict[str, list[float]]] = {"sandbox": defaultdict(list), "baseline": defaultdict(list)}
     with timer.installed():
         for round_ in range(1, opts.runs + 1):
-            s, b, s_parts, b_parts, left = one_round(timer, hostile_services=opts.hostile)
+            s, b, s_parts, b_parts, left, o, seen = one_round(timer, hostile_services=opts.hostile)
+            observed_s.append(o)
             sandbox_s.append(s)
             baseline_s.append(b)
             for side, taken in (("sandbox", s_parts), ("baseline", b_parts)):
@@ -223,12 +238,14 @@ def main() -> None:
                     parts[side][label].append(seconds)
             print(
                 f"round {round_}: sandbox teardown {s * 1000:6.0f} ms, baseline down {b * 1000:6.0f} ms,"
-                f" left behind: {', '.join(left) or 'nothing'}",
+                f" left behind: {', '.join(left) or 'nothing'};"
+                f" observed_requests {o * 1000:4.0f} ms, saw {seen}",
                 flush=True,
             )
     print()
     print(f"median sandbox teardown (1 fork):  {statistics.median(sandbox_s) * 1000:6.0f} ms")
     print(f"median baseline down (4 services): {statistics.median(baseline_s) * 1000:6.0f} ms")
+    print(f"median observed_requests right after the traffic: {statistics.median(observed_s) * 1000:4.0f} ms")
     for side in ("sandbox", "baseline"):
         print(f"time in each part of the {side}'s stop (median ms; parts may overlap):")
         for label, values in sorted(parts[side].items(), key=lambda item: -statistics.median(item[1])):

@@ -55,6 +55,9 @@ __all__ = ["ACCESS_LOG_WAIT_S", "DRAIN_LIMIT_S", "STOP_GRACE_S", "DataPlane", "E
 
 STOP_GRACE_S = 0.5
 """Envoy exits within milliseconds of SIGTERM (it does not drain on it); past this it gets SIGKILL."""
+KILL_WAIT_S = 5.0
+"""How long a SIGKILLed Envoy may take to be gone (the kernel frees its memory first) before it is an
+error: reached only when SIGTERM was not enough."""
 DRAIN_LIMIT_S = 5.0
 ACCESS_LOG_WAIT_S = 1.0
 """The longest :meth:`DataPlane.await_access_log` waits; Envoy writes its buffer every
@@ -207,7 +210,7 @@ class DataPlane:
             _signal_group(proc.pid, signal.SIGTERM)
             if not _wait_gone(proc, STOP_GRACE_S):
                 _signal_group(proc.pid, signal.SIGKILL)
-                if not _wait_gone(proc, STOP_GRACE_S):
+                if not _wait_gone(proc, KILL_WAIT_S):
                     raise EnvoyError(f"envoy (pid {proc.pid}) survived SIGKILL; kill it by hand")
         if self._child is not None:
             self._child.poll()

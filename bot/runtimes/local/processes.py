@@ -115,9 +115,11 @@ def stop_groups(refs: list[ProcessRef], *, grace: float = STOP_GRACE_S) -> list[
     exited on SIGTERM)."""
     members: dict[int, psutil.Process] = {}
     leaders: dict[int, ProcessRef] = {}
+    living = [ref for ref in refs if ref.alive()]
+    groups = _group_members({ref.pid for ref in living})  # one pass over the process table for all
     for ref in refs:
-        if ref.alive():
-            for member in _group_members(ref.pid) + _descendants(ref.pid):
+        if ref in living:
+            for member in groups.get(ref.pid, []) + _descendants(ref.pid):
                 members.setdefault(member.pid, member)
                 leaders.setdefault(member.pid, ref)
             _kill_group(ref.pid, signal.SIGTERM)
@@ -218,14 +220,18 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _group_members(pgid: int) -> list[psutil.Process]:
-    members = []
+def _group_members(pgids: set[int]) -> dict[int, list[psutil.Process]]:
+    """The members of each of the process groups `pgids`, by group."""
+    members: dict[int, list[psutil.Process]] = {}
+    if not pgids:
+        return members
     for process in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(process.pid) == pgid:
-                members.append(process)
+            pgid = os.getpgid(process.pid)
         except (ProcessLookupError, PermissionError):
             continue
+        if pgid in pgids:
+            members.setdefault(pgid, []).append(process)
     return members
 
 
