@@ -35,7 +35,6 @@ from bot.runtimes.kubernetes.client import (
     SERVICE_LABEL,
     Obj,
 )
-from bot.runtimes.kubernetes.controlrecords import record_selector
 from bot.runtimes.kubernetes.controls import ControlSandboxes
 from bot.runtimes.kubernetes.core import infrastructure, kube_settings, kube_spec, new_routing_key
 from bot.runtimes.kubernetes.forks import pods_of
@@ -227,10 +226,10 @@ class KubernetesRuntime(ControlSandboxes):
                 state = self._sandboxes.get(sandbox.routing_key)
                 controls = list(state.controls) if state is not None else []
         errors += self._remove(sandbox.config, [sandbox.routing_key, *controls])
-        if controls:
+        namespace = objects.jobs_namespace(sandbox.config)
+        for key in controls:  # by name: the RBAC grants ConfigMaps no deletecollection
             try:
-                namespace = objects.jobs_namespace(sandbox.config)
-                self.kube.delete_collection(CONFIG_MAP, namespace, record_selector(sandbox.routing_key))
+                self.kube.delete(CONFIG_MAP, namespace, objects.control_record_name(sandbox.routing_key, key))
             except LoopgateError as exc:
                 errors.append(str(exc))
         self._forget(sandbox.routing_key, controls)
