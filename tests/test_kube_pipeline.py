@@ -357,6 +357,17 @@ def test_a_postgres_fork_gets_its_own_copy_and_teardown_drops_it(istio_shop: Sho
     assert istio_shop.cluster.store.list("ConfigMap", NAMESPACE, MANAGED) == []
 
 
+def _outside_the_charts_rbac(cluster: FakeCluster) -> list[str]:
+    """Requests the chart's Role would refuse for ConfigMaps and Secrets (deploy/helm: ConfigMaps get,
+    list, create, delete; Secrets create, delete): no deletecollection of either, no read of a Secret."""
+    out = []
+    for r in cluster.requests:
+        collection = r.path.rstrip("/").rsplit("/", 1)[-1] in ("configmaps", "secrets")
+        if (r.method == "DELETE" and collection) or (r.method == "GET" and "/secrets" in r.path):
+            out.append(f"{r.method} {r.path}")
+    return out
+
+
 def _copies_of(server: str, keys: list[str], payments_db: str) -> dict[str, tuple[str, list[tuple[int]]]]:
     """Each key's copy of the ledger database: its owner and the snapshot rows it holds."""
     base = payments_db.rsplit("/", 1)[1]
@@ -464,6 +475,7 @@ def test_a_candidate_and_its_controls_copy_one_snapshot_and_teardown_drops_them_
     _no_copies_left(server, payments_db, keys)
     assert _leftovers(cluster) == []
     assert cluster.store.list("VirtualService", NAMESPACE) == []
+    assert _outside_the_charts_rbac(cluster) == []
 
 
 def test_gc_removes_a_control_whose_owner_is_gone(istio_shop: Shop, payments_db: str) -> None:
