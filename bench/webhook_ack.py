@@ -2,15 +2,17 @@
 signed pushes; optionally side by side with an earlier revision's code path.
 
     .venv/bin/python -m bench.webhook_ack [--rate 200] [--seconds 10] [--compare REV] [--rounds 1]
+                                          [--event push|pull_request]
 
 The server runs in its own process with LOOPGATE_WORKERS=0 (accept only) on SQLite in a temporary
-state dir. A second process sends signed `push` deliveries open-loop at the given rate (a request is
-sent on schedule whether or not earlier ones were answered, so a slow server shows up as latency, not
-as a lower rate); every tenth delivery is sent twice with the same `X-GitHub-Delivery`, as GitHub
-redelivers. The server's CPU time (user + system, psutil) is read after a warm-up and again once every
-answer is in: divided by the requests answered, it is the CPU one acknowledgement costs, start-up
-excluded. Afterwards the database must hold every delivery once and one queued run per distinct push:
-zero lost, zero duplicated.
+state dir. A second process sends signed `push` deliveries (or, with `--event pull_request`, pull
+requests' new heads, each queueing a run) open-loop at the given rate (a request is sent on schedule
+whether or not earlier ones were answered, so a slow server shows up as latency, not as a lower
+rate); every tenth delivery is sent twice with the same `X-GitHub-Delivery`, as GitHub redelivers.
+The server's CPU time (user + system, psutil) is read after a warm-up and again once every answer is
+in: divided by the requests answered, it is the CPU one acknowledgement costs, start-up
+excluded. Afterwards the database must hold one queued run per distinct delivery: zero lost, zero
+duplicated.
 
 `--compare REV` runs the same load against the `bot` package of git revision REV too (extracted with
 `git archive` into a temporary directory, imported ahead of this checkout), alternating which goes
@@ -78,10 +80,31 @@ def _push(index: int) -> dict[str, Any]:
     }
 
 
-def _send(port: int, rate: float, total: int, first: int, queue: Any) -> None:
+def _pull(index: int) -> dict[str, Any]:
+    """A pull request's new head, whose commit has no run yet: the webhook queues one."""
+    return {
+        "action": "synchronize",
+        "number": index + 1,
+        "pull_request": {
+            "head": {
+                "ref": f"agent/bench-{index}",
+                "sha": f"{index + 1:040x}",
+                "repo": {"full_name": "acme/shop"},
+            },
+            "base": {"ref": "main"},
+        },
+        "repository": {"full_name": "acme/shop", "clone_url": "https://github.com/acme/shop.git"},
+        "installation": {"id": 1},
+    }
+
+
+PAYLOADS = {"push": _push, "pull_request": _pull}
+
+
+def _send(port: int, event: str, rate: float, total: int, first: int, queue: Any) -> None:
     """Runs in its own process: open-loop sender on kept-alive stdlib connections (an HTTP client
     library's own CPU cost would compete with the server for this machine's two cores)."""
-    bodies = [json.dumps(_push(first + i)).encode() for i in range(total)]
+    bodies = [json.dumps(PAYLOADS[event](first + i)).encode() for i in range(total)]
     signatures = [sign(body, SECRET) for body in bodies]
     deliveries = [str(uuid.uuid4()) for _ in range(total)]
     local = threading.local()
@@ -90,7 +113,7 @@ def _send(port: int, rate: float, total: int, first: int, queue: Any) -> None:
         if not hasattr(local, "conn"):
             local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         headers = {
-            "X-GitHub-Event": "push",
+            "X-GitHub-Event": event,
             "X-GitHub-Delivery": deliveries[i],
             "X-Hub-Signature-256": signatures[i],
             "Content-Type": "application/json",
@@ -115,10 +138,10 @@ def _send(port: int, rate: float, total: int, first: int, queue: Any) -> None:
     queue.put(([r[0] for r in results], [r[1] for r in results]))
 
 
-def _load(port: int, rate: float, total: int, first: int) -> tuple[list[float], list[int]]:
+def _load(port: int, event: str, rate: float, total: int, first: int) -> tuple[list[float], list[int]]:
     context = multiprocessing.get_context("spawn")
     queue: Any = context.Queue()
-    sender = context.Process(target=_send, args=(port, rate, total, first, queue))
+    sender = context.Process(target=_send, args=(port, event, rate, total, first, queue))
     sender.start()
     latencies, statuses = queue.get(timeout=total / rate * 10 + 60)
     sender.join()
@@ -171,14 +194,14 @@ def _server(tree: Path, state: Path) -> Any:
         server.wait(timeout=30)
 
 
-def measure(label: str, tree: Path, rate: float, seconds: float) -> Result:
+def measure(label: str, tree: Path, event: str, rate: float, seconds: float) -> Result:
     state = Path(tempfile.mkdtemp(prefix="loopgate-bench-ack-"))
     total = int(rate * seconds)
     try:
         with _server(tree, state) as (port, process):
-            _load(port, rate, WARMUP, first=0)  # lazy imports, caches, prepared statements
+            _load(port, event, rate, WARMUP, first=0)  # lazy imports, caches, prepared statements
             before = sum(process.cpu_times()[:2])
-            latencies, statuses = _load(port, rate, total, first=WARMUP)
+            latencies, statuses = _load(port, event, rate, total, first=WARMUP)
             cpu = sum(process.cpu_times()[:2]) - before
         with Store.open(None, state_dir=state) as store:
             runs = len(store.find(limit=100_000)) - WARMUP
@@ -198,7 +221,7 @@ def _extract(revision: str) -> Path:
     return tree
 
 
-def report(result: Result, rate: float) -> None:
+def report(result: Result, event: str, rate: float) -> None:
     accepted, duplicates = result.statuses.count(202), result.statuses.count(200)
     others = len(result.statuses) - accepted - duplicates
     lost, doubled = max(0, result.sent - result.runs), max(0, result.runs - result.sent)
@@ -206,7 +229,8 @@ def report(result: Result, rate: float) -> None:
     cpu_met = "met" if result.cpu_ms_per_ack <= TARGET_CPU_MS else "NOT met"
     p99_met = "met" if p99 <= TARGET_P99_MS else "NOT met"
     print(
-        f"{result.label}: {result.sent} pushes at {rate:g}/s + {result.answered - result.sent} redeliveries;"
+        f"{result.label}: {result.sent} {event} deliveries at {rate:g}/s"
+        f" + {result.answered - result.sent} redeliveries;"
         f" answers {accepted} x 202, {duplicates} x 200, others {others}; runs {result.runs},"
         f" lost {lost}, duplicated {doubled}"
     )
@@ -224,6 +248,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--compare", metavar="REV", help="also measure this git revision's code path")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--event", choices=sorted(PAYLOADS), default="push", help="what each delivery is")
     args = parser.parse_args()
     variants = [("this checkout", ROOT)]
     previous = _extract(args.compare) if args.compare else None
@@ -235,9 +260,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             order = variants if round_ % 2 == 0 else variants[::-1]
             for label, tree in order:
-                result = measure(label, tree, args.rate, args.seconds)
+                result = measure(label, tree, args.event, args.rate, args.seconds)
                 results[label].append(result)
-                report(result, args.rate)
+                report(result, args.event, args.rate)
         if previous is not None or args.rounds > 1:
             print("CPU per acknowledgement, by round: " + "; ".join(
                 f"{label} " + ", ".join(f"{r.cpu_ms_per_ack:.2f}" for r in runs) + " ms"

@@ -170,6 +170,59 @@ def test_a_push_from_a_queued_runs_commit_supersedes_it_and_a_second_push_attach
     assert attached.startswith("attached to run ")
 
 
+def pull_request(
+    action: str, branch: str, head: str, head_repo: str = REPO, **changes: Any
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "number": 7,
+        "pull_request": {
+            "head": {"ref": branch, "sha": head, "repo": {"full_name": head_repo}},
+            "base": {"ref": "main"},
+        },
+        "repository": {"full_name": REPO, "clone_url": "https://github.com/acme/shop.git"},
+        "installation": {"id": 4242},
+        **changes,
+    }
+
+
+def test_a_pull_request_head_attaches_to_its_commits_run_or_queues_one(served: Served) -> None:
+    pushed, other = sha(), sha()
+    run_id = served.deliver("push", push("agent/pr", pushed)).json()["status"].removeprefix("queued run ")
+    opened = served.deliver("pull_request", pull_request("opened", "agent/pr", pushed), "pr-opened")
+    assert opened.status_code == 202 and opened.json()["status"] == f"attached to run {run_id}"
+    stored = served.store.delivery("pr-opened")
+    assert stored is not None and (stored.event, stored.action, stored.outcome) == (
+        "pull_request",
+        "opened",
+        "processed",
+    )
+    assert (
+        served.deliver("pull_request", pull_request("opened", "agent/pr", pushed), "pr-opened").status_code
+        == 200
+    )
+    queued = served.deliver("pull_request", pull_request("synchronize", "agent/pr", other)).json()["status"]
+    assert queued.startswith("queued run ")
+    (run,) = served.store.find(repo=REPO, sha=other)
+    assert (run.id, run.branch, run.trigger, run.pr_number) == (
+        queued.removeprefix("queued run "),
+        "agent/pr",
+        "pull_request",
+        7,
+    )
+    forked = sha()
+    assert (
+        served.deliver("pull_request", pull_request("opened", "agent/pr", forked, "mallory/shop")).status_code
+        == 202
+    )
+    assert [r.branch for r in served.store.find(repo=REPO, sha=forked)] == ["fork:agent/pr"]
+    closed = served.deliver("pull_request", pull_request("closed", "agent/pr", other))
+    assert closed.json()["status"] == "ignored" and len(served.store.find(repo=REPO, sha=other)) == 1
+    bad = pull_request("opened", "agent/pr", sha(), number=[7])
+    assert served.deliver("pull_request", bad, "pr-bad").status_code == 400
+    assert "number" in _rejected(served, "pr-bad")
+
+
 @pytest.mark.parametrize(
     ("event", "payload", "answer"),
     [

@@ -14,7 +14,7 @@ import pytest
 from bot.config import InfrastructureError
 from bot.server.ack_queue import AckQueue
 from bot.store import RunStatus, Store
-from bot.store.acks import Acked, AckWriter, PushAck, RecordAck
+from bot.store.acks import Acked, AckWriter, PullAck, PushAck, RecordAck
 from tests.test_store import REPO, SHA_A, SHA_B, SHA_C, in_threads, new_run, pg_database, store, url
 
 __all__ = ["pg_database", "store", "url"]  # fixtures, imported for pytest
@@ -176,3 +176,30 @@ def test_the_writer_thread_commits_before_it_answers_and_refuses_once_closed(sto
     answers = asyncio.run(scenario())
     assert all(a.created for a in answers) and len({a.run_id for a in answers}) == 40
     assert store.queue_depth() == 40 and store.delivery("late") is None
+
+
+def pull(sha: str, delivery: str | None = None, branch: str = "agent/fix") -> PullAck:
+    delivery = delivery or uuid.uuid4().hex
+    run = new_run(branch, sha=sha, delivery_id=delivery, trigger="pull_request", pr_number=7)
+    return PullAck(delivery, "synchronize", "{}", run)
+
+
+def test_a_pull_request_attaches_to_its_commits_run_unless_cancelled(store: Store, writer: AckWriter) -> None:
+    """As `test_store`'s test of `enqueue_next(reuse=True)`."""
+    pushed = one(writer, push(SHA_A, before=SHA_C))
+    attached = one(writer, pull(SHA_A, delivery="pr-1"))
+    assert (attached.new_delivery, attached.created, attached.run_id) == (True, False, pushed.run_id)
+    assert one(writer, pull(SHA_A, delivery="pr-1")) == Acked(False)
+    stored = store.delivery("pr-1")
+    assert stored is not None and (stored.event, stored.action, stored.outcome) == (
+        "pull_request",
+        "synchronize",
+        "processed",
+    )
+    store.complete(str(pushed.run_id), None, "cancelled", None, status="cancelled")
+    fresh = one(writer, pull(SHA_A))
+    assert fresh.created, "a cancelled run is no check: the PR head gets a new one"
+    (run,) = [r for r in store.find(repo=REPO, sha=SHA_A) if r.id == fresh.run_id]
+    assert (run.attempt, run.trigger, run.pr_number) == (2, "pull_request", 7)
+    queued = one(writer, pull(SHA_B))
+    assert queued.created and store.queue_depth() == 2

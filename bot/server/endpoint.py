@@ -4,12 +4,12 @@ Why not a FastAPI route: dependency resolution, the request and response objects
 stack and a hop to the thread pool cost more CPU per delivery than everything the acknowledgement
 itself does (verify the HMAC over the raw bytes, decode the JSON once, validate the few fields a push
 needs, one transaction). So this route reads the ASGI messages itself, and what most deliveries
-are — a push that queues a run, or an event only recorded (an event not used, a tag push, a ping,
-`check_suite.requested`) — is written by one prepared transaction on the webhook's writer thread
-(`bot.server.ack_queue`, `bot.store.acks`). Everything else — events that act on other rows, a
-malformed payload to record as rejected, a body too large to decode on the event loop — goes the
-general way, `bot.server.webhooks`, in the thread pool. Either way the answer, its status and the
-stored rows are the same; the 2xx is sent only after the commit.
+are — a push that queues a run, a pull request's head that needs a check, or an event only recorded
+(an event not used, a tag push, a ping, `check_suite.requested`) — is written by one prepared
+transaction on the webhook's writer thread (`bot.server.ack_queue`, `bot.store.acks`). Everything
+else — events that act on other rows, a malformed payload to record as rejected, a body too large to
+decode on the event loop — goes the general way, `bot.server.webhooks`, in the thread pool. Either
+way the answer, its status and the stored rows are the same; the 2xx is sent only after the commit.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastapi import BackgroundTasks
@@ -24,16 +25,28 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from bot.config import AppSettings, InfrastructureError
-from bot.github.events import MalformedEvent, Push, envelope, parse
+from bot.github.events import MalformedEvent, PullRequestEvent, Push, envelope, parse
 from bot.github.signature import verify_signature
 from bot.server import intake
 from bot.server.ack_queue import AckQueue
-from bot.server.handlers import Context, Redelivery, handlers, ignored_push, push_outcome, push_run
+from bot.server.handlers import (
+    PULL_CHECKED,
+    Context,
+    Redelivery,
+    handlers,
+    ignored_push,
+    on_pull_request,
+    on_push,
+    pull_run,
+    push_outcome,
+    push_run,
+    refreshes_comment,
+)
 from bot.server.intake import Refused
 from bot.server.metrics import Metrics
 from bot.server.webhooks import receive_delivery
 from bot.store import Store
-from bot.store.acks import Ack, Acked, PushAck, RecordAck
+from bot.store.acks import Ack, Acked, PullAck, PushAck, RecordAck
 
 log = logging.getLogger("loopgate.webhooks")
 
@@ -43,6 +56,9 @@ FAST_BODY = 256 * 1024
 one is decoded in the thread pool, so no delivery holds the loop for long."""
 
 Answer = Callable[[Acked], str]
+"""What the webhook answers once the ack is committed (and, for a PR, what it schedules after)."""
+Fast = tuple[Ack, Answer, Callable[[], None] | None]
+"""The ack to write, the answer once it is committed, and a task to run after the response."""
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -110,10 +126,12 @@ class WebhookEndpoint:
     async def _act(self, event: str, delivery: str, body: bytes, background: BackgroundTasks) -> str:
         fast = self._fast(event, delivery, body) if len(body) <= FAST_BODY else None
         if fast is not None:
-            ack, answer = fast
+            ack, answer, after = fast
             acked = await self._acks.write(ack)
             if not acked.new_delivery:
                 raise Redelivery
+            if after is not None:
+                background.add_task(after)
             return answer(acked)
         ctx = Context(
             self._store,
@@ -128,10 +146,10 @@ class WebhookEndpoint:
         # Database work runs off the event loop, so slow commits never stall other deliveries.
         return await run_in_threadpool(receive_delivery, ctx, body)
 
-    def _fast(self, event: str, delivery: str, body: bytes) -> tuple[Ack, Answer] | None:
-        """The one transaction a delivery needs when it is a push that queues a run or an event
-        only recorded; None when it must go the general way (including every malformed payload,
-        which that way records as rejected with its reason)."""
+    def _fast(self, event: str, delivery: str, body: bytes) -> Fast | None:
+        """The one transaction a delivery needs when its handler only records it, or is `on_push`
+        or `on_pull_request`; None when it must go the general way (including every malformed
+        payload, which that way records as rejected with its reason)."""
         try:
             payload = intake.decode(body)
         except Refused:
@@ -140,26 +158,49 @@ class WebhookEndpoint:
         entry = handlers.find(event, head.action)
         text = body.decode("utf-8")  # decode() proved it UTF-8, and JSON holds no raw NUL
 
-        def recorded(answer: str) -> tuple[Ack, Answer]:
+        def recorded(answer: str) -> Fast:
             row = RecordAck(delivery, event, head.action, head.repo, head.installation_id, text)
-            return row, lambda _: answer
+            return row, lambda _: answer, None
 
         if entry is None:
             return recorded("ignored: event not used")
         if entry.answer is not None:
             return recorded(entry.answer)
-        if entry.model is not Push:
-            return None
         try:
-            push = parse(Push, payload)
+            if entry.handler is on_push:
+                return self._push(delivery, parse(Push, payload), text, recorded)
+            if entry.handler is on_pull_request:
+                return self._pull(delivery, parse(PullRequestEvent, payload), text, recorded)
         except MalformedEvent:
             return None
+        return None
+
+    def _push(self, delivery: str, push: Push, text: str, recorded: Callable[[str], Fast]) -> Fast:
+        """As `on_push`: a tag or a deletion is only recorded; a branch's push queues its run."""
         ignored = ignored_push(push)
         if ignored is not None:
             return recorded(ignored)
-        run = push_run(push, delivery, self._new_run_id())
-        ack = PushAck(delivery, text, run, push.before)
-        return ack, lambda acked: push_outcome(acked.created, str(acked.run_id), len(acked.superseded))
+        ack = PushAck(delivery, text, push_run(push, delivery, self._new_run_id()), push.before)
+        return ack, lambda done: push_outcome(done.created, str(done.run_id), len(done.superseded)), None
+
+    def _pull(
+        self, delivery: str, pull: PullRequestEvent, text: str, recorded: Callable[[str], Fast]
+    ) -> Fast:
+        """As `on_pull_request`: the head commit gets a check, and the sticky comment a refresh
+        after the response."""
+        if pull.action not in PULL_CHECKED:
+            return recorded("ignored")
+        run = pull_run(pull, delivery, self._new_run_id(), "pull_request")
+        refresh = partial(self._refresh_comment, pull.repository.full_name, pull.head_branch, pull.number)
+        return (
+            PullAck(delivery, pull.action, text, run),
+            _enqueued,
+            refresh if refreshes_comment(pull) else None,
+        )
+
+
+def _enqueued(acked: Acked) -> str:
+    return f"{'queued run' if acked.created else 'attached to run'} {acked.run_id}"
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

@@ -3,8 +3,9 @@
 A handler registers with `@handlers.on("push", model=Push)` and receives the payload already parsed
 into its model, with a `Context` to record its delivery and queue runs; `bot.server.webhooks` routes,
 parses and dispatches. An event only recorded, never acted on, registers with
-`handlers.acknowledge(event, action, answer)`; the webhook records those, and the pushes that queue a
-run, through its fast path (`bot.server.endpoint`), with the same answers and rows as these handlers.
+`handlers.acknowledge(event, action, answer)`. The webhook's fast path (`bot.server.endpoint`) records
+those, and acts for `on_push` and `on_pull_request`, in one prepared transaction with the same answers
+and rows as these handlers; they remain what a replay after a crash runs.
 """
 
 from __future__ import annotations
@@ -256,14 +257,36 @@ def on_check_suite_rerequested(ctx: Context, event: CheckSuiteEvent) -> str:
 handlers.acknowledge("check_suite", "requested", "ignored: the push starts the run")
 
 
-def _pull_run(ctx: Context, pull: PullRequestEvent, trigger: str) -> NewRun:
+PULL_CHECKED = ("opened", "reopened", "synchronize", "ready_for_review")
+"""The pull request actions after which its head commit needs loopgate's check."""
+
+
+def pull_run(pull: PullRequestEvent, delivery_id: str, run_id: str, trigger: str) -> NewRun:
     """A PR from a fork runs under a branch name no git ref can have, so no branch of the
     repository is mistaken for it and the worker answers it `neutral` (loopgate gates its own)."""
     branch = fork_branch(pull.head_branch) if pull.from_fork else pull.head_branch
     repo = pull.repository
-    return _new_run(
-        ctx, repo.full_name, branch, pull.head_sha, trigger, repo.clone_url, pull.installation_id, pull.number
+    return NewRun(
+        id=run_id,
+        repo=repo.full_name,
+        branch=branch,
+        head_sha=pull.head_sha,
+        check_name=CHECK_NAME,
+        trigger=trigger,
+        clone_url=repo.clone_url,
+        installation_id=pull.installation_id,
+        delivery_id=delivery_id,
+        pr_number=pull.number,
     )
+
+
+def refreshes_comment(pull: PullRequestEvent) -> bool:
+    """Does this PR get loopgate's sticky comment refreshed? Its own branches' PRs, not forks'."""
+    return not pull.from_fork and is_gated(pull.head_branch)
+
+
+def _pull_run(ctx: Context, pull: PullRequestEvent, trigger: str) -> NewRun:
+    return pull_run(pull, ctx.delivery_id, ctx.new_run_id(), trigger)
 
 
 @handlers.on("pull_request", "edited", model=PullRequestEvent)
@@ -290,10 +313,10 @@ def on_pull_request(ctx: Context, pull: PullRequestEvent) -> str:
     run is queued — one the worker concludes `neutral` when the branch is not gated, so a required
     check never blocks people's PRs."""
     ctx.accept()
-    if pull.action not in ("opened", "reopened", "synchronize", "ready_for_review"):
+    if pull.action not in PULL_CHECKED:
         return "ignored"
     outcome = _enqueue(ctx, _pull_run(ctx, pull, "pull_request"), reuse=True)
-    if not pull.from_fork and is_gated(pull.head_branch):
+    if refreshes_comment(pull):
         ctx.background.add_task(ctx.refresh_comment, pull.repository.full_name, pull.head_branch, pull.number)
     return outcome
 

@@ -9,9 +9,10 @@ caches the prepared statements per connection; psycopg prepares a statement on t
 ran a few times. Several acknowledgements waiting together commit together (one fsync), each still
 all-or-nothing with its own rows.
 
-The rules are `Deliveries.accept_push`'s (tests run both on both backends): the delivery row is the
-idempotency key; only the push's `before` is superseded; a run of the same SHA in flight is attached
-to; a new run takes the key's next attempt under the key's lock.
+The rules are `Deliveries.accept_push`'s for a push and `Runs.enqueue_next(reuse=True)`'s for a pull
+request (tests run both on both backends): the delivery row is the idempotency key; only the push's
+`before` is superseded; a push attaches to the branch's run of its SHA in flight, a pull request to
+the commit's run not cancelled; a new run takes the key's next attempt under the key's lock.
 """
 
 from __future__ import annotations
@@ -57,7 +58,19 @@ class RecordAck:
     payload: str
 
 
-Ack = PushAck | RecordAck
+@dataclass(frozen=True, slots=True)
+class PullAck:
+    """A pull request whose head commit needs a check: it attaches to the commit's run that is not
+    cancelled (queued, running or completed — its push made one), or queues one; as
+    `Runs.enqueue_next(run, reuse=True)` does."""
+
+    delivery_id: str
+    action: str
+    payload: str
+    run: NewRun
+
+
+Ack = PushAck | PullAck | RecordAck
 
 
 class Acked(NamedTuple):
@@ -90,6 +103,10 @@ _ASK_TO_STOP = (
 _SAME_IN_FLIGHT = (
     "SELECT id FROM runs WHERE repo = :repo AND branch = :branch AND head_sha = :sha"
     " AND check_name = :check AND status IN (:queued, :running) AND cancel_requested = :no LIMIT 1"
+)
+_LIVE_OF_KEY = (
+    "SELECT id FROM runs WHERE repo = :repo AND head_sha = :sha AND check_name = :check"
+    " AND status <> :cancelled AND cancel_requested = :no ORDER BY attempt DESC LIMIT 1"
 )
 _LAST_ATTEMPT = "SELECT max(attempt) FROM runs WHERE repo = :repo AND head_sha = :sha AND check_name = :check"
 _INSERT_RUN = (
@@ -200,26 +217,21 @@ class AckWriter:
             }
             cursor.execute(self._sql["delivery"], params)
             return Acked(cursor.fetchone() is not None)
-        return self._push(cursor, ack, now)
-
-    def _push(self, cursor: Any, ack: PushAck, now: datetime) -> Acked:
         run = ack.run
         params = {
             "id": ack.delivery_id,
-            "event": "push",
-            "action": None,
+            "event": "push" if isinstance(ack, PushAck) else "pull_request",
+            "action": ack.action if isinstance(ack, PullAck) else None,
             "repo": run.repo,
             "installation_id": run.installation_id,
             "payload": ack.payload,
             "now": self._stamp(now),
             "branch": run.branch,
             "sha": run.head_sha,
-            "before": ack.replaces,
             "check": run.check_name,
             "queued": _QUEUED,
             "running": _RUNNING,
             "cancelled": _CANCELLED,
-            "reason": f"superseded by {run.head_sha}",
             "yes": True,
             "no": False,
         }
@@ -229,6 +241,18 @@ class AckWriter:
         if self._postgres:
             key = f"loopgate-run:{run.repo}:{run.head_sha}:{run.check_name}"
             cursor.execute(self._sql["lock"], {"key": key})
+        if isinstance(ack, PullAck):
+            cursor.execute(self._sql["live"], params)
+            existing = cursor.fetchone()
+            if existing is not None:
+                return Acked(True, existing[0], False)
+            return Acked(True, self._insert_run(cursor, run, params), True)
+        return self._push(cursor, ack, params)
+
+    def _push(self, cursor: Any, ack: PushAck, params: dict[str, Any]) -> Acked:
+        """Supersede the runs of `before`, then attach to the branch's run of this SHA in flight, or
+        queue the next attempt."""
+        params = {**params, "before": ack.replaces, "reason": f"superseded by {ack.run.head_sha}"}
         cursor.execute(self._sql["replaced"], params)
         superseded = []
         for run_id, status, cancel_requested in cursor.fetchall():
@@ -240,6 +264,10 @@ class AckWriter:
         existing = cursor.fetchone()
         if existing is not None:
             return Acked(True, existing[0], False, tuple(superseded))
+        return Acked(True, self._insert_run(cursor, ack.run, params), True, tuple(superseded))
+
+    def _insert_run(self, cursor: Any, run: NewRun, params: dict[str, Any]) -> str:
+        """Insert `run` as its key's next attempt (the caller holds the key's lock)."""
         cursor.execute(self._sql["attempt"], params)
         attempt = (cursor.fetchone()[0] or 0) + 1
         values = {
@@ -253,7 +281,7 @@ class AckWriter:
             "pr_number": run.pr_number,
         }
         cursor.execute(self._sql["run"], values)
-        return Acked(True, run.id, True, tuple(superseded))
+        return run.id
 
 
 _STATEMENTS = {
@@ -263,6 +291,7 @@ _STATEMENTS = {
     "cancel": _CANCEL_QUEUED,
     "stop": _ASK_TO_STOP,
     "same": _SAME_IN_FLIGHT,
+    "live": _LIVE_OF_KEY,
     "attempt": _LAST_ATTEMPT,
     "run": _INSERT_RUN,
 }
