@@ -6,13 +6,14 @@ from one snapshot included, is in test_kube_pipeline.py.)"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bot.config import parse_config
+from bot.config import Config, parse_config
 from bot.config.kubernetes import KubernetesPostgres
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes import state as copies
@@ -22,10 +23,15 @@ from bot.runtimes.kubernetes.gc import sweep
 from bot.runtimes.kubernetes.render import control_keys, render_sandbox
 from bot.runtimes.protocol import Controls, ProbeRequest, Source
 from tests.conftest import run_cli
+from tests.gitrepo import GitRepo
 from tests.kube_fake import FakeCluster
+from tests.kube_fake.images import ImageSpec
 from tests.kube_fake.validate import validate_object
 from tests.test_kube_runtime import (
+    MANAGED,
     NS,
+    available,
+    baseline_objects,
     config,
     fork_objects,
     images,  # noqa: F401  (the fixture `shop` needs)
@@ -277,3 +283,64 @@ def test_render_without_controls_is_unchanged_by_them() -> None:
         "Secret",
         "Job",
     ]
+
+
+KANIKO = 'case "$*" in *--destination=*good*) echo "INFO[0002] Pushed $*"; exit 0;; esac\nexit 1\n'
+"""Stands for Kaniko: pushes a destination with `good` in it."""
+
+
+def test_the_controls_build_the_base_commit_once(
+    images: dict[str, ImageSpec],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An in-cluster build: the candidate builds its head; its two controls share one Kaniko Job of the
+    base commit (the same image, the same tag), whose outcome both get."""
+    (tmp_path / "kaniko.sh").write_text(KANIKO)
+    repo = GitRepo.init(tmp_path / "repo", {"a": "1"})
+    repo.git("remote", "add", "origin", "https://github.com/acme/shop.git")
+    base = repo.git("rev-parse", "HEAD")
+    head = repo.branch("agent/change", {"a": "2"})
+    web = {
+        "namespace": NS,
+        "workload": "deployment/web",
+        "port": 80,
+        "build": {"registry": "registry.example/good/web"},
+    }
+    cfg = Config.model_validate(
+        {
+            "version": 1,
+            "runtime": {"kind": "kubernetes", "kubernetes": {"routing": "istio"}},
+            "services": {"web": {"paths": ["web/**"], "kubernetes": web}},
+        }
+    )
+    images[objects.KANIKO_IMAGE] = ImageSpec(argv=["sh", str(tmp_path / "kaniko.sh")], cwd=tmp_path)
+    with FakeCluster(images=images) as cluster:
+        for obj in baseline_objects("web"):
+            cluster.store.create(obj)
+        wait_for("the baseline Available", lambda: available(cluster, "web"))
+        runtime = runtime_for(cluster, tmp_path)
+        baseline = runtime.up_baseline(Source(repo.path, base), cfg)
+        sandbox = runtime.new_sandbox(baseline, cfg, Source(repo.path, head))
+        controls = [runtime.new_control(sandbox, Source(repo.path, base)) for _ in range(2)]
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            boxes = [sandbox, *controls]
+            built = list(pool.map(lambda box: runtime.build(box, "web", cfg.services["web"]), boxes))
+        assert [b.ok for b in built] == [True] * 3, [b.detail for b in built]
+        assert [b.source for b in built] == [
+            f"registry.example/good/web:{head}",
+            f"registry.example/good/web:{base}",
+            f"registry.example/good/web:{base}",
+        ]
+        jobs = [
+            o["metadata"]
+            for o in cluster.written_objects()
+            if o.get("kind") == "Job" and "-build-" in o["metadata"]["name"]
+        ]
+        assert len(jobs) == 2, [j["name"] for j in jobs]
+        assert sorted(j["labels"].get(objects.CONTROL_OF_LABEL, "") for j in jobs) == [
+            "",
+            sandbox.routing_key,
+        ]
+        runtime.teardown(sandbox)
+        assert cluster.store.list("ConfigMap", NS, MANAGED) == []
+        assert refused(cluster) == []

@@ -62,9 +62,11 @@ class ControlSandboxes(Sandboxes):
         return known + [key for key in recorded if key not in known]
 
     def _forget(self, key: str, controls: list[str]) -> None:
-        """This process's memory of a sandbox, its controls and their shared snapshots."""
+        """This process's memory of a sandbox, its controls, their shared snapshots and base builds."""
         with self._lock:
             for each in (key, *controls):
                 self._sandboxes.pop(each, None)
             for pair in [p for p in self._snapshots if p[0] == key]:
                 self._snapshots.pop(pair, None)
+            for pair in [p for p in self._base_builds if p[0] == key]:
+                self._base_builds.pop(pair, None)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import secrets
 import string
 import threading
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, ConfigError, RuntimeSettings
 from bot.config.kubernetes import KubernetesService, KubernetesSettings
 from bot.runtimes.guard import infrastructure_errors
 from bot.runtimes.kubernetes.client import Kube, api_client, context_name
+from bot.runtimes.protocol import BuildOutcome
 
 if TYPE_CHECKING:
     from bot.runtimes.kubernetes.baselines import BaselineInfo
@@ -54,6 +56,8 @@ class KubeCore:
         self._sandboxes: dict[str, SandboxState] = {}
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         """(sandbox key, service) -> the one dump its copies and its controls' come from."""
+        self._base_builds: dict[tuple[str, str], Future[BuildOutcome]] = {}
+        """(sandbox key, service) -> the in-cluster build of the base commit its controls share."""
 
     @property
     def confined(self) -> bool:

@@ -5,6 +5,7 @@ another process made is adopted from the labels its objects carry."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,12 +174,35 @@ class Sandboxes(Baselines):
             expires_at=state.expires_at,
         )
         objects.as_control(job, state.control_of)
-        outcome = builds.run_build(
-            self.api, job, service=service, destination=destination, timeout_s=kspec.build.timeout
-        )
+        timeout_s = kspec.build.timeout
+
+        def run() -> BuildOutcome:
+            return builds.run_build(
+                self.api, job, service=service, destination=destination, timeout_s=timeout_s
+            )
+
+        outcome = run() if state.control_of is None else self._base_build(state.control_of, service, run)
         if outcome.ok:
             with self._lock:
                 state.images[service] = destination
+        return outcome
+
+    def _base_build(self, owner: str, service: str, run: Callable[[], BuildOutcome]) -> BuildOutcome:
+        """The base commit's image, built once for all of `owner`'s controls: the first control to ask
+        runs the build, the others wait for its outcome (the same image, pushed to the same tag)."""
+        with self._lock:
+            shared = self._base_builds.get((owner, service))
+            first = shared is None
+            if shared is None:
+                shared = self._base_builds[(owner, service)] = Future()
+        if not first:
+            return shared.result()
+        try:
+            outcome = run()
+        except BaseException as exc:
+            shared.set_exception(exc)
+            raise
+        shared.set_result(outcome)
         return outcome
 
     @infrastructure
