@@ -1,0 +1,107 @@
+"""protoc, from grpcio-tools, run on a staged tree: `.proto` files in, a `FileDescriptorSet` out.
+
+It runs as a child process (`python -m grpc_tools.protoc`), not in this one: protoc prints its errors
+on the C++ side's stderr, which only a child's pipe captures, and a child can be timed out and can crash
+on a pathological input without taking the worker with it. grpc_tools' entry point adds its own include
+directory last, so the well-known types (`google/protobuf/timestamp.proto`, ...) resolve from the
+bundled copies while the repository's files win.
+
+Errors come back as one line in protoc's own `file:line:column: message` form, the staged virtual name
+mapped back to the repository path, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bot.verify.proto import limits
+
+_LOCATED = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$")
+
+
+class CompileError(Exception):
+    """protoc refused the files: one line, `repo/path.proto:line:column: message`."""
+
+
+def compile_protos(
+    include: Path, inputs: Sequence[str], repo_paths: Mapping[str, str], timeout: float | None = None
+) -> bytes:
+    """The serialized FileDescriptorSet (with imports, so every referenced type is in it) of `inputs`,
+    virtual names under `include`. Raises CompileError."""
+    if not inputs:
+        return b""
+    with tempfile.TemporaryDirectory(prefix="loopgate-protoc-") as scratch:
+        out = Path(scratch) / "set.binpb"
+        args = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"--proto_path={include}",
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            *inputs,
+        ]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        try:
+            done = subprocess.run(
+                args,
+                cwd=include,
+                env=env,
+                capture_output=True,
+                timeout=limits.PROTOC_TIMEOUT_S if timeout is None else timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise CompileError(f"protoc did not finish within {limits.PROTOC_TIMEOUT_S:g} s") from None
+        except OSError as exc:
+            raise CompileError(f"protoc could not start: {exc.strerror or exc}") from None
+        if done.returncode != 0:
+            stderr = done.stderr.decode("utf-8", "replace")
+            for prefix in {f"{include}/", f"{include.resolve()}/"}:  # inputs come back as disk paths
+                stderr = stderr.replace(prefix, "")
+            raise CompileError(_first_error(stderr, repo_paths, done.returncode))
+        try:
+            return out.read_bytes()
+        except OSError:
+            raise CompileError("protoc wrote no descriptor set") from None
+
+
+def read_descriptor_set(path: Path) -> bytes:
+    """A prebuilt descriptor set's bytes, within MAX_DESCRIPTOR_SET_BYTES. Raises CompileError."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limits.MAX_DESCRIPTOR_SET_BYTES + 1)
+    except OSError as exc:
+        raise CompileError(f"{path.name}: unreadable ({exc.strerror or exc})") from None
+    if len(data) > limits.MAX_DESCRIPTOR_SET_BYTES:
+        raise CompileError(f"{path.name}: over {limits.MAX_DESCRIPTOR_SET_BYTES:,} bytes: refused")
+    return data
+
+
+def _first_error(stderr: str, repo_paths: Mapping[str, str], code: int) -> str:
+    """protoc's first error with a file:line (else its first line), in repository terms, with a count of
+    the rest; warnings are skipped. A missing import prints `x.proto: File not found.` before the
+    importer's `a.proto:3:1: Import "x.proto" was not found`: the second one says where."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "warning:" not in line.lower()]
+    if not errors:
+        return f"protoc failed (exit {code}) without a message"
+    located = next((m for m in map(_LOCATED.match, errors) if m), None)
+    first = errors[0]
+    if located:
+        name = repo_paths.get(located["file"], located["file"])
+        first = f"{name}:{located['line']}:{located['column']}: {located['message']}"
+    else:
+        for virtual, rel in repo_paths.items():
+            if first.startswith(virtual + ":"):
+                first = rel + first[len(virtual) :]
+                break
+    more = len(errors) - 1
+    text = first if len(first) <= limits.MAX_TEXT * 2 else first[: limits.MAX_TEXT * 2 - 1] + "…"
+    return f"{text} (and {more} more)" if more else text
