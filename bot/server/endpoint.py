@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -56,9 +57,20 @@ FAST_BODY = 256 * 1024
 one is decoded in the thread pool, so no delivery holds the loop for long."""
 
 Answer = Callable[[Acked], str]
-"""What the webhook answers once the ack is committed (and, for a PR, what it schedules after)."""
-Fast = tuple[Ack, Answer, Callable[[], None] | None]
-"""The ack to write, the answer once it is committed, and a task to run after the response."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fast:
+    """The ack to write and the answer once it is committed."""
+
+    ack: Ack
+    answer: Answer
+    refresh: Callable[[], None] | None = None
+    """A pull request's sticky comment, refreshed after the response when the PR attached to a run
+    that already was: a run just queued has no evidence to show yet (`refresh_comment` would read
+    it and stop), and the worker comments when it concludes."""
+
+
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -126,13 +138,12 @@ class WebhookEndpoint:
     async def _act(self, event: str, delivery: str, body: bytes, background: BackgroundTasks) -> str:
         fast = self._fast(event, delivery, body) if len(body) <= FAST_BODY else None
         if fast is not None:
-            ack, answer, after = fast
-            acked = await self._acks.write(ack)
+            acked = await self._acks.write(fast.ack)
             if not acked.new_delivery:
                 raise Redelivery
-            if after is not None:
-                background.add_task(after)
-            return answer(acked)
+            if fast.refresh is not None and not acked.created:
+                background.add_task(fast.refresh)
+            return fast.answer(acked)
         ctx = Context(
             self._store,
             delivery,
@@ -160,7 +171,7 @@ class WebhookEndpoint:
 
         def recorded(answer: str) -> Fast:
             row = RecordAck(delivery, event, head.action, head.repo, head.installation_id, text)
-            return row, lambda _: answer, None
+            return Fast(row, lambda _: answer)
 
         if entry is None:
             return recorded("ignored: event not used")
@@ -181,7 +192,7 @@ class WebhookEndpoint:
         if ignored is not None:
             return recorded(ignored)
         ack = PushAck(delivery, text, push_run(push, delivery, self._new_run_id()), push.before)
-        return ack, lambda done: push_outcome(done.created, str(done.run_id), len(done.superseded)), None
+        return Fast(ack, lambda done: push_outcome(done.created, str(done.run_id), len(done.superseded)))
 
     def _pull(
         self, delivery: str, pull: PullRequestEvent, text: str, recorded: Callable[[str], Fast]
@@ -192,10 +203,8 @@ class WebhookEndpoint:
             return recorded("ignored")
         run = pull_run(pull, delivery, self._new_run_id(), "pull_request")
         refresh = partial(self._refresh_comment, pull.repository.full_name, pull.head_branch, pull.number)
-        return (
-            PullAck(delivery, pull.action, text, run),
-            _enqueued,
-            refresh if refreshes_comment(pull) else None,
+        return Fast(
+            PullAck(delivery, pull.action, text, run), _enqueued, refresh if refreshes_comment(pull) else None
         )
 
 
