@@ -218,6 +218,16 @@ def test_operation_outside_the_contract_is_a_violation(fake: GitHubFake) -> None
     assert fake.comments(REPO, 1) == []
 
 
+def test_a_port_scan_for_another_host_is_misdirected_not_a_violation(fake: GitHubFake) -> None:
+    """The confinement tests' hostile probe sends `GET /ready` with `Host: x` to every loopback port,
+    this fake's too: not a GitHub client, so not loopgate's contract to keep."""
+    scanned = httpx.get(fake.url + "/ready", headers={"host": "x"})
+    assert scanned.status_code == 421
+    unknown = httpx.get(fake.url + "/ready")  # the same request from a client of the fake is one
+    assert unknown.status_code == fake.violation_status
+    assert [(v.method, v.path) for v in fake.violations] == [("GET", "/ready")]
+
+
 def test_bad_graphql_is_a_violation(fake: GitHubFake) -> None:
     pull = fake.open_pull(REPO, "agent/feature")
     headers = {"Authorization": f"token {fake.installation_token(REPO)}"}

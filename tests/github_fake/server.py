@@ -153,7 +153,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-_REASONS = {599: "Contract Violation", 422: "Unprocessable Entity"}
+_REASONS = {599: "Contract Violation", 422: "Unprocessable Entity", 421: "Misdirected Request"}
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _for_this_host(host: str | None) -> bool:
+    """Every client of the fake is configured with a loopback base URL; no Host at all is HTTP/1.0."""
+    if host is None:
+        return True
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in _LOOPBACK_NAMES
 
 
 class GitHubFake(RestHandlers):
@@ -491,6 +500,11 @@ class GitHubFake(RestHandlers):
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         if raw_path.startswith("/_fake/") or raw_path == "/_fake":
             return self._fake_endpoint(method, raw_path)
+        if not _for_this_host(headers.get("host")):
+            # Not a GitHub client: a port scan on the shared loopback (the hostile probe of the
+            # confinement tests sends `Host: x` to every listening port). A server answers a host it
+            # does not serve with 421; nothing is recorded, no contract was involved.
+            return 421, {"content-type": "text/plain"}, b"misdirected request\n"
         with self.state.lock:
             host = headers.get("host")
             self._origin = f"http://{host}" if host else None
