@@ -344,3 +344,19 @@ def test_the_controls_build_the_base_commit_once(
         runtime.teardown(sandbox)
         assert cluster.store.list("ConfigMap", NS, MANAGED) == []
         assert refused(cluster) == []
+
+
+def test_gc_leaves_a_copy_in_the_making(tmp_path: Path) -> None:
+    """A copy's record is made before its copy Job runs and before its fork exists: gc must not take a
+    sandbox that has no fork yet for one that is gone, and drop the copy under its Job."""
+    with FakeCluster() as cluster:
+        server = KubernetesPostgres(host="pg", secret="pgadm")
+        making = copies.Copy("making01", "pay", NS, "ledger", server)
+        cluster.store.create(copies.record(making, stamp(LATER)))
+        cluster.clear_requests()
+        assert runtime_for(cluster, tmp_path).gc() == []
+        assert [c.key for c in copies.recorded_copies(Kube(cluster.api_client()))] == ["making01"]
+        assert not any(r.method == "POST" for r in cluster.requests)
+        (read,) = copies.recorded_copies(Kube(cluster.api_client()))
+        assert read.recorded_at is not None and read.being_made(datetime.now(UTC))
+        assert not read.being_made(datetime.now(UTC) + timedelta(seconds=server.timeout + 61))

@@ -88,9 +88,13 @@ def orphaned_controls(kube: Kube, listed: list[Obj], now: datetime) -> dict[str,
     }
     if not controls:
         return {}
-    records = _list(kube, CONFIG_MAP, record_selector()) or []
-    standing = owned_pairs(records, now)
+    standing = standing_controls(kube, now)
     return {key: owner for key, owner in controls.items() if (owner, key) not in standing}
+
+
+def standing_controls(kube: Kube, now: datetime) -> set[tuple[str, str]]:
+    """(owner, control) of every control record not yet expired (one list call)."""
+    return owned_pairs(_list(kube, CONFIG_MAP, record_selector()) or [], now)
 
 
 def expired_control_records(kube: Kube, now: datetime) -> list[str]:

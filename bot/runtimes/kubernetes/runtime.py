@@ -285,16 +285,20 @@ class KubernetesRuntime(ControlSandboxes):
 
     @infrastructure
     def gc(self) -> list[str]:
-        """The sweep, expired control records, then every data copy whose sandbox has no fork left (a
-        control whose owner is gone has none: the sweep removed them)."""
+        """The sweep, expired control records, then every data copy whose sandbox has no fork: unless
+        it may still be in the making (its fork comes after it), where its sandbox is a control whose
+        owner is gone (the sweep removed its forks)."""
         removed = sweeper.sweep(self.kube)
         now = datetime.now(UTC)
         removed += sweeper.expired_control_records(self.kube, now)
-        deployments = self.kube.list(DEPLOYMENT, None, label_selector=MANAGED).items
-        live = sweeper.live_sandboxes(deployments, now)
-        live -= set(sweeper.orphaned_controls(self.kube, deployments, now))
-        for copy in copies.recorded_copies(self.kube):
-            if copy.key not in live and not self._drop_copies([copy]):
+        live = sweeper.live_sandboxes(self.kube.list(DEPLOYMENT, None, label_selector=MANAGED).items, now)
+        recorded = copies.recorded_copies(self.kube)
+        standing = sweeper.standing_controls(self.kube, now) if any(c.owner for c in recorded) else set()
+        for copy in recorded:
+            ownerless = copy.owner is not None and (copy.owner, copy.key) not in standing
+            if copy.key in live or (copy.being_made(now) and not ownerless):
+                continue
+            if not self._drop_copies([copy]):
                 removed.append(f"dropped database {copy.database} (sandbox {copy.key} is gone)")
         return removed
 

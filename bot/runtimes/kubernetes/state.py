@@ -74,6 +74,15 @@ class Copy:
     server: KubernetesPostgres
     owner: str | None = None
     """The sandbox whose control this copy's sandbox is (None for a candidate's own copy)."""
+    recorded_at: datetime | None = field(default=None, compare=False)
+    """When its record was made (read back from the cluster; None for a copy not yet recorded)."""
+
+    def being_made(self, now: datetime) -> bool:
+        """Whether the copy may still be in the making: its record is younger than the copy Job may take
+        (plus the moments around it), so its sandbox's fork may not exist yet. gc leaves such a copy."""
+        if self.recorded_at is None:
+            return False
+        return (now - self.recorded_at).total_seconds() < self.server.timeout + SNAPSHOT_WAIT_SLACK_S
 
     @property
     def database(self) -> str:
@@ -189,7 +198,9 @@ def copy_from_record(configmap: Obj) -> Copy | None:
     base = str(database)[: -len(f"_lg_{key}")]
     owner = labels.get(objects.CONTROL_OF_LABEL)
     namespace = str(metadata.get("namespace") or "")
-    return Copy(str(key), str(service), namespace, base, server, str(owner) if owner else None)
+    stamp = metadata.get("creationTimestamp")
+    made = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+    return Copy(str(key), str(service), namespace, base, server, str(owner) if owner else None, made)
 
 
 def point_at_copy(fork: Obj, copy: Copy, container: str, variable: str) -> Obj:
