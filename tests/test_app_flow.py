@@ -70,6 +70,16 @@ def test_good_push_succeeds_and_opens_exactly_one_pr(
     schema = json.loads((ROOT / "docs" / "evidence.schema.json").read_text())
     jsonschema.validate(evidence, schema)
     assert evidence["verdict"] == "pass" and evidence["head"]["ref"] == "agent/refactor-orders"
+    # The verdict went out before the sandbox was torn down; the run's Evidence then gains the
+    # teardown (the run is already concluded: the worker amends it).
+    deadline = time.monotonic() + 30
+    while "teardown" not in [s["name"] for s in evidence["stages"]] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        evidence = server.api(f"/api/runs/{run['id']}").json()
+    teardown = next(s for s in evidence["stages"] if s["name"] == "teardown")
+    assert teardown["outcome"] == "ok"
+    assert evidence["finished_at"] <= teardown["started_at"]
+    jsonschema.validate(evidence, schema)
     page = httpx.get(check.details_url, timeout=10)
     assert page.status_code == 200 and "PASS" in page.text
     assert httpx.get(f"{server.url}/runs/{run['id']}", timeout=10).status_code == 401

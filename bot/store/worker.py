@@ -136,3 +136,11 @@ class WorkerRuns(StoreBase):
             run.updated_at = now
             session.flush()
             return _run(run)
+
+    def amend_evidence(self, run_id: str, evidence_json: str) -> None:
+        """A concluded run's Evidence with what happened after its verdict was reported (teardown's
+        outcome); the verdict, conclusion and status stay as concluded."""
+        with self._session("recording teardown", write=True) as session:
+            run = _locked(session, run_id)
+            run.evidence = evidence_json
+            run.updated_at = utcnow()

@@ -254,6 +254,19 @@ class RunExecutor:
         mirror = env.mirrors.sync(run.repo, run.clone_url or "", client.token(run.installation_id or 0))
         base_sha = Git(mirror).resolve(prepared.base)
         pipeline = Pipeline(env.runtime, should_stop=lambda: self._stop_reason(run.id))
+        published: list[Evidence] = []
+
+        def publish(verified: Evidence) -> None:
+            """The verdict goes out before the sandbox is torn down (#13): checks, comment and gate
+            do not wait for the cleanup."""
+            published.append(verified)
+            if self._lost.is_set():
+                log.warning("run %s was taken over by another replica; not reported here", run.id)
+                return
+            verified.repo, verified.base.ref, verified.head.ref = run.repo, prepared.base, run.branch
+            verified.links = evidence.links
+            self._publish(client, run, verified, prepared.config.agents, prepared.base, check_id)
+
         verified = pipeline.verify(
             VerifyRequest(
                 repo=mirror,
@@ -262,14 +275,13 @@ class RunExecutor:
                 trigger=run.trigger,
                 run_id=run.id,
                 keep_baseline=True,
+                on_verdict=publish,
             )
         )
-        if self._lost.is_set():
-            log.warning("run %s was taken over by another replica; this worker does not report it", run.id)
-            return
-        verified.repo, verified.base.ref, verified.head.ref = run.repo, prepared.base, run.branch
-        verified.links = evidence.links
-        self._publish(client, run, verified, prepared.config.agents, prepared.base, check_id)
+        if not published:
+            publish(verified)
+        elif not self._lost.is_set():
+            env.store.amend_evidence(run.id, verified.model_dump_json())  # now with teardown's outcome
         try:
             env.runtime.retire_stale_baselines(Source(mirror, base_sha))
         except LoopgateError:
