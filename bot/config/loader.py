@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from bot.config import environ
 from bot.config.errors import ConfigError
+from bot.config.grpc import health_fits
 from bot.config.schema import Config
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -233,7 +234,21 @@ def read_config(data: bytes | str, source: str = ".loopgate.yml") -> ConfigFile:
     _require_runtime_sections(loaded)
     _check_templates(loaded)
     _check_start_order(loaded)
+    _check_health_protocols(loaded)
     return loaded
+
+
+def _check_health_protocols(loaded: ConfigFile) -> None:
+    """A health check the service's protocol cannot answer would only time out at every start: an HTTP
+    GET to a gRPC server, or the gRPC health service asked of an HTTP one."""
+    for name, service in sorted(loaded.config.services.items()):
+        if service.local is None:
+            continue
+        check = service.local.health_check
+        kinds = {"grpc_check": check.grpc is not None, "path_check": check.path is not None}
+        why = health_fits(service.protocol, **kinds)
+        if why is not None:
+            raise ConfigError(f"{loaded.at('services', name, 'local', 'health')}: {why}")
 
 
 def _require_runtime_sections(loaded: ConfigFile) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
 
 from bot.config import environ
 from bot.config.errors import ConfigError
+from bot.config.grpc import PROTOCOL_DESCRIPTION, Grpc, Protocol, check_health_service, grpc_defaults
 from bot.config.kubernetes import (
     KubernetesRuntime,
     KubernetesService,
@@ -35,10 +36,16 @@ SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
 
 class HealthCheck(Strict):
-    """When a service is ready: its port accepts a connection (`tcp: true`), or an HTTP path answers."""
+    """When a service is ready: its port accepts a connection (`tcp: true`), an HTTP path answers, or
+    (a gRPC service) the standard health service says SERVING (`grpc: NAME`)."""
 
     tcp: bool | None = Field(default=None, description="`true`: ready once the port accepts a connection.")
     path: str | None = Field(default=None, description="HTTP path asked with GET.")
+    grpc: str | None = Field(
+        default=None,
+        description="gRPC services: ready once `grpc.health.v1.Health/Check` for this service name answers"
+        ' SERVING (`""`: the server as a whole).',
+    )
     status: int | list[int] | None = Field(
         default=None, description="The status (or statuses) that mean ready; default any 2xx."
     )
@@ -46,9 +53,11 @@ class HealthCheck(Strict):
     @model_validator(mode="after")
     def _one_kind(self) -> HealthCheck:
         if self.tcp is False:
-            raise ValueError("`tcp: false` checks nothing: give `tcp: true` or a `path`")
-        if (self.tcp is None) == (self.path is None):
-            raise ValueError("set exactly one of `tcp: true` or `path`")
+            raise ValueError("`tcp: false` checks nothing: give `tcp: true`, a `path` or `grpc`")
+        if [self.tcp, self.path, self.grpc].count(None) != 2:
+            raise ValueError("set exactly one of `tcp: true`, `path` or `grpc`")
+        if self.grpc is not None:
+            check_health_service(self.grpc)
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("path must be an HTTP path starting with /")
         if self.status is not None and self.path is None:
@@ -68,6 +77,8 @@ class HealthCheck(Strict):
     def describe(self) -> str:
         if self.tcp:
             return "tcp: the port accepts a connection"
+        if self.grpc is not None:
+            return f"grpc.health.v1.Health/Check({self.grpc!r}) answers SERVING"
         accepted = "2xx" if self.statuses is None else " or ".join(str(code) for code in self.statuses)
         return f"GET {self.path} answers {accepted}"
 
@@ -135,8 +146,8 @@ class LocalService(Strict):
     build: str | None = Field(default=None, description="Command run once in the service's cwd before start.")
     health: Health = Field(
         default="/healthz",
-        description="When the service is ready: an HTTP path answering 2xx, `{tcp: true}`, or"
-        " `{path, status}`.",
+        description="When the service is ready: an HTTP path answering 2xx, `{tcp: true}`,"
+        ' `{path, status}`, or `{grpc: ""}` (grpc.health.v1; the default of a `grpc` service).',
     )
     cwd: str = Field(
         default=".",
@@ -185,7 +196,9 @@ class LocalService(Strict):
     @classmethod
     def _health_is_path(cls, value: str | HealthCheck) -> str | HealthCheck:
         if isinstance(value, str) and not value.startswith("/"):
-            raise ValueError("must be an HTTP path starting with /, `{tcp: true}` or `{path, status}`")
+            raise ValueError(
+                'must be an HTTP path starting with /, `{tcp: true}`, `{path, status}` or `{grpc: ""}`'
+            )
         return value
 
     @property
@@ -243,6 +256,12 @@ class Service(Strict):
     paths: list[str] = Field(
         min_length=1, description="Globs (git pathspec style, ** allowed) owned by the service."
     )
+    protocol: Protocol = Field(default="http", description=PROTOCOL_DESCRIPTION)
+    grpc: Grpc | None = Field(
+        default=None,
+        description="`protocol: grpc` services: their `.proto` contract, checked base against head when"
+        " the service is forked.",
+    )
     local: LocalService | None = Field(default=None, description="Required by the local runtime.")
     kubernetes: KubernetesService | None = Field(
         default=None, description="Required by the Kubernetes runtime."
@@ -255,6 +274,19 @@ class Service(Strict):
         " `/openapi.json`, FastAPI's), a path, or `false`. A forked service's base and head descriptions"
         " are compared and its safe operations probed; one that answers no description there has none.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_defaults(cls, data: Any) -> Any:
+        return grpc_defaults(data)
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc_needs_protocol(cls, value: Grpc | None, info: ValidationInfo) -> Grpc | None:
+        protocol = info.data.get("protocol", "http")
+        if value is not None and protocol != "grpc":
+            raise ValueError(f"a `grpc:` section needs `protocol: grpc` (this service speaks {protocol})")
+        return value
 
     @field_validator("openapi", mode="before")
     @classmethod

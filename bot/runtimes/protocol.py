@@ -142,6 +142,9 @@ class ObservedRequest:
     traceparent: str | None
     started_at: str
     duration_ms: int
+    grpc_status: int | None = None
+    """A gRPC call's status code (0 OK, 5 NOT_FOUND, ...; `path` is its `/package.Service/Method`);
+    None for a response that is not gRPC, or from a runtime that cannot see it."""
 
 
 class Runtime(Protocol):

@@ -81,6 +81,7 @@ def _parse(line: bytes, baggage_member: str, header: str) -> LoggedRequest | Non
         baggage=baggage,
         started_at=_text(raw.get("start_time")) or "",
         duration_ms=_int(raw.get("duration_ms")),
+        grpc_status=_grpc_status(raw.get("grpc_status")),
         response_flags=_text(raw.get("response_flags")) or "-",
     )
 
@@ -98,6 +99,18 @@ def _int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
+
+
+def _grpc_status(value: Any) -> int | None:
+    """gRPC codes are 0-16; anything else a service put in its grpc-status is kept if it is a number
+    (a caller sees it too), and a missing or non-numeric one is None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        code = int(value)
+    except (TypeError, ValueError):
+        return None
+    return code if 0 <= code < 2**31 else None
 
 
 def _target(cluster: str | None) -> str | None:

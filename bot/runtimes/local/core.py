@@ -95,6 +95,7 @@ class RuntimeCore:
             forks=forks,
             baggage_member=config.routing.baggage_member,
             header=config.routing.header,
+            http2=frozenset(name for name, s in config.services.items() if s.protocol != "http"),
         )
 
     def _apply_routes(self, env_id: str, *, drain_limit: float = DRAIN_LIMIT_S) -> None:

@@ -236,6 +236,8 @@ class DataPlane:
             raise EnvoyError("envoy listeners cannot change while it runs; stop and start the data plane")
         if (spec.header, spec.baggage_member) != (old.header, old.baggage_member):
             raise EnvoyError("the sandbox header and baggage member are fixed at start; restart to change")
+        if spec.http2 != old.http2:
+            raise EnvoyError("the services' upstream protocols are fixed at start; restart to change")
         deadline = time.monotonic() + timeout
         wanted = xds.clusters(spec)
         with _Admin(self.admin_socket) as admin:
@@ -273,7 +275,7 @@ class DataPlane:
 
             if add_clusters:
                 version = next_version()
-                self._write_clusters(merged, version)
+                self._write_clusters(merged, version, spec.http2)
                 self._await(admin, {_CDS_PREFIX: version}, before, deadline, "cluster", warm=True)
                 acked[_CDS_PREFIX] = version
 
@@ -292,7 +294,7 @@ class DataPlane:
             if gone:
                 _await_drained(admin, gone, stats, min(deadline, time.monotonic() + drain_limit))
                 version = next_version()
-                self._write_clusters(wanted, version)
+                self._write_clusters(wanted, version, spec.http2)
                 self._await(admin, {_CDS_PREFIX: version}, before, deadline, "cluster", warm=True)
                 acked[_CDS_PREFIX] = version
 
@@ -315,8 +317,8 @@ class DataPlane:
         except EnvoyError:
             return False  # stopped meanwhile: it wrote its buffer on the way out
 
-    def _write_clusters(self, by_name: Mapping[str, Upstream], version: str) -> None:
-        _write_atomic(xds.cds_path(self._workdir), xds.cluster_resources(by_name, version))
+    def _write_clusters(self, by_name: Mapping[str, Upstream], version: str, http2: frozenset[str]) -> None:
+        _write_atomic(xds.cds_path(self._workdir), xds.cluster_resources(by_name, version, http2))
 
     def _await(
         self,

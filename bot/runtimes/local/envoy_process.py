@@ -182,6 +182,7 @@ def _spec_to_json(spec: DataPlaneSpec) -> dict[str, Any]:
         "forks": {key: {name: address(up) for name, up in svcs.items()} for key, svcs in spec.forks.items()},
         "baggage_member": spec.baggage_member,
         "header": spec.header,
+        "http2": sorted(spec.http2),
     }
 
 
@@ -195,4 +196,5 @@ def _spec_from_json(raw: Mapping[str, Any]) -> DataPlaneSpec:
         forks={key: upstreams(svcs) for key, svcs in raw["forks"].items()},
         baggage_member=str(raw["baggage_member"]),
         header=str(raw["header"]),
+        http2=frozenset(str(name) for name in raw.get("http2", ())),  # absent: written before HTTP/2
     )

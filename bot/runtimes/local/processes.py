@@ -25,6 +25,7 @@ import psutil
 from pydantic import BaseModel
 
 from bot.config.schema import HealthCheck
+from bot.runtimes.local import grpchealth
 from bot.runtimes.local.confine import Confinement
 
 _LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopgate-launcher")
@@ -267,8 +268,12 @@ def wait_healthy(
             code = process.poll()
             if code is not None:
                 return f"exited with code {code} before becoming healthy"
-            if check.tcp:
+            if check.tcp or check.grpc is not None:
+                # A gRPC check is asked only once the port is the service's own, so a port someone else
+                # took never answers SERVING for it.
                 problem = _tcp_problem(process, port)
+                if problem is None and check.grpc is not None:
+                    problem = grpchealth.health_problem(port, check.grpc)
                 if problem is None:
                     return None
                 last = problem

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ _HCM_TYPE = (
 _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+_HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 # %REQ(baggage)% (route header additions, access log) sees only the first of several baggage header
 # lines; folding them into one value first keeps every member when the sandbox member is appended and
@@ -100,6 +102,9 @@ class DataPlaneSpec:
     forks: Mapping[str, Mapping[str, Upstream]]
     baggage_member: str = "loopgate-sandbox"
     header: str = "x-loopgate-sandbox"
+    http2: frozenset[str] = frozenset()
+    """Services whose processes speak HTTP/2 (h2c) upstream (`protocol: http2 | grpc`): their baseline
+    and fork clusters alike. Fixed at start, as the listeners are."""
 
     def __post_init__(self) -> None:
         # Invalid names would become invalid (or, worse, ambiguous) cluster and stat names in Envoy,
@@ -120,6 +125,9 @@ class DataPlaneSpec:
             for service in services:
                 if service not in self.listeners:
                     raise ValueError(f"sandbox {key!r} forks {service!r}, which has no listener")
+        for service in self.http2:
+            if service not in self.listeners:
+                raise ValueError(f"HTTP/2 service {service!r} has no listener")
         if not _MEMBER_RE.fullmatch(self.baggage_member):
             raise ValueError(f"baggage member name {self.baggage_member!r} is not a W3C baggage key")
         if not _HEADER_RE.fullmatch(self.header):
@@ -190,6 +198,9 @@ def access_log_format(service: str, spec: DataPlaneSpec) -> dict[str, str]:
         "method": "%REQ(:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",
+        # From the grpc-status trailer (or the header of a trailers-only answer); null for a response
+        # that is not gRPC. The path above is the gRPC method (`/package.Service/Method`).
+        "grpc_status": "%GRPC_STATUS_NUMBER%",
         "baggage": "%REQ(BAGGAGE)%",
         spec.header: f"%REQ({spec.header})%",
         "traceparent": "%REQ(TRACEPARENT)%",
@@ -229,6 +240,10 @@ def _listener(workdir: Path, service: str, port: int, spec: DataPlaneSpec) -> di
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": stat_prefix(service),
+        # HTTP/1.1 and h2c (prior knowledge) on the same port, whatever the service behind speaks: a
+        # gRPC caller and a curl of the same listener both work, and the routing rules see the same
+        # headers (gRPC metadata are HTTP/2 headers).
+        "codec_type": "AUTO",
         # Envoy would end a request silent for 5 minutes; a slow service must fail by its callers' rules.
         "stream_idle_timeout": "0s",
         "rds": {
@@ -286,19 +301,25 @@ def clusters(spec: DataPlaneSpec) -> dict[str, Upstream]:
 
 def clusters_response(spec: DataPlaneSpec, version: str) -> dict[str, Any]:
     """CDS DiscoveryResponse for the file Envoy watches."""
-    return cluster_resources(clusters(spec), version)
+    return cluster_resources(clusters(spec), version, spec.http2)
 
 
-def cluster_resources(by_name: Mapping[str, Upstream], version: str) -> dict[str, Any]:
-    """CDS DiscoveryResponse for an explicit cluster set (apply() briefly needs old plus new)."""
+def cluster_resources(
+    by_name: Mapping[str, Upstream], version: str, http2: Collection[str] = frozenset()
+) -> dict[str, Any]:
+    """CDS DiscoveryResponse for an explicit cluster set (apply() briefly needs old plus new); the
+    clusters of `http2` services speak HTTP/2 upstream."""
     return {
         "version_info": version,
         "type_url": CLUSTER_TYPE,
-        "resources": [_cluster(name, up) for name, up in sorted(by_name.items())],
+        "resources": [
+            _cluster(name, up, h2=parse_cluster_name(name)[0] in http2)
+            for name, up in sorted(by_name.items())
+        ],
     }
 
 
-def _cluster(name: str, up: Upstream) -> dict[str, Any]:
+def _cluster(name: str, up: Upstream, *, h2: bool = False) -> dict[str, Any]:
     try:
         ipaddress.ip_address(up.host)
         discovery: dict[str, Any] = {"type": "STATIC"}
@@ -310,7 +331,7 @@ def _cluster(name: str, up: Upstream) -> dict[str, Any]:
         "max_requests": _CIRCUIT_LIMIT,
         "max_retries": 0,
     }
-    return {
+    cluster = {
         "@type": CLUSTER_TYPE,
         "name": name,
         **discovery,
@@ -321,6 +342,12 @@ def _cluster(name: str, up: Upstream) -> dict[str, Any]:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(up.host, up.port)}}]}],
         },
     }
+    if h2:
+        # A gRPC server speaks only HTTP/2; Envoy's default upstream codec is HTTP/1.1. Streams are
+        # proxied whole (no per-message routing): the route picks the cluster once per call.
+        options = {"@type": _HTTP_OPTIONS_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}
+        cluster["typed_extension_protocol_options"] = {_HTTP_OPTIONS_KEY: options}
+    return cluster
 
 
 def baggage_member_regex(member: str, key: str | None) -> str:
