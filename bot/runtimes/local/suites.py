@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Literal
 
 import httpx
 
-from bot.runtimes.local import pause
+from bot.runtimes.local import loopback, pause
 from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name, suite_section
 from bot.runtimes.local.envoy import ACCESS_LOG_WAIT_S, DataPlane
@@ -105,7 +104,9 @@ class Suites(Sandboxes):
         headers = {**request.headers, **({"baggage": f"{member}={sandbox.routing_key}"} if tagged else {})}
         url = sandbox.baseline.entry_urls[request.service] + request.path
         try:
-            answer = _probe_client().request(request.method, url, headers=headers, content=request.body)
+            answer = loopback.client().request(
+                request.method, url, headers=headers, content=request.body, timeout=PROBE_TIMEOUT_S
+            )
         except httpx.HTTPError as exc:
             raise ProbeError(f"{type(exc).__name__}: {exc}") from None
         lowered = {name.lower(): value for name, value in answer.headers.items()}
@@ -128,21 +129,6 @@ class Suites(Sandboxes):
         # Untagged requests too (never other sandboxes'): in the sandbox's traces they show where the
         # tag was lost.
         return [r for r in raw if r.routing_key in (key, None) or r.target == key]
-
-
-_PROBES: httpx.Client | None = None
-_PROBES_LOCK = threading.Lock()
-
-
-def _probe_client() -> httpx.Client:
-    """One keep-alive client for every probe of this process: making an httpx client costs ~30 ms
-    (its TLS context), more than the loopback requests it sends; a diff sends dozens. Envoy routes
-    each request by its own headers, so one connection serves every sandbox."""
-    global _PROBES
-    with _PROBES_LOCK:
-        if _PROBES is None:
-            _PROBES = httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False)
-        return _PROBES
 
 
 def _fits(junit: Path) -> bool:
