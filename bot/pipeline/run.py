@@ -28,6 +28,7 @@ from bot.evidence import (
 from bot.pipeline.choice import NotChosen, RuntimeChooser, only
 from bot.pipeline.contract import check_contracts
 from bot.pipeline.plan import Plan, make_plan
+from bot.pipeline.protos import add_proto_findings
 from bot.pipeline.sides import Sides, run_beside_controls, set_aside_values_past_a_lost_tag
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import (
@@ -322,6 +323,7 @@ class Pipeline:
             # After the coverage count: a probe sent straight to a fork proves nothing about whether the
             # suites' traffic reaches it.
             self._check_contracts(evidence, plan, sandbox, contract_traffic)
+            add_proto_findings(evidence, plan.config, Path(evidence.repo), plan.base_sha, plan.merge_sha)
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
 
