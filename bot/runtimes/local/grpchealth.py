@@ -10,7 +10,11 @@ cause, never as a hang or a traceback.
 
 from __future__ import annotations
 
-import grpc
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 CHECK_METHOD = "/grpc.health.v1.Health/Check"
 SERVING = 1
@@ -72,6 +76,7 @@ def decode_status(message: bytes) -> int | None:
 
 def health_problem(port: int, service: str, *, timeout: float = 1.0) -> str | None:
     """None when the server on `port` says `service` is SERVING, else a one-line cause."""
+    grpc = importlib.import_module("grpc")  # on first use: most runs have no gRPC service to wait for
     target = f"127.0.0.1:{port}"
     with grpc.insecure_channel(target, options=_OPTIONS) as channel:
         check = channel.unary_unary(
@@ -82,7 +87,7 @@ def health_problem(port: int, service: str, *, timeout: float = 1.0) -> str | No
         try:
             answer = check(encode_request(service), timeout=timeout)
         except grpc.RpcError as exc:
-            return _rpc_cause(exc)
+            return _rpc_cause(exc, grpc)
     if not isinstance(answer, bytes):
         return "health check answered no message"
     status = decode_status(answer)
@@ -93,7 +98,7 @@ def health_problem(port: int, service: str, *, timeout: float = 1.0) -> str | No
     return None
 
 
-def _rpc_cause(exc: grpc.RpcError) -> str:
+def _rpc_cause(exc: grpc.RpcError, grpc: Any) -> str:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = exc.details() if isinstance(exc, grpc.Call) else None
     name = code.name if isinstance(code, grpc.StatusCode) else "no status"

@@ -200,7 +200,7 @@ def access_log_format(service: str, spec: DataPlaneSpec) -> dict[str, str]:
         "status": "%RESPONSE_CODE%",
         # From the grpc-status trailer (or the header of a trailers-only answer); null for a response
         # that is not gRPC. The path above is the gRPC method (`/package.Service/Method`).
-        "grpc_status": "%GRPC_STATUS_NUMBER%",
+        "grpc_status": "%GRPC_STATUS(NUMBER)%",
         "baggage": "%REQ(BAGGAGE)%",
         spec.header: f"%REQ({spec.header})%",
         "traceparent": "%REQ(TRACEPARENT)%",
