@@ -43,9 +43,10 @@ def _baggage(context: grpc.ServicerContext, name: str = "baggage") -> str | None
 class Pricing:
     """One instance of the service: who it is, and where its next hop's Envoy listener is."""
 
-    def __init__(self, identity: str, next_port: int | None = None) -> None:
+    def __init__(self, identity: str, next_port: int | None = None, *, drops_baggage: bool = False) -> None:
         self.identity = identity
         self.next_port = next_port
+        self.drops_baggage = drops_baggage  # forwards trace context only, as an uninstrumented client
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         self.server.add_generic_rpc_handlers([self._handlers()])
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -71,7 +72,8 @@ class Pricing:
         hop = {"identity": self.identity, "baggage": _baggage(context)}
         hops = [hop]
         if self.next_port is not None:
-            forwarded = {name: _baggage(context, name) for name in ("baggage", "traceparent")}
+            names = ("traceparent",) if self.drops_baggage else ("baggage", "traceparent")
+            forwarded = {name: _baggage(context, name) for name in names}
             metadata = [(name, value) for name, value in forwarded.items() if value]
             with grpc.insecure_channel(f"127.0.0.1:{self.next_port}") as channel:
                 call = channel.unary_unary(QUOTE)

@@ -24,13 +24,15 @@ import pytest
 from bot.runtimes.local.accesslog import LoggedRequest, read_access_log
 from bot.runtimes.local.envoy import DataPlane
 from bot.runtimes.local.xds import DataPlaneSpec, Upstream, clusters_response
-from bot.verify import tagged_counts
+from bot.verify import diagnose, tagged_counts
 from bot.verify.requestmap import request_map
 from tests.grpc_fixture import QUOTE, WATCH, Pricing, call_quote, call_watch
 
 pytestmark = pytest.mark.timeout(90)
 
-FORKS = {"sbx111": ("back",), "sbx222": ("front", "back", "web")}
+FORKS = {"sbx111": ("back",), "sbx222": ("front", "back", "web"), "sbx333": ("front", "back")}
+DROPS_BAGGAGE = "front@sbx333"
+"""A fork whose outgoing calls lose the tag: the propagation diagnosis must name it."""
 
 
 class _Web(ThreadingHTTPServer):
@@ -72,7 +74,9 @@ class System:
             if owner == "baseline" or "back" in FORKS[owner]:
                 self.grpc[f"back@{owner}"] = Pricing(f"back@{owner}").start()
             if owner == "baseline" or "front" in FORKS[owner]:
-                self.grpc[f"front@{owner}"] = Pricing(f"front@{owner}", self.listeners["back"]).start()
+                identity = f"front@{owner}"
+                front = Pricing(identity, self.listeners["back"], drops_baggage=identity == DROPS_BAGGAGE)
+                self.grpc[identity] = front.start()
             if owner == "baseline" or "web" in FORKS[owner]:
                 web = _Web(f"web@{owner}")
                 threading.Thread(target=web.serve_forever, daemon=True).start()
@@ -136,7 +140,15 @@ def bag(key: str) -> list[tuple[str, str]]:
 def test_only_http2_services_clusters_speak_http2_upstream(system: System) -> None:
     resources = clusters_response(system.spec(), "1")["resources"]
     h2 = {r["name"] for r in resources if "typed_extension_protocol_options" in r}
-    assert h2 == {"front__baseline", "back__baseline", "front__sbx222", "back__sbx111", "back__sbx222"}
+    assert h2 == {
+        "front__baseline",
+        "back__baseline",
+        "front__sbx222",
+        "back__sbx111",
+        "back__sbx222",
+        "front__sbx333",
+        "back__sbx333",
+    }
 
 
 def test_untagged_grpc_call_reaches_the_baseline_at_both_hops(plane: DataPlane, system: System) -> None:
@@ -258,6 +270,15 @@ def test_coverage_and_request_map_count_grpc_calls(plane: DataPlane, system: Sys
     assert counts.get("front", 0) >= 1 and counts.get("back", 0) >= 1
     edges = {(edge.source, edge.target): edge for edge in request_map("sbx222", records)}
     assert edges[("front", "back")].tagged >= 1 and not edges[("front", "back")].lost_tag
+
+
+def test_propagation_diagnosis_names_a_grpc_service_that_drops_baggage(
+    plane: DataPlane, system: System
+) -> None:
+    assert call_quote(system.listeners["front"], metadata=bag("sbx333")) == ["front@sbx333", "back@baseline"]
+    records = _records(plane)
+    assert tagged_counts("sbx333", records, forked=["front", "back"]).get("back", 0) == 0
+    assert [(p.service, p.drops_baggage_to) for p in diagnose("sbx333", records)] == [("front", ["back"])]
 
 
 def test_huge_grpc_message_is_an_error_not_a_broken_data_plane(plane: DataPlane, system: System) -> None:
