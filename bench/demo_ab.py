@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 LOOPGATE = Path(sys.executable).parent / "loopgate"
@@ -23,11 +24,8 @@ class Run:
     wall_s: float
     stages: dict[str, int]
     verdict: str
-
-    @property
-    def to_verdict_s(self) -> float:
-        """Every stage up to the verdict: what an agent waits for (teardown comes after)."""
-        return sum(ms for name, ms in self.stages.items() if name != "teardown") / 1000
+    to_verdict_s: float
+    """From the run's start to its verdict (`finished_at`, stamped before teardown)."""
 
 
 @dataclass
@@ -59,7 +57,8 @@ def run_once(side: Side) -> Run:
         if evidence["verdict"] == "error":
             raise SystemExit(f"{side.name}: verdict error: {'; '.join(evidence['reasons'])}")
     stages = {s["name"]: int(s["duration_ms"]) for s in evidence["stages"]}
-    return Run(elapsed, stages, str(evidence["verdict"]))
+    began, decided = (datetime.fromisoformat(evidence[k]) for k in ("started_at", "finished_at"))
+    return Run(elapsed, stages, str(evidence["verdict"]), (decided - began).total_seconds())
 
 
 def alternate(sides: Sequence[Side], rounds: int) -> None:
