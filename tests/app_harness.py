@@ -94,6 +94,20 @@ class AppServer:
                 self.process.wait()
 
 
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path, *, timeout: float) -> None:
+    """Until `loopgate serve` answers /healthz; its log tail if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the server did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def app_server(
     fake: GitHubFake,
@@ -126,16 +140,7 @@ def app_server(
         )
     server = AppServer(f"http://127.0.0.1:{port}", process, env, log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_until_serving(server.url, process, log, timeout=30)
         yield server
     finally:
         server.stop()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -161,24 +162,33 @@ def run_cli(
     )
 
 
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the real PostgreSQL server (`make test` starts one where none runs)."""
+@contextmanager
+def scratch_database(prefix: str = "loopgate_test") -> Iterator[str]:
+    """A fresh database on the real PostgreSQL server (`make test` starts one where none runs),
+    dropped afterwards; its URL."""
     import uuid
 
     import psycopg
 
     server = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"loopgate_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = psycopg.connect(server, autocommit=True)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {server} is unreachable ({exc}); `make test` starts it")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield server.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    with scratch_database() as url:
+        yield url
 
 
 # The App tests' `fake` and `server` fixtures (each test module brings its own `shop`).

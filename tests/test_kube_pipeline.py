@@ -13,12 +13,10 @@ base commit's image under their own routing keys, on copies of the data from the
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from bot.pipeline import Pipeline, VerifyRequest, make_plan
 from bot.runtimes.choice import Runtimes
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.protocol import Controls, Source
-from tests.conftest import make_shop
+from tests.conftest import make_shop, scratch_database
 from tests.gitrepo import GitRepo
 from tests.kube_fake import FakeCluster
 from tests.kube_fake.images import ImageSpec
@@ -191,13 +189,8 @@ def _wait_available(cluster: FakeCluster, names: tuple[str, ...], timeout_s: flo
 @pytest.fixture(scope="module")
 def payments_db() -> Iterator[str]:
     """The ledger payments keeps in the cluster: a database of the real PostgreSQL server."""
-    server = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"loopgate_kube_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield server.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("loopgate_kube") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

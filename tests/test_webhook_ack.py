@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +22,8 @@ import pytest
 
 from bot.github.signature import sign
 from bot.store import RunStatus, Store
-from tests.app_harness import free_port
-from tests.conftest import LOOPGATE
+from tests.app_harness import free_port, wait_until_serving
+from tests.conftest import LOOPGATE, scratch_database
 
 SECRET = "ack-secret"
 REPO = "acme/shop"
@@ -78,16 +77,7 @@ def serving(state: Path, database_url: str | None = None) -> Iterator[Served]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_until_serving(url, process, log, timeout=60)
         with Store.open(database_url, state_dir=state) as store:
             yield Served(url, process, store)
     finally:
@@ -101,15 +91,8 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if request.param == "sqlite":
         yield None
         return
-    import psycopg
-
-    server = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"loopgate_test_ack_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield server.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("loopgate_test_ack") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
