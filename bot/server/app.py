@@ -20,6 +20,7 @@ from bot.server.ack_queue import AckQueue
 from bot.server.endpoint import WEBHOOK_PATH, WebhookEndpoint
 from bot.server.metrics import Metrics
 from bot.server.runs import runs_router
+from bot.server.settings import ServerSettings
 from bot.store import NewReport, Store
 
 log = logging.getLogger("loopgate.server")
@@ -48,7 +49,13 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> FastAPI:
     metrics = metrics or Metrics()
+    metrics.count_warmups(store.warmup_outcomes)
     acks = AckQueue(store.ack_writer())
+    warm = ServerSettings().warm_baselines
+    if not warm:
+        skipped = store.skip_queued_warmups("LOOPGATE_WARM_BASELINES is off")
+        if skipped:
+            log.info("skipped %d queued baseline warm-ups: LOOPGATE_WARM_BASELINES is off", skipped)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +85,9 @@ def create_app(
             payload = json.dumps({"body": body, "known_id": run.comment_id})
             store.enqueue_reports([NewReport(repo, run.installation_id, "comment", number, payload, run.id)])
 
-    app.webhook = WebhookEndpoint(settings, store, metrics, refresh_comment, new_run_id, acks)
+    app.webhook = WebhookEndpoint(
+        settings, store, metrics, refresh_comment, new_run_id, acks, warm_baselines=warm
+    )
     app.include_router(runs_router(settings, store))
 
     @app.get("/healthz")

@@ -45,6 +45,7 @@ from bot.server.handlers import (
 )
 from bot.server.intake import Refused
 from bot.server.metrics import Metrics
+from bot.server.warmups import WARMING, warmup_for
 from bot.server.webhooks import receive_delivery
 from bot.store import Store
 from bot.store.acks import Ack, Acked, PullAck, PushAck, RecordAck
@@ -83,7 +84,10 @@ class WebhookEndpoint:
         refresh_comment: Callable[[str, str, int | None], None],
         new_run_id: Callable[[], str],
         acks: AckQueue,
+        *,
+        warm_baselines: bool = True,
     ) -> None:
+        self._warm = warm_baselines
         self._secret = settings.webhook_secret
         self._store = store
         self._metrics = metrics
@@ -153,6 +157,7 @@ class WebhookEndpoint:
             background,
             self._refresh_comment,
             self._new_run_id,
+            warm_baselines=self._warm,
         )
         # Database work runs off the event loop, so slow commits never stall other deliveries.
         return await run_in_threadpool(receive_delivery, ctx, body)
@@ -179,20 +184,27 @@ class WebhookEndpoint:
             return recorded(entry.answer)
         try:
             if entry.handler is on_push:
-                return self._push(delivery, parse(Push, payload), text, recorded)
+                return self._push(delivery, parse(Push, payload), payload, text, recorded)
             if entry.handler is on_pull_request:
                 return self._pull(delivery, parse(PullRequestEvent, payload), text, recorded)
         except MalformedEvent:
             return None
         return None
 
-    def _push(self, delivery: str, push: Push, text: str, recorded: Callable[[str], Fast]) -> Fast:
-        """As `on_push`: a tag or a deletion is only recorded; a branch's push queues its run."""
+    def _push(
+        self, delivery: str, push: Push, payload: dict[str, Any], text: str, recorded: Callable[[str], Fast]
+    ) -> Fast:
+        """As `on_push`: a tag or a deletion is only recorded; a branch's push queues its run, and
+        a push of the default branch also its baseline's warm-up, in the same transaction."""
         ignored = ignored_push(push)
         if ignored is not None:
             return recorded(ignored)
-        ack = PushAck(delivery, text, push_run(push, delivery, self._new_run_id()), push.before)
-        return Fast(ack, lambda done: push_outcome(done.created, str(done.run_id), len(done.superseded)))
+        warmup = warmup_for(push, payload, delivery) if self._warm else None
+        ack = PushAck(delivery, text, push_run(push, delivery, self._new_run_id()), push.before, warmup)
+        warming = WARMING if warmup is not None else ""
+        return Fast(
+            ack, lambda done: push_outcome(done.created, str(done.run_id), len(done.superseded)) + warming
+        )
 
     def _pull(
         self, delivery: str, pull: PullRequestEvent, text: str, recorded: Callable[[str], Fast]

@@ -29,6 +29,7 @@ from bot.github.events import (
     fork_branch,
 )
 from bot.github.gate import CHECK_NAME, is_gated
+from bot.server.warmups import WARMING, warmup_for
 from bot.store import Store
 from bot.store.snapshots import NewRun
 
@@ -54,6 +55,10 @@ class Context:
     refresh_comment: Callable[[str, str, int | None], None]
     new_run_id: Callable[[], str]
     replaying: bool = False
+    warm_baselines: bool = True
+    """Queue a baseline warm-up for a push of the default branch (`LOOPGATE_WARM_BASELINES`)."""
+    payload: dict[str, Any] | None = None
+    """The decoded payload, for what the handler's model does not carry (the default branch)."""
     repo: str | None = None
     installation_id: int | None = None
     recorded: bool = False
@@ -186,21 +191,26 @@ def on_push(ctx: Context, push: Push) -> str:
     """A push supersedes only the runs of the commit it moved the branch from (`before`), never by
     arrival order: GitHub may deliver an older push after a newer one. The worker settles the rest
     against the branch head, and decides from the trusted config whether the branch is gated (see
-    `bot.worker.executor`)."""
+    `bot.worker.executor`). A push of the default branch also queues its baseline's warm-up
+    (`bot.server.warmups`)."""
     ignored = ignored_push(push)
     if ignored is not None:
         ctx.accept()
         return ignored
     run = push_run(push, ctx.delivery_id, ctx.new_run_id())
+    warmup = warmup_for(push, ctx.payload or {}, ctx.delivery_id) if ctx.warm_baselines else None
+    warming = WARMING if warmup is not None else ""
     if ctx.replaying:
         ctx.store.supersede(run.repo, run.branch, run.head_sha, heads=[push.before])
-        return _enqueue(ctx, run, reuse=True)
+        if warmup is not None:
+            ctx.store.enqueue_warmup(warmup)
+        return _enqueue(ctx, run, reuse=True) + warming
     accepted = ctx.store.accept_push(
-        ctx.delivery_id, ctx.payload_text, run, push.installation_id, replaces=push.before
+        ctx.delivery_id, ctx.payload_text, run, push.installation_id, replaces=push.before, warmup=warmup
     )
     if not accepted.new_delivery or accepted.run is None:
         raise Redelivery
-    return push_outcome(accepted.created, accepted.run.id, len(accepted.superseded))
+    return push_outcome(accepted.created, accepted.run.id, len(accepted.superseded)) + warming
 
 
 @handlers.on("delete", model=Delete)

@@ -87,6 +87,7 @@ def receive_delivery(ctx: Context, body: bytes) -> str:
         raise
     head = envelope(payload)
     ctx.action, ctx.repo, ctx.installation_id = head.action, head.repo, head.installation_id
+    ctx.payload = payload
     return _act(ctx, payload)
 
 

@@ -11,9 +11,12 @@ from bot.store.snapshots import (
     InstallationSnapshot,
     NewReport,
     NewRun,
+    NewWarmup,
     ReportSnapshot,
     RunSnapshot,
     RunStatus,
+    WarmupSnapshot,
+    WarmupStatus,
 )
 from bot.store.store import ROUTING_KEY, LostClaim, Store, UnknownRun
 
@@ -25,9 +28,12 @@ __all__ = [
     "LostClaim",
     "NewReport",
     "NewRun",
+    "NewWarmup",
     "ReportSnapshot",
     "RunSnapshot",
     "RunStatus",
     "Store",
     "UnknownRun",
+    "WarmupSnapshot",
+    "WarmupStatus",
 ]

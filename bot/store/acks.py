@@ -11,7 +11,8 @@ all-or-nothing with its own rows.
 
 The rules are `Deliveries.accept_push`'s for a push and `Runs.enqueue_next(reuse=True)`'s for a pull
 request (tests run both on both backends): the delivery row is the idempotency key; only the push's
-`before` is superseded; a push attaches to the branch's run of its SHA in flight, a pull request to
+`before` is superseded; a push of the default branch also queues its baseline's warm-up (one
+upsert, `bot.store.warmups`); a push attaches to the branch's run of its SHA in flight, a pull request to
 the commit's run not cancelled; a new run takes the key's next attempt under the key's lock.
 """
 
@@ -30,7 +31,8 @@ from sqlalchemy.engine import URL
 from bot.config import InfrastructureError
 from bot.evidence import utcnow
 from bot.store import database
-from bot.store.snapshots import NewRun, RunStatus
+from bot.store.base import WARMUP_UPSERT as _UPSERT_WARMUP
+from bot.store.snapshots import NewRun, NewWarmup, RunStatus
 
 _QUEUED, _RUNNING, _CANCELLED = RunStatus.QUEUED.value, RunStatus.RUNNING.value, RunStatus.CANCELLED.value
 
@@ -43,6 +45,8 @@ class PushAck:
     payload: str
     run: NewRun
     replaces: str
+    warmup: NewWarmup | None = None
+    """Set for a push of the default branch: its baseline is warmed (`bot.store.warmups`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +257,8 @@ class AckWriter:
         """Supersede the runs of `before`, then attach to the branch's run of this SHA in flight, or
         queue the next attempt."""
         params = {**params, "before": ack.replaces, "reason": f"superseded by {ack.run.head_sha}"}
+        if ack.warmup is not None:
+            self._warm(cursor, ack.warmup, params)
         cursor.execute(self._sql["replaced"], params)
         superseded = []
         for run_id, status, cancel_requested in cursor.fetchall():
@@ -265,6 +271,20 @@ class AckWriter:
         if existing is not None:
             return Acked(True, existing[0], False, tuple(superseded))
         return Acked(True, self._insert_run(cursor, ack.run, params), True, tuple(superseded))
+
+    def _warm(self, cursor: Any, warmup: NewWarmup, params: dict[str, Any]) -> None:
+        """Queue the warm-up of the default branch's new head, or fold it into the queued one: one
+        upsert, on the default branch's pushes only."""
+        values = {
+            "repo": warmup.repo,
+            "branch": warmup.branch,
+            "sha": warmup.head_sha,
+            "clone_url": warmup.clone_url,
+            "installation_id": warmup.installation_id,
+            "delivery_id": warmup.delivery_id,
+            "now": params["now"],
+        }
+        cursor.execute(self._sql["warmup"], values)
 
     def _insert_run(self, cursor: Any, run: NewRun, params: dict[str, Any]) -> str:
         """Insert `run` as its key's next attempt (the caller holds the key's lock)."""
@@ -294,6 +314,7 @@ _STATEMENTS = {
     "live": _LIVE_OF_KEY,
     "attempt": _LAST_ATTEMPT,
     "run": _INSERT_RUN,
+    "warmup": _UPSERT_WARMUP,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from types import TracebackType
 from typing import Self
 
@@ -14,8 +15,21 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.evidence import utcnow
 from bot.store import database
 from bot.store.models import Delivery, Installation, PullComment, PullDraft, Run
+from bot.store.snapshots import NewWarmup
+
+WARMUP_UPSERT = (
+    "INSERT INTO warmups (repo, branch, head_sha, clone_url, installation_id, delivery_id, pushes,"
+    " status, created_at, updated_at) VALUES (:repo, :branch, :sha, :clone_url, :installation_id,"
+    " :delivery_id, 1, 'queued', :now, :now) ON CONFLICT (repo) WHERE status = 'queued' DO UPDATE SET"
+    " branch = excluded.branch, head_sha = excluded.head_sha, clone_url = excluded.clone_url,"
+    " installation_id = excluded.installation_id, delivery_id = excluded.delivery_id,"
+    " pushes = warmups.pushes + 1, updated_at = excluded.updated_at"
+)
+"""Queue a warm-up, or fold the push into the repository's queued one (`bot.store.warmups`). One
+statement, in sqlite3's parameter style (`:name`); `bot.store.acks` rewrites it for psycopg."""
 
 
 class UnknownRun(LookupError):
@@ -80,6 +94,15 @@ class StoreBase:
         if self.backend == "postgresql":
             key = f"loopgate-run:{repo}:{head_sha}:{check_name}"
             session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+    def _upsert_warmup(self, session: Session, warmup: NewWarmup) -> None:
+        """Queue a warm-up or fold it into the repository's queued one (`bot.store.warmups.UPSERT`).
+        Raw SQL bypasses the column types, so SQLite gets `UTCDateTime`'s naive UTC text itself."""
+        now = utcnow()
+        naive = now.replace(tzinfo=None).isoformat(" ", "microseconds")
+        stamp = now if self.backend == "postgresql" else naive
+        params = {**asdict(warmup), "sha": warmup.head_sha, "now": stamp}
+        session.execute(text(WARMUP_UPSERT), params)
 
     def ping(self) -> bool:
         """Readiness: can the database answer right now? Never raises."""

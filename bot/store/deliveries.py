@@ -10,7 +10,7 @@ from bot.evidence import utcnow
 from bot.store.base import StoreBase
 from bot.store.models import Delivery, Run
 from bot.store.rows import _IN_FLIGHT, _insert_next, _replaced, _run, _stop
-from bot.store.snapshots import AcceptedPush, DeliverySnapshot, NewRun
+from bot.store.snapshots import AcceptedPush, DeliverySnapshot, NewRun, NewWarmup
 
 DeliveryOutcome = Literal["processed", "rejected", "failed"]
 
@@ -59,11 +59,13 @@ class Deliveries(StoreBase):
         installation_id: int | None,
         *,
         replaces: str,
+        warmup: NewWarmup | None = None,
     ) -> AcceptedPush:
         """One transaction for a gated push: record the delivery, supersede the runs of the commit
         the push moved the branch from (`replaces`, the push's `before`), and queue the new run — or
         attach to the branch's run of that SHA already queued or running. Either all of it happens or
-        none, so a crash can never leave a recorded delivery without its run.
+        none, so a crash can never leave a recorded delivery without its run (or, for a push of the
+        default branch, its baseline's `warmup`).
 
         Only `before` supersedes: a delivery arriving late, after a newer push, names an older
         `before` and cancels nothing newer (the worker concludes its run when it finds it is not the
@@ -87,6 +89,8 @@ class Deliveries(StoreBase):
         with self._session("accepting a push", write=True) as session:
             if session.execute(insert_delivery, [delivery]).first() is None:
                 return AcceptedPush(new_delivery=False, run=None, created=False, superseded=[])
+            if warmup is not None:
+                self._upsert_warmup(session, warmup)
             self._lock_key(session, run.repo, run.head_sha, run.check_name)
             superseded = _stop(
                 session,

@@ -211,3 +211,55 @@ class Report(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+QUEUED = "status = 'queued'"
+
+
+class Warmup(Base):
+    """A baseline to start before any run asks for it: the default branch of `repo` moved.
+
+    At most one queued warm-up per repository (a partial unique index), so a newer push of the
+    default branch folds into the queued row (`pushes` counts them) rather than queueing a second
+    one: only the latest head is warmed. At most one runs per repository at a time. A worker takes
+    one only when no run is waiting (`bot.store.warmups`); it is never a check on GitHub.
+    """
+
+    __tablename__ = "warmups"
+    __table_args__ = (
+        Index("ix_warmups_status_created_at", "status", "created_at"),
+        Index(
+            "uq_warmups_one_queued_per_repo",
+            "repo",
+            unique=True,
+            sqlite_where=text(QUEUED),
+            postgresql_where=text(QUEUED),
+        ),
+        Index(
+            "uq_warmups_one_running_per_repo",
+            "repo",
+            unique=True,
+            sqlite_where=text(RUNNING),
+            postgresql_where=text(RUNNING),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repo: Mapped[str] = mapped_column(String(256))
+    branch: Mapped[str] = mapped_column(String(256))
+    head_sha: Mapped[str] = mapped_column(String(64))
+    """The pushed head; the worker warms the branch head it finds in the mirror (the newest)."""
+    clone_url: Mapped[str] = mapped_column(String(1024))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    delivery_id: Mapped[str | None] = mapped_column(String(64))
+    pushes: Mapped[int] = mapped_column(Integer)
+    # queued, running, then ready, failed (detail: the one-line cause) or skipped (detail: why).
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    warmed_sha: Mapped[str | None] = mapped_column(String(64))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

@@ -150,3 +150,45 @@ class CommentSlot:
     repo: str
     number: int
     comment_id: int | None
+
+
+class WarmupStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    READY = "ready"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class NewWarmup:
+    """A push moved `branch`, the repository's default branch, to `head_sha`: warm its baseline."""
+
+    repo: str
+    branch: str
+    head_sha: str
+    clone_url: str
+    installation_id: int | None
+    delivery_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSnapshot:
+    id: int
+    repo: str
+    branch: str
+    head_sha: str
+    clone_url: str
+    installation_id: int | None
+    delivery_id: str | None
+    pushes: int
+    """How many default-branch pushes this warm-up stands for: the older ones were superseded."""
+    status: WarmupStatus
+    detail: str | None
+    warmed_sha: str | None
+    claimed_by: str | None
+    claimed_at: datetime | None
+    heartbeat_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None

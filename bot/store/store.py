@@ -1,9 +1,10 @@
 """The Store: every read and write of deliveries, installations and runs, one transaction each.
 
 The Store is composed of one part per idea, each in its own module: `deliveries`, `installations`,
-`runs` (the queue), `worker` (claims, heartbeats, conclusions), `outbox` (reports for GitHub) and
-`pulls` (drafted pull requests, sticky comments). `base` holds the engine and transactions they
-share; `rows` the snapshots and statements several of them use.
+`runs` (the queue), `worker` (claims, heartbeats, conclusions), `outbox` (reports for GitHub),
+`pulls` (drafted pull requests, sticky comments) and `warmups` (baselines started before a run asks).
+`base` holds the engine and transactions they share; `rows` the snapshots and statements several of
+them use.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from bot.store.installations import Installations
 from bot.store.outbox import Outbox
 from bot.store.pulls import PullRequests
 from bot.store.runs import Runs
+from bot.store.warmups import Warmups
 from bot.store.worker import ROUTING_KEY, WorkerRuns
 
 __all__ = ["ROUTING_KEY", "DeliveryOutcome", "LostClaim", "Store", "UnknownRun"]
 
 
-class Store(Deliveries, Installations, Runs, WorkerRuns, Outbox, PullRequests):
+class Store(Deliveries, Installations, Runs, WorkerRuns, Outbox, PullRequests, Warmups):
     """The durable state of the App. Thread-safe; open one per process and share it."""
 
     @classmethod

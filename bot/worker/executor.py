@@ -283,7 +283,10 @@ class RunExecutor:
         elif not self._lost.is_set():
             env.store.amend_evidence(run.id, verified.model_dump_json())  # now with teardown's outcome
         try:
-            env.runtime.retire_stale_baselines(Source(mirror, base_sha))
+            # Against the base branch's head now, not the run's: a warm-up may have started the
+            # baseline of a newer head meanwhile (`bot.worker.warmup`), which this keeps.
+            current = Git(mirror).resolve(prepared.base)
+            env.runtime.retire_stale_baselines(Source(mirror, current))
         except LoopgateError:
             log.exception("retiring old baselines of %s failed", run.repo)
 

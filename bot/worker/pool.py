@@ -1,4 +1,5 @@
-"""Worker loops: claim a queued run, execute it, repeat; and conclude what a crash left in flight.
+"""Worker loops: claim a queued run (or, when none waits, a baseline warm-up), execute it, repeat;
+and conclude what a crash left in flight.
 
 Runs are claimed through the store (row locks on PostgreSQL), so any number of loops in any number of
 processes take each run exactly once. Besides its workers, every replica runs two loops: the reaper
@@ -21,9 +22,10 @@ from bot.config.schema import Agents
 from bot.evidence import ErrorKind, Evidence, GitRef, Verdict, utcnow
 from bot.github.publish import Published, Target, check_conclusion, gate_and_render, render_check_report
 from bot.store import LostClaim
-from bot.store.snapshots import RunSnapshot, RunStatus
+from bot.store.snapshots import RunSnapshot, RunStatus, WarmupSnapshot, WarmupStatus
 from bot.worker.executor import RunEnvironment, RunExecutor
 from bot.worker.outbox import check_report, reports_of
+from bot.worker.warmup import WarmUp
 
 log = logging.getLogger("loopgate.worker")
 IDLE_S = 0.3
@@ -84,13 +86,21 @@ class WorkerPool:
             thread.join(timeout=timeout)
 
     def _loop(self, name: str) -> None:
-        executor = RunExecutor(self.env)
+        executor, warm = RunExecutor(self.env), WarmUp(self.env)
         while not self._stop.is_set():
             try:
                 run = self.env.store.claim(name)
+                # Runs first: a warm-up is taken only when no queued run can be (`bot.store.warmups`).
+                warmup = self.env.store.claim_warmup(name) if run is None else None
             except Exception:  # the database may be briefly away; keep the loop alive
                 log.exception("claiming a run failed")
                 self._stop.wait(IDLE_S * 5)
+                continue
+            if warmup is not None:
+                try:
+                    warm.execute(warmup)
+                except Exception:  # its outcome could not be stored; the reaper concludes it
+                    log.exception("warm-up %s of %s failed", warmup.id, warmup.repo)
                 continue
             if run is None:
                 self._stop.wait(IDLE_S)
@@ -118,8 +128,21 @@ def recover(env: RunEnvironment) -> list[str]:
             taken = env.store.take_over(run, me)
             if taken is not None and _conclude_quietly(env, taken, RESTARTED):
                 concluded.append(run.id)
+    stale_warmups = {w.id for w in env.store.stale_warmups(timedelta(seconds=env.settings.stale_after_s))}
+    for warmup in env.store.running_warmups():
+        if warmup.id in stale_warmups or _claimed_by_dead_local_process(warmup, host):
+            _interrupted(env, warmup, "loopgate restarted while it ran")
     env.runtime.gc()
     return concluded
+
+
+def _interrupted(env: RunEnvironment, warmup: WarmupSnapshot, why: str) -> None:
+    """A warm-up whose worker is gone ends `failed`: queued ones are untouched (they wait for a
+    worker), and the next push of the default branch, or the next run, starts the baseline."""
+    if env.store.finish_warmup(
+        warmup.id, WarmupStatus.FAILED, f"interrupted: {why}", claimed_by=warmup.claimed_by
+    ):
+        log.warning("warm-up %s of %s interrupted: %s", warmup.id, warmup.repo, why)
 
 
 def reap(env: RunEnvironment, reaper: str) -> list[str]:
@@ -131,6 +154,8 @@ def reap(env: RunEnvironment, reaper: str) -> list[str]:
         taken = env.store.take_over(run, reaper)
         if taken is not None and _conclude_quietly(env, taken, REAPED):
             concluded.append(run.id)
+    for warmup in env.store.stale_warmups(timedelta(seconds=env.settings.stale_after_s)):
+        _interrupted(env, warmup, "its worker stopped answering")
     return concluded
 
 
@@ -144,7 +169,7 @@ def _conclude_quietly(env: RunEnvironment, run: RunSnapshot, reason: str) -> boo
     return True
 
 
-def _claimed_by_dead_local_process(run: RunSnapshot, host: str) -> bool:
+def _claimed_by_dead_local_process(run: RunSnapshot | WarmupSnapshot, host: str) -> bool:
     if not run.claimed_by:
         return True
     parts = run.claimed_by.split(":")
