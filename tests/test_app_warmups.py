@@ -128,6 +128,23 @@ def test_a_queued_warm_up_survives_a_restart_and_waits_for_the_agent_run(
         assert warm.detail is not None and warm.detail.startswith(f"reused a running baseline of {head[:12]}")
 
 
+def test_a_service_that_cannot_start_fails_the_warm_up_with_its_cause(
+    shop: GitRepo, fake: GitHubFake, server: AppServer
+) -> None:
+    config = (shop.path / ".loopgate.yml").read_text()
+    command = "python -m uvicorn payments_app:app --host 127.0.0.1 --port {port}"
+    assert command in config
+    broken = config.replace(command, "python -c 'raise SystemExit(3)'")
+    before, head = move_main(shop, ".loopgate.yml", broken)
+    push(fake, server, shop, "main", head, before)
+    warm = wait_for_warmup(server, lambda w: w.head_sha == head and w.status in DONE)
+    assert warm.status == WarmupStatus.FAILED and warm.detail, warm
+    assert "\n" not in warm.detail and "payments" in warm.detail
+    assert head not in ready_baselines(server), "what the failed start left is stopped"
+    server.wait_for_run(head)
+    assert [c.conclusion for c in fake.check_runs(REPO, head_sha=head)] == ["neutral"]
+
+
 def test_a_broken_config_on_main_is_recorded_and_never_a_check(
     shop: GitRepo, fake: GitHubFake, server: AppServer
 ) -> None:
@@ -141,4 +158,4 @@ def test_a_broken_config_on_main_is_recorded_and_never_a_check(
     assert run["conclusion"] == "neutral", run
     assert [c.conclusion for c in fake.check_runs(REPO, head_sha=bad)] == ["neutral"]
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert 'loopgate_baseline_warmups_total{outcome="failed"} 1.0' in metrics
+    assert 'loopgate_baseline_warmups_total{outcome="failed"} 2.0' in metrics
