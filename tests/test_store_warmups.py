@@ -4,13 +4,19 @@ acknowledgement's upsert and the ORM's agree, and conclusions only by the worker
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from bot.store import NewWarmup, Store, WarmupStatus
 from bot.store.acks import Acked, AckWriter, PushAck
+from bot.worker import RunEnvironment
+from bot.worker.pool import reap, recover
 from tests.test_store import REPO, SHA_A, SHA_B, SHA_C, enqueued, new_run, pg_database, store, url
 
 __all__ = ["pg_database", "store", "url"]  # fixtures, imported for pytest
@@ -98,3 +104,36 @@ def test_the_acknowledgement_and_the_store_queue_the_same_warm_up(store: Store) 
     (queued,) = store.warmups()
     assert (queued.head_sha, queued.pushes, queued.status) == (SHA_B, 2, WarmupStatus.QUEUED)
     assert queued.created_at.tzinfo is not None
+
+
+def test_recovery_and_the_reaper_conclude_a_warm_up_whose_worker_is_gone(store: Store) -> None:
+    """A warm-up of a dead local process is `failed` at start; a silent one on any replica when reaped;
+    queued ones wait for a worker."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    env = cast(
+        RunEnvironment,
+        SimpleNamespace(
+            store=store, settings=SimpleNamespace(stale_after_s=3600), runtime=SimpleNamespace(gc=lambda: [])
+        ),
+    )
+    store.enqueue_warmup(warmup(SHA_A))
+    dead = store.claim_warmup(f"{socket.gethostname()}:{gone.pid}:0")
+    store.enqueue_warmup(warmup(SHA_A, repo="acme/other"))
+    silent = store.claim_warmup("elsewhere:1:0")
+    store.enqueue_warmup(warmup(SHA_B))
+    assert dead is not None and silent is not None
+    recover(env)
+    by_id = {w.id: w for w in store.warmups(limit=10)}
+    assert (by_id[dead.id].status, by_id[dead.id].detail) == (
+        WarmupStatus.FAILED,
+        "interrupted: loopgate restarted while it ran",
+    )
+    assert by_id[silent.id].status == WarmupStatus.RUNNING, "another host's live warm-up is left alone"
+    assert [w.head_sha for w in store.warmups() if w.status == WarmupStatus.QUEUED] == [SHA_B]
+    reap(cast(RunEnvironment, SimpleNamespace(store=store, settings=SimpleNamespace(stale_after_s=-1))), "r")
+    reaped = next(w for w in store.warmups(limit=10) if w.id == silent.id)
+    assert (reaped.status, reaped.detail) == (
+        WarmupStatus.FAILED,
+        "interrupted: its worker stopped answering",
+    )
