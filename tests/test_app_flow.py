@@ -141,8 +141,8 @@ def test_head_cannot_drop_the_failing_suite(shop: GitRepo, fake: GitHubFake, ser
     head = sha(shop, "agent/drop-suite")
     assert server.deliver("push", push_payload(fake, shop, "agent/drop-suite", head)).status_code == 202
     run = server.wait_for_run(head)
-    assert run["verdict"] == "fail"
     evidence = server.api(f"/api/runs/{run['id']}").json()
+    assert run["verdict"] == "fail", (evidence["reasons"], evidence["notes"])
     assert [s["source"] for s in evidence["suites"]] == ["base"]
     assert not [p for p in fake.pulls(REPO) if p.head_ref == "agent/drop-suite"]
 
