@@ -38,8 +38,9 @@ def check_health_service(name: str) -> str:
     return name
 
 
-def _relative(value: str, what: str) -> str:
-    """Paths the proto check reads from both checkouts: never outside the repository."""
+def inside_repository(value: str, what: str) -> str:
+    """A path read from the checkout of the commit under test (a service's cwd, a proto): one outside
+    it would read, or run, other code."""
     if not value:
         raise ValueError(f"an empty {what}")
     if value.startswith("/"):
@@ -74,12 +75,12 @@ class Grpc(Strict):
     @field_validator("protos")
     @classmethod
     def _protos(cls, values: list[str]) -> list[str]:
-        return [_relative(value, "proto path") for value in values]
+        return [inside_repository(value, "proto path") for value in values]
 
     @field_validator("import_paths")
     @classmethod
     def _import_paths(cls, values: list[str]) -> list[str]:
-        return [_relative(value, "import path") for value in values]
+        return [inside_repository(value, "import path") for value in values]
 
 
 def grpc_defaults(data: Any) -> Any:

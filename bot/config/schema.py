@@ -20,7 +20,7 @@ from pydantic import (
 
 from bot.config import environ
 from bot.config.errors import ConfigError
-from bot.config.grpc import PROTOCOL_DESCRIPTION, Grpc, Protocol, grpc_defaults
+from bot.config.grpc import PROTOCOL_DESCRIPTION, Grpc, Protocol, grpc_defaults, inside_repository
 from bot.config.health import Health
 from bot.config.health import HealthCheck as HealthCheck  # re-exported: where callers import it from
 from bot.config.kubernetes import (
@@ -127,14 +127,7 @@ class LocalService(Strict):
     @field_validator("cwd")
     @classmethod
     def _cwd_inside_repository(cls, value: str) -> str:
-        """Services run in the checkout of the commit under test; a cwd outside it runs other code."""
-        if value.startswith("/"):
-            raise ValueError(f"{value!r} must be relative to the repository root, not absolute")
-        if "\\" in value or "\0" in value:
-            raise ValueError(f"{value!r} must not contain a backslash or NUL")
-        if ".." in value.split("/"):
-            raise ValueError(f"{value!r} must stay inside the repository (no '..')")
-        return value
+        return inside_repository(value, "cwd") if value else value
 
     @field_validator("health")
     @classmethod
