@@ -266,8 +266,8 @@ class Suite(Strict):
         le=10,
         description=(
             "When a gating suite has failures the baseline does not share, it runs this many more times"
-            " on the sandbox (beside its controls) and each failure reports in how many runs it failed."
-            " A failure that shows only sometimes still counts."
+            " on the sandbox (after every comparison, the controls not again) and each failure reports"
+            " in how many runs it failed. A failure that shows only sometimes still counts."
         ),
     )
     env: dict[str, str] = Field(default_factory=dict, description=ENV_DESCRIPTION + " Local runtime.")

@@ -269,6 +269,7 @@ class Pipeline:
 
     def _verify(self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
         with self._stage(stages, "verify") as result:
+            repeats: list[tuple[int, SuiteRequest, int]] = []
             for suite in plan.config.verify.suites:
                 self._checkpoint()
                 request = self._suite_request(suite, "base")
@@ -280,7 +281,7 @@ class Pipeline:
                 if judged.gating and judged.status in ("failed", "errored"):
                     judged = self._against_baseline(judged, request, sandbox)
                 if judged.gating and suite.repeat_failed and any(not f.pre_existing for f in judged.failures):
-                    judged = self._repeat(evidence, judged, request, sandbox, suite.repeat_failed)
+                    repeats.append((len(evidence.suites), request, suite.repeat_failed))
                 evidence.suites.append(judged)
             if plan.run_head_suites:
                 head_config: Config = plan.head_config or plan.config
@@ -324,6 +325,8 @@ class Pipeline:
             # suites' traffic reaches it.
             self._check_contracts(evidence, plan, sandbox, contract_traffic)
             add_proto_findings(evidence, plan.config, Path(evidence.repo), plan.base_sha, plan.merge_sha)
+            for index, request, times in repeats:  # last: every comparison is made by now
+                evidence.suites[index] = self._repeat(evidence.suites[index], request, sandbox, times)
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
 
@@ -392,17 +395,17 @@ class Pipeline:
         return blame(judged, judge_suite(judged.name, "base", judged.gating, outcome))
 
     def _repeat(
-        self, evidence: Evidence, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox, times: int
+        self, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox, times: int
     ) -> SuiteResult:
-        """A suite with sandbox-only failures again, beside the controls (every side keeps the same
-        writes): how often each failure shows. Only on failure, like the baseline's run."""
+        """A suite with sandbox-only failures again, on the candidate alone: how often each failure
+        shows. Only on failure, and after every comparison, so the controls' data never diverges
+        from the candidate's before it is compared, and no control reruns a suite."""
         again = []
         for _ in range(times):
             self._checkpoint()
-            outcome = run_beside_controls(
-                self.runtime, evidence, sandbox, self.controls, request, self._stopping
+            again.append(
+                judge_suite(judged.name, "base", judged.gating, self.runtime.run_suite(sandbox, request))
             )
-            again.append(judge_suite(judged.name, "base", judged.gating, outcome))
         return with_repeats(judged, again)
 
     def _teardown(
