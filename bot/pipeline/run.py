@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
@@ -20,7 +20,6 @@ from bot.evidence import (
     Evidence,
     GitRef,
     ServiceResult,
-    SuiteResult,
     Verdict,
     decide,
     utcnow,
@@ -29,7 +28,13 @@ from bot.pipeline.choice import NotChosen, RuntimeChooser, only
 from bot.pipeline.contract import check_contracts
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.protos import add_proto_findings
-from bot.pipeline.sides import Sides, run_beside_controls, set_aside_values_past_a_lost_tag
+from bot.pipeline.sides import (
+    Sides,
+    on_the_baseline,
+    repeated,
+    run_beside_controls,
+    set_aside_values_past_a_lost_tag,
+)
 from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageResult
 from bot.runtimes.protocol import (
     Baseline,
@@ -44,7 +49,7 @@ from bot.runtimes.protocol import (
     Source,
     SuiteRequest,
 )
-from bot.verify import blame, diagnose, judge_suite, last_tagged_hop, tagged_counts, with_repeats
+from bot.verify import diagnose, judge_suite, last_tagged_hop, tagged_counts
 from bot.verify.requestmap import request_map
 
 
@@ -279,7 +284,7 @@ class Pipeline:
                 judged = judge_suite(suite.name, "base", suite.gating, outcome)
                 # Not after a timeout: another full timeout, and a hang tells nothing about whose it is.
                 if judged.gating and judged.status in ("failed", "errored"):
-                    judged = self._against_baseline(judged, request, sandbox)
+                    judged = on_the_baseline(self.runtime, judged, request, sandbox, self._checkpoint)
                 if judged.gating and suite.repeat_failed and any(not f.pre_existing for f in judged.failures):
                     repeats.append((len(evidence.suites), request, suite.repeat_failed))
                 evidence.suites.append(judged)
@@ -326,7 +331,9 @@ class Pipeline:
             self._check_contracts(evidence, plan, sandbox, contract_traffic)
             add_proto_findings(evidence, plan.config, Path(evidence.repo), plan.base_sha, plan.merge_sha)
             for index, request, times in repeats:  # last: every comparison is made by now
-                evidence.suites[index] = self._repeat(evidence.suites[index], request, sandbox, times)
+                evidence.suites[index] = repeated(
+                    self.runtime, evidence.suites[index], request, sandbox, times, self._checkpoint
+                )
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
 
@@ -386,27 +393,6 @@ class Pipeline:
             should_stop=self._stopping,
             kubernetes=suite.kubernetes,
         )
-
-    def _against_baseline(self, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox) -> SuiteResult:
-        """The failed suite again, untagged against the baseline: what fails there too is pre-existing,
-        not the change's. Only on failure, so a passing change pays nothing."""
-        self._checkpoint()
-        outcome = self.runtime.run_suite(sandbox, replace(request, target="baseline"))
-        return blame(judged, judge_suite(judged.name, "base", judged.gating, outcome))
-
-    def _repeat(
-        self, judged: SuiteResult, request: SuiteRequest, sandbox: Sandbox, times: int
-    ) -> SuiteResult:
-        """A suite with sandbox-only failures again, on the candidate alone: how often each failure
-        shows. Only on failure, and after every comparison, so the controls' data never diverges
-        from the candidate's before it is compared, and no control reruns a suite."""
-        again = []
-        for _ in range(times):
-            self._checkpoint()
-            again.append(
-                judge_suite(judged.name, "base", judged.gating, self.runtime.run_suite(sandbox, request))
-            )
-        return with_repeats(judged, again)
 
     def _teardown(
         self,

@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from bot.config.schema import Diff
-from bot.evidence import DiffResult, Evidence
+from bot.evidence import DiffResult, Evidence, SuiteResult
 from bot.evidence.verdict import STATUS_TALLIES
 from bot.runtimes.protocol import ProbeError, ProbeRequest, Runtime, Sandbox, SuiteOutcome, SuiteRequest
+from bot.verify import blame, judge_suite, with_repeats
 from bot.verify.compare import Response
 from bot.verify.diff import (
     NotSent,
@@ -149,6 +150,38 @@ def run_beside_controls(
                 evidence.notes.append(note)
             break
     return outcomes[0]
+
+
+def on_the_baseline(
+    runtime: Runtime,
+    judged: SuiteResult,
+    request: SuiteRequest,
+    sandbox: Sandbox,
+    checkpoint: Callable[[], None],
+) -> SuiteResult:
+    """The failed suite again, untagged against the baseline: what fails there too is pre-existing,
+    not the change's. Only on failure, so a passing change pays nothing."""
+    checkpoint()
+    outcome = runtime.run_suite(sandbox, replace(request, target="baseline"))
+    return blame(judged, judge_suite(judged.name, "base", judged.gating, outcome))
+
+
+def repeated(
+    runtime: Runtime,
+    judged: SuiteResult,
+    request: SuiteRequest,
+    sandbox: Sandbox,
+    times: int,
+    checkpoint: Callable[[], None],
+) -> SuiteResult:
+    """A suite with sandbox-only failures again, on the candidate alone: how often each failure
+    shows. Only on failure, and after every comparison, so the controls' data never diverges
+    from the candidate's before it is compared, and no control reruns a suite."""
+    again = []
+    for _ in range(times):
+        checkpoint()
+        again.append(judge_suite(judged.name, "base", judged.gating, runtime.run_suite(sandbox, request)))
+    return with_repeats(judged, again)
 
 
 def set_aside_values_past_a_lost_tag(evidence: Evidence) -> None:

@@ -18,6 +18,18 @@ from typing import Any, cast
 
 from bot.config import InfrastructureError
 from bot.runtimes.kubernetes import names
+from bot.runtimes.kubernetes.kinds import CONFIG_MAP as CONFIG_MAP
+from bot.runtimes.kubernetes.kinds import DEPLOYMENT as DEPLOYMENT
+from bot.runtimes.kubernetes.kinds import EVENT as EVENT
+from bot.runtimes.kubernetes.kinds import HTTP_ROUTE as HTTP_ROUTE
+from bot.runtimes.kubernetes.kinds import JOB as JOB
+from bot.runtimes.kubernetes.kinds import KINDS as KINDS
+from bot.runtimes.kubernetes.kinds import POD as POD
+from bot.runtimes.kubernetes.kinds import REFERENCE_GRANT as REFERENCE_GRANT
+from bot.runtimes.kubernetes.kinds import SECRET as SECRET
+from bot.runtimes.kubernetes.kinds import SERVICE as SERVICE
+from bot.runtimes.kubernetes.kinds import VIRTUAL_SERVICE as VIRTUAL_SERVICE
+from bot.runtimes.kubernetes.kinds import Kind as Kind
 from bot.runtimes.kubernetes.names import EXPIRES_AT as EXPIRES_AT
 from bot.runtimes.kubernetes.names import ROLE_LABEL as ROLE_LABEL
 from bot.runtimes.kubernetes.names import SANDBOX_LABEL as SANDBOX_LABEL
@@ -26,53 +38,6 @@ from bot.runtimes.kubernetes.names import SERVICE_LABEL as SERVICE_LABEL
 Obj = dict[str, Any]
 """A Kubernetes object as JSON."""
 
-
-@dataclass(frozen=True)
-class Kind:
-    """How one kind is served: its group/version, plural, and whether it lives in a namespace."""
-
-    kind: str
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
-        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        where = f"/namespaces/{namespace}" if namespace is not None and self.namespaced else ""
-        tail = f"/{name}" if name is not None else ""
-        return f"{root}{where}/{self.plural}{tail}{'/' + sub if sub else ''}"
-
-
-DEPLOYMENT = Kind("Deployment", "apps", "v1", "deployments")
-SERVICE = Kind("Service", "", "v1", "services")
-POD = Kind("Pod", "", "v1", "pods")
-EVENT = Kind("Event", "", "v1", "events")
-JOB = Kind("Job", "batch", "v1", "jobs")
-VIRTUAL_SERVICE = Kind("VirtualService", "networking.istio.io", "v1", "virtualservices")
-HTTP_ROUTE = Kind("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
-REFERENCE_GRANT = Kind("ReferenceGrant", "gateway.networking.k8s.io", "v1beta1", "referencegrants")
-CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps")
-SECRET = Kind("Secret", "", "v1", "secrets")
-KINDS = {
-    k.kind: k
-    for k in (
-        DEPLOYMENT,
-        SERVICE,
-        POD,
-        EVENT,
-        JOB,
-        VIRTUAL_SERVICE,
-        HTTP_ROUTE,
-        REFERENCE_GRANT,
-        CONFIG_MAP,
-        SECRET,
-    )
-}
 
 MANAGED_BY = names.MANAGED_BY_LABEL
 MANAGED = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
