@@ -400,3 +400,35 @@ def test_the_baseline_starts_a_service_after_those_it_names(tmp_path: Path) -> N
     # The cause is named, not the service it held back; `held` never started.
     assert str(caught.value).startswith("baseline broken exited with code 3 before becoming healthy")
     assert runtime.baselines() == []
+
+
+def test_a_service_moved_off_a_taken_port_is_routed_there_before_its_dependents_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port chosen for `slow` is taken between choosing and binding it, by a listener that accepts
+    and never answers; `slow` moves to a fresh port, and Envoy must route there before `needy`, which
+    calls `slow` through Envoy as it starts, is started."""
+    from bot.config import RuntimeSettings
+    from bot.runtimes.local import LocalRuntime
+    from bot.runtimes.local import runtime as runtime_module
+    from bot.runtimes.protocol import Source
+    from tests.gitrepo import GitRepo
+
+    good = ORDERED.split("  broken:")[0]
+    files = {".loopgate.yml": good, "slow/slow.py": SLOW, "needy/needy.py": NEEDY}
+    repo = GitRepo.init(tmp_path / "repo", files)
+    base = Source(repo.path, repo.git("rev-parse", "HEAD").strip())
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", 0))
+        thief.listen()
+        chosen = iter([None, thief.getsockname()[1]])  # services are given ports in name order: needy, slow
+        real = runtime_module.free_port
+        monkeypatch.setattr(runtime_module, "free_port", lambda: next(chosen, None) or real())
+        runtime = LocalRuntime(RuntimeSettings(state_dir=tmp_path / "state"))
+        baseline = runtime.up_baseline(base, parse_config(good))
+        try:
+            assert runtime.baseline_health(baseline) is None  # needy read slow's answer at its start
+            record = runtime.registry.load_env(baseline.env_id)
+            assert record is not None and record.services["slow"].port != thief.getsockname()[1]
+        finally:
+            runtime.down(baseline.env_id)

@@ -7,6 +7,7 @@ changed services and routes for its routing key, never restarting Envoy or the b
 from __future__ import annotations
 
 import subprocess
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -172,19 +173,25 @@ class LocalRuntime(Suites, Collector):
     ) -> dict[str, str]:
         """Every baseline service, in parallel but each after those its `after:` names are healthy;
         returns why those that failed did. A service that had to move to another port gets its route
-        updated."""
+        updated at once, before any service that starts after it calls it through Envoy."""
         names = sorted(config.services)
         after = {name: config.services[name].local_spec.after for name in names}
-        start = partial(self._start_baseline_service, record, config)
+        start = partial(self._start_baseline_service, record, config, ports, threading.Lock())
         results = _in_order({name: partial(start, name, ports[name]) for name in names}, after)
         self.registry.save_env(record)
-        failed = {name: why for name, why in results.items() if why is not None}
-        moved = any(p.port != ports[name] for name, p in record.services.items())
-        if moved and not failed:
-            self._apply_routes(record.env_id)
-        return failed
+        return {name: why for name, why in results.items() if why is not None}
 
-    def _start_baseline_service(self, record: EnvRecord, config: Config, name: str, port: int) -> str | None:
+    def _start_baseline_service(
+        self,
+        record: EnvRecord,
+        config: Config,
+        planned: dict[str, int],
+        recording: threading.Lock,
+        name: str,
+        port: int,
+    ) -> str | None:
+        """`recording` serialises the starts' writes to the shared `record`, its file and the routes;
+        `planned` are the ports Envoy was started with (no sandbox routes on a baseline being made)."""
         spec = config.services[name]
         env_dir = self.registry.env_dir(record.env_id)
         cwd = env_dir / "worktree" / spec.local_spec.cwd
@@ -220,12 +227,23 @@ class LocalRuntime(Suites, Collector):
 
         def started(process: subprocess.Popen[bytes], at: int) -> None:
             pause.point("service-spawned")
-            record.services[name] = ProcessRecord(
-                service=name, port=at, process=ProcessRef.of(process.pid), log=str(log)
-            )
+            with recording:
+                record.services[name] = ProcessRecord(
+                    service=name, port=at, process=ProcessRef.of(process.pid), log=str(log)
+                )
 
         why = _start_on_free_port(spec, launch, log, port, started, env)
-        return f"{why}: {_last_line(log)}" if why else None
+        if why:
+            return f"{why}: {_last_line(log)}"
+        if record.services[name].port != port:  # Envoy still points at the port it could not bind
+            with recording:
+                self.registry.save_env(record)
+                ports = planned | {other: p.port for other, p in record.services.items()}
+                try:
+                    DataPlane(env_dir / "envoy").apply(self._spec(record, ports, {}, config))
+                except EnvoyError as exc:
+                    return f"cannot route to its new port {record.services[name].port}: {exc}"
+        return None
 
 
 def _seed_failure(timed_out: bool, code: int | None, seed: Seed) -> str | None:
