@@ -432,3 +432,24 @@ def test_a_service_moved_off_a_taken_port_is_routed_there_before_its_dependents_
             assert record is not None and record.services["slow"].port != thief.getsockname()[1]
         finally:
             runtime.down(baseline.env_id)
+
+
+def test_a_start_failure_is_named_by_its_cause_not_the_frameworks_last_words(tmp_path: Path) -> None:
+    from bot.runtimes.local.processes import cause_line
+
+    log = tmp_path / "front.log"
+    log.write_text(
+        "INFO:     Waiting for application startup.\n"
+        "Traceback (most recent call last):\n"
+        '  File "/srv/front_app.py", line 30, in lifespan\n'
+        "    known = get(f\"{NAMES_URL}/names\", None)\n"
+        "TimeoutError: timed out\n"
+        "\n"
+        "ERROR:    Application startup failed. Exiting.\n"
+    )
+    assert cause_line(log) == "TimeoutError: timed out"
+    log.write_text("node:internal/errors\nError: listen EADDRINUSE: address already in use 127.0.0.1:4000\n  at x\n")
+    assert cause_line(log).startswith("Error: listen EADDRINUSE")
+    log.write_text("serving on 4000\nbye\n")
+    assert cause_line(log) == "bye"
+    assert cause_line(tmp_path / "missing.log") == "(no output)"

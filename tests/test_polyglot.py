@@ -65,7 +65,9 @@ def verify(
         str(out),
         env={"LOOPGATE_STATE_DIR": str(state), **env},
     )
-    return done.returncode, json.loads(out.read_text()), done.stdout + done.stderr
+    evidence = json.loads(out.read_text())
+    tails = "".join(f"\n--- {s['name']} ---\n{s.get('log_tail') or ''}" for s in evidence.get("services", []))
+    return done.returncode, evidence, done.stdout + done.stderr + tails  # every log, should it fail
 
 
 def test_its_config_needs_no_absolute_path_and_no_inlined_variable() -> None:

@@ -15,7 +15,7 @@ from bot.config import InfrastructureError, Service
 from bot.runtimes.guard import infrastructure_errors
 from bot.runtimes.local.allowlist import with_port
 from bot.runtimes.local.ports import free_port
-from bot.runtimes.local.processes import ProcessRef, stop_group, tail, wait_healthy
+from bot.runtimes.local.processes import ProcessRef, stop_group, wait_healthy
 
 PORT_ATTEMPTS = 4
 """A port chosen free can be taken before the process binds it: that many fresh ports are tried."""
@@ -117,7 +117,3 @@ def _run_build(
             stop_group(ref, grace=2)
     return f"build exited with code {code}" if code != 0 else None
 
-
-def _last_line(log: Path) -> str:
-    lines = [line for line in tail(log, lines=20).splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else "(no output)"

@@ -47,7 +47,7 @@ from pydantic import BaseModel
 from bot.config import InfrastructureError
 from bot.runtimes.local.confine import Confinement
 from bot.runtimes.local.ports import free_port
-from bot.runtimes.local.processes import ProcessRef, stop_group, tail
+from bot.runtimes.local.processes import ProcessRef, cause_line, stop_group
 
 SUPERUSER = "postgres"
 READY_TIMEOUT_S = 30.0
@@ -191,7 +191,7 @@ class OwnCluster:
         if why is not None:
             self._stop(state)
             raise InfrastructureError(
-                f"loopgate's own PostgreSQL cluster did not start: {why}: {_last_line(self.log)}"
+                f"loopgate's own PostgreSQL cluster did not start: {why}: {cause_line(self.log)}"
             )
         self._lock_down(port)
 
@@ -374,7 +374,3 @@ def _write_atomic(path: Path, text: str) -> None:
     temp.write_text(text, encoding="utf-8")
     os.replace(temp, path)
 
-
-def _last_line(log: Path) -> str:
-    lines = [line for line in tail(log, lines=20).splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else "(no output)"

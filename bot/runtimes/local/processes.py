@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -329,3 +330,19 @@ def tail(path: Path, *, lines: int = 60, limit: int = 8_000) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+_CAUSE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit)|Error|FATAL|PANIC)\b\S*:")
+"""A line that states a cause: a Python or Node exception (`TimeoutError: timed out`, `Error: …`) or
+a PostgreSQL FATAL/PANIC, not a framework's closing words after it."""
+
+
+def cause_line(log: Path) -> str:
+    """The one line of a log's end that best says why the process stopped: the last one stating a
+    cause (uvicorn ends a failed startup with "Application startup failed. Exiting.", which names
+    none), else the last line."""
+    lines = [line.strip() for line in tail(log, lines=40).splitlines() if line.strip()]
+    if not lines:
+        return "(no output)"
+    causes = [line for line in lines if _CAUSE.match(line)]
+    return (causes or lines)[-1][:300]

@@ -22,7 +22,6 @@ from bot.runtimes.local.helpers import (
     NOT_STARTED,
     PORT_ATTEMPTS,
     _in_order,
-    _last_line,
     _run_build,
     _start_on_free_port,
     _wait,
@@ -30,7 +29,7 @@ from bot.runtimes.local.helpers import (
 )
 from bot.runtimes.local.ports import free_port, ports_from
 from bot.runtimes.local.postgres import database_name
-from bot.runtimes.local.processes import ProcessRef, stop_group, tail
+from bot.runtimes.local.processes import ProcessRef, cause_line, stop_group, tail
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, env_id_for
 from bot.runtimes.local.suites import ACCESS_LOG_SETTLE_S, Suites
 from bot.runtimes.protocol import Baseline, BaselineError, ObservedRequest, Source
@@ -223,7 +222,7 @@ class LocalRuntime(Suites, Collector):
         if spec.local_spec.build:
             why = _run_build(spec, launch)
             if why:
-                return f"{why}: {_last_line(log)}"
+                return f"{why}: {cause_line(log)}"
 
         def started(process: subprocess.Popen[bytes], at: int) -> None:
             pause.point("service-spawned")
@@ -234,7 +233,7 @@ class LocalRuntime(Suites, Collector):
 
         why = _start_on_free_port(spec, launch, log, port, started, env)
         if why:
-            return f"{why}: {_last_line(log)}"
+            return f"{why}: {cause_line(log)}"
         if record.services[name].port != port:  # Envoy still points at the port it could not bind
             with recording:
                 self.registry.save_env(record)
