@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.config import InfrastructureError
+from bot.config.grpc import Protocol
 from bot.config.kubernetes import KubernetesService
 from bot.runtimes.kubernetes import objects
 from bot.runtimes.kubernetes.client import (
@@ -66,11 +67,12 @@ def start_fork(
     timeout_s: float,
     adjust: Callable[[Obj], Obj] | None = None,
     owner: str | None = None,
+    protocol: Protocol = "http",
 ) -> tuple[Fork, ForkOutcome]:
     """Create the fork's Deployment and Service (labelled and stamped with expires-at before they exist,
     so gc finds them whatever happens next) and wait for it to become Available. `adjust` edits the
     Deployment before it is created (e.g. pointing the fork at its own copy of the service's data);
-    `owner` marks both as a control's of that sandbox."""
+    `owner` marks both as a control's of that sandbox; `protocol` sets the Service port's appProtocol."""
     deployment = objects.fork_deployment(
         baseline,
         service=service,
@@ -91,6 +93,7 @@ def start_fork(
         key=key,
         expires_at=expires_at,
         baseline_service=baseline_service,
+        protocol=protocol,
     )
     objects.as_control(deployment, owner)
     objects.as_control(fork_svc, owner)

@@ -18,7 +18,6 @@ from bot.runtimes.kubernetes.client import (
     CONFIG_MAP,
     DEPLOYMENT,
     EXPIRES_AT,
-    HTTP_ROUTE,
     JOB,
     MANAGED,
     ROLE_LABEL,
@@ -32,11 +31,12 @@ from bot.runtimes.kubernetes.client import (
     Obj,
 )
 from bot.runtimes.kubernetes.controlrecords import owned_pairs, record_selector
+from bot.runtimes.kubernetes.kinds import GATEWAY_ROUTES
 from bot.runtimes.kubernetes.routes import owned, remove_istio_routes
 
 log = logging.getLogger(__name__)
 
-EXPIRING: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, JOB, HTTP_ROUTE)
+EXPIRING: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, JOB, *GATEWAY_ROUTES)
 """Kinds whose every object belongs to one sandbox and carries its expires-at. A VirtualService loopgate
 made is shared by the sandboxes of its service: it goes with its last route, never by age."""
 
@@ -121,7 +121,8 @@ def sweep(kube: Kube, now: datetime | None = None) -> list[str]:
     # fork missing from the later list is really gone (not made after the routes were read).
     virtual_services = _list(kube, VIRTUAL_SERVICE, None)
     listed: dict[str, list[Obj] | None] = {kind.kind: None for kind in EXPIRING}
-    listed[HTTP_ROUTE.kind] = _list(kube, HTTP_ROUTE, MANAGED)
+    for route_kind in GATEWAY_ROUTES:  # None where the kind is not served (no GRPCRoute before v1.1)
+        listed[route_kind.kind] = _list(kube, route_kind, MANAGED)
     for kind in (DEPLOYMENT, SERVICE, JOB):
         listed[kind.kind] = _list(kube, kind, MANAGED)
     live = live_sandboxes(listed[DEPLOYMENT.kind] or [], now)
@@ -135,7 +136,7 @@ def sweep(kube: Kube, now: datetime | None = None) -> list[str]:
                 why = f"expired at {(obj['metadata'].get('annotations') or {}).get(EXPIRES_AT)}"
             elif key is not None and key in ownerless:
                 why = f"a control of sandbox {ownerless[key]}, which is gone"
-            elif kind is HTTP_ROUTE and key is not None and key not in live:
+            elif kind in GATEWAY_ROUTES and key is not None and key not in live:
                 why = f"the fork of sandbox {key} is gone"
             else:
                 continue

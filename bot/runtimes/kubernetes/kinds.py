@@ -34,6 +34,9 @@ EVENT = Kind("Event", "", "v1", "events")
 JOB = Kind("Job", "batch", "v1", "jobs")
 VIRTUAL_SERVICE = Kind("VirtualService", "networking.istio.io", "v1", "virtualservices")
 HTTP_ROUTE = Kind("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes")
+GRPC_ROUTE = Kind("GRPCRoute", "gateway.networking.k8s.io", "v1", "grpcroutes")
+GATEWAY_ROUTES = (HTTP_ROUTE, GRPC_ROUTE)
+"""The Gateway API route kinds a sandbox may own (a GRPCRoute for a gRPC service)."""
 REFERENCE_GRANT = Kind("ReferenceGrant", "gateway.networking.k8s.io", "v1beta1", "referencegrants")
 CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps")
 SECRET = Kind("Secret", "", "v1", "secrets")
@@ -47,6 +50,7 @@ KINDS = {
         JOB,
         VIRTUAL_SERVICE,
         HTTP_ROUTE,
+        GRPC_ROUTE,
         REFERENCE_GRANT,
         CONFIG_MAP,
         SECRET,

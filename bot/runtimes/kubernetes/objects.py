@@ -9,8 +9,8 @@ removing every loopgate route gives back the VirtualService's `spec` exactly as 
 
 This module gathers them under one name (`objects.fork_deployment`, `objects.with_route`, …); each idea
 lives in its own module: `names` (names, labels, expiry, namespaces), `workloads` (fork Deployment and
-Service, selectors), `routeobjects` (baggage regex, Istio and Gateway API routes), `jobobjects` (suite
-and build Jobs, the JUnit log protocol).
+Service, selectors, appProtocol), `routeobjects` (baggage regex, Istio routes, Gateway API HTTPRoutes
+and GRPCRoutes), `jobobjects` (suite and build Jobs, the JUnit log protocol).
 """
 
 from __future__ import annotations
@@ -70,18 +70,24 @@ from bot.runtimes.kubernetes.names import (
 from bot.runtimes.kubernetes.routeobjects import (
     DEFAULT_ROUTE_NAME,
     LOOPGATE_ROUTE_RE,
+    ROUTE_KINDS,
+    RouteKind,
     baggage_regex,
+    gateway_route_kind,
     http_route,
     is_loopgate_route,
     istio_route,
     owned_virtual_service,
     reference_grant,
     route_keys,
+    tagged_matches,
     with_route,
     without_route,
 )
 from bot.runtimes.kubernetes.workloads import (
+    APP_PROTOCOLS,
     DEFAULT_READY_TIMEOUT_S,
+    app_protocol,
     fork_deployment,
     fork_service,
     label_selector_selects,
@@ -91,6 +97,7 @@ from bot.runtimes.kubernetes.workloads import (
 )
 
 __all__ = [
+    "APP_PROTOCOLS",
     "BASELINE_ANNOTATION",
     "CONTROL_LABEL",
     "CONTROL_OF_LABEL",
@@ -110,10 +117,13 @@ __all__ = [
     "OWNED_VS_SUFFIX",
     "ROLES",
     "ROLE_LABEL",
+    "ROUTE_KINDS",
     "ROUTE_PREFIX",
     "SANDBOX_LABEL",
     "SERVICE_LABEL",
     "Obj",
+    "RouteKind",
+    "app_protocol",
     "as_control",
     "baggage_regex",
     "baseline_service_name",
@@ -128,6 +138,7 @@ __all__ = [
     "fork_namespace",
     "fork_service",
     "fork_service_name",
+    "gateway_route_kind",
     "http_route",
     "http_route_name",
     "image_for",
@@ -155,6 +166,7 @@ __all__ = [
     "suite_job",
     "suite_job_name",
     "suite_script",
+    "tagged_matches",
     "with_route",
     "without_route",
 ]

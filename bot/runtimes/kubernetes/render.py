@@ -154,6 +154,7 @@ def render_sandbox(
     routes: list[dict[str, Any]] = []
     for name in _selected(config, services):
         spec = kubernetes_spec(config, name)
+        protocol = config.services[name].protocol
         namespace = objects.fork_namespace(spec, settings.sandbox_namespace)
         group: list[copies.Copy] = []
         workloads: list[dict[str, Any]] = []
@@ -191,7 +192,9 @@ def render_sandbox(
                     copies.record(copy, expires),
                     copies.password_secret(copy, COPY_PASSWORD_PLACEHOLDER, expires),
                 ]
-            fork_svc = objects.fork_service(fork, service=name, spec=spec, key=side, expires_at=expires)
+            fork_svc = objects.fork_service(
+                fork, service=name, spec=spec, key=side, expires_at=expires, protocol=protocol
+            )
             workloads += [objects.as_control(fork, owner), objects.as_control(fork_svc, owner)]
             fork_services.append((side, owner, fork_svc))
         if group:  # one Job: every side's copy from one dump of the baseline's database
@@ -259,7 +262,8 @@ def _routes(
 ) -> list[dict[str, Any]]:
     """The route objects for one service of each side (routing key, owner, fork Service). Istio: the
     VirtualService as it would be after every side's route is added (offline: the loopgate-owned one
-    the runtime creates where none exists)."""
+    the runtime creates where none exists). Gateway API: an HTTPRoute each, a GRPCRoute for a gRPC
+    service (offline, no HTTPRoute of the team's is known to be attached: `gateway_route_kind`)."""
     if routing == "istio":
         baseline_host = objects.service_host(objects.baseline_service_name(service, spec), spec.namespace)
         vs = objects.owned_virtual_service(service=service, spec=spec, baseline_host=baseline_host)
@@ -284,6 +288,7 @@ def _routes(
                     fork_service=fork_svc["metadata"]["name"],
                     namespace=fork_svc["metadata"]["namespace"],
                     expires_at=expires,
+                    kind=objects.gateway_route_kind(config.services[service].protocol),
                 ),
                 owner,
             )
@@ -298,7 +303,7 @@ def _reference_grants(
     """One ReferenceGrant per side per (route namespace, fork namespace) pair that differ."""
     pairs: set[tuple[str, str]] = set()
     for route in routes:
-        if route["kind"] != "HTTPRoute":
+        if route["kind"] not in objects.ROUTE_KINDS:
             continue
         for rule in route["spec"]["rules"]:
             for ref in rule.get("backendRefs", []):

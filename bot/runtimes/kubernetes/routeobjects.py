@@ -1,5 +1,5 @@
 """Routing as data: the baggage member's regex, Istio routes inside a VirtualService, Gateway API
-HTTPRoutes and ReferenceGrants.
+HTTPRoutes, GRPCRoutes and ReferenceGrants.
 
 Routes are edited as data too: `with_route` / `without_route` touch only routes named `loopgate-<key>`, so
 removing every loopgate route gives back the VirtualService's `spec` exactly as it was.
@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from bot.config.grpc import Protocol
 from bot.config.kubernetes import KubernetesService
 from bot.config.schema import Routing
 from bot.runtimes.kubernetes.names import (
@@ -32,6 +33,9 @@ from bot.runtimes.kubernetes.names import (
 )
 
 LOOPGATE_ROUTE_RE = re.compile(r"loopgate-([a-z0-9]{6,16})")
+RouteKind = Literal["HTTPRoute", "GRPCRoute"]
+ROUTE_KINDS: tuple[RouteKind, ...] = ("HTTPRoute", "GRPCRoute")
+"""The Gateway API routes a sandbox may add: teardown and gc look for both."""
 DEFAULT_ROUTE_NAME = "baseline"
 """The default route of a loopgate-owned VirtualService: not `loopgate-<key>`-shaped, so never removed."""
 
@@ -146,6 +150,20 @@ def _service_ref(name: str, port: int, namespace: str | None = None) -> Obj:
     return ref
 
 
+def tagged_matches(routing: Routing, key: str) -> list[Obj]:
+    """The Gateway API matches of a request tagged for the sandbox: the baggage member (exact member,
+    `baggage_regex`) or the header. HTTPRoute and GRPCRoute share them field for field (`type`, `name`,
+    `value`; Exact and RegularExpression in both), so one list keeps their semantics identical: gRPC
+    metadata is HTTP/2 headers."""
+    _require_key(key)
+    regex = baggage_regex(routing.baggage_member, key)
+    baggage = {"type": "RegularExpression", "name": "baggage", "value": regex}
+    return [
+        {"headers": [baggage]},
+        {"headers": [{"type": "Exact", "name": routing.header, "value": key}]},
+    ]
+
+
 def http_route(
     *,
     service: str,
@@ -156,46 +174,53 @@ def http_route(
     namespace: str,
     expires_at: str,
     parent_service: str | None = None,
+    kind: RouteKind = "HTTPRoute",
 ) -> dict[str, Any]:
-    """The sandbox's GAMMA HTTPRoute for one service, in the baseline Service's namespace (a producer
-    route: it applies to every caller) with the Service as parent.
+    """The sandbox's GAMMA route for one service, in the baseline Service's namespace (a producer
+    route: it applies to every caller) with the Service as parent: an HTTPRoute, or with
+    `kind="GRPCRoute"` a GRPCRoute of the same shape (a gRPC service's, `gateway_route_kind`).
 
     Rule 1 sends a request tagged by baggage member or header to the fork Service (`namespace` is the
     fork's; a cross-namespace backendRef needs `reference_grant`). Rule 2 sends everything else to the
     baseline Service itself: with a route attached, a mesh may answer unmatched requests 404, and a
     header rule outranks it. `parent_service` is the baseline Service's name when known."""
     _require_key(key)
+    if kind not in ROUTE_KINDS:
+        raise ValueError(f"route kind {kind!r} is not one of {', '.join(ROUTE_KINDS)}")
     parent = parent_service or baseline_service_name(service, spec)
     fork_ns = namespace if namespace != spec.namespace else None
     tagged = {
-        "matches": [
-            {
-                "headers": [
-                    {
-                        "type": "RegularExpression",
-                        "name": "baggage",
-                        "value": baggage_regex(routing.baggage_member, key),
-                    }
-                ]
-            },
-            {"headers": [{"type": "Exact", "name": routing.header, "value": key}]},
-        ],
+        "matches": tagged_matches(routing, key),
         "backendRefs": [_service_ref(fork_service, spec.port, fork_ns)],
     }
     untagged = {"backendRefs": [_service_ref(parent, spec.port)]}
     meta = _metadata(http_route_name(service, key), spec.namespace, labels(key, "route", service), expires_at)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
+        "kind": kind,
         "metadata": meta,
         "spec": {"parentRefs": [_service_ref(parent, spec.port)], "rules": [tagged, untagged]},
     }
 
 
+def gateway_route_kind(protocol: Protocol, *, team_http_routes: bool = False) -> RouteKind:
+    """Which Gateway API route a sandbox adds for a service speaking `protocol`.
+
+    A gRPC service gets a GRPCRoute, unless the team already attaches HTTPRoutes to its Service: where
+    a GRPCRoute and an HTTPRoute attach to the same parent, GAMMA (GEP-1426) has the mesh ignore the
+    HTTPRoute, so a GRPCRoute of loopgate's would silently switch the team's own routing off. An
+    HTTPRoute routes gRPC as well (a gRPC call is an HTTP/2 POST), and keeps the team's in force."""
+    if protocol == "grpc" and not team_http_routes:
+        return "GRPCRoute"
+    return "HTTPRoute"
+
+
 def reference_grant(*, key: str, route_namespace: str, namespace: str, expires_at: str) -> dict[str, Any]:
-    """Lets the sandbox's HTTPRoutes in `route_namespace` send to fork Services in `namespace` (only
-    needed when forks live in `sandbox_namespace`): Gateway API refuses cross-namespace backends
-    otherwise."""
+    """Lets the sandbox's HTTPRoutes and GRPCRoutes in `route_namespace` send to fork Services in
+    `namespace` (only needed when forks live in `sandbox_namespace`): Gateway API refuses
+    cross-namespace backends otherwise. One grant per sandbox and namespace pair serves its routes of
+    both kinds; it grants no more than an HTTPRoute alone would, since whoever may write a GRPCRoute in
+    `route_namespace` may write an HTTPRoute there."""
     meta = _metadata(
         bounded_name(f"lg-{key}-from-{route_namespace}"), namespace, labels(key, "route"), expires_at
     )
@@ -205,7 +230,8 @@ def reference_grant(*, key: str, route_namespace: str, namespace: str, expires_a
         "metadata": meta,
         "spec": {
             "from": [
-                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": route_namespace}
+                {"group": "gateway.networking.k8s.io", "kind": kind, "namespace": route_namespace}
+                for kind in ROUTE_KINDS
             ],
             "to": [{"group": "", "kind": "Service"}],
         },

@@ -7,8 +7,8 @@
   loopgate's route (`objects.without_route`), so once every sandbox is gone the object is what it was;
   a VirtualService loopgate made (none existed) is deleted once it holds no loopgate route, with the
   resourceVersion read as the delete's precondition. Routes loopgate does not own are never touched.
-- gateway-api: one HTTPRoute per sandbox per service (GAMMA: the Service as parentRef); nothing shared
-  is written, so nothing can conflict.
+- gateway-api: one HTTPRoute per sandbox per service (GAMMA: the Service as parentRef), a GRPCRoute
+  for a gRPC service (`objects.gateway_route_kind`); nothing shared is written, so nothing can conflict.
 - none: nothing; the report says routing is the mesh's job.
 """
 
@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 
 from bot.config import InfrastructureError
+from bot.config.grpc import Protocol
 from bot.config.kubernetes import KubernetesService
 from bot.config.schema import Routing
 from bot.runtimes.kubernetes import objects
@@ -32,6 +33,7 @@ from bot.runtimes.kubernetes.client import (
     Obj,
 )
 from bot.runtimes.kubernetes.forks import Fork
+from bot.runtimes.kubernetes.kinds import KINDS
 
 ATTEMPTS = 40
 """Writes of one VirtualService tried before giving up: 20 sandboxes at once all get through."""
@@ -198,10 +200,13 @@ def add_http_route(
     parent_service: str,
     expires_at: str,
     owner: str | None = None,
+    protocol: Protocol = "http",
 ) -> None:
-    """The sandbox's HTTPRoute for `service` (in the baseline Service's namespace, its parent), and the
-    ReferenceGrant that lets it reach a fork in another namespace (`sandbox_namespace`); `owner` marks
+    """The sandbox's route for `service` (in the baseline Service's namespace, its parent): an
+    HTTPRoute, or a GRPCRoute for a gRPC service whose Service has no HTTPRoute of the team's; and the
+    ReferenceGrant that lets it reach a fork in another namespace (`sandbox_namespace`). `owner` marks
     both as a control's of that sandbox."""
+    team_routes = protocol == "grpc" and has_team_http_routes(kube, spec.namespace, parent_service)
     route = objects.http_route(
         service=service,
         spec=spec,
@@ -211,6 +216,7 @@ def add_http_route(
         namespace=fork.namespace,
         expires_at=expires_at,
         parent_service=parent_service,
+        kind=objects.gateway_route_kind(protocol, team_http_routes=team_routes),
     )
     objects.as_control(route, owner)
     if fork.namespace != spec.namespace:
@@ -226,29 +232,50 @@ def add_http_route(
     try:
         kube.create(route)
     except NotFound as exc:
+        grpc = route["kind"] == "GRPCRoute"
+        needs = "v1.1 or later, whose Standard channel has GRPCRoute" if grpc else "v1.0 or later"
         raise InfrastructureError(
-            f"{exc} (runtime.kubernetes.routing is gateway-api: are the Gateway API CRDs, v1.0 or later,"
+            f"{exc} (runtime.kubernetes.routing is gateway-api: are the Gateway API CRDs, {needs},"
             " installed?)"
         ) from None
     except Conflict as exc:
         if not exc.exists:
             raise InfrastructureError(str(exc)) from None
-        _replace_http_route(kube, route)
+        _replace_route(kube, route)
 
 
-def _replace_http_route(kube: Kube, route: Obj) -> None:
+def has_team_http_routes(kube: Kube, namespace: str, parent_service: str) -> bool:
+    """Whether an HTTPRoute loopgate did not make attaches to Service `parent_service` (one list call;
+    False when the kind is not served)."""
+    try:
+        selector = f"{MANAGED_BY}!={objects.MANAGED_BY}"  # every HTTPRoute but loopgate's own
+        listed = kube.list(HTTP_ROUTE, namespace, label_selector=selector).items
+    except NotFound:
+        return False
+    return any(_attaches(route, namespace, parent_service) for route in listed)
+
+
+def _attaches(route: Obj, namespace: str, service: str) -> bool:
+    route_ns = str((route.get("metadata") or {}).get("namespace") or namespace)
+    return any(
+        ref.get("group") == ""
+        and ref.get("kind") == "Service"
+        and ref.get("name") == service
+        and ref.get("namespace", route_ns) == namespace
+        for ref in (route.get("spec") or {}).get("parentRefs") or []
+    )
+
+
+def _replace_route(kube: Kube, route: Obj) -> None:
     """The same sandbox routed again (route() after a retry): make the stored route this one."""
+    kind = KINDS[str(route["kind"])]
     namespace, name = str(route["metadata"]["namespace"]), str(route["metadata"]["name"])
     for attempt in range(ATTEMPTS):
-        current = kube.get(HTTP_ROUTE, namespace, name)
+        current = kube.get(kind, namespace, name)
         route["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion")
         try:
             kube.replace(route)
             return
         except Conflict:
             backoff(attempt)
-    raise InfrastructureError(f"could not update HTTPRoute {namespace}/{name}: it kept changing")
-
-
-def remove_http_routes(kube: Kube, namespace: str, names: Iterable[str]) -> list[str]:
-    return [f"{namespace}/{name}" for name in names if kube.delete(HTTP_ROUTE, namespace, name)]
+    raise InfrastructureError(f"could not update {kind.kind} {namespace}/{name}: it kept changing")

@@ -24,7 +24,6 @@ from bot.runtimes.kubernetes.baselines import BaselineInfo, BaselineService
 from bot.runtimes.kubernetes.client import (
     CONFIG_MAP,
     DEPLOYMENT,
-    HTTP_ROUTE,
     JOB,
     MANAGED,
     POD,
@@ -38,6 +37,7 @@ from bot.runtimes.kubernetes.client import (
 from bot.runtimes.kubernetes.controls import ControlSandboxes
 from bot.runtimes.kubernetes.core import infrastructure, kube_settings, kube_spec, new_routing_key
 from bot.runtimes.kubernetes.forks import pods_of
+from bot.runtimes.kubernetes.kinds import GATEWAY_ROUTES
 from bot.runtimes.kubernetes.sandboxes import SandboxState
 from bot.runtimes.kubernetes.sandboxes import _git_context as _git_context  # tests import it from here
 from bot.runtimes.protocol import (
@@ -92,6 +92,7 @@ class KubernetesRuntime(ControlSandboxes):
                     parent_service=baseline.service_name,
                     expires_at=state.expires_at,
                     owner=state.control_of,
+                    protocol=sandbox.config.services[service].protocol,
                 )
             )
             add(
@@ -117,7 +118,8 @@ class KubernetesRuntime(ControlSandboxes):
             if settings.routing == "istio":
                 routes.remove_istio_routes(self.kube, namespace, set(keys))
             else:
-                self.kube.delete_collection(HTTP_ROUTE, namespace, _of_keys(keys))
+                for kind in GATEWAY_ROUTES:  # an HTTPRoute, or a GRPCRoute for a gRPC service
+                    self.kube.delete_collection(kind, namespace, _of_keys(keys))
 
     # -- suites, probes, observation -----------------------------------------------------------------
 
@@ -252,7 +254,7 @@ class KubernetesRuntime(ControlSandboxes):
             namespaces.add(settings.sandbox_namespace)
         kinds = [DEPLOYMENT, SERVICE, JOB]
         if settings.routing == "gateway-api":
-            kinds += [HTTP_ROUTE, REFERENCE_GRANT]
+            kinds += [*GATEWAY_ROUTES, REFERENCE_GRANT]
         for namespace in sorted(namespaces):
             for kind in kinds:
                 try:

@@ -236,6 +236,7 @@ class Sandboxes(Baselines):
             ).items,
             timeout_s=kspec.ready_timeout or settings.ready_timeout,
             adjust=adjust,
+            protocol=spec.protocol,
         )
         with self._lock:
             state.forks[service] = fork

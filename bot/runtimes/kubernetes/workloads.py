@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bot.config.errors import ConfigError
+from bot.config.grpc import Protocol
 from bot.config.kubernetes import KubernetesService
 from bot.runtimes.kubernetes.names import (
     BASELINE_ANNOTATION,
@@ -227,12 +228,44 @@ def fork_deployment(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
 
 
+APP_PROTOCOLS: dict[str, str] = {"grpc": "grpc", "http2": "kubernetes.io/h2c"}
+"""The `appProtocol` a fork's Service port gets for a service speaking HTTP/2: what tells the mesh to
+speak HTTP/2 to the fork's pod. `grpc` is Istio's name for gRPC; `kubernetes.io/h2c` is the Kubernetes
+standard name for HTTP/2 with prior knowledge (KEP-3726), which Gateway API (GEP-1911) and Istio read."""
+HTTP2_APP_PROTOCOLS = frozenset({"grpc", "grpc-web", "http2", "kubernetes.io/h2c"})
+"""appProtocol values that already mean HTTP/2 upstream: a baseline Service port declaring one keeps it."""
+
+
+def app_protocol(protocol: Protocol, declared: str | None) -> str | None:
+    """The fork Service port's appProtocol for a service speaking `protocol`, given the baseline port's.
+
+    An HTTP/1.1 service keeps whatever the baseline declares. An HTTP/2 or gRPC one keeps the baseline's
+    own HTTP/2 value (the team's mesh reads it already), else gets `APP_PROTOCOLS`': a port named `http`
+    or declared `http` would have the mesh speak HTTP/1.1 to the fork, which a gRPC server refuses."""
+    if protocol == "http" or (declared is not None and declared.lower() in HTTP2_APP_PROTOCOLS):
+        return declared
+    return APP_PROTOCOLS[protocol]
+
+
 def _service_port(
-    pod_spec: Mapping[str, Any], spec: KubernetesService, baseline_service: Mapping[str, Any] | None
+    pod_spec: Mapping[str, Any],
+    spec: KubernetesService,
+    baseline_service: Mapping[str, Any] | None,
+    protocol: Protocol = "http",
 ) -> Obj:
     """The fork Service's port: `spec.port` → the same target the baseline Service uses when known,
     else the replaced container's port (the one equal to `spec.port`, else one named `http`, else its
-    first), else `spec.port` itself."""
+    first), else `spec.port` itself; with the appProtocol `protocol` needs (`app_protocol`)."""
+    port = _copied_port(pod_spec, spec, baseline_service)
+    declared = app_protocol(protocol, port.get("appProtocol"))
+    if declared is not None:
+        port["appProtocol"] = declared
+    return port
+
+
+def _copied_port(
+    pod_spec: Mapping[str, Any], spec: KubernetesService, baseline_service: Mapping[str, Any] | None
+) -> Obj:
     for port in ((baseline_service or {}).get("spec") or {}).get("ports") or []:
         if port.get("port") == spec.port:
             keep = ("name", "protocol", "appProtocol", "targetPort")
@@ -255,9 +288,13 @@ def fork_service(
     key: str,
     expires_at: str,
     baseline_service: dict[str, Any] | None = None,
+    protocol: Protocol = "http",
 ) -> dict[str, Any]:
     """A ClusterIP Service selecting exactly the fork's pods (its loopgate labels), on the port callers
-    use, so the mesh can route a tagged request to `<service>-lg-<key>`."""
+    use, so the mesh can route a tagged request to `<service>-lg-<key>`; for an `http2` or `grpc`
+    service, the port's appProtocol says HTTP/2. (The Deployment carries no protocol: a container port
+    has no appProtocol field, and a sidecar learns the inbound protocol from the Service that selects
+    its pod, which for a fork is this one alone.)"""
     _require_key(key)
     pod_spec = fork["spec"]["template"]["spec"]
     own = labels(key, "fork", service)
@@ -270,6 +307,6 @@ def fork_service(
         "spec": {
             "type": "ClusterIP",
             "selector": dict(fork["spec"]["selector"]["matchLabels"]),
-            "ports": [_service_port(pod_spec, spec, baseline_service)],
+            "ports": [_service_port(pod_spec, spec, baseline_service, protocol)],
         },
     }
