@@ -756,8 +756,9 @@ def test_http_route_to_a_fork_in_another_namespace_comes_with_a_reference_grant(
     )
     valid(grant)
     assert grant["metadata"]["namespace"] == "sandboxes"
-    assert grant["spec"]["from"] == [
-        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}
+    assert grant["spec"]["from"] == [  # one grant for the sandbox's routes of either kind
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"},
+        {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute", "namespace": "shop"},
     ]
 
 

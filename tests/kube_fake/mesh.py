@@ -36,7 +36,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from . import grpcroutes
 from .errors import NotFound
+from .grpcproxy import GrpcServiceListener, speaks_http2
 from .kubelet import LOOPBACK, PORTS_ANNOTATION, pod_is_ready, pod_ports, selector_matches
 
 Obj = dict[str, Any]
@@ -326,6 +328,16 @@ def route_gateway_api(
         port = chosen.get("port")
         return Decision(chosen.get("namespace", route_ns), chosen["name"], int(port) if port else None, ops)
     return None
+
+
+def _grpc_decision(routes: list[Obj], namespace: str, service: str, req: Request) -> Decision | None:
+    """`grpcroutes.route_grpc` as the mesh's Decision (None: no rule matched, the Service itself)."""
+    target = grpcroutes.route_grpc(routes, req.path, req.headers)
+    if target is None:
+        return None
+    if not target.service:
+        return Decision(namespace, service, status=500)
+    return Decision(target.namespace, target.service, target.port, _gw_header_ops(target.filters))
 
 
 def apply_header_ops(headers: Headers, ops: Headers) -> Headers:
@@ -641,7 +653,7 @@ class Mesh:
         self.store = store
         self.routing = routing
         self.access_log_container = access_log_container
-        self._listeners: dict[tuple[str, str], _ServiceListener] = {}
+        self._listeners: dict[tuple[str, str], _ServiceListener | GrpcServiceListener] = {}
         self._sidecars: dict[str, _SidecarListener] = {}  # pod uid → its inbound sidecar
         self._lock = threading.Lock()
         self._closers: list[threading.Thread] = []
@@ -661,7 +673,10 @@ class Mesh:
             self._unsubscribe = None
         with self._lock:
             self._stopped = True
-            listeners: list[_Listener] = [*self._listeners.values(), *self._sidecars.values()]
+            listeners: list[_Listener | GrpcServiceListener] = [
+                *self._listeners.values(),
+                *self._sidecars.values(),
+            ]
             self._listeners.clear()
             self._sidecars.clear()
             closers = list(self._closers)
@@ -677,8 +692,16 @@ class Mesh:
                 raise RuntimeError("the mesh is stopped")
             listener = self._listeners.get((namespace, service))
             if listener is None:
-                listener = self._listeners[(namespace, service)] = _ServiceListener(self, namespace, service)
+                listener = self._listeners[(namespace, service)] = self._listen(namespace, service)
             return listener.port
+
+    def _listen(self, namespace: str, service: str) -> _ServiceListener | GrpcServiceListener:
+        """The transport of a Service's port: gRPC where the Service declares HTTP/2 (see grpcproxy)."""
+        try:
+            declared = speaks_http2(self.store.get("Service", namespace, service))
+        except NotFound:
+            declared = False
+        return (GrpcServiceListener if declared else _ServiceListener)(self, namespace, service)
 
     def dns(self, value: str, namespace: str | None = None) -> str:
         """`value` with every in-cluster Service address rewritten to its mesh port on 127.0.0.1.
@@ -725,7 +748,12 @@ class Mesh:
         if self.routing == "istio":
             decision = route_istio(self.store.list("VirtualService"), namespace, service, req)
         elif self.routing == "gateway-api":
-            decision = route_gateway_api(self.store.list("HTTPRoute"), namespace, service, port, req)
+            # GEP-1426: where GRPCRoutes attach to the Service, its HTTPRoutes are ignored.
+            grpc_routes = grpcroutes.attached(self.store.list("GRPCRoute"), namespace, service, port)
+            if grpc_routes:
+                decision = _grpc_decision(grpc_routes, namespace, service, req)
+            else:
+                decision = route_gateway_api(self.store.list("HTTPRoute"), namespace, service, port, req)
         if decision is None:
             return Decision(namespace, service, port)
         if decision.port is None and decision.status is None:
@@ -764,7 +792,7 @@ class Mesh:
         if kind == "Pod":
             self._on_pod(type_, obj)
             return
-        if kind == "HTTPRoute" and type_ != "DELETED" and self.routing == "gateway-api":
+        if kind in ("HTTPRoute", "GRPCRoute") and type_ != "DELETED" and self.routing == "gateway-api":
             self._report_route(obj)
         if kind != "Service":
             return
@@ -776,8 +804,8 @@ class Mesh:
             with self._lock:
                 self._close_later(self._listeners.pop(key, None))
         if type_ in ("ADDED", "DELETED") and self.routing == "gateway-api":
-            for route in self.store.list("HTTPRoute"):  # a backend or parent may just have appeared or gone
-                self._report_route(route)
+            for route in [*self.store.list("HTTPRoute"), *self.store.list("GRPCRoute")]:
+                self._report_route(route)  # a backend or parent may just have appeared or gone
 
     def _on_pod(self, type_: str, pod: Obj) -> None:
         """Put an inbound sidecar in front of a meshed pod's port, as Istio's interception does: once
@@ -810,7 +838,7 @@ class Mesh:
                 {PORTS_ANNOTATION: json.dumps(inbound), APP_PORTS_ANNOTATION: json.dumps(app_ports)},
             )
 
-    def _close_later(self, listener: _Listener | None) -> None:
+    def _close_later(self, listener: _Listener | GrpcServiceListener | None) -> None:
         """Close a listener on its own thread (closing joins handler threads; a Store callback must not
         wait for them); `stop` joins it. Called with the lock held."""
         if listener is None or self._stopped:
@@ -828,7 +856,7 @@ class Mesh:
         _keep_transition_times(status, route.get("status") or {})
         with contextlib.suppress(NotFound):
             self.store.set_status(
-                "HTTPRoute", route["metadata"]["namespace"], route["metadata"]["name"], status
+                route["kind"], route["metadata"]["namespace"], route["metadata"]["name"], status
             )
 
     def _service_exists(self, namespace: str, name: str) -> bool:
