@@ -19,6 +19,9 @@ import pytest
 
 from bot.config import Config, RuntimeSettings
 from bot.runtimes.kubernetes import objects
+from bot.runtimes.kubernetes.client import Forbidden, Kube, Listed
+from bot.runtimes.kubernetes.gc import sweep
+from bot.runtimes.kubernetes.kinds import Kind
 from bot.runtimes.kubernetes.runtime import KubernetesRuntime
 from bot.runtimes.protocol import Sandbox, Source
 from tests.grpc_fixture import call_quote
@@ -362,3 +365,42 @@ def test_gc_removes_grpcroutes_expired_or_whose_fork_is_gone(tmp_path: Path) -> 
         assert [r["metadata"]["name"] for r in store.list("GRPCRoute", NS)] == ["pricing-lg-live0001"]
         assert runtime.gc() == []
         assert refused(cluster) == []
+
+
+class _Withheld(Kube):
+    """The App's client under the chart's gateway-api RBAC, in a cluster that also serves Istio: every
+    VirtualService list is refused (403), as the API server refuses it."""
+
+    def __init__(self, api: Any, withheld: tuple[str, ...]) -> None:
+        super().__init__(api)
+        self.withheld = withheld
+
+    def list(self, kind: Kind, namespace: str | None, **kwargs: Any) -> Listed:
+        if kind.kind in self.withheld:
+            raise Forbidden(f"list {kind.plural}: loopgate is not allowed to (403): forbidden")
+        return super().list(kind, namespace, **kwargs)
+
+
+def test_gc_skips_a_routing_kind_the_rbac_withholds_but_no_other() -> None:
+    with FakeCluster() as cluster:
+        spec = config("gateway-api").services["pricing"].kubernetes
+        assert spec is not None
+        later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cluster.store.create(
+            objects.http_route(
+                service="pricing",
+                spec=spec,
+                key="orphan01",
+                routing=config("gateway-api").routing,
+                fork_service="pricing-lg-orphan01",
+                namespace=NS,
+                expires_at=later,
+                kind="GRPCRoute",
+            )
+        )
+        removed = sweep(_Withheld(cluster.api_client(), ("VirtualService",)))
+        assert removed == [
+            "deleted GRPCRoute shop/pricing-lg-orphan01 (the fork of sandbox orphan01 is gone)"
+        ]
+        with pytest.raises(Forbidden):  # a kind every mode needs: the RBAC is wrong, and gc says so
+            sweep(_Withheld(cluster.api_client(), ("Deployment",)))

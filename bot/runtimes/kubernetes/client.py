@@ -51,6 +51,10 @@ class MethodNotAllowed(Exception):
     """405: the server does not offer this verb on this resource (e.g. deletecollection on an old one)."""
 
 
+class Forbidden(InfrastructureError):
+    """401/403: the ServiceAccount may not do this (an infrastructure error wherever it is not caught)."""
+
+
 class Conflict(Exception):
     """409: a stale resourceVersion on replace, or a name that already exists on create."""
 
@@ -401,7 +405,7 @@ def _translate(exc: Any, what: str) -> Exception:
     if status == 422:
         return InfrastructureError(f"{what}: the API server refused it as invalid: {message}")
     if status in (401, 403):
-        return InfrastructureError(f"{what}: loopgate is not allowed to ({status}): {message}")
+        return Forbidden(f"{what}: loopgate is not allowed to ({status}): {message}")
     return InfrastructureError(f"{what}: {message}")
 
 

@@ -115,6 +115,9 @@ not make. docs/kubernetes.md explains each verb.
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
 - apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["grpcroutes"]
+  verbs: ["get", "list", "create", "update", "delete", "deletecollection"]
+- apiGroups: ["gateway.networking.k8s.io"]
   resources: ["referencegrants"]
   verbs: ["get", "list", "create", "delete", "deletecollection"]
 {{- end }}
