@@ -49,7 +49,14 @@ CORE_RULES = {
 ISTIO_RULE = {("networking.istio.io", "virtualservices"): MANAGED[:-1]}
 GATEWAY_API_RULE = {
     ("gateway.networking.k8s.io", "httproutes"): MANAGED,
-    ("gateway.networking.k8s.io", "grpcroutes"): ["get", "list", "create", "update", "delete", "deletecollection"],
+    ("gateway.networking.k8s.io", "grpcroutes"): [
+        "get",
+        "list",
+        "create",
+        "update",
+        "delete",
+        "deletecollection",
+    ],
     ("gateway.networking.k8s.io", "referencegrants"): ["get", "list", "create", "delete", "deletecollection"],
 }
 # The chart sets these itself; the rest of the container's LOOPGATE_* variables come from values.
