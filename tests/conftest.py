@@ -101,10 +101,20 @@ BRANCH_FILES: dict[str, dict[str, str]] = {
 }
 
 
-def make_shop(path: Path, changes: list[str]) -> GitRepo:
-    """The example shop as a git repository on `main`, each named change on `agent/<name>`."""
+def make_shop(path: Path, changes: list[str], *, controls: bool = True) -> GitRepo:
+    """The example shop as a git repository on `main`, each named change on `agent/<name>`.
+
+    `controls=False` switches the controls off in the team's config (`verify.diff.control`): for tests
+    of what the App, the Action or the MCP server do with a verdict, which the suite alone decides for
+    the changes they push; the controls' own checks are tested where they decide (test_control_diff,
+    the zoo), and without them each run starts a third of the forks."""
     ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.db", "changes")
     shutil.copytree(SHOP, path, ignore=ignore)
+    if not controls:
+        config = path / ".loopgate.yml"
+        text = config.read_text()
+        assert text.count("\nverify:\n") == 1, "the shop's config has no verify section to add to"
+        config.write_text(text.replace("\nverify:\n", "\nverify:\n  diff: {control: false}\n"))
     repo = GitRepo.init(path)
     for change in changes:
         repo.branch(f"agent/{change}", patch=SHOP / "changes" / f"{change}.patch")

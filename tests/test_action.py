@@ -26,7 +26,9 @@ HOSTILE = "agent/$(touch${IFS}pwned)`touch${IFS}pwned2`;%0A,title=x"
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
-    repo = make_shop(tmp_path_factory.mktemp("action") / "shop", ["refactor-orders", "contract-break"])
+    repo = make_shop(
+        tmp_path_factory.mktemp("action") / "shop", ["refactor-orders", "contract-break"], controls=False
+    )
     # Docs only as far as the services go, but with modules named as loopgate's own, in the workspace.
     hijack = "import pathlib\npathlib.Path('hijacked').write_text('pwned')\n"
     repo.branch(

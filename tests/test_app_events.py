@@ -22,7 +22,9 @@ CHECK = "loopgate / sandbox verification"
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
-    return make_shop(tmp_path_factory.mktemp("events") / "shop", ["refactor-orders", "contract-break"])
+    return make_shop(
+        tmp_path_factory.mktemp("events") / "shop", ["refactor-orders", "contract-break"], controls=False
+    )
 
 
 def run_branch(fake: GitHubFake, shop: GitRepo, server: AppServer, branch: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ CHECK = "loopgate / sandbox verification"
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     path = tmp_path_factory.mktemp("app") / "shop"
-    repo = make_shop(path, ["refactor-orders", "contract-break"])
+    repo = make_shop(path, ["refactor-orders", "contract-break"], controls=False)
     config = (path / ".loopgate.yml").read_text()
     without_suites = config.split("verify:")[0] + "verify:\n  suites: []\n"
     repo.branch("agent/drop-suite", {".loopgate.yml": without_suites}, start="agent/contract-break")
@@ -207,6 +207,7 @@ def test_newer_push_supersedes_the_running_one(shop: GitRepo, fake: GitHubFake, 
     shop.git("checkout", "-q", "agent/superseded")
     second = shop.commit("agent: try again")
     shop.write("NOTES.md", "second attempt\n")
+    shop.git("checkout", "main", "--", "services")  # the slow change undone: the newer run is quick
     second = shop.commit("agent: second attempt")
     shop.git("checkout", "-q", "main")
     server.deliver("push", push_payload(fake, shop, "agent/superseded", second, before=first))

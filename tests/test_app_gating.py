@@ -22,7 +22,7 @@ BREAK = SHOP / "changes" / "contract-break.patch"
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
-    repo = make_shop(tmp_path_factory.mktemp("gating") / "shop", [])
+    repo = make_shop(tmp_path_factory.mktemp("gating") / "shop", [], controls=False)
     config = (repo.path / ".loopgate.yml").read_text()
     repo.write(".loopgate.yml", config + 'agents:\n  bases: ["release/*"]\n')
     repo.commit("team: release branches are trusted bases")

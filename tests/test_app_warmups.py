@@ -26,7 +26,7 @@ PATCH = SHOP / "changes" / "refactor-orders.patch"
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
-    return make_shop(tmp_path_factory.mktemp("warm") / "shop", [])
+    return make_shop(tmp_path_factory.mktemp("warm") / "shop", [], controls=False)
 
 
 def push(fake: GitHubFake, server: AppServer, shop: GitRepo, branch: str, head: str, before: str) -> str:

@@ -448,7 +448,7 @@ def test_a_start_failure_is_named_by_its_cause_not_the_frameworks_last_words(tmp
         "ERROR:    Application startup failed. Exiting.\n"
     )
     assert cause_line(log) == "TimeoutError: timed out"
-    log.write_text("node:internal/errors\nError: listen EADDRINUSE: address already in use 127.0.0.1:4000\n  at x\n")
+    log.write_text("node:events\nError: listen EADDRINUSE: address already in use 127.0.0.1:4000\n  at x\n")
     assert cause_line(log).startswith("Error: listen EADDRINUSE")
     log.write_text("serving on 4000\nbye\n")
     assert cause_line(log) == "bye"
