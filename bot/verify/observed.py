@@ -27,6 +27,9 @@ class Observed(Protocol):
     def started_at(self) -> str: ...
     @property
     def duration_ms(self) -> int: ...
+    @property
+    def grpc_status(self) -> int | None:
+        """A gRPC call's status code (its `path` is `/package.Service/Method`); None when not gRPC."""
 
 
 class RanSuite(Protocol):
