@@ -55,7 +55,7 @@ def check_forked_protos(git: Git, config: Config, forked: Sequence[str], base: s
             sides = []
             for side, sha in (("base", base), ("head", head)):
                 root = Path(tmp) / f"{index}-{side}"
-                sides.append(_materialise(git, sha, tree_of[sha], grpc, root))
+                sides.append(materialise(git, sha, tree_of[sha], grpc, root))
             base_root, head_root = sides
             if isinstance(base_root, str):
                 notes.append(f"{name}: base protos not compared: {base_root}")
@@ -91,7 +91,7 @@ def _wanted(path: str, grpc: Grpc) -> bool:
     return False
 
 
-def _materialise(git: Git, sha: str, tree: dict[str, str], grpc: Grpc, root: Path) -> Path | str:
+def materialise(git: Git, sha: str, tree: dict[str, str], grpc: Grpc, root: Path) -> Path | str:
     """The files of commit `sha` that the check may read, under `root`; or why not (one line).
 
     A file is read at most one byte past its bound, so one that is too big still reaches the check,

@@ -26,6 +26,7 @@ from bot.evidence import (
 )
 from bot.pipeline.choice import NotChosen, RuntimeChooser, only
 from bot.pipeline.contract import check_contracts
+from bot.pipeline.grpcprobes import add_grpc_probes
 from bot.pipeline.plan import Plan, make_plan
 from bot.pipeline.protos import add_proto_findings
 from bot.pipeline.sides import (
@@ -305,7 +306,8 @@ class Pipeline:
             with ThreadPoolExecutor(max_workers=len(boxes)) as pool:  # each waits for the log to settle
                 observed, *seen = pool.map(self.runtime.observed_requests, boxes)
             compared = [s.name for s in evidence.forks] if seen else []
-            sides = Sides(self.runtime, config, sandbox, self.controls, compared)
+            grpc = [name for name, spec in plan.config.services.items() if spec.protocol == "grpc"]
+            sides = Sides(self.runtime, config, sandbox, self.controls, compared, grpc)
             evidence.diff = sides.compare(observed, seen)
             suites_traffic = observed
             if evidence.diff:
@@ -329,7 +331,9 @@ class Pipeline:
             # After the coverage count: a probe sent straight to a fork proves nothing about whether the
             # suites' traffic reaches it.
             self._check_contracts(evidence, plan, sandbox, contract_traffic)
-            add_proto_findings(evidence, plan.config, Path(evidence.repo), plan.base_sha, plan.merge_sha)
+            repo = Path(evidence.repo)
+            add_proto_findings(evidence, plan.config, repo, plan.base_sha, plan.merge_sha)
+            add_grpc_probes(evidence, plan.config, repo, plan.base_sha, self.runtime, sandbox, self.controls)
             for index, request, times in repeats:  # last: every comparison is made by now
                 evidence.suites[index] = repeated(
                     self.runtime, evidence.suites[index], request, sandbox, times, self._checkpoint

@@ -65,9 +65,10 @@ class Sides:
         sandbox: Sandbox,
         controls: Sequence[Sandbox],
         compared: list[str],
+        grpc: Sequence[str] = (),
     ) -> None:
         self.runtime, self.config, self.sandbox, self.controls = runtime, config, sandbox, controls
-        self.compared = compared
+        self.compared, self.grpc = compared, grpc
 
     def compare(self, observed: Sequence[Observed], seen: Sequence[Sequence[Observed]]) -> list[DiffResult]:
         """The suites' traffic (`observed` the candidate's, `seen` each control's) and the configured
@@ -79,7 +80,9 @@ class Sides:
             assert len(keys) == 3 and len(seen) == 2
             both = (seen[0], seen[1])
             pairs = control_pairs(self.config, observed, both, (keys[0], keys[1], keys[2]), self.compared)
-            at_listeners = listener_findings(observed, both, (keys[0], keys[1], keys[2]), self.compared)
+            at_listeners = listener_findings(
+                observed, both, (keys[0], keys[1], keys[2]), self.compared, self.grpc
+            )
         chosen = probes(self.config, observed, self.sandbox.routing_key, exclude=self.compared)
         by_control, by_baseline = self._send(pairs, chosen)
         return [*by_control, *at_listeners, *by_baseline]

@@ -242,3 +242,25 @@ class Controls(Protocol):
         """A control of `sandbox`: its own routing key, whose forks (`build`, `fork`, `route` as for any
         sandbox) run `base` on copies of the data made from the same snapshot as the sandbox's. It is
         recorded with the sandbox before it exists, kept and torn down with it."""
+
+
+@dataclass(frozen=True)
+class GrpcAnswer:
+    """A gRPC call's outcome: its status code (0 OK), the status message, and the answer message's
+    bytes (empty unless OK)."""
+
+    code: int
+    message: str
+    body: bytes
+
+
+@runtime_checkable
+class GrpcProbes(Protocol):
+    """A runtime that can send the diff's probes to a gRPC service as gRPC calls (HTTP/2 with trailers);
+    the pipeline probes gRPC methods only on such a runtime, and says so on the others."""
+
+    def probe_grpc(self, sandbox: Sandbox, request: ProbeRequest, *, tagged: bool) -> GrpcAnswer:
+        """One unary call: `request.path` is the method (`/package.Service/Method`), `request.body` the
+        serialized request message, `request.headers` its metadata. Reaches the service as `probe` does
+        (tagged for the sandbox or not). A status, whatever it is, is an answer; ProbeError only when
+        there is none."""

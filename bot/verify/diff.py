@@ -255,7 +255,7 @@ def run_control_diff(config: Diff, pairs: list[Pair], send: SendTo) -> list[Diff
         return DiffResult(
             request=pair.label,
             service=pair.candidate.service,
-            findings=_control_findings(primary, secondary, candidate, noise, policy),
+            findings=control_findings(primary, secondary, candidate, noise, policy),
             against="control",
             noise=generalise(noise),
         )
@@ -263,9 +263,12 @@ def run_control_diff(config: Diff, pairs: list[Pair], send: SendTo) -> list[Diff
     return _side_by_side(one, pairs, all(p.candidate.method in SAFE_METHODS for p in pairs))
 
 
-def _control_findings(
+def control_findings(
     primary: Response, secondary: Response, candidate: Response, noise: list[str], policy: ComparePolicy
 ) -> list[Finding]:
+    """Status, listed headers, shape and values of the candidate's answer against the primary control's,
+    beyond `noise` (where the two controls differ); nothing when they differ on the whole answer. Also
+    for answers that were not JSON on the wire (gRPC messages, decoded)."""
     if "" in noise:
         return []  # the controls disagree with each other on the whole answer: nothing can be blamed
     unstable = [h for h in policy.headers if _header(primary, h) != _header(secondary, h)]

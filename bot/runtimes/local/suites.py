@@ -8,7 +8,7 @@ from typing import Literal
 
 import httpx
 
-from bot.runtimes.local import loopback, pause
+from bot.runtimes.local import grpcprobe, loopback, pause
 from bot.runtimes.local.accesslog import read_access_log
 from bot.runtimes.local.allowlist import child_env, env_var_name, suite_section
 from bot.runtimes.local.envoy import ACCESS_LOG_WAIT_S, DataPlane
@@ -17,6 +17,7 @@ from bot.runtimes.local.processes import ProcessRef, stop_group, tail
 from bot.runtimes.local.sandboxes import Sandboxes
 from bot.runtimes.protocol import (
     JUNIT_MAX_BYTES,
+    GrpcAnswer,
     ObservedRequest,
     ProbeAnswer,
     ProbeError,
@@ -111,6 +112,13 @@ class Suites(Sandboxes):
             raise ProbeError(f"{type(exc).__name__}: {exc}") from None
         lowered = {name.lower(): value for name, value in answer.headers.items()}
         return ProbeAnswer(answer.status_code, lowered, answer.content)
+
+    def probe_grpc(self, sandbox: Sandbox, request: ProbeRequest, *, tagged: bool) -> GrpcAnswer:
+        """As `probe`, as a gRPC call (`grpcprobe`): the same listener, the same baggage."""
+        member = sandbox.config.routing.baggage_member
+        headers = {**request.headers, **({"baggage": f"{member}={sandbox.routing_key}"} if tagged else {})}
+        target = sandbox.baseline.entry_urls[request.service].removeprefix("http://")
+        return grpcprobe.call(target, request.path, request.body or b"", headers, PROBE_TIMEOUT_S)
 
     @infrastructure
     def observed_requests(self, sandbox: Sandbox) -> list[ObservedRequest]:
