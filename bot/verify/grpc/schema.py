@@ -17,6 +17,7 @@ the fields the base descriptors do not know are kept where they sit as `#NUMBER`
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
@@ -231,11 +232,18 @@ def _map_key(key: object) -> str:
 
 
 def _unknown_value(wire_type: int, data: object) -> str:
-    """`varint 1200`, `bytes 3: 08b009`: what a field the base descriptors do not know holds."""
+    """`varint 1200`, `bytes 3: 08b009`, `bytes 3: "mug"`: what a field the base descriptors do not know
+    holds (length-delimited bytes that read as text are shown as text; a message's are not)."""
     kind = _WIRE.get(wire_type, f"wire type {wire_type}")
     if isinstance(data, bytes | bytearray):
-        hexed = bytes(data[:_SHOWN_BYTES]).hex()
-        return f"{kind} {len(data)}: {hexed}" + ("…" if len(data) > _SHOWN_BYTES else "")
+        head, more = bytes(data[:_SHOWN_BYTES]), "…" if len(data) > _SHOWN_BYTES else ""
+        try:
+            text = head.decode()
+        except UnicodeDecodeError:
+            text = ""
+        if text and text.isprintable():  # most likely a string: shown as one
+            return f"{kind} {len(data)}: {json.dumps(text + more, ensure_ascii=False)}"
+        return f"{kind} {len(data)}: {head.hex()}{more}"
     if wire_type == 3:
         return f"{kind} ({len(data)} fields)" if isinstance(data, Sized) else kind
     return f"{kind} {data}"
