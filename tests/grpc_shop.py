@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent import futures
@@ -119,6 +118,7 @@ class Pricing:
 
     def reserve(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "a write: never probed")
+        return b""  # abort raises; unreached
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def unary(method: Any) -> grpc.RpcMethodHandler:
@@ -148,8 +148,8 @@ def main(argv: list[str]) -> None:
     if mode == "file":  # what the checkout's `mode.txt` says: a branch changes the behaviour in a file
         mode = (Path(__file__).resolve().parent / "mode.txt").read_text().strip()
     proto_dir = Path(argv[2]) if len(argv) > 2 else Path(__file__).resolve().parent.parent / "proto"
-    serve(proto_dir, mode, port)
-    threading.Event().wait()
+    server, _ = serve(proto_dir, mode, port)  # kept: grpcio stops a server that is garbage-collected
+    server.wait_for_termination()
 
 
 if __name__ == "__main__":

@@ -218,6 +218,7 @@ def _calls(shop: Shop, key: str, skus: list[str]) -> None:
 
 
 def test_statuses_at_the_listener_are_compared_by_grpc_name(plane: DataPlane, shop: Shop) -> None:
+    assert plane.await_access_log()  # the probes of the other tests are all logged before the offset
     offset = plane.access_log.stat().st_size if plane.access_log.exists() else 0
     for key in (PRIMARY, SECONDARY, "cnotfound", "cinternal", "cbase1"):
         _calls(shop, key, ["mug", "towel"])
