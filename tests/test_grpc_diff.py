@@ -35,6 +35,7 @@ CANDIDATES = {
     "cbase1": ("base", PROTO),
     "cvalue": ("value", PROTO),
     "crenum": ("base", PROTO.replace("Money amount = 2;", "Money amount = 7;")),
+    "crenumcents": ("base", PROTO.replace("int64 cents = 1;", "int64 cents = 3;")),
     "cnotfound": ("not-found", PROTO),
     "cinternal": ("internal", PROTO),
     "cgarbage": ("garbage", PROTO),
@@ -160,6 +161,18 @@ def test_a_renumbered_field_is_missing_at_its_place_and_unknown_at_its_new_numbe
     [unknown] = [f for f in found if f[0] == mug and f[1] == "unknown_field"]
     assert unknown[2] == "/#7" and not unknown[5]
     assert unknown[4] is not None and unknown[4].startswith("field 7 (bytes ")
+
+
+def test_a_renumbered_scalar_reads_as_zero_with_its_value_under_the_new_number(
+    shop: Shop, schema: Schema
+) -> None:
+    found = findings(probe(shop, schema, "crenumcents"))
+    mug = f'gRPC {GET} {{"sku": "mug"}} (probed from descriptors)'
+    assert (mug, "value_changed", "/amount/cents", '"1200"', '"0"', True) in found, found
+    assert (mug, "unknown_field", "/amount/#3", None, UNKNOWN_CENTS, False) in found, found
+
+
+UNKNOWN_CENTS = "field 3 (varint 1200), not in the base protos: renumbered, or new"
 
 
 def test_a_new_optional_field_is_reported_and_breaks_nothing(shop: Shop, schema: Schema) -> None:
