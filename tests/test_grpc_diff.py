@@ -255,3 +255,26 @@ def test_statuses_at_the_listener_are_compared_by_grpc_name(plane: DataPlane, sh
         ("server_errors", "INTERNAL (2)", True),
         ("status_missing", "INTERNAL (2)", True),
     ]
+
+
+def test_without_controls_the_baseline_is_compared_by_shape_and_status(shop: Shop, schema: Schema) -> None:
+    """No noise can be learned from one baseline: values are not compared, so fresh ids never show."""
+
+    def probe_baseline(candidate: str) -> GrpcCheck:
+        def send(call: Call, side: str) -> Answer:
+            baggage = {} if side == "baseline" else {"baggage": f"loopgate-sandbox={candidate}"}
+            answer = grpcprobe.call(f"127.0.0.1:{shop.listener}", call.method.path, call.body, baggage, 10)
+            return Answer(answer.code, answer.message, answer.body)
+
+        return probe_service(schema, "pricing", send, controls=False, budget=50)
+
+    assert findings(probe_baseline("cbase1")) == []
+    assert findings(probe_baseline("cvalue")) == []
+    renumbered = probe_baseline("crenum")
+    assert {r.against for r in renumbered.diff} == {"baseline"}
+    mug = f'gRPC {GET} {{"sku": "mug"}} (probed from descriptors)'
+    assert (mug, "field_removed", "/amount", True) in {
+        (r, k, p, b) for r, k, p, _, _, b in findings(renumbered)
+    }
+    [status] = [f for f in findings(probe_baseline("cnotfound")) if f[0] == mug]
+    assert status[1:4] == ("status_changed", "", "OK")

@@ -5,7 +5,8 @@ control and the candidate (or, without controls, to the baseline and the sandbox
 compared by name first: where the controls disagree the answer is noise, and a status the candidate
 answers that its controls did not is a `status_changed` finding (breaking unless the candidate now
 answers OK). Answers of one status, OK, are decoded with the base descriptors (`schema`) into JSON and
-handed to the response diff's own comparison and learned noise (`diff.control_findings`), so a finding
+handed to the response diff's own comparison and learned noise (`diff.control_findings`; without
+controls, the baseline against the sandbox, by shape only, as the baseline diff compares), so a finding
 carries its kind, its field path as a pointer (`/amount/cents`), the control's value and the
 candidate's. A field the base descriptors do not know (`/#3`, a renumbered or new field) is an
 `unknown_field` finding, not breaking on its own: a new optional field is one too, and a renumbered
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bot.evidence import DiffResult, Finding
-from bot.verify.compare import ComparePolicy, Response, _parse_pointer
+from bot.verify.compare import ComparePolicy, Response, _parse_pointer, compare
 from bot.verify.diff import PARALLEL_PROBES, NotSent, control_findings
 from bot.verify.grpc import status
 from bot.verify.grpc.schema import UNKNOWN_PREFIX, Method, Schema, Undecodable
@@ -121,7 +122,10 @@ def probe_service(
                 DiffResult(request=f"{call.label} (not sent: {answers})", service=service, against=against)
             )
             continue
-        findings, noise = _judge(schema, call.method, answers if controls else [answers[0], *answers], rules)
+        if controls:
+            findings, noise = _judge(schema, call.method, answers, rules)
+        else:
+            findings, noise = _judge(schema, call.method, [answers[0], *answers], rules, values=False)
         if noise == ["base"]:
             undecodable.add(call.method.path)
             noise = [""]
@@ -189,10 +193,11 @@ def _from_answers(
 
 
 def _judge(
-    schema: Schema, method: Method, answers: Sequence[Answer], policy: ComparePolicy
+    schema: Schema, method: Method, answers: Sequence[Answer], policy: ComparePolicy, *, values: bool = True
 ) -> tuple[list[Finding], list[str]]:
     """(findings, noise pointers) for one call's answers: primary, secondary, candidate. Noise `["base"]`
-    marks controls whose own answers do not decode."""
+    marks controls whose own answers do not decode. Without `values` (no controls: the baseline twice,
+    so no noise can be learned) the answers are compared by shape only, as the baseline diff does."""
     primary, secondary, candidate = answers
     if primary.code != secondary.code:
         return [], [""]
@@ -220,7 +225,7 @@ def _judge(
         ], []
     p, s, c = (Response(200, _JSON, json.dumps(d).encode()) for d in decoded)
     noise = noise_pointers(p, s)
-    findings = control_findings(p, s, c, noise, policy)
+    findings = control_findings(p, s, c, noise, policy) if values else compare(p, c, policy)
     return [_unknown(f, decoded[2]) for f in findings], noise
 
 
