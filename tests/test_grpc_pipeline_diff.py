@@ -67,6 +67,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     made = GitRepo.init(tmp_path_factory.mktemp("grpcdiff") / "repo", files)
     made.branch("agent/pricier", {"pricing/mode.txt": "value\n"})
     made.branch("agent/missing", {"pricing/mode.txt": "not-found\n"})
+    made.branch(
+        "agent/renumber", {f"proto/{PROTO_PATH}": PROTO.replace("Money amount = 2;", "Money amount = 7;")}
+    )
     return made
 
 
@@ -110,6 +113,21 @@ def test_a_status_change_fails_at_the_probe_and_at_the_listener(repo: GitRepo, s
         "OK",
         "NOT_FOUND: no price for mug",
     )
+
+
+def test_a_renumbered_field_fails_at_the_proto_check_and_in_the_answers(
+    repo: GitRepo, state_dir: Path
+) -> None:
+    """The fork runs the edited proto: callers built from the base one find `amount` gone and a field 7
+    they do not know, in every answer."""
+    evidence = _verify(repo, "agent/renumber", state_dir)
+    assert evidence.verdict is not None and evidence.verdict.value == "fail", evidence.reasons
+    found = {(r.request, f.kind, f.pointer, f.breaking) for r in evidence.diff for f in r.findings}
+    mug = f'gRPC {GET} {{"sku": "mug"}} (probed from descriptors)'
+    assert (mug, "field_removed", "/amount", True) in found, found
+    assert (mug, "unknown_field", "/#7", False) in found, found
+    proto = f"proto proto/{PROTO_PATH}"
+    assert (proto, "proto_field_number_changed", "/shop.pricing.v1.Quote/amount", True) in found, found
 
 
 class _NoCalls:
