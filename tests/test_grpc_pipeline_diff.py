@@ -176,3 +176,19 @@ def test_hostile_protos_are_refused_with_a_cause(tmp_path: Path, files: dict[str
         (tmp_path / name).write_text(text)
     with pytest.raises(NoSchema, match=cause):
         compile_schema(tmp_path, [PROTO_PATH], ["."])
+
+
+def test_a_request_is_built_for_required_fields_and_values_that_do_not_fit(tmp_path: Path) -> None:
+    """proto2 `required` left unset is the server's to refuse; an int64's value is never forced into
+    an int32."""
+    (tmp_path / "a.proto").write_text(
+        'syntax = "proto2";\npackage p;\nmessage R { required string sku = 1; optional int32 n = 2; }\n'
+        "message A { required string x = 1; }\n"
+        "service S { rpc G(R) returns (A) { option idempotency_level = NO_SIDE_EFFECTS; } }\n"
+    )
+    schema = compile_schema(tmp_path, ["a.proto"], ["."])
+    [method] = schema.methods
+    assert method.path == "/p.S/G"
+    assert schema.encode(method, {}) == b""
+    assert schema.encode(method, {"sku": "a", "n": 2**40}) == b"\n\x01a"
+    assert schema.decode(method, b"") == {}

@@ -71,11 +71,16 @@ class Schema:
     methods: tuple[Method, ...]
 
     def encode(self, method: Method, values: Mapping[str, object]) -> bytes:
-        """The request message with `values` set on top-level fields (names the descriptor has)."""
+        """The request message with `values` set on top-level fields (names the descriptor has); a value
+        the field cannot hold (an int64's into an int32) is left out. Partial: a proto2 `required`
+        field left unset is the server's to refuse, as it would refuse any caller's."""
         message = message_factory.GetMessageClass(method.input)()
         for name, value in values.items():
-            setattr(message, name, value)
-        data: bytes = message.SerializeToString()
+            try:
+                setattr(message, name, value)
+            except (TypeError, ValueError, AttributeError):
+                continue
+        data: bytes = message.SerializePartialToString()
         return data
 
     def decode(self, method: Method, data: bytes) -> dict[str, Any]:
