@@ -78,6 +78,9 @@ def test_an_answer_without_any_grpc_status_is_a_server_error() -> None:
     sides = [[call("cand", None, status=502)], [call("prim", 0)], [call("sec", 0)]]
     [result] = listener_findings(sides[0], (sides[1], sides[2]), KEYS, ["pricing"], ["pricing"])
     assert kinds([result])[0] == ("server_errors", "OK (1)", "no grpc-status (HTTP 502) (1)", True)
+    sides = [[call("cand", None, status=0)], [call("prim", 0)], [call("sec", 0)]]
+    [result] = listener_findings(sides[0], (sides[1], sides[2]), KEYS, ["pricing"], ["pricing"])
+    assert kinds([result])[0] == ("server_errors", "OK (1)", "no answer (1)", True)
 
 
 def test_controls_that_disagree_are_noise_and_equal_codes_in_other_numbers_are_none() -> None:

@@ -43,7 +43,8 @@ def _statuses(
 ) -> dict[tuple[str, str], Counter[int]]:
     """Per (service, operation), how often the side's fork answered each status to its own traffic.
     A gRPC exchange's operation is `gRPC /package.Service/Method` and its status the gRPC code; one
-    without a gRPC status counts as `-HTTP status` (see `_name`)."""
+    without a gRPC status counts as `-1 - HTTP status` (see `_name`; negative, never a gRPC code, also
+    for an HTTP status of 0, no answer at all)."""
     out: dict[tuple[str, str], Counter[int]] = {}
     for record in observed:
         if record.routing_key != key or record.target != key or record.service not in services:
@@ -51,7 +52,7 @@ def _statuses(
         code = record.grpc_status
         if code is not None or record.service in grpc:
             op = f"{_GRPC} {record.path.split('?', 1)[0]}"
-            status = code if code is not None else -record.status
+            status = code if code is not None else -1 - record.status
         else:
             op, status = operation(record.method, record.path), record.status
         out.setdefault((record.service, op), Counter())[status] += 1
@@ -155,4 +156,7 @@ def _code_order(code: int) -> tuple[bool, int]:
 
 def _name(code: int) -> str:
     """A gRPC code's name; a negative one is an answer that carried no gRPC status at all."""
-    return grpc_status.name(code) if code >= 0 else f"no grpc-status (HTTP {-code})"
+    if code >= 0:
+        return grpc_status.name(code)
+    http = -1 - code
+    return f"no grpc-status (HTTP {http})" if http else "no answer"
