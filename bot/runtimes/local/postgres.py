@@ -216,14 +216,14 @@ class Postgres:
         self.scratch.mkdir(parents=True, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix="pgpass-", dir=self.scratch)  # mkstemp makes it 0600
         try:
-            user = urlsplit(self.admin_url).username or ""
-            os.write(fd, f"*:*:*:{_pgpass_field(unquote(user))}:{_pgpass_field(password)}\n".encode())
-            os.close(fd)
+            # Closed exactly once, here: closing it again later could close a descriptor another
+            # thread (a parallel fork's copy) has opened under the same number meanwhile.
+            with os.fdopen(fd, "wb") as handle:
+                user = urlsplit(self.admin_url).username or ""
+                handle.write(f"*:*:*:{_pgpass_field(unquote(user))}:{_pgpass_field(password)}\n".encode())
             env["PGPASSFILE"] = path
             yield env
         finally:
-            with suppress(OSError):
-                os.close(fd)
             Path(path).unlink(missing_ok=True)
 
     def drop(self, database: str | None, role: str | None = None) -> None:
