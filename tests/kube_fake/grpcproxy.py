@@ -6,7 +6,9 @@ Service.
 Why gRPC-level and not a byte-level h2c proxy: grpcio is already a test dependency and frames, streams
 and trailers come for free, while an HTTP/2 proxy needs an HPACK and framing library the project does not
 have. A proxy that speaks HTTP/2 on the Service listener itself can replace this module whole: the mesh
-reaches it only through `speaks_http2` and `GrpcServiceListener` (`Mesh._listen`).
+reaches it only through `speaks_http2` and `GrpcServiceListener` (`Mesh._listen`). Whatever replaces it
+keeps the rule below (a call to a destination that declares no HTTP/2 fails; tests/test_kube_grpc.py
+checks it).
 
 Like Istio, the mesh speaks HTTP/2 to a destination only when the destination Service's port says so
 (`appProtocol` grpc, grpc-web, http2 or kubernetes.io/h2c, or a port name prefixed `grpc` or `http2`);
