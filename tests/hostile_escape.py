@@ -114,13 +114,13 @@ def _databases(env_dir: Path) -> str:
 
 def _write_envoy(env_dir: Path) -> str:
     envoy = env_dir / "envoy"
-    files = [*envoy.glob("*.json"), *envoy.glob("rds/*.json"), envoy / "bootstrap.yaml"]
+    files = [*envoy.glob("*.json"), *envoy.glob("eds/*.json"), envoy / "bootstrap.yaml"]
     written = []
     for path in files:
         with path.open("a") as handle:
             handle.write(MARKER)
         written.append(str(path))
-    (envoy / "rds" / "evil.json").write_text(MARKER)
+    (envoy / "eds" / "evil.json").write_text(MARKER)
     return ", ".join(written)
 
 

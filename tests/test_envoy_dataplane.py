@@ -31,9 +31,9 @@ from bot.runtimes.local.envoy import DataPlane, EnvoyError
 from bot.runtimes.local.xds import (
     DataPlaneSpec,
     Upstream,
-    cluster_name,
-    parse_cluster_name,
-    routes_response,
+    endpoints_in,
+    endpoints_of,
+    endpoints_response,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -572,10 +572,7 @@ def test_baggage_routing_key_is_an_exact_member_match() -> None:
 # -- pure config -----------------------------------------------------------------------------------
 
 
-def test_cluster_names_round_trip_and_specs_are_validated(system: System) -> None:
-    for service, key in (("orders", None), ("orders", "k3y4bc"), ("a_b", "abc123")):
-        assert parse_cluster_name(cluster_name(service, key)) == (service, key)
-    assert cluster_name("orders", None) == "orders__baseline"
+def test_specs_are_validated_and_a_sandbox_is_one_endpoint_per_forked_service(system: System) -> None:
     spec = system.spec()
     with pytest.raises(ValueError, match="routing key"):
         replace(spec, forks={"Bad!": {}})
@@ -583,7 +580,18 @@ def test_cluster_names_round_trip_and_specs_are_validated(system: System) -> Non
         replace(spec, forks={"baseline": {}})
     with pytest.raises(ValueError, match="no listener"):
         replace(spec, forks={"abc123": {"nosuch": Upstream("127.0.0.1", 1)}})
-    routes = routes_response("back", spec, "7")
-    assert routes["version_info"] == "7"
-    names = [r["name"] for r in routes["resources"][0]["virtual_hosts"][0]["routes"]]
-    assert names[0].startswith("baggage-") and names[-1] == "untagged"
+    with pytest.raises(ValueError, match="IP address"):
+        replace(spec, forks={"abc123": {"back": Upstream("localhost", 1)}})
+    with pytest.raises(ValueError, match="share"):
+        replace(spec, forks={key: {"back": Upstream("127.0.0.1", 1)} for key in ("abc123", "abc1234")})
+    # A sandbox is one endpoint of each service it forks, in its own subset, named for the access log.
+    doc = endpoints_response("back", endpoints_of("back", spec), "7")
+    assert doc["version_info"] == "7"
+    assert sorted(endpoints_in(doc)) == sorted(
+        ["baseline", *(key for key, forked in SANDBOXES.items() if "back" in forked)]
+    )
+    addresses = {
+        e["metadata"]["filter_metadata"]["envoy.lb"]["sandbox"]: e["endpoint"]["address"]["socket_address"]
+        for e in doc["resources"][0]["endpoints"][0]["lb_endpoints"]
+    }
+    assert addresses["abc123"]["port_value"] == system.upstream("back@abc123").port

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.runtimes.baggage import baggage_member as member_value
-from bot.runtimes.local.xds import ROUTING_KEY_RE, parse_cluster_name
+from bot.runtimes.local.xds import BASELINE, ROUTING_KEY_RE
 from bot.runtimes.protocol import ObservedRequest
 
 
@@ -73,7 +73,7 @@ def _parse(line: bytes, baggage_member: str, header: str) -> LoggedRequest | Non
     return LoggedRequest(
         service=raw["service"],
         routing_key=routing_key,
-        target=_target(_text(raw.get("upstream_cluster"))),
+        target=_target(_text(raw.get("target"))),
         method=_text(raw.get("method")) or "",
         path=_text(raw.get("path")) or "",
         status=_int(raw.get("status")),
@@ -113,10 +113,8 @@ def _grpc_status(value: Any) -> int | None:
     return code if 0 <= code < 2**31 else None
 
 
-def _target(cluster: str | None) -> str | None:
-    if cluster is None:
+def _target(subset: str | None) -> str | None:
+    """The sandbox whose fork answered (the endpoint's subset); None for the baseline or no answer."""
+    if subset is None or subset == BASELINE or not ROUTING_KEY_RE.fullmatch(subset):
         return None
-    try:
-        return parse_cluster_name(cluster)[1]
-    except ValueError:
-        return None
+    return subset

@@ -1,9 +1,10 @@
 """The local runtime's data plane: one Envoy process routing every sandbox, reconfigured through files.
 
-Envoy watches ``cds.json`` and ``rds/<service>.json`` (file-based xDS); changing a sandbox means
-renaming a new file into place and waiting until Envoy reports that version, never a restart. All
-state a caller needs lives in ``state.json`` so that a different process (a later CLI call, a
-recovering App) can attach to a running Envoy, reconfigure it and stop it.
+Envoy watches ``eds/<service>.json`` (file-based EDS; listeners, routes and clusters are static, see
+:mod:`xds` for why): changing a sandbox means renaming a new file into place for each service it
+forks and waiting until Envoy reports that version, never a restart. All state a caller needs lives
+in ``state.json`` so that a different process (a later CLI call, a recovering App) can attach to a
+running Envoy, reconfigure it and stop it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,34 +23,32 @@ import psutil
 
 from bot.runtimes.local import pause, xds
 from bot.runtimes.local.envoy_admin import (
-    _CDS_PREFIX,
     _POLL_MAX_S,
     _POLL_S,
-    _WARMING,
     EnvoyError,
     _Admin,
-    _await_drained,
     _await_logged,
+    _eds_prefix,
     _prefixes,
-    _rds_prefix,
 )
 from bot.runtimes.local.envoy_process import (
     _accepts,
+    _await_unused,
     _check_port_free,
-    _clusters_in,
+    _instances,
     _last_problem,
     _live_process,
     _load_state,
     _read_json,
-    _route_resources,
     _save_state,
     _signal_group,
     _size,
     _State,
+    _state_text,
     _wait_gone,
     _write_atomic,
 )
-from bot.runtimes.local.xds import DataPlaneSpec, Upstream
+from bot.runtimes.local.xds import DataPlaneSpec
 
 __all__ = ["ACCESS_LOG_WAIT_S", "DRAIN_LIMIT_S", "STOP_GRACE_S", "DataPlane", "EnvoyError"]
 
@@ -67,7 +66,10 @@ FILE_FLUSH_MS = 10
 from anyone reading the log during a run; every 10 ms, a verify reads its suite's requests about as
 soon as they were answered, for one timer wake-up of Envoy's main thread per interval."""
 _BIND_ERROR = re.compile(r"cannot bind '[^']*:(\d+)': Address already in use")
-_REJECTION = re.compile(r"(?:rejected|failure|Unable to)", re.IGNORECASE)
+_VERSION_POLL_MAX_S = 0.004
+"""Polls for an endpoint file's version back off to this, not further: a version read costs Envoy a
+fraction of a millisecond at any sandbox count, and a longer pause would be most of an update's time."""
+_REJECTION = re.compile(r"config update (?:rejected|failure)", re.IGNORECASE)
 _ENVOY_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
@@ -137,14 +139,10 @@ class DataPlane:
         for port in spec.listeners.values():
             _check_port_free(port)
         self.admin_socket.unlink(missing_ok=True)
-        (self._workdir / "rds").mkdir(parents=True, exist_ok=True)
+        (self._workdir / "eds").mkdir(parents=True, exist_ok=True)
         self._state_path.unlink(missing_ok=True)
         version = 1
-        _write_atomic(xds.cds_path(self._workdir), xds.clusters_response(spec, str(version)))
-        for service in spec.listeners:
-            _write_atomic(
-                xds.rds_path(self._workdir, service), xds.routes_response(service, spec, str(version))
-            )
+        self._write_endpoints({s: xds.endpoints_of(s, spec) for s in spec.listeners}, str(version))
         _write_atomic(self._bootstrap_path, xds.bootstrap(self._workdir, spec))
         self.access_log.touch()
         try:
@@ -222,11 +220,14 @@ class DataPlane:
     def apply(self, spec: DataPlaneSpec, *, timeout: float = 10, drain_limit: float = DRAIN_LIMIT_S) -> None:
         """Make the running Envoy route by ``spec`` without a restart and without failing requests.
 
-        Clusters are added before the routes that use them, routes are removed before their
-        clusters, and a cluster is removed only once its in-flight requests finished (for at most
-        ``drain_limit`` seconds; a teardown, which stops the fork right after, waits less). Removing
-        a cluster closes Envoy's connections to it, so the fork behind it has none left when it is
-        stopped. Each step waits until Envoy reports the written version.
+        A sandbox is an endpoint of each service it forks, its route and its target in one: it
+        becomes routable when Envoy reports the endpoint file's version, and stops being routable in
+        the same way, so no request is ever routed to an instance that is not there (DESIGN's
+        "clusters before routes" holds trivially). Only the files of services whose instances change
+        are written. Envoy lets the requests in flight to a removed endpoint finish and then closes
+        its connections to it; this returns once no connection to a removed instance is left (for at
+        most ``drain_limit`` seconds; a teardown, which stops the fork right after, waits less), so
+        the fork behind it has none left when it is stopped.
         """
         state = self._running_state()
         if state is None:
@@ -239,71 +240,58 @@ class DataPlane:
         if spec.http2 != old.http2:
             raise EnvoyError("the services' upstream protocols are fixed at start; restart to change")
         deadline = time.monotonic() + timeout
-        wanted = xds.clusters(spec)
+        services = sorted(spec.listeners)
         with _Admin(self.admin_socket) as admin:
-            # Rejection counters only grow: one reading before the first write serves every step.
             before = admin.xds_stats()
             acked = {prefix: before.get(f"{prefix}.version_text") for prefix in _prefixes(spec)}
             if state.acked and acked == state.acked:
                 # Envoy still has what the last complete apply gave it, which was ``old``.
-                current = xds.clusters(old)
-                cds_synced = True
-                changed = [s for s in spec.listeners if _route_resources(s, spec) != _route_resources(s, old)]
+                current = {
+                    s: xds.endpoints_of(s, old) for s in services if _instances(s, spec) != _instances(s, old)
+                }
+                synced = set(current)
             else:
                 # An earlier apply stopped midway: trust only the files and what Envoy acknowledged.
-                if (self._workdir / "cds.yaml").exists() and not xds.cds_path(self._workdir).exists():
+                if not (self._workdir / "eds").is_dir():
                     raise EnvoyError(
-                        "this envoy was started by an older loopgate that wrote cds.yaml; "
+                        "this envoy was started by an older loopgate (a cluster per fork); "
                         "stop and start the data plane"
                     )
-                cds_doc = _read_json(xds.cds_path(self._workdir))
-                current = _clusters_in(cds_doc)
-                cds_synced = acked[_CDS_PREFIX] == str(cds_doc.get("version_info"))
-                changed = [s for s in spec.listeners if not self._routes_synced(s, spec, before)]
-
-            merged = {**current, **wanted}
-            add_clusters = merged != current or not cds_synced
-            gone = sorted(set(merged) - set(wanted))
-            # Versions are unique per apply, so one that failed midway (and saved nothing) cannot
-            # make a later apply mistake an old acknowledgement for its own.
-            serial, nonce = state.version, secrets.token_hex(3)
-
-            def next_version() -> str:
-                nonlocal serial
-                serial += 1
-                return f"{serial}.{nonce}"
-
-            if add_clusters:
-                version = next_version()
-                self._write_clusters(merged, version, spec.http2)
-                self._await(admin, {_CDS_PREFIX: version}, before, deadline, "cluster", warm=True)
-                acked[_CDS_PREFIX] = version
-
-            stats = before
+                current, synced = {}, set()
+                for service in services:
+                    doc = _read_json(xds.eds_path(self._workdir, service))
+                    current[service] = xds.endpoints_in(doc)
+                    if acked[_eds_prefix(service)] == str(doc.get("version_info")):
+                        synced.add(service)
+            wanted = {service: xds.endpoints_of(service, spec) for service in current}
+            changed = {s: wanted[s] for s in current if wanted[s] != current[s] or s not in synced}
+            gone = {up for s in current for subset, up in current[s].items() if wanted[s].get(subset) != up}
+            gone -= {up for s in current for up in wanted[s].values()}
+            serial = state.version + (1 if changed else 0)
+            # Unique per apply, so one that failed midway (and saved nothing) cannot make a later apply
+            # mistake an old acknowledgement for its own.
+            version = f"{serial}.{secrets.token_hex(3)}"
+            expected = {_eds_prefix(service): version for service in changed}
+            acked.update(expected)
+            complete = {prefix: v for prefix, v in acked.items() if v is not None}
+            new_state = replace(
+                state, version=serial, spec=spec, acked=complete if len(complete) == len(acked) else {}
+            )
+            text = None
             if changed:
-                version = next_version()
-                for service in changed:
-                    routes = xds.routes_response(service, spec, version)
-                    _write_atomic(xds.rds_path(self._workdir, service), routes)
-                expected = {_rds_prefix(service): version for service in changed}
-                # Envoy posts the new table to its workers before it reports the version, and a worker
-                # runs posted work in order: a request arriving after the ack is routed by the new table.
-                stats = self._await(admin, expected, before, deadline, "route", drain=gone)
-                acked.update(expected)
-
-            if gone:
-                _await_drained(admin, gone, stats, min(deadline, time.monotonic() + drain_limit))
-                version = next_version()
-                self._write_clusters(wanted, version, spec.http2)
-                self._await(admin, {_CDS_PREFIX: version}, before, deadline, "cluster", warm=True)
-                acked[_CDS_PREFIX] = version
-
-        complete = {prefix: v for prefix, v in acked.items() if v is not None}
-        if len(complete) != len(acked):
-            complete = {}
-        new_state = replace(state, version=serial, spec=spec, acked=complete)
+                self._write_endpoints(changed, version)
+                # Made while Envoy reads the files (the machine has more than one core), written
+                # only once Envoy has acknowledged them.
+                text = _state_text(new_state)
+                self._await(admin, expected, deadline)
+            # Nothing in flight to any instance of these services (the usual case, and a cheap read):
+            # Envoy has closed its idle connections to the removed ones. Otherwise, wait for those
+            # instances' connections to close, which the kernel's socket table shows.
+            leaving = [s for s in current if any(up in gone for up in current[s].values())]
+            if gone and admin.in_flight(leaving):
+                _await_unused(state.pid, gone, min(deadline, time.monotonic() + drain_limit))
         if new_state != state:
-            self._save(new_state)
+            self._save(new_state, text)
 
     def await_access_log(self, timeout: float = ACCESS_LOG_WAIT_S) -> bool:
         """Return once every request Envoy has answered so far is in :attr:`access_log` (read it after
@@ -317,58 +305,45 @@ class DataPlane:
         except EnvoyError:
             return False  # stopped meanwhile: it wrote its buffer on the way out
 
-    def _write_clusters(self, by_name: Mapping[str, Upstream], version: str, http2: frozenset[str]) -> None:
-        _write_atomic(xds.cds_path(self._workdir), xds.cluster_resources(by_name, version, http2))
+    def _write_endpoints(self, forks: Mapping[str, xds.Endpoints], version: str) -> None:
+        for service, by_key in forks.items():
+            _write_atomic(
+                xds.eds_path(self._workdir, service), xds.endpoints_response(service, by_key, version)
+            )
 
-    def _await(
-        self,
-        admin: _Admin,
-        expected: Mapping[str, str],
-        before: Mapping[str, str],
-        deadline: float,
-        kind: str,
-        *,
-        warm: bool = False,
-        drain: Sequence[str] = (),
-    ) -> dict[str, str]:
-        """Poll until Envoy reports every expected version (and, with ``warm``, no cluster warms).
+    def _await(self, admin: _Admin, expected: Mapping[str, str], deadline: float) -> None:
+        """Poll until Envoy reports every expected version.
 
-        Returns the last stats read; ``drain`` adds those clusters' in-flight gauges to it.
+        Polls read versions alone (cheap at any sandbox count); a rejection is seen in Envoy's log,
+        where Envoy writes it as it counts it, and named from there.
         """
         log_offset = _size(self.envoy_log)
+        seen = log_offset
         pending = dict(expected)
         delay = _POLL_S
         while True:
-            stats = admin.xds_stats(drain)
+            stats = admin.xds_stats()
             for prefix in list(pending):
                 if stats.get(f"{prefix}.version_text") == pending[prefix]:
                     del pending[prefix]
-                    continue
-                for counter in ("update_rejected", "update_failure"):
-                    name = f"{prefix}.{counter}"
-                    if stats.get(name, "0") != before.get(name, "0"):
-                        raise EnvoyError(
-                            f"envoy rejected {kind} update: {self._rejection_reason(log_offset)}"
-                        )
-            # STATIC clusters warm at once, DNS ones only after resolving; routes must not race them.
-            if not pending and (not warm or stats.get(_WARMING, "0") == "0"):
-                return stats
+            if not pending:
+                return
+            size = _size(self.envoy_log)
+            if size != seen:
+                seen = size
+                if self._rejection_lines(log_offset, wait=False):
+                    raise EnvoyError(
+                        f"envoy rejected an endpoint update: {self._rejection_reason(log_offset)}"
+                    )
             if not self._alive():
                 raise EnvoyError(self._exit_message())
             if time.monotonic() > deadline:
-                if not pending:
-                    raise EnvoyError("envoy clusters are still warming (DNS?); see " + str(self.envoy_log))
                 raise EnvoyError(
-                    f"envoy did not apply {kind} update version {next(iter(pending.values()))} in time "
+                    f"envoy did not apply endpoint update version {next(iter(pending.values()))} in time "
                     f"(still waiting for {', '.join(sorted(pending))}); see {self.envoy_log}"
                 )
             time.sleep(delay)
-            delay = min(delay * 1.5, _POLL_MAX_S)
-
-    def _routes_synced(self, service: str, spec: DataPlaneSpec, stats: Mapping[str, str]) -> bool:
-        doc = _read_json(xds.rds_path(self._workdir, service))
-        acked = stats.get(f"{_rds_prefix(service)}.version_text") == str(doc.get("version_info"))
-        return acked and bool(doc.get("resources") == _route_resources(service, spec))
+            delay = min(delay * 1.5, _VERSION_POLL_MAX_S)
 
     # -- readiness and diagnostics ---------------------------------------------------------------
 
@@ -412,11 +387,11 @@ class DataPlane:
             return f"invalid configuration (Envoy gives no detail); see {self.envoy_log}"
         return reason
 
-    def _rejection_lines(self, log_offset: int) -> list[str]:
-        """Envoy's warning lines since ``log_offset``. Envoy writes the warning just before it bumps
-        the rejection counter, and its log reaches the file a moment later: read until it shows one
-        (for at most 0.5 s), not for a fixed time."""
-        until, delay = time.monotonic() + 0.5, _POLL_S
+    def _rejection_lines(self, log_offset: int, *, wait: bool = True) -> list[str]:
+        """Envoy's lines about a rejected or failed xDS update since ``log_offset``. With ``wait``,
+        read until one shows (for at most 0.5 s; Envoy's log reaches the file a moment after it
+        counts the rejection), not for a fixed time."""
+        until, delay = time.monotonic() + (0.5 if wait else 0), _POLL_S
         while True:
             with self.envoy_log.open("rb") as log:
                 log.seek(log_offset)
@@ -432,8 +407,8 @@ class DataPlane:
     def _load(self) -> _State | None:
         return _load_state(self._state_path)
 
-    def _save(self, state: _State) -> None:
-        _save_state(self._state_path, state)
+    def _save(self, state: _State, text: str | None = None) -> None:
+        _save_state(self._state_path, state, text)
 
     def _running_state(self) -> _State | None:
         if self._child is not None:

@@ -9,7 +9,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlencode
@@ -22,21 +22,19 @@ from bot.runtimes.local.xds import DataPlaneSpec
 _POLL_S = 0.001
 _POLL_MAX_S = 0.02
 _ADMIN_TIMEOUT_S = 2.0
-_CDS_PREFIX = "cluster_manager.cds"
-_WARMING = "cluster_manager.warming_clusters"
 
 
 class EnvoyError(Exception):
     """Envoy could not be started, reconfigured or stopped; the message says what to do about it."""
 
 
-def _rds_prefix(service: str) -> str:
-    return f"http.{xds.stat_prefix(service)}.rds.{xds.route_config_name(service)}"
+def _eds_prefix(service: str) -> str:
+    return f"cluster.{xds.service_cluster_name(service)}"
 
 
 def _prefixes(spec: DataPlaneSpec) -> list[str]:
-    """Stat prefixes of every xDS subscription: CDS and one RDS per listener."""
-    return [_CDS_PREFIX, *(_rds_prefix(service) for service in sorted(spec.listeners))]
+    """Stat prefixes of every xDS subscription: one EDS per service."""
+    return [_eds_prefix(service) for service in sorted(spec.listeners)]
 
 
 class LogProgress(NamedTuple):
@@ -102,21 +100,12 @@ class _Admin:
             return False
         return status == 200 and text.strip() == "LIVE"
 
-    def xds_stats(self, clusters: Sequence[str] = ()) -> dict[str, str]:
-        """Version text readouts and update counters of CDS and every RDS subscription, the warming
-        gauge and, for ``clusters``, the in-flight request gauges.
-
-        ``usedonly`` leaves out what was never set (a counter at 0, a gauge never moved) and makes
-        the read several times cheaper, so a missing stat reads as "0".
-        """
-        pattern = (
-            r"^(?:(?:cluster_manager\.cds|http\.[^.]+\.rds\.[^.]+)\."
-            r"(?:version_text|update_rejected|update_failure)|cluster_manager\.warming_clusters)$"
-        )
-        if clusters:
-            names = "|".join(re.escape(name) for name in clusters)
-            pattern += rf"|^cluster\.(?:{names})\.upstream_rq_(?:pending_)?active$"
-        text = self._get("/stats", {"usedonly": "", "filter": pattern})
+    def xds_stats(self) -> dict[str, str]:
+        """Version text readouts of every EDS subscription (one per service): text readouts alone,
+        which Envoy lists without walking its counters and gauges."""
+        pattern = r"^cluster\.[^.]+\.version_text$"
+        params = {"usedonly": "", "type": "TextReadouts"}
+        text = self._get("/stats", {**params, "filter": pattern})
         out: dict[str, str] = {}
         for line in text.splitlines():
             name, sep, value = line.partition(": ")
@@ -127,6 +116,15 @@ class _Admin:
                 value = json.loads(value)
             out[name.strip()] = value
         return out
+
+    def in_flight(self, services: Collection[str]) -> int:
+        """Requests in flight to (or queued for) any instance of ``services``."""
+        names = "|".join(re.escape(xds.service_cluster_name(service)) for service in services)
+        pattern = rf"^cluster\.(?:{names})\.upstream_rq_(?:pending_)?active$"
+        text = self._get("/stats", {"usedonly": "", "type": "Gauges", "filter": pattern})
+        return sum(
+            int(value) for _, sep, value in (line.partition(": ") for line in text.splitlines()) if sep
+        )
 
     def log_progress(self) -> LogProgress:
         """Envoy's own count of answered requests and of access log entries, and how much of those is
@@ -174,25 +172,6 @@ class _Admin:
         if response.will_close:
             self.close()
         return response.status, body.decode(errors="replace")
-
-
-def _await_drained(admin: _Admin, clusters: Sequence[str], stats: Mapping[str, str], until: float) -> None:
-    """Wait until no request is in flight to (or queued for) ``clusters``, or give up at ``until``.
-
-    ``stats`` is a reading taken after the routes stopped pointing at them; most of the time it
-    already shows nothing in flight and no further read is needed.
-    """
-    delay = _POLL_S
-    while any(
-        stats.get(f"cluster.{name}.upstream_rq_{gauge}", "0") != "0"
-        for name in clusters
-        for gauge in ("active", "pending_active")
-    ):
-        if time.monotonic() >= until:
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, _POLL_MAX_S)
-        stats = admin.xds_stats(clusters)
 
 
 def _await_logged(admin: _Admin, log: Path, until: float) -> bool:

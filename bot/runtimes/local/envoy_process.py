@@ -9,8 +9,9 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,40 @@ class _State:
     version: int
     spec: DataPlaneSpec
     acked: Mapping[str, str] = field(default_factory=dict)
-    """Stat prefix of CDS and of each RDS subscription -> the version this Envoy acknowledged when
-    ``spec`` was last applied in full; empty when an apply stopped midway."""
+    """Stat prefix of each EDS subscription -> the version this Envoy acknowledged when ``spec`` was
+    last applied in full; empty when an apply stopped midway."""
+
+
+_last_loaded: dict[Path, tuple[tuple[int, int, int], _State]] = {}
+"""The last state read or written per path, by the file's (inode, mtime, size): the file is replaced by
+a rename on every write, so an unchanged key is an unchanged file. Parsing and validating the spec of
+a thousand sandboxes would otherwise cost each apply more than its route update."""
+
+
+def _file_key(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _load_state(path: Path) -> _State | None:
     """The recorded state; None when there is none."""
     try:
+        key = _file_key(path)
+        cached = _last_loaded.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         raw = json.loads(path.read_text())
     except FileNotFoundError:
+        _last_loaded.pop(path, None)
         return None
     except (OSError, ValueError) as exc:
         raise EnvoyError(f"{path} is unreadable ({exc}); stop envoy by hand and delete it") from exc
+    state = _parse_state(raw)
+    _last_loaded[path] = (key, state)
+    return state
+
+
+def _parse_state(raw: Mapping[str, Any]) -> _State:
     return _State(
         pid=int(raw["pid"]),
         create_time=float(raw["create_time"]),
@@ -53,7 +76,14 @@ def _load_state(path: Path) -> _State | None:
     )
 
 
-def _save_state(path: Path, state: _State) -> None:
+def _save_state(path: Path, state: _State, text: str | None = None) -> None:
+    """Write ``state`` (as ``text`` when :func:`_state_text` already made it)."""
+    _write_text_atomic(path, text if text is not None else _state_text(state))
+    with contextlib.suppress(OSError):
+        _last_loaded[path] = (_file_key(path), state)
+
+
+def _state_text(state: _State) -> str:
     raw = {
         "pid": state.pid,
         "create_time": state.create_time,
@@ -61,22 +91,55 @@ def _save_state(path: Path, state: _State) -> None:
         "spec": _spec_to_json(state.spec),
         "acked": dict(state.acked),
     }
-    _write_text_atomic(path, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    # Compact: with an indent, Python's JSON encoder leaves its C implementation, and with a thousand
+    # sandboxes this file alone would cost more than the route update it records.
+    return json.dumps(raw, separators=(",", ":")) + "\n"
 
 
-def _route_resources(service: str, spec: DataPlaneSpec) -> Any:
-    """What Envoy routes by at ``service``'s listener, without the version."""
-    return xds.routes_response(service, spec, "")["resources"]
+def _instances(service: str, spec: DataPlaneSpec) -> tuple[Upstream, dict[str, Upstream]]:
+    """What the cluster of ``service`` depends on: its baseline and its forks."""
+    return spec.baseline[service], xds.forks_of(service, spec)
 
 
-def _clusters_in(doc: Mapping[str, Any]) -> dict[str, Upstream]:
-    """Clusters in a CDS document: what Envoy was last told, even if an earlier apply failed midway."""
-    out: dict[str, Upstream] = {}
-    for resource in doc.get("resources", []):
-        endpoint = resource["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        address = endpoint["address"]["socket_address"]
-        out[resource["name"]] = Upstream(address["address"], int(address["port_value"]))
-    return out
+def _await_unused(pid: int, instances: Collection[Upstream], until: float) -> None:
+    """Wait until no TCP connection to ``instances`` is open in Envoy's network namespace, or give up
+    at ``until``.
+
+    Read from the kernel's socket table rather than Envoy's per-endpoint stats: those would make
+    every stats read walk every sandbox's endpoint. A connection from anyone else to the instance
+    counts too, which can only make the wait longer.
+    """
+    wanted = {_proc_address(up) for up in instances}
+    delay = 0.001
+    while _connected(pid, wanted) and time.monotonic() < until:
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+
+
+def _proc_address(up: Upstream) -> str:
+    """``up`` as /proc/net/tcp{,6} writes a remote address: the address's 32-bit words in host
+    order, hex, then the port."""
+    family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
+    packed = socket.inet_pton(family, up.host)
+    words = "".join(
+        f"{int.from_bytes(packed[i : i + 4], sys.byteorder):08X}" for i in range(0, len(packed), 4)
+    )
+    return f"{words}:{up.port:04X}"
+
+
+def _connected(pid: int, addresses: set[str]) -> bool:
+    tables = ("tcp", "tcp6") if any(len(address) > 13 for address in addresses) else ("tcp",)
+    for table in tables:
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(None, 4)
+            # ESTABLISHED, or closing but not yet closed by Envoy (CLOSE_WAIT).
+            if len(fields) > 3 and fields[2] in addresses and fields[3] in ("01", "08"):
+                return True
+    return False
 
 
 def _write_atomic(path: Path, document: Mapping[str, Any]) -> None:
@@ -179,7 +242,11 @@ def _spec_to_json(spec: DataPlaneSpec) -> dict[str, Any]:
     return {
         "listeners": dict(spec.listeners),
         "baseline": {name: address(up) for name, up in spec.baseline.items()},
-        "forks": {key: {name: address(up) for name, up in svcs.items()} for key, svcs in spec.forks.items()},
+        # Inline, not address(): a thousand sandboxes make this the largest part of writing the state.
+        "forks": {
+            key: {name: {"host": up.host, "port": up.port} for name, up in svcs.items()}
+            for key, svcs in spec.forks.items()
+        },
         "baggage_member": spec.baggage_member,
         "header": spec.header,
         "http2": sorted(spec.http2),

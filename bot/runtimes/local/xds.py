@@ -4,31 +4,43 @@ Pure functions only: the same spec always yields the same dicts, so :mod:`envoy`
 wrote before against what it would write now, and tests can inspect the routing table without Envoy.
 
 Routing (the contract in DESIGN.md, "Routing"): every service gets one listener; at each listener a
-request tagged for sandbox K goes to the cluster ``<service>__K`` when K forked that service and to
-``<service>__baseline`` otherwise. The tag is the baggage member ``<baggage_member>=K`` or, failing
-that, the header ``<header>: K``; a request tagged only by the header gets the baggage member added at
-every listener so the tag survives services that propagate nothing but ``baggage``.
+request tagged for sandbox K goes to K's fork of that service when K forked it and to the baseline
+otherwise. The tag is the baggage member ``<baggage_member>=K`` or, failing that, the header
+``<header>: K``; a request tagged only by the header gets the baggage member added at every listener
+so the tag survives services that propagate nothing but ``baggage``.
+
+Layout, chosen so that one baseline carries a thousand sandboxes: a sandbox is not a route and not a
+cluster but an *endpoint*. Each service has one static cluster (one load balancer subset per routing
+key) whose endpoints, the baseline and every fork, come from one file, ``eds/<service>.json``
+(file-based EDS). The listener's Lua filter reads the request's routing key once and hands it to the
+load balancer as ``envoy.lb`` dynamic metadata; a key without a fork here falls back to the baseline's
+subset. Adding or removing a sandbox therefore rewrites only the endpoint files of the services it
+forks, and Envoy rebuilds no route table and no cluster: file-based xDS is state-of-the-world per file,
+and earlier layouts (a regex route and a cluster per sandbox, all clusters in one CDS file) made every
+update and every tagged request cost time in proportion to the number of sandboxes. One file per
+sandbox is no option: Envoy watches each file with its own inotify instance, of which a user gets 128.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Collection, Mapping
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 BASELINE = "baseline"
-"""Cluster suffix of the shared baseline; therefore never a valid routing key."""
+"""The subset of the shared baseline in each service's cluster; therefore never a valid routing key."""
 
 ROUTING_KEY_RE = re.compile(r"[a-z0-9]{6,16}")
 SERVICE_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
 _HEADER_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 _MEMBER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_LB_NAMESPACE = "envoy.lb"
+_SUBSET_KEY = "sandbox"
 _HCM_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
@@ -38,13 +50,37 @@ _LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 _HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-# %REQ(baggage)% (route header additions, access log) sees only the first of several baggage header
-# lines; folding them into one value first keeps every member when the sandbox member is appended and
-# makes the access log show what routing matched on (Envoy's matchers join the lines with ',').
+# The sandbox a request belongs to is decided here, once per hop, and handed to the load balancer as
+# `envoy.lb` metadata (a hash lookup of its subset), so the cost of a request does not grow with the
+# number of sandboxes (a regex route per sandbox did).
 _REQUEST_LUA = """
 -- Several `baggage` lines become one value, so `%REQ(baggage)%` and the access log see every member.
+-- The routing key: the value of the baggage member named exactly __MEMBER__ (whitespace around the
+-- name, '=' and value ignored; properties after ';', or '%3B' as OpenTelemetry re-sends them, cut
+-- off); failing that, a header __HEADER__ that is a routing key, which is then added to the baggage
+-- so that the tag survives services that propagate nothing but `baggage`. A member with any value
+-- decides alone, so a bad value reaches the baseline rather than what the header names.
 -- A tagged request without trace context gets one (from Envoy's random x-request-id), so every hop of
 -- the sandbox's traffic can be followed in the access log, even when no caller started a trace.
+local function member_value(baggage)
+  for member in string.gmatch(baggage, "[^,]+") do
+    local name, value = string.match(member, "^[ \\t]*([^=]-)[ \\t]*=(.*)$")
+    if name == "__MEMBER__" then
+      value = string.gsub(value, "%%3[Bb].*$", "")
+      value = string.match(value, "^([^;]*)")
+      return string.match(value, "^[ \\t]*(.-)[ \\t]*$")
+    end
+  end
+  return nil
+end
+
+local function routing_key(value)
+  if value ~= nil and #value >= 6 and #value <= 16 and string.match(value, "^[a-z0-9]+$") then
+    return value
+  end
+  return nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local count = headers:getNumValues("baggage")
@@ -56,13 +92,28 @@ function envoy_on_request(handle)
     headers:remove("baggage")
     headers:add("baggage", table.concat(values, ","))
   end
-  if headers:get("traceparent") == nil then
-    local baggage = headers:get("baggage") or ""
-    if headers:get("__HEADER__") ~= nil or string.find(baggage, "__MEMBER__", 1, true) ~= nil then
-      local id = string.gsub(headers:get("x-request-id") or "", "-", "")
-      if string.match(id, "^%x+$") and string.len(id) == 32 then
-        headers:add("traceparent", "00-" .. id .. "-" .. string.sub(id, 17, 32) .. "-01")
+  local baggage = headers:get("baggage")
+  local key = nil
+  local tagged = baggage ~= nil and member_value(baggage)
+  if tagged then
+    key = routing_key(tagged)
+  else
+    key = routing_key(headers:get("__HEADER__"))
+    if key ~= nil then
+      local member = "__MEMBER__=" .. key
+      if baggage ~= nil and baggage ~= "" then
+        member = baggage .. "," .. member
       end
+      headers:replace("baggage", member)
+    end
+  end
+  if key ~= nil then
+    handle:streamInfo():dynamicMetadata():set("__LB__", "__SUBSET__", key)
+  end
+  if headers:get("traceparent") == nil and (tagged or headers:get("__HEADER__") ~= nil) then
+    local id = string.gsub(headers:get("x-request-id") or "", "-", "")
+    if string.match(id, "^%x+$") and string.len(id) == 32 then
+      headers:add("traceparent", "00-" .. id .. "-" .. string.sub(id, 17, 32) .. "-01")
     end
   end
 end
@@ -71,7 +122,12 @@ end
 
 def request_lua(spec: DataPlaneSpec) -> str:
     """The listener's Lua filter for this spec's header and member names (validated to be plain)."""
-    return _REQUEST_LUA.replace("__HEADER__", spec.header).replace("__MEMBER__", spec.baggage_member)
+    return (
+        _REQUEST_LUA.replace("__HEADER__", spec.header)
+        .replace("__MEMBER__", spec.baggage_member)
+        .replace("__LB__", _LB_NAMESPACE)
+        .replace("__SUBSET__", _SUBSET_KEY)
+    )
 
 
 CONNECT_TIMEOUT = "1s"
@@ -120,11 +176,21 @@ class DataPlaneSpec:
         for service in self.baseline:
             if service not in self.listeners:
                 raise ValueError(f"baseline service {service!r} has no listener")
+        # The baseline and every fork are endpoints of their service's cluster: at an IP address
+        # each, and each its own.
+        addresses: set[tuple[str, Upstream]] = set()
+        for service, up in self.baseline.items():
+            _check_ip(up, f"baseline of {service!r}")
+            addresses.add((service, up))
         for key, services in self.forks.items():
             check_routing_key(key)
-            for service in services:
+            for service, up in services.items():
                 if service not in self.listeners:
                     raise ValueError(f"sandbox {key!r} forks {service!r}, which has no listener")
+                _check_ip(up, f"fork of {service!r} in sandbox {key!r}")
+                if (service, up) in addresses:
+                    raise ValueError(f"two instances of {service!r} share {up.host}:{up.port}")
+                addresses.add((service, up))
         for service in self.http2:
             if service not in self.listeners:
                 raise ValueError(f"HTTP/2 service {service!r} has no listener")
@@ -140,6 +206,17 @@ def check_routing_key(key: str) -> None:
         raise ValueError(f"routing key {key!r} must match [a-z0-9]{{6,16}} and not be {BASELINE!r}")
 
 
+def _check_ip(up: Upstream, what: str) -> None:
+    # inet_pton, not ipaddress: a spec of a thousand sandboxes is validated on every apply.
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, up.host)
+            return
+        except OSError:
+            continue
+    raise ValueError(f"{what} must be at an IP address, not {up.host!r}")
+
+
 def _check_service(service: str) -> None:
     if not SERVICE_RE.fullmatch(service) or "__" in service:
         raise ValueError(
@@ -148,41 +225,18 @@ def _check_service(service: str) -> None:
         )
 
 
-def cluster_name(service: str, routing_key: str | None) -> str:
-    """Envoy cluster of ``service`` in sandbox ``routing_key`` (None: the baseline)."""
-    return f"{service}__{routing_key or BASELINE}"
-
-
-def parse_cluster_name(name: str) -> tuple[str, str | None]:
-    """Inverse of :func:`cluster_name`; raises ValueError for names loopgate did not make."""
-    service, sep, suffix = name.rpartition("__")
-    if not sep or not service or not suffix:
-        raise ValueError(f"{name!r} is not a loopgate cluster name")
-    return service, None if suffix == BASELINE else suffix
-
-
-def route_config_name(service: str) -> str:
-    """Name of the RDS resource of ``service``'s listener."""
-    return service
-
-
 def stat_prefix(service: str) -> str:
-    """HTTP connection manager stat prefix: stats read ``http.<prefix>.rds.<service>.*``."""
+    """HTTP connection manager stat prefix: stats read ``http.<prefix>.*``."""
     return f"lg_{service}"
 
 
-def rds_path(workdir: Path, service: str) -> Path:
-    """File the listener of ``service`` watches for route updates.
+def eds_path(workdir: Path, service: str) -> Path:
+    """File the cluster of ``service`` watches for its endpoints (the baseline and every fork).
 
     ``.json``: Envoy picks its parser by the extension, and its JSON parser is several times faster
-    than its YAML one, which is most of what a route update costs.
+    than its YAML one.
     """
-    return workdir / "rds" / f"{service}.json"
-
-
-def cds_path(workdir: Path) -> Path:
-    """File Envoy watches for cluster updates (``.json`` for the same reason as :func:`rds_path`)."""
-    return workdir / "cds.json"
+    return workdir / "eds" / f"{service}.json"
 
 
 def access_log_path(workdir: Path) -> Path:
@@ -194,7 +248,9 @@ def access_log_format(service: str, spec: DataPlaneSpec) -> dict[str, str]:
     """JSON access log fields; :mod:`accesslog` reads exactly these keys."""
     return {
         "service": service,
-        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        # Which instance answered: the routing key of the fork or `baseline` (the subset of the
+        # endpoint; the cluster is the service's, shared by the baseline and every fork).
+        "target": f"%METADATA(UPSTREAM_HOST:{_LB_NAMESPACE}:{_SUBSET_KEY})%",
         "method": "%REQ(:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",
@@ -223,15 +279,19 @@ def admin_socket_path(workdir: Path) -> Path:
 
 
 def bootstrap(workdir: Path, spec: DataPlaneSpec) -> dict[str, Any]:
-    """Bootstrap with static listeners (one per service) and file-based CDS and per-listener RDS."""
+    """Bootstrap with static listeners and clusters (one of each per service); only the clusters'
+    endpoints change while Envoy runs, through file-based EDS."""
     return {
         "node": {"id": "loopgate", "cluster": "loopgate"},
         "admin": {"address": {"pipe": {"path": ADMIN_SOCKET, "mode": 0o600}}},
-        "dynamic_resources": {"cds_config": _file_source(cds_path(workdir))},
         "static_resources": {
             "listeners": [
                 _listener(workdir, service, port, spec) for service, port in sorted(spec.listeners.items())
-            ]
+            ],
+            "clusters": [
+                _cluster(service, eds_path(workdir, service), h2=service in spec.http2)
+                for service in sorted(spec.listeners)
+            ],
         },
     }
 
@@ -246,9 +306,9 @@ def _listener(workdir: Path, service: str, port: int, spec: DataPlaneSpec) -> di
         "codec_type": "AUTO",
         # Envoy would end a request silent for 5 minutes; a slow service must fail by its callers' rules.
         "stream_idle_timeout": "0s",
-        "rds": {
-            "route_config_name": route_config_name(service),
-            "config_source": _file_source(rds_path(workdir, service)),
+        "route_config": {
+            "name": service,
+            "virtual_hosts": [{"name": service, "domains": ["*"], "routes": [_route(service)]}],
         },
         "access_log": [
             {
@@ -290,56 +350,43 @@ def _file_source(path: Path) -> dict[str, Any]:
     return {"resource_api_version": "V3", "path_config_source": {"path": str(path)}}
 
 
-def clusters(spec: DataPlaneSpec) -> dict[str, Upstream]:
-    """Every cluster the spec needs, by name."""
-    out = {cluster_name(service, None): up for service, up in spec.baseline.items()}
-    for key, services in spec.forks.items():
-        for service, up in services.items():
-            out[cluster_name(service, key)] = up
-    return out
+def service_cluster_name(service: str) -> str:
+    """The one Envoy cluster of ``service``: its baseline and every fork are its endpoints."""
+    return service
 
 
-def clusters_response(spec: DataPlaneSpec, version: str) -> dict[str, Any]:
-    """CDS DiscoveryResponse for the file Envoy watches."""
-    return cluster_resources(clusters(spec), version, spec.http2)
-
-
-def cluster_resources(
-    by_name: Mapping[str, Upstream], version: str, http2: Collection[str] = frozenset()
-) -> dict[str, Any]:
-    """CDS DiscoveryResponse for an explicit cluster set (apply() briefly needs old plus new); the
-    clusters of `http2` services speak HTTP/2 upstream."""
+def _route(service: str) -> dict[str, Any]:
+    # No Envoy timeout or retry: the callers' own policies are what a sandbox must exercise.
     return {
-        "version_info": version,
-        "type_url": CLUSTER_TYPE,
-        "resources": [
-            _cluster(name, up, h2=parse_cluster_name(name)[0] in http2)
-            for name, up in sorted(by_name.items())
-        ],
+        "name": service,
+        "match": {"prefix": "/"},
+        "route": {"cluster": service_cluster_name(service), "timeout": "0s"},
     }
 
 
-def _cluster(name: str, up: Upstream, *, h2: bool = False) -> dict[str, Any]:
-    try:
-        ipaddress.ip_address(up.host)
-        discovery: dict[str, Any] = {"type": "STATIC"}
-    except ValueError:
-        discovery = {"type": "STRICT_DNS", "dns_lookup_family": "V4_ONLY"}
+def _cluster(service: str, eds: Path, *, h2: bool) -> dict[str, Any]:
+    """A request's routing key (``envoy.lb`` metadata, set by the listener's Lua filter) selects the
+    subset of that key's fork; a request without one, or with a key that forked nothing here, falls
+    back to the baseline's subset."""
     limit = {
         "max_connections": _CIRCUIT_LIMIT,
         "max_pending_requests": _CIRCUIT_LIMIT,
         "max_requests": _CIRCUIT_LIMIT,
         "max_retries": 0,
     }
-    cluster = {
-        "@type": CLUSTER_TYPE,
+    name = service_cluster_name(service)
+    cluster: dict[str, Any] = {
         "name": name,
-        **discovery,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": _file_source(eds), "service_name": name},
         "connect_timeout": CONNECT_TIMEOUT,
         "circuit_breakers": {"thresholds": [limit]},
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(up.host, up.port)}}]}],
+        "lb_subset_config": {
+            "fallback_policy": "DEFAULT_SUBSET",
+            "default_subset": {_SUBSET_KEY: BASELINE},
+            # One host per subset: Envoy then keeps one map from key to host instead of filtering
+            # every host for every subset on each update (a cost of sandboxes squared).
+            "subset_selectors": [{"keys": [_SUBSET_KEY], "single_host_per_subset": True}],
         },
     }
     if h2:
@@ -350,77 +397,39 @@ def _cluster(name: str, up: Upstream, *, h2: bool = False) -> dict[str, Any]:
     return cluster
 
 
-def baggage_member_regex(member: str, key: str | None) -> str:
-    """RE2 full-match regex: a baggage value holding member ``member=key`` (any key when None).
-
-    Members are comma separated with optional whitespace and ``;properties``; Envoy joins several
-    ``baggage`` header lines with ',' before matching, so one regex covers them too.
-    """
-    value = re.escape(key) if key is not None else r"[^,;]*"
-    ows = r"[ \t]*"
-    # `%3B`: OpenTelemetry Python re-sends a member's properties percent-encoded inside its value.
-    return f"(?:.*,)?{ows}{re.escape(member)}{ows}={ows}{value}{ows}(?:(?:;|%3[Bb])[^,]*)?(?:,.*)?"
+def forks_of(service: str, spec: DataPlaneSpec) -> dict[str, Upstream]:
+    """Routing key -> fork of ``service``, for every sandbox that forked it."""
+    return {key: services[service] for key, services in spec.forks.items() if service in services}
 
 
-def routes_response(service: str, spec: DataPlaneSpec, version: str) -> dict[str, Any]:
-    """RDS DiscoveryResponse for the listener of ``service``.
-
-    Route order encodes precedence: a baggage member wins over the header, so any request whose
-    baggage names a sandbox is decided by baggage alone, and only then does the header count.
-    """
-    forked_by = sorted(key for key, services in spec.forks.items() if service in services)
-    baseline = cluster_name(service, None)
-    header_guard = ROUTING_KEY_RE.pattern
-    routes: list[dict[str, Any]] = []
-    for key in forked_by:
-        routes.append(_route(f"baggage-{key}", cluster_name(service, key), [_regex("baggage", spec, key)]))
-    routes.append(_route("baggage-other", baseline, [_regex("baggage", spec, None)]))
-    targets = [(key, cluster_name(service, key), re.escape(key)) for key in forked_by]
-    targets.append(("other", baseline, header_guard))
-    for name, cluster, header_regex in targets:
-        header = {"name": spec.header, "string_match": {"safe_regex": {"regex": header_regex}}}
-        has_baggage = {"name": "baggage", "present_match": True}
-        routes.append(
-            _route(f"header-{name}-append", cluster, [header, has_baggage], _add_member(spec, append=True))
-        )
-        routes.append(_route(f"header-{name}-set", cluster, [header], _add_member(spec, append=False)))
-    routes.append(_route("untagged", baseline, []))
-    return {
-        "version_info": version,
-        "type_url": ROUTE_TYPE,
-        "resources": [
-            {
-                "@type": ROUTE_TYPE,
-                "name": route_config_name(service),
-                "virtual_hosts": [{"name": service, "domains": ["*"], "routes": routes}],
-            }
-        ],
-    }
+Endpoints = Mapping[str, Upstream]
+"""A service's instances by subset: ``baseline`` (:data:`BASELINE`) or a routing key."""
 
 
-def _regex(header: str, spec: DataPlaneSpec, key: str | None) -> dict[str, Any]:
-    regex = baggage_member_regex(spec.baggage_member, key)
-    return {"name": header, "string_match": {"safe_regex": {"regex": regex}}}
+def endpoints_of(service: str, spec: DataPlaneSpec) -> dict[str, Upstream]:
+    """What the cluster of ``service`` should hold for ``spec``: its baseline and its forks."""
+    return {BASELINE: spec.baseline[service], **forks_of(service, spec)}
 
 
-def _add_member(spec: DataPlaneSpec, *, append: bool) -> list[dict[str, Any]]:
-    member = f"{spec.baggage_member}=%REQ({spec.header})%"
-    value = f"%REQ(baggage)%,{member}" if append else member
-    return [{"header": {"key": "baggage", "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+def endpoints_response(service: str, endpoints: Endpoints, version: str) -> dict[str, Any]:
+    """EDS DiscoveryResponse for the cluster of ``service``: one endpoint per subset."""
+    lb_endpoints = []
+    for subset, up in sorted(endpoints.items()):
+        metadata = {_LB_NAMESPACE: {_SUBSET_KEY: subset}}
+        address = {"socket_address": {"address": up.host, "port_value": up.port}}
+        lb_endpoints.append({"endpoint": {"address": address}, "metadata": {"filter_metadata": metadata}})
+    name = service_cluster_name(service)
+    assignment = {"@type": ENDPOINT_TYPE, "cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]}
+    return {"version_info": version, "type_url": ENDPOINT_TYPE, "resources": [assignment]}
 
 
-def _route(
-    name: str,
-    cluster: str,
-    headers: list[dict[str, Any]],
-    add: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    route: dict[str, Any] = {
-        "name": name,
-        "match": {"prefix": "/", **({"headers": headers} if headers else {})},
-        # No Envoy timeout or retry: the callers' own policies are what a sandbox must exercise.
-        "route": {"cluster": cluster, "timeout": "0s"},
-    }
-    if add:
-        route["request_headers_to_add"] = add
-    return route
+def endpoints_in(doc: Mapping[str, Any]) -> dict[str, Upstream]:
+    """Inverse of :func:`endpoints_response`, from a file it wrote."""
+    out: dict[str, Upstream] = {}
+    for resource in doc.get("resources", []):
+        for group in resource.get("endpoints", []):
+            for lb in group.get("lb_endpoints", []):
+                subset = lb["metadata"]["filter_metadata"][_LB_NAMESPACE][_SUBSET_KEY]
+                address = lb["endpoint"]["address"]["socket_address"]
+                out[str(subset)] = Upstream(str(address["address"]), int(address["port_value"]))
+    return out
