@@ -8,6 +8,7 @@ misroute.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import string
@@ -30,21 +31,23 @@ class Backends:
 
     def __init__(self, processes: int, ports: int) -> None:
         self._procs: list[subprocess.Popen[str]] = []
-        self._free: list[int] = []
         each = -(-ports // processes)
-        for _ in range(processes):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.portecho", str(each)], stdout=subprocess.PIPE, text=True
-            )
-            self._procs.append(proc)
-        for proc in self._procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError("a backend process exited before it listened")
-            self._free.extend(json.loads(line))
+        try:
+            for _ in range(processes):
+                command = [sys.executable, "-m", "bench.portecho", str(each)]
+                self._procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
+            bound: list[list[int]] = []
+            for proc in self._procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("a backend process exited before it listened")
+                bound.append(json.loads(line))
+        except BaseException:
+            self.stop()  # also when interrupted while they start: nothing is left behind
+            raise
         # Interleaved, so consecutive forks land on different processes.
-        self._free = [p for group in zip(*[iter(self._free)] * each, strict=False) for p in group]
+        self._free = [port for group in itertools.zip_longest(*bound) for port in group if port is not None]
         self._free.reverse()
 
     @property
