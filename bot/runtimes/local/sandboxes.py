@@ -353,7 +353,7 @@ class Sandboxes(Baselines):
             record = self._record(sandbox)
             record.jobs = [job for job in record.jobs if job not in refs]
             if not why:
-                record.forks[service] = attempts[-1]  # clusters before routes: `apply` orders them
+                record.forks[service] = attempts[-1]  # routable once `apply` writes its endpoint
             self.registry.save_sandbox(record)
             if not why and record.routed:
                 self._apply_routes(sandbox.baseline.env_id)
