@@ -1,7 +1,8 @@
 """The baseline starts while the changed services build (issue #13, item 4), with real processes: both
 stages' spans overlap in the Evidence; a build that fails while the baseline starts is the change's
 `fail` once the baseline is up, and everything is torn down; a baseline that fails while a build runs
-is an infrastructure error that wins over the build's failure, and the build's processes are gone.
+is an infrastructure error that wins over the build's failure, and the build's processes are gone;
+`LOOPGATE_OVERLAP=off` keeps the older order.
 
 Each side waits for the other through a gate file, not a sleep: the baseline's services start only once
 the build has returned (test 1), the baseline's service fails only once the build's process runs
@@ -19,7 +20,7 @@ from bot.config import RuntimeSettings, Service
 from bot.evidence import ErrorKind, Evidence, Stage, Verdict
 from bot.pipeline import Pipeline, VerifyRequest
 from bot.runtimes.local import LocalRuntime
-from bot.runtimes.protocol import BuildOutcome, Sandbox
+from bot.runtimes.protocol import Baseline, BuildOutcome, Sandbox
 from tests.conftest import processes_under
 from tests.gitrepo import GitRepo
 
@@ -160,3 +161,16 @@ def _build_processes() -> list[int]:
         except psutil.Error:
             continue
     return found
+
+
+def test_overlap_off_keeps_the_older_order(
+    shop_repo: GitRepo, shop_baseline: Baseline, state_dir: Path
+) -> None:
+    """`LOOPGATE_OVERLAP=off`: the baseline stage has ended before the build stage begins."""
+    runtime = LocalRuntime(RuntimeSettings(state_dir=state_dir, overlap="off"))
+    request = VerifyRequest(repo=shop_repo.path, base_ref="main", head_ref="agent/refactor-orders")
+    evidence = Pipeline(runtime).verify(request)
+    assert evidence.verdict is Verdict.PASS, evidence.reasons
+    baseline, build = stage(evidence, "baseline"), stage(evidence, "build")
+    assert baseline.detail == "reused a running baseline"
+    assert ends(baseline) <= build.started_at.timestamp()
