@@ -28,8 +28,8 @@ From each run's Evidence:
 The gain of the overlap, two ways: within each run, the baseline's and the build's stage durations
 summed less their union (`overlapped`: what they did not wait for each other, immune to the load
 changing between runs), and the difference of the medians of time to verdict, sequential minus
-overlap, measured in the same bench run (exposed to that load). Targets: overhead <= 300 ms, teardown <= 1 s. Exits 0: a measurement, not a
-test.
+overlap, measured in the same bench run (exposed to that load). Targets: overhead <= 300 ms,
+teardown <= 1 s. Exits 0: a measurement, not a test.
 """
 
 from __future__ import annotations
