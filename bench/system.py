@@ -8,6 +8,11 @@ answers with the tree of who served each hop (name, code version, pid).
 The head commit changes one service (:data:`CHANGED`): its ``VERSION`` becomes ``"head"``, which is how
 a response proves that the fork, not the baseline, served that hop.
 
+``.loopgate.yml`` also names a small integration suite (``tests/suite.py``: one request at the entry,
+tagged with the sandbox's baggage, must be answered by all services), so that ``loopgate verify`` runs
+the whole pipeline on the system (bench/time_to_verdict.py); a full copy never runs it. ``build`` gives
+every service a build command (time_to_verdict's builds); without it the services have none.
+
 Both sides of the benchmark run exactly these files with exactly the same command: loopgate's
 baseline and forks through :class:`LocalRuntime`, a full copy through :class:`FullCopy`.
 """
@@ -104,7 +109,34 @@ def callees(name: str, count: int = SERVICES) -> list[str]:
     return [f"svc{c:02d}" for c in (2 * index + 1, 2 * index + 2) if c < count]
 
 
-def config_text(count: int = SERVICES) -> str:
+SUITE = '''"""The system's integration suite: the entry, tagged for the sandbox, answers with every hop."""
+
+import json
+import os
+import sys
+import urllib.request
+
+request = urllib.request.Request(
+    os.environ["LOOPGATE_SVC00_URL"] + "/", headers={{"baggage": os.environ["LOOPGATE_BAGGAGE"]}}
+)
+with urllib.request.urlopen(request, timeout=30) as answer:
+    tree = json.load(answer)
+
+
+def hops(node):
+    yield node
+    for call in node.get("calls", []):
+        yield from hops(call)
+
+
+served = sorted(hop["service"] for hop in hops(tree))
+if len(served) != {count}:
+    sys.exit(f"expected {count} hops, got {{served}}")
+print("every hop answered:", " ".join(served))
+'''
+
+
+def config_text(count: int = SERVICES, build: str | None = None) -> str:
     lines = ["version: 1", "services:"]
     for name in service_names(count):
         lines += [
@@ -115,6 +147,9 @@ def config_text(count: int = SERVICES) -> str:
             f"      cwd: services/{name}",
             "      health: /healthz",
         ]
+        if build is not None:
+            lines.append(f'      build: "{build}"')
+    lines += ["verify:", "  suites:", '    - {name: every-hop, run: "python tests/suite.py", timeout: 60}']
     return "\n".join(lines) + "\n"
 
 
@@ -126,10 +161,13 @@ class System:
     config: Config
 
 
-def generate(repo: Path, count: int = SERVICES) -> System:
-    """Write the services and ``.loopgate.yml``, commit them (base), then commit the change (head)."""
+def generate(repo: Path, count: int = SERVICES, build: str | None = None) -> System:
+    """Write the services, the suite and ``.loopgate.yml``, commit them (base), then commit the change
+    (head, on the branch ``change``)."""
     repo.mkdir(parents=True)
-    (repo / ".loopgate.yml").write_text(config_text(count))
+    (repo / ".loopgate.yml").write_text(config_text(count, build))
+    (repo / "tests").mkdir()
+    (repo / "tests" / "suite.py").write_text(SUITE.format(count=count))
     for name in service_names(count):
         target = repo / "services" / name / "app.py"
         target.parent.mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,25 +62,33 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 class StageProgress:
-    """Rich spinner on a terminal, one plain line per stage otherwise (CI logs, agents)."""
+    """Rich spinner on a terminal, one plain line per stage otherwise (CI logs, agents). Stages may run
+    at once (the baseline starts while the builds run): one spinner names every running stage."""
 
     def __init__(self) -> None:
         self.started: dict[str, float] = {}
         self.status: Status | None = None
+        self.lock = threading.Lock()
 
     def __call__(self, name: str, event: str) -> None:
-        if event == "started":
-            self.started[name] = time.monotonic()
-            if console.is_terminal:
-                self.status = console.status(f"{name} …")
+        with self.lock:
+            if event == "started":
+                self.started[name] = time.monotonic()
+            else:
+                elapsed = int((time.monotonic() - self.started.pop(name, time.monotonic())) * 1000)
+                mark = {"ok": "✓", "skipped": "-", "failed": "✗"}.get(event, "!")
+                console.print(f"{mark} {name:<9} {event:<9} {elapsed:>6} ms", markup=False)
+            if not console.is_terminal:
+                return
+            running = " · ".join(f"{stage} …" for stage in self.started)
+            if running and self.status is None:
+                self.status = console.status(running)
                 self.status.start()
-            return
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-        elapsed = int((time.monotonic() - self.started.pop(name, time.monotonic())) * 1000)
-        mark = {"ok": "✓", "skipped": "-", "failed": "✗"}.get(event, "!")
-        console.print(f"{mark} {name:<9} {event:<9} {elapsed:>6} ms", markup=False)
+            elif running and self.status is not None:
+                self.status.update(running)
+            elif self.status is not None:
+                self.status.stop()
+                self.status = None
 
 
 def _print_unconfined(confined: bool) -> None:

@@ -40,6 +40,11 @@ class RuntimeSettings(BaseSettings):
         le=65000,
         description="First Envoy listener port; the others follow it. 0 picks free ports.",
     )
+    overlap: Literal["on", "off"] = Field(
+        default="on",
+        description="Start a run's baseline while the changed services build (local runtime). `off`"
+        " keeps the older order, baseline first, then builds: for measuring what the overlap gains.",
+    )
     confine: Literal["on", "off"] = Field(
         default="on",
         description="Run builds, forks and suites under bubblewrap. `off` gives up every guarantee of"

@@ -203,7 +203,12 @@ class Evidence(Record):
         default_factory=list,
         description="Who called whom with the sandbox's traffic, from the traces the data plane saw.",
     )
-    stages: list[Stage] = Field(default_factory=list)
+    stages: list[Stage] = Field(
+        default_factory=list,
+        description="Each stage as it ran, in the order the stages started. Stages may overlap: the"
+        " baseline starts while the changed services build, so `baseline` and `build` can share time"
+        " (and the sum of the durations exceed the run's).",
+    )
     links: Links = Field(default_factory=Links)
     notes: list[str] = Field(default_factory=list, description="Facts worth knowing that decide nothing.")
     started_at: datetime = Field(default_factory=utcnow)

@@ -1,4 +1,4 @@
-"""The flow: plan, baseline, build, fork, route, verify, decide, teardown.
+"""The flow: plan, baseline and build (at once: prepare.py), fork, route, verify, decide, teardown.
 
 Every stage extends the one Evidence; teardown runs on success, failure, exception and Ctrl-C. The
 pipeline knows nothing of GitHub or terminals: callers (CLI, worker, action) report the Evidence.
@@ -28,6 +28,7 @@ from bot.pipeline.choice import NotChosen, RuntimeChooser, only
 from bot.pipeline.contract import check_contracts
 from bot.pipeline.grpcprobes import add_grpc_probes
 from bot.pipeline.plan import Plan, make_plan
+from bot.pipeline.prepare import Held, Preparation
 from bot.pipeline.protos import add_proto_findings
 from bot.pipeline.sides import (
     Sides,
@@ -40,7 +41,6 @@ from bot.pipeline.stages import Cancelled, StageListener, StageRecorder, StageRe
 from bot.runtimes.protocol import (
     Baseline,
     BaselineError,
-    Controls,
     ObservedRequest,
     ProbeAnswer,
     ProbeRequest,
@@ -84,7 +84,7 @@ def new_run_id() -> str:
     return secrets.token_urlsafe(12).replace("-", "a").replace("_", "b").lower()
 
 
-class Pipeline:
+class Pipeline(Preparation):
     def __init__(
         self,
         runtime: Runtime | RuntimeChooser,
@@ -117,8 +117,7 @@ class Pipeline:
             trigger=request.trigger,
         )
         stages = StageRecorder(evidence, self.listener)
-        baseline: Baseline | None = None
-        sandbox: Sandbox | None = None
+        held = Held()
         self.controls: list[Sandbox] = []
         reported = False
         try:
@@ -135,17 +134,10 @@ class Pipeline:
                     for name in ("baseline", "build", "fork", "route", "verify"):
                         stages.skipped(name, "no service is affected by the change")
                 else:
-                    base = Source(request.repo, plan.base_sha)
-                    with self._stage(stages, "baseline") as result:
-                        baseline = self.runtime.up_baseline(base, plan.config)
-                        result.detail = "reused a running baseline" if baseline.reused else "started"
-                    sandbox = self.runtime.new_sandbox(
-                        baseline, plan.config, Source(request.repo, plan.merge_sha)
-                    )
-                    evidence.routing_key = sandbox.routing_key
-                    if not request.sandbox_only:
-                        self._new_controls(evidence, plan, sandbox, base)
-                    self._build_and_fork(stages, evidence, plan, sandbox)
+                    head = Source(request.repo, plan.merge_sha)
+                    self._prepare(stages, evidence, plan, head, held, with_controls=not request.sandbox_only)
+                    baseline, sandbox = held.baseline, held.sandbox
+                    assert baseline is not None and sandbox is not None
                     if not any(s.status in ("build_failed", "start_failed") for s in evidence.forks):
                         with self._stage(stages, "route") as routed:
                             note = self.runtime.route(sandbox)
@@ -188,8 +180,8 @@ class Pipeline:
             self._teardown(
                 stages,
                 evidence,
-                baseline,
-                sandbox,
+                held.baseline,
+                held.sandbox,
                 keep=keep,
                 release=not request.keep_baseline,
                 reported=reported,
@@ -228,50 +220,6 @@ class Pipeline:
             hits = plan.affected.get(name)
             reason = f"changed: {', '.join(hits[:3])}{' …' if len(hits) > 3 else ''}" if hits else "unchanged"
             evidence.services.append(ServiceResult(name=name, forked=bool(hits), reason=reason))
-
-    def _build_and_fork(
-        self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox
-    ) -> None:
-        names = list(plan.affected)
-        if not names:
-            stages.skipped("build", "no service is affected")
-            stages.skipped("fork", "no service is affected")
-            return
-        specs = {name: plan.config.services[name] for name in names}
-        # Controls build and start beside the candidate's forks, in the same pool: they add no wait.
-        jobs = [(box, name) for box in (sandbox, *self.controls) for name in names]
-        with self._stage(stages, "build") as result, ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            built_all = list(pool.map(lambda job: self.runtime.build(job[0], job[1], specs[job[1]]), jobs))
-            builds = dict(zip(names, built_all[: len(names)], strict=True))
-            self._drop_controls(
-                evidence, [b.detail or "build failed" for b in built_all[len(names) :] if not b.ok]
-            )
-            for name, built in builds.items():
-                service = evidence.service(name)
-                assert service is not None
-                service.image_or_source, service.build_ms = built.source, built.duration_ms
-                if not built.ok:
-                    service.status, service.log_tail = "build_failed", built.log_tail
-                    service.reason = f"{service.reason}; build failed: {built.detail}"
-                    result.outcome = "failed"
-        if result.outcome == "failed":
-            stages.skipped("fork", "a build failed")
-            return
-        jobs = [(box, name) for box in (sandbox, *self.controls) for name in names]
-        with self._stage(stages, "fork") as result, ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            forked_all = list(pool.map(lambda job: self.runtime.fork(job[0], job[1], specs[job[1]]), jobs))
-            failed = [f"{f.service} {f.detail}" for f in forked_all[len(names) :] if f.status != "ready"]
-            self._drop_controls(evidence, failed)
-            if self.controls:
-                result.detail = f"with {len(self.controls)} controls per service"
-            for forked in forked_all[: len(names)]:
-                service = evidence.service(forked.service)
-                assert service is not None
-                service.status, service.ready_ms, service.url = forked.status, forked.ready_ms, forked.url
-                if forked.status != "ready":
-                    service.log_tail = forked.log_tail
-                    service.reason = f"{service.reason}; fork {forked.detail}"
-                    result.outcome = "failed"
 
     def _verify(self, stages: StageRecorder, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
         with self._stage(stages, "verify") as result:
@@ -363,30 +311,6 @@ class Pipeline:
                 result.against = "control"
         evidence.diff += contracts.diff
         evidence.notes += contracts.notes
-
-    def _new_controls(self, evidence: Evidence, plan: Plan, sandbox: Sandbox, base: Source) -> None:
-        """A primary and a secondary control beside the candidate (`verify.diff.control`)."""
-        if not plan.config.verify.diff.control or not plan.affected:
-            return
-        if not isinstance(self.runtime, Controls):
-            evidence.notes.append(
-                f"the {self.runtime.kind} runtime starts no controls: forked services are compared"
-                " baseline-vs-sandbox, without values"
-            )
-            return
-        runtime = self.runtime
-        self.controls = [runtime.new_control(sandbox, base) for _ in ("primary", "secondary")]
-        evidence.control_keys = [c.routing_key for c in self.controls]
-
-    def _drop_controls(self, evidence: Evidence, failures: list[str]) -> None:
-        """A control that did not build or start leaves the comparison to the baseline; its sandbox is
-        torn down with the candidate."""
-        if failures and self.controls:
-            self.controls = []
-            evidence.notes.append(
-                f"the controls did not start ({failures[0]}): forked services are compared"
-                " baseline-vs-sandbox, without values"
-            )
 
     def _suite_request(self, suite: Suite, source: Literal["base", "head"]) -> SuiteRequest:
         return SuiteRequest(

@@ -1,7 +1,13 @@
-"""Timing every stage into the Evidence, whatever way the stage ends."""
+"""Timing every stage into the Evidence, whatever way the stage ends.
+
+Stages may overlap (the baseline starts while the builds run, each on its own thread): each is
+recorded when it ends, in the order the stages started, so the Evidence reads the same whichever ended
+first."""
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +29,7 @@ class StageRecorder:
     def __init__(self, evidence: Evidence, listener: StageListener | None = None) -> None:
         self.evidence = evidence
         self.listener = listener or (lambda _name, _event: None)
+        self.lock = threading.Lock()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageResult]:
@@ -38,7 +45,7 @@ class StageRecorder:
             result.outcome = "error"
             raise
         finally:
-            self.evidence.stages.append(
+            self._add(
                 Stage(
                     name=name,
                     started_at=started_at,
@@ -50,10 +57,13 @@ class StageRecorder:
             self.listener(name, result.outcome)
 
     def skipped(self, name: str, detail: str) -> None:
-        self.evidence.stages.append(
-            Stage(name=name, started_at=utcnow(), duration_ms=0, outcome="skipped", detail=detail)
-        )
+        self._add(Stage(name=name, started_at=utcnow(), duration_ms=0, outcome="skipped", detail=detail))
         self.listener(name, "skipped")
+
+    def _add(self, stage: Stage) -> None:
+        with self.lock:
+            stages = self.evidence.stages
+            stages.insert(bisect.bisect_right([s.started_at for s in stages], stage.started_at), stage)
 
 
 class StageResult:

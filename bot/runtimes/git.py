@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +152,30 @@ class Git:
         return self.run("log", "-1", "--format=%s", sha).stdout.strip()
 
     def worktree_add(self, path: Path, sha: str) -> None:
-        self.run("worktree", "add", "--detach", "--force", str(path), sha)
+        with self._worktrees_locked():
+            self.run("worktree", "add", "--detach", "--force", str(path), sha)
 
     def worktree_remove(self, path: Path) -> None:
-        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
-        self.run("worktree", "prune", check=False)
+        with self._worktrees_locked():
+            self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+            self.run("worktree", "prune", check=False)
+
+    @contextmanager
+    def _worktrees_locked(self) -> Iterator[None]:
+        """One worktree change at a time per repository, across processes. Git names a worktree's
+        bookkeeping after the directory's last part (`worktree`, `worktree1`, ...): two adds at once can
+        pick the same name and break each other (a baseline's and a sandbox's worktree are made at once
+        while the baseline starts during the builds), and a prune can remove an add's half-made entry."""
+        found = self.run("rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
+        if found.returncode != 0:  # no repository any more: git's own error follows, unlocked
+            yield
+            return
+        with open(Path(found.stdout.strip()) / "loopgate-worktrees.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def worktrees(self) -> list[Path]:
         out = self.run("worktree", "list", "--porcelain").stdout

@@ -225,6 +225,27 @@ class SandboxUpdates(Protocol):
 
 
 @runtime_checkable
+class BaselineStarts(Protocol):
+    """A runtime whose baseline is claimed first and started next, so that the change's builds run
+    while it starts (the pipeline's overlap). `up_baseline` is the two in one. A runtime without (the
+    Kubernetes runtime: the cluster's own Deployments are the baseline, nothing starts) is driven in
+    order: baseline, then builds."""
+
+    @property
+    def overlap(self) -> bool:
+        """False when the operator asked for the older order (`LOOPGATE_OVERLAP=off`)."""
+
+    def claim_baseline(self, base: Source, config: Config) -> Baseline:
+        """A running baseline of `base` (`reused`), else one recorded as this run's to start, whose
+        addresses are known: sandboxes may be made on it and build, not fork, until it is started. A
+        claim is always followed by `start_baseline` or `release_baseline`."""
+
+    def start_baseline(self, baseline: Baseline) -> Baseline:
+        """Start a claimed baseline; a reused one is returned as it is. On a failure everything made on
+        it meanwhile is stopped too, builds included, and BaselineError says why."""
+
+
+@runtime_checkable
 class SeedReads(Protocol):
     """A runtime that recorded what `verify.seed` read from its baseline: reads of data that existed
     before the change, which the diff replays on every side."""

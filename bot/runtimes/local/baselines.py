@@ -62,6 +62,7 @@ class Baselines(Cleanup):
                 record = self.registry.load_env(env_id)
                 if (
                     record is None
+                    or record.state != "ready"  # one being started (a run's claim) or stopped
                     or record.repo != repo
                     or record.base_sha == current.sha
                     or record.owner != me

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +37,11 @@ from bot.runtimes.protocol import Baseline, BaselineError, ObservedRequest, Sour
 
 __all__ = ["ACCESS_LOG_SETTLE_S", "PORT_ATTEMPTS", "LocalRuntime", "infrastructure"]
 
+CLAIM_POLL_S = 0.05
+"""How often a run waiting for another's start of the same baseline looks again."""
+CLAIM_WAIT_S = 900.0
+"""How long it waits at most: past that, a start is taken as stuck and begun again."""
+
 
 class LocalRuntime(Suites, Collector):
     """Every part of the local runtime, and starting a baseline (its `free_port` is this module's)."""
@@ -44,29 +50,54 @@ class LocalRuntime(Suites, Collector):
 
     @infrastructure
     def up_baseline(self, base: Source, config: Config) -> Baseline:
+        return self.start_baseline(self.claim_baseline(base, config))
+
+    @property
+    def overlap(self) -> bool:
+        return self.settings.overlap == "on"
+
+    @infrastructure
+    def claim_baseline(self, base: Source, config: Config) -> Baseline:
+        """A healthy running baseline of `base` (reused), else a new one recorded `starting` by this
+        process, its listener addresses chosen, for `start_baseline` to start. The env lock is held to
+        decide, not for the start: a sandbox can be made on the claimed baseline and build meanwhile, and
+        another run of the same base waits for this start instead of stopping it."""
         self.confinement.check()  # before anything starts: no run may go ahead unconfined by accident
         env_id = env_id_for(base.repo, base.sha)
-        with self.registry.lock(env_id):
-            record = self.registry.load_env(env_id)
-            # Under the lock a `starting` env is one whose starter died midway: never reused.
-            if record is not None and record.state == "ready" and self._env_healthy(record):
-                if self.persistent and record.owner is not None:
-                    record.owner = None
-                    self.registry.save_env(record)
-                return self._baseline(record, reused=True)
-            if record is not None:
-                self._stop_env(record)
-            else:
-                self._purge_env(env_id)  # a corrupt record's leftovers, if any
-            record = self._start_env(env_id, base, config)
-            return self._baseline(record, reused=False)
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while True:
+            with self.registry.lock(env_id):
+                record = self.registry.load_env(env_id)
+                if record is not None and record.state == "ready" and self._env_healthy(record):
+                    if self.persistent and record.owner is not None:
+                        record.owner = None
+                        self.registry.save_env(record)
+                    return self._baseline(record, reused=True)
+                if not _starting_elsewhere(record) or time.monotonic() > deadline:
+                    # A `starting` env whose starter is gone (or stuck past the wait) is never reused.
+                    if record is not None:
+                        self._stop_env(record)
+                    else:
+                        self._purge_env(env_id)  # a corrupt record's leftovers, if any
+                    return self._baseline(self._claim_env(env_id, base, config), reused=False)
+            time.sleep(CLAIM_POLL_S)
 
-    def _start_env(self, env_id: str, base: Source, config: Config) -> EnvRecord:
-        """Record first (state `starting`, this process its starter), journal each part before it is
-        made, `ready` only once every part is healthy: a kill at any moment leaves a record `gc` reads."""
-        names = sorted(config.services)
-        env_dir = self.registry.env_dir(env_id)
-        env_dir.mkdir(parents=True, exist_ok=True)
+    @infrastructure
+    def start_baseline(self, baseline: Baseline) -> Baseline:
+        """Start what `claim_baseline` claimed (a reused baseline is returned as it is). On a failure
+        the env is stopped with every sandbox made on it meanwhile, their builds too: BaselineError."""
+        if baseline.reused:
+            return baseline
+        record = self.registry.load_env(baseline.env_id)
+        if record is None or record.state != "starting" or record.starter != ProcessRef.current():
+            raise BaselineError(f"baseline {baseline.env_id} was stopped before it started")
+        self._start_env(record, baseline.base, Config.model_validate_json(record.config_json))
+        return self._baseline(record, reused=False)
+
+    def _claim_env(self, env_id: str, base: Source, config: Config) -> EnvRecord:
+        """Recorded `starting`, this process its starter, with the listener ports Envoy will try first
+        (a build on the claimed baseline gets its peers' addresses) and the databases it will make."""
+        self.registry.env_dir(env_id).mkdir(parents=True, exist_ok=True)
         record = EnvRecord(
             env_id=env_id,
             repo=str(base.repo.resolve()),
@@ -75,11 +106,26 @@ class LocalRuntime(Suites, Collector):
             state="starting",
             starter=ProcessRef.current(),
             config_json=config.model_dump_json(),
-            listeners={},
+            listeners=self._listener_ports(sorted(config.services)),
         )
         record.databases = _postgres_names(record.env_id, config)  # recorded before they exist
         record.roles = list(record.databases)  # each database's role has its name
         self.registry.save_env(record)
+        return record
+
+    def _listener_ports(self, names: list[str]) -> dict[str, int]:
+        if self.settings.envoy_base_port:
+            ports = ports_from(self.settings.envoy_base_port, len(names), "Envoy")
+        else:
+            ports = [free_port() for _ in names]
+        return dict(zip(names, ports, strict=True))
+
+    def _start_env(self, record: EnvRecord, base: Source, config: Config) -> None:
+        """Journal each part before it is made, `ready` only once every part is healthy: a kill at any
+        moment leaves a record `gc` reads. Outside the env lock (see `claim_baseline`): each write of
+        the record takes it."""
+        env_id = record.env_id
+        env_dir = self.registry.env_dir(env_id)
         journal = self.registry.env_journal(env_id)
         try:
             journal.worktree(base.repo, env_dir / "worktree")
@@ -87,7 +133,7 @@ class LocalRuntime(Suites, Collector):
             self.confinement.give(env_dir / "worktree")
             journal.checkout(env_dir / "pristine")
             pristine.materialise(base.repo, base.sha, env_dir / "pristine")
-            ports = {name: free_port() for name in names}
+            ports = {name: free_port() for name in sorted(config.services)}
             self._start_envoy(record, ports, config)
             pause.point("envoy-started")
             failed = self._start_baseline_services(record, config, ports)
@@ -98,11 +144,18 @@ class LocalRuntime(Suites, Collector):
                 raise BaselineError(f"baseline {name} {why}", tails)
             if config.verify.seed is not None:
                 self._seed(record, config.verify.seed)
-            record.state, record.starter = "ready", None
-            self.registry.save_env(record)
-            return record
+            with self.registry.lock(env_id):
+                record.state, record.starter = "ready", None
+                self.registry.save_env(record)
+                # Sandboxes made while it started read the access log from here on: not the seed's
+                # requests, as when they are made on a running baseline.
+                offset = _size(DataPlane(env_dir / "envoy").access_log)
+                for sandbox in self.registry.sandboxes(env_id):
+                    sandbox.log_offset = max(sandbox.log_offset, offset)
+                    self.registry.save_sandbox(sandbox)
         except BaseException:
-            self._stop_env(record)
+            with self.registry.lock(env_id):
+                self._stop_env(record)
             raise
 
     def _seed(self, record: EnvRecord, seed: Seed) -> None:
@@ -151,12 +204,10 @@ class LocalRuntime(Suites, Collector):
         plane = DataPlane(self.registry.env_dir(record.env_id) / "envoy")
         self.registry.env_journal(record.env_id).process_starting(plane.envoy_log)
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            if self.settings.envoy_base_port:
-                listener_ports = ports_from(self.settings.envoy_base_port, len(names), "Envoy")
-            else:
-                listener_ports = [free_port() for _ in names]
-            record.listeners = dict(zip(names, listener_ports, strict=True))
-            self.registry.save_env(record)
+            if attempt > 1 or sorted(record.listeners) != names:  # the claimed ports first
+                record.listeners = self._listener_ports(names)
+            with self.registry.lock(record.env_id):
+                self.registry.save_env(record)
             try:
                 plane.start(
                     self._spec(record, ports, {}, config), concurrency=self.settings.envoy_concurrency
@@ -177,7 +228,8 @@ class LocalRuntime(Suites, Collector):
         after = {name: config.services[name].local_spec.after for name in names}
         start = partial(self._start_baseline_service, record, config, ports, threading.Lock())
         results = _in_order({name: partial(start, name, ports[name]) for name in names}, after)
-        self.registry.save_env(record)
+        with self.registry.lock(record.env_id):
+            self.registry.save_env(record)
         return {name: why for name, why in results.items() if why is not None}
 
     def _start_baseline_service(
@@ -243,6 +295,20 @@ class LocalRuntime(Suites, Collector):
                 except EnvoyError as exc:
                     return f"cannot route to its new port {record.services[name].port}: {exc}"
         return None
+
+
+def _starting_elsewhere(record: EnvRecord | None) -> bool:
+    """Whether another run (or thread) is starting the env right now: its claimer is alive."""
+    return (
+        record is not None
+        and record.state == "starting"
+        and record.starter is not None
+        and record.starter.alive()
+    )
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def _seed_failure(timed_out: bool, code: int | None, seed: Seed) -> str | None:

@@ -150,6 +150,9 @@ class Sandboxes(Baselines):
         started = time.monotonic()
         why = _run_build(spec, launch, lambda ref: self._job(sandbox, ref))
         elapsed = int((time.monotonic() - started) * 1000)
+        # A sandbox removed meanwhile (its baseline failed while starting, and took what was made on it)
+        # stopped the build: whatever its exit status read, it did not pass.
+        self._record(sandbox)
         return BuildOutcome(service, why is None, source, duration_ms=elapsed, log_tail=tail(log), detail=why)
 
     def _fork_launcher(
