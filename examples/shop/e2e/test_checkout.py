@@ -76,6 +76,12 @@ def test_checkout_out_of_stock_is_409(gateway: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "insufficient_stock"
 
 
+def test_checkout_over_the_line_limit_is_422(gateway: httpx.Client) -> None:
+    response = gateway.post("/api/checkout", json={"sku": IN_STOCK_SKU, "qty": 101, "card": GOOD_CARD})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "quantity_over_limit"
+
+
 def test_checkout_declined_card_is_402(gateway: httpx.Client) -> None:
     response = gateway.post("/api/checkout", json={"sku": IN_STOCK_SKU, "qty": 1, "card": DECLINED_CARD})
     assert response.status_code == 402, response.text

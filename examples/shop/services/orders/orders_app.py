@@ -1,10 +1,11 @@
-"""orders: places an order (inventory reservation + payment) and keeps it in SQLite.
+"""orders: places an order (inventory reservation, a price from pricing, payment) and keeps it in SQLite.
 
 An order is confirmed only when payments captured exactly its amount; peers' error bodies must have
 the shop's `{"error": {"code", "message"}}` shape, anything else is a 502 `upstream_bad_response`.
 
-Peers are reached only through LOOPGATE_INVENTORY_URL and LOOPGATE_PAYMENTS_URL; the database
-path comes from LOOPGATE_STATE. Tests inject an httpx transport: `create_app(transport=...)`.
+Peers are reached only through LOOPGATE_INVENTORY_URL, LOOPGATE_PAYMENTS_URL and LOOPGATE_PRICING_URL
+(gRPC: orders_pricing); the database path comes from LOOPGATE_STATE. Tests inject an httpx transport
+(`create_app(transport=...)`) and point LOOPGATE_PRICING_URL at a fake pricing server.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import httpx
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from orders_telemetry import instrument_client, setup_telemetry
+from orders_pricing import PricingClient, PricingUnavailable, QuoteRefused
+from orders_telemetry import grpc_interceptors, instrument_client, setup_telemetry
 from pydantic import BaseModel, Field
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -54,6 +56,7 @@ def _required_env(name: str) -> str:
 class Settings:
     inventory_url: str
     payments_url: str
+    pricing_url: str
     state_path: str = "orders.db"
     timeout_s: float = 2.0
     attempts: int = 3
@@ -64,6 +67,7 @@ class Settings:
         return cls(
             inventory_url=_required_env("LOOPGATE_INVENTORY_URL"),
             payments_url=_required_env("LOOPGATE_PAYMENTS_URL"),
+            pricing_url=_required_env("LOOPGATE_PRICING_URL"),
             state_path=os.environ.get("LOOPGATE_STATE") or "orders.db",
             timeout_s=float(os.environ.get("ORDERS_UPSTREAM_TIMEOUT_S", "2.0")),
             attempts=int(os.environ.get("ORDERS_UPSTREAM_ATTEMPTS", "3")),
@@ -155,8 +159,13 @@ def create_app(
         init_db(app.state.settings.state_path)
         client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(app.state.settings.timeout_s))
         app.state.http = instrument_client(client)
-        async with client:
-            yield
+        s = app.state.settings
+        app.state.pricing = PricingClient(s.pricing_url, s.timeout_s, grpc_interceptors())
+        try:
+            async with client:
+                yield
+        finally:
+            await app.state.pricing.close()
 
     app = FastAPI(title="orders", lifespan=lifespan)
 
@@ -189,6 +198,10 @@ def create_app(
                 )
             if available < body.qty:
                 return error(409, "insufficient_stock", f"{available} of {body.sku!r} available")
+            try:
+                priced = await request.app.state.pricing.quote(body.sku, body.qty, price_cents, **policy)
+            except QuoteRefused as exc:
+                return error(422, "quantity_over_limit", str(exc))
 
             r = await send_with_retry(
                 http,
@@ -203,7 +216,7 @@ def create_app(
                 return error(502, "upstream_unavailable", f"inventory reservation answered {r.status_code}")
             reservation_id = r.json()["reservation_id"]
 
-            amount_cents = price_cents * body.qty
+            amount_cents = priced.total_cents
             r = await send_with_retry(
                 http,
                 "POST",
@@ -224,7 +237,7 @@ def create_app(
                     f" {amount_cents} was asked",
                 )
             charge_id = str(charge["id"])
-        except UpstreamUnavailable as exc:
+        except (UpstreamUnavailable, PricingUnavailable) as exc:
             return error(502, "upstream_unavailable", str(exc))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return error(502, "upstream_bad_response", f"unexpected upstream body: {exc!r}")

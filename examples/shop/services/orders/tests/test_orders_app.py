@@ -1,4 +1,5 @@
-"""orders against mocked neighbours: an httpx.MockTransport stands in for inventory and payments."""
+"""orders against mocked neighbours: an httpx.MockTransport stands in for inventory and payments, a fake
+gRPC server (built from orders' own copy of pricing's proto) for pricing."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from orders_app import Settings, create_app, send_with_retry
+from orders_pricing import pricing_pb2, pricing_pb2_grpc
 
 INVENTORY = "http://inventory.test"
 PAYMENTS = "http://payments.test"
@@ -52,9 +57,39 @@ class Peers:
         return httpx.Response(500)
 
 
+class FakePricing(pricing_pb2_grpc.PricingServicer):
+    """Plays pricing on a real local gRPC port: no discounts unless `discount_cents` is set; every Quote
+    it receives is kept in `calls` with its metadata; `override` may abort a call instead."""
+
+    def __init__(self) -> None:
+        self.discount_cents = 0
+        self.calls: list[tuple[Any, dict[str, str]]] = []
+        self.override: Callable[[grpc.ServicerContext], None] = lambda _: None
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pricing_pb2_grpc.add_PricingServicer_to_server(self, self.server)
+        self.url = f"http://127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def Quote(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.calls.append((request, dict(context.invocation_metadata())))
+        self.override(context)
+        subtotal = sum(line.qty * line.unit_price_cents for line in request.lines)
+        discount = self.discount_cents
+        return pricing_pb2.QuoteReply(
+            total_cents=subtotal - discount, subtotal_cents=subtotal, discount_cents=discount
+        )
+
+
 @pytest.fixture
 def peers() -> Peers:
     return Peers()
+
+
+@pytest.fixture
+def pricing() -> Iterator[FakePricing]:
+    fake = FakePricing()
+    yield fake
+    fake.server.stop(grace=None)
 
 
 @pytest.fixture
@@ -63,8 +98,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(peers: Peers, db_path: Path) -> Iterator[TestClient]:
-    settings = Settings(inventory_url=INVENTORY, payments_url=PAYMENTS, state_path=str(db_path), backoff_s=0)
+def client(peers: Peers, pricing: FakePricing, db_path: Path) -> Iterator[TestClient]:
+    settings = Settings(INVENTORY, PAYMENTS, pricing.url, state_path=str(db_path), backoff_s=0)
     with TestClient(create_app(settings, transport=httpx.MockTransport(peers))) as c:
         yield c
 
@@ -238,8 +273,8 @@ def test_client_has_a_real_timeout(client: TestClient) -> None:
     assert http.timeout.read == http.timeout.connect == 2.0
 
 
-def test_state_survives_a_restart(peers: Peers, db_path: Path) -> None:
-    settings = Settings(inventory_url=INVENTORY, payments_url=PAYMENTS, state_path=str(db_path))
+def test_state_survives_a_restart(peers: Peers, pricing: FakePricing, db_path: Path) -> None:
+    settings = Settings(INVENTORY, PAYMENTS, pricing.url, state_path=str(db_path))
     with TestClient(create_app(settings, transport=httpx.MockTransport(peers))) as c:
         order = checkout(c).json()
     with TestClient(create_app(settings, transport=httpx.MockTransport(peers))) as c:
@@ -261,3 +296,73 @@ def test_send_with_retry_posts_only_once_on_5xx() -> None:
 
     assert asyncio.run(scenario()) == (503, 503)
     assert calls == ["POST", "GET", "GET", "GET"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# pricing (gRPC)
+
+
+def test_checkout_charges_the_total_pricing_quoted(client: TestClient, peers: Peers, pricing: FakePricing) -> None:
+    pricing.discount_cents = 240
+    response = checkout(client, qty=2)
+    assert response.status_code == 201, response.text
+    assert response.json()["amount_cents"] == 2160
+    assert json.loads(peers.calls[2].content) == {"amount_cents": 2160, "card": "4242"}
+    ((request, _),) = pricing.calls
+    assert [(x.sku, x.qty, x.unit_price_cents) for x in request.lines] == [("sku-mug", 2, 1200)]
+
+
+def test_a_line_pricing_refuses_is_422_and_nothing_is_reserved(
+    client: TestClient, peers: Peers, pricing: FakePricing
+) -> None:
+    pricing.override = lambda ctx: ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku-mug: over the limit")
+    response = checkout(client)
+    assert response.status_code == 422
+    assert response.json()["error"] == {"code": "quantity_over_limit", "message": "sku-mug: over the limit"}
+    assert peers.paths() == ["GET inventory.test/items/sku-mug"]
+    assert len(pricing.calls) == 1  # a refusal is an answer: never retried
+
+
+@pytest.mark.parametrize("status", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
+def test_a_transient_pricing_failure_is_retried_then_502(
+    client: TestClient, peers: Peers, pricing: FakePricing, status: grpc.StatusCode
+) -> None:
+    pricing.override = lambda ctx: ctx.abort(status, "busy")
+    response = checkout(client)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert len(pricing.calls) == 3
+    assert "POST inventory.test/reservations" not in peers.paths()
+
+
+def test_one_transient_pricing_failure_is_retried_to_success(client: TestClient, pricing: FakePricing) -> None:
+    failures = iter([grpc.StatusCode.UNAVAILABLE])
+    pricing.override = lambda ctx: ctx.abort(code, "restarting") if (code := next(failures, None)) else None
+    assert checkout(client).status_code == 201
+    assert len(pricing.calls) == 2
+
+
+def test_another_pricing_status_is_502_at_once(client: TestClient, pricing: FakePricing) -> None:
+    pricing.override = lambda ctx: ctx.abort(grpc.StatusCode.INTERNAL, "bug")
+    response = checkout(client)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert len(pricing.calls) == 1
+
+
+def test_baggage_and_trace_reach_pricing_as_grpc_metadata(client: TestClient, pricing: FakePricing) -> None:
+    headers = {"baggage": "loopgate-sandbox=abc123", "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
+    response = client.post("/orders", json={"sku": "sku-mug", "qty": 1, "card": "4242"}, headers=headers)
+    assert response.status_code == 201
+    ((_, metadata),) = pricing.calls
+    assert "loopgate-sandbox=abc123" in metadata.get("baggage", "")
+    assert metadata["traceparent"].split("-")[1] == TRACE_ID
+
+
+def test_orders_vendors_the_pricing_contract_it_was_built_against() -> None:
+    """orders' copy of pricing.proto is the file pricing serves on main; an agent's change to pricing's
+    own copy does not reach orders (a separately deployed client) until orders takes it."""
+    here = Path(__file__).resolve().parents[1]
+    vendored = (here / "proto" / "pricing.proto").read_text()
+    assert "package shop.pricing.v1;" in vendored
+    assert "int64 total_cents = 1;" in vendored
