@@ -24,16 +24,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import grpc
 import httpx
 import psycopg
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 
 from tests.conftest import stop_process
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
-SERVICES = ("gateway", "orders", "inventory", "payments")
+SERVICES = ("gateway", "orders", "inventory", "payments", "pricing")
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 COMMAND_TIMEOUT_S = 90
 POSTGRES_URL = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -197,6 +199,23 @@ def _temp_database() -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _healthy(client: httpx.Client, local: dict[str, object], port: int) -> bool:
+    """The service's health check as .loopgate.yml states it: GET /healthz, or grpc.health.v1."""
+    health = local.get("health", "/healthz")
+    if isinstance(health, dict) and "grpc" in health:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = health_pb2.HealthCheckRequest(service=str(health["grpc"]))
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1)
+            except grpc.RpcError:
+                return False
+            return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+    try:
+        return client.get(f"http://127.0.0.1:{port}{health}").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _start_services(
     stack: ExitStack,
     root: Path,
@@ -206,7 +225,7 @@ def _start_services(
     state: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Start services (name -> port) from `root` as .loopgate.yml says, each with its LOOPGATE_STATE
-    from `state`; return seconds to /healthz 200."""
+    from `state`; return seconds to healthy."""
     config = yaml.safe_load((root / ".loopgate.yml").read_text())["services"]
     started: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     for name, port in ports.items():
@@ -231,11 +250,8 @@ def _start_services(
                 if proc.poll() is not None:
                     output = (logs / f"{name}-{ports[name]}.log").read_text(errors="replace")
                     pytest.fail(f"{name} exited with {proc.returncode}:\n{output[-3000:]}")
-                try:
-                    if client.get(f"http://127.0.0.1:{ports[name]}/healthz").status_code == 200:
-                        ready[name] = time.monotonic() - t0
-                except httpx.TransportError:
-                    pass
+                if _healthy(client, config[name]["local"], ports[name]):
+                    ready[name] = time.monotonic() - t0
             if time.monotonic() > deadline:
                 pytest.fail(f"not healthy within 30 s: {sorted(set(started) - set(ready))}")
             time.sleep(0.05)
@@ -254,6 +270,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             LOOPGATE_ORDERS_URL=urls["orders"],
             LOOPGATE_INVENTORY_URL=urls["inventory"],
             LOOPGATE_PAYMENTS_URL=recorder.url,  # payments, with every received header kept
+            LOOPGATE_PRICING_URL=urls["pricing"],
         )
         state = {
             "orders": str(tmp / "state" / "orders.db"),
@@ -327,6 +344,7 @@ def test_contract_break_fails_checkout_through_the_gateway(shop: Shop, tmp_path:
         LOOPGATE_ORDERS_URL=urls["orders"],
         LOOPGATE_INVENTORY_URL=urls["inventory"],
         LOOPGATE_PAYMENTS_URL=shop.urls["payments"],
+        LOOPGATE_PRICING_URL=shop.urls["pricing"],
     )
     with ExitStack() as stack:
         _start_services(stack, broken, ports, env, tmp_path, {"orders": str(tmp_path / "orders.db")})

@@ -302,7 +302,9 @@ def test_send_with_retry_posts_only_once_on_5xx() -> None:
 # pricing (gRPC)
 
 
-def test_checkout_charges_the_total_pricing_quoted(client: TestClient, peers: Peers, pricing: FakePricing) -> None:
+def test_checkout_charges_the_total_pricing_quoted(
+    client: TestClient, peers: Peers, pricing: FakePricing
+) -> None:
     pricing.discount_cents = 240
     response = checkout(client, qty=2)
     assert response.status_code == 201, response.text
@@ -335,7 +337,7 @@ def test_a_transient_pricing_failure_is_retried_then_502(
     assert "POST inventory.test/reservations" not in peers.paths()
 
 
-def test_one_transient_pricing_failure_is_retried_to_success(client: TestClient, pricing: FakePricing) -> None:
+def test_one_transient_pricing_failure_is_retried_once(client: TestClient, pricing: FakePricing) -> None:
     failures = iter([grpc.StatusCode.UNAVAILABLE])
     pricing.override = lambda ctx: ctx.abort(code, "restarting") if (code := next(failures, None)) else None
     assert checkout(client).status_code == 201

@@ -59,7 +59,8 @@ def test_a_line_over_the_limit_is_invalid_argument_naming_the_line(channel: grpc
     with pytest.raises(grpc.RpcError) as refused:
         quote(channel, ("sku-notebook", MAX_LINE_QTY + 1, 900))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.details() == f"sku-notebook: {MAX_LINE_QTY + 1} units is over the limit of 100 per line"
+    over = MAX_LINE_QTY + 1
+    assert refused.value.details() == f"sku-notebook: {over} units is over the limit of 100 per line"
 
 
 @pytest.mark.parametrize("lines", [(), (("sku-mug", 0, 100),), (("sku-mug", 1, -5),)])
