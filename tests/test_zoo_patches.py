@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import grpc
 import httpx
 import psycopg
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 
 from tests.conftest import stop_process
@@ -51,7 +53,13 @@ SERVICES = tuple(CONFIG["services"])
 SUITE = CONFIG["verify"]["suites"][0]
 SEED = CONFIG["verify"]["seed"]
 # Who calls whom: a service changed behind a direct wiring needs fresh callers pointed at it.
-CALLERS = {"gateway": (), "orders": ("gateway",), "inventory": ("orders", "gateway"), "payments": ("orders",)}
+CALLERS = {
+    "gateway": (),
+    "orders": ("gateway",),
+    "inventory": ("orders", "gateway"),
+    "payments": ("orders",),
+    "pricing": ("orders", "gateway"),
+}
 FIELDS = {"name", "patch", "kind", "service", "expected", "suite_only", "expect_finding", "description"}
 OPTIONAL_FIELDS = {"base_patch"}
 POSTGRES_URL = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -198,6 +206,24 @@ class Databases:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _healthy(http: httpx.Client, name: str, url: str) -> bool:
+    """`name`'s health check as .loopgate.yml states it: GET of its path, or (a gRPC service)
+    grpc.health.v1 SERVING."""
+    health = CONFIG["services"][name]["local"].get("health", "/healthz")
+    if isinstance(health, dict) and "grpc" in health:
+        request = health_pb2.HealthCheckRequest(service=str(health["grpc"]))
+        with grpc.insecure_channel(url.removeprefix("http://")) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(request, timeout=2)
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+    try:
+        return http.get(f"{url}{health}").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @dataclass
 class Services:
     """Service processes started from one copy of the shop; `urls` says where every service is."""
@@ -209,7 +235,7 @@ class Services:
     ready_s: float = 0.0
 
     def wait_ready(self) -> None:
-        """Until every process answers /healthz 200; RuntimeError when one exits or time runs out."""
+        """Until every process is healthy; RuntimeError when one exits or time runs out."""
         pending = set(self.procs)
         with httpx.Client(timeout=2.0) as client:
             while pending:
@@ -217,11 +243,8 @@ class Services:
                     if self.procs[name].poll() is not None:
                         log = self.logs[name].read_text(errors="replace")[-2000:]
                         raise RuntimeError(f"{name} exited with {self.procs[name].returncode}: {log}")
-                    try:
-                        if client.get(f"{self.urls[name]}/healthz").status_code == 200:
-                            pending.discard(name)
-                    except httpx.TransportError:
-                        pass
+                    if _healthy(client, name, self.urls[name]):
+                        pending.discard(name)
                 if pending and time.monotonic() - self.started_at > READY_TIMEOUT_S:
                     raise RuntimeError(f"not healthy within {READY_TIMEOUT_S} s: {sorted(pending)}")
                 time.sleep(0.1)
@@ -408,6 +431,17 @@ def _status_differs_on_read(p: Probed, http: httpx.Client) -> bool:
     return bool(read.json()["status"] != placed.json()["status"])
 
 
+def _volume_discount_lost(p: Probed, http: httpx.Client) -> bool:
+    """quote-fields-renumbered: a checkout of ten units (a line that earns pricing's 10 % volume
+    discount) is charged something other than the discounted total."""
+    price = _read(http, f"{p.urls['inventory']}/items/sku-notebook").json()["price_cents"]
+    placed = http.post(
+        f"{p.urls['gateway']}/api/checkout", json={"sku": "sku-notebook", "qty": 10, "card": GOOD_CARD}
+    )
+    assert placed.status_code == 201, placed.text
+    return bool(placed.json()["amount_cents"] != price * 10 - price * 10 // 10)
+
+
 PROBES: dict[str, Callable[[Probed, httpx.Client], bool]] = {
     "retry-masked": _server_errors_at_inventory,
     "stock-not-reserved": _stock_not_taken,
@@ -416,6 +450,7 @@ PROBES: dict[str, Callable[[Probed, httpx.Client], bool]] = {
     "page-size-default": _page_default_changed,
     "old-orders-unreadable": _seeded_orders_unreadable,
     "order-status-on-read": _status_differs_on_read,
+    "quote-fields-renumbered": _volume_discount_lost,
 }
 
 

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import grpcroutes
+from . import grpcroutes, h2c
 from .errors import NotFound
 from .grpcproxy import GrpcServiceListener, speaks_http2
 from .kubelet import LOOPBACK, PORTS_ANNOTATION, pod_is_ready, pod_ports, selector_matches
@@ -519,6 +519,21 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _proxy(self) -> None:
         raise NotImplementedError
 
+    def handle(self) -> None:
+        """HTTP/1.1, or an h2c connection (a gRPC client's) served by `h2c` with `_answer_h2`."""
+        if h2c.is_h2c(self.connection):
+            h2c.serve(self.connection, self._answer_h2)
+        else:
+            super().handle()
+
+    def _answer_h2(self, exchange: h2c.Exchange) -> h2c.Answer:
+        """A Service port that declares HTTP/1.1 refuses HTTP/2, as the sidecar's HTTP/1.1 request to a
+        gRPC server fails (a Service that declares HTTP/2 gets grpcproxy's listener instead)."""
+        return h2c.Answer(503)
+
+    def _forward_h2(self, port: int, exchange: h2c.Exchange) -> h2c.Answer:
+        return h2c.forward(port, exchange, UPSTREAM_TIMEOUT_S, self.server.track)
+
     def _request(self) -> tuple[bytes, Headers]:
         """The request's body and its end-to-end headers (hop-by-hop ones and the length dropped)."""
         headers: Headers = [
@@ -634,6 +649,15 @@ class _SidecarHandler(_ProxyHandler):
         self.server.mesh.log_access(
             self.server.pod, started, self.command, self.path, status, elapsed, headers
         )
+
+    def _answer_h2(self, exchange: h2c.Exchange) -> h2c.Answer:
+        started, t0 = time.time(), time.monotonic()
+        answer = self._forward_h2(self.server.app_port, exchange)
+        elapsed = int((time.monotonic() - t0) * 1000)
+        self.server.mesh.log_access(
+            self.server.pod, started, exchange.method, exchange.path, answer.status, elapsed, exchange.headers
+        )
+        return answer
 
 
 # ------------------------------------------------------------------------------------------- mesh
