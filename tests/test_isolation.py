@@ -47,7 +47,7 @@ def two_sandboxes(
 
 
 def checkout(baseline: Baseline, headers: dict[str, str]) -> str:
-    """Checkout, then read the order back: gateway → orders → inventory and payments."""
+    """Checkout, then read the order back: gateway → orders → inventory, pricing (gRPC) and payments."""
     response = httpx.post(
         f"{baseline.entry_urls['gateway']}/api/checkout", json=CHECKOUT, headers=headers, timeout=10
     )
@@ -84,11 +84,11 @@ def test_each_sandbox_reaches_exactly_its_forks_at_every_hop(
     checkout(base, traced({}, trace_none))
 
     seen_a = hops(runtime.observed_requests(a), trace_a)
-    assert seen_a == {"gateway": {None}, "orders": {a.routing_key}, "inventory": {None}, "payments": {None}}
+    everywhere_baseline = {name: {None} for name in ("gateway", "orders", "inventory", "payments", "pricing")}
+    assert seen_a == everywhere_baseline | {"orders": {a.routing_key}}
     seen_b = hops(runtime.observed_requests(b), trace_b)
-    assert seen_b == {"gateway": {None}, "orders": {None}, "inventory": {b.routing_key}, "payments": {None}}
+    assert seen_b == everywhere_baseline | {"inventory": {b.routing_key}}
     # Untagged traffic reached no fork at any hop, and is no sandbox's traffic.
-    everywhere_baseline = {"gateway": {None}, "orders": {None}, "inventory": {None}, "payments": {None}}
     assert hops(runtime.observed_requests(a), trace_none) == everywhere_baseline
     assert all(
         r.routing_key is None for r in runtime.observed_requests(a) if trace_none in (r.traceparent or "")
@@ -110,7 +110,7 @@ def test_header_tag_alone_keeps_its_sandbox_over_three_hops(
     checkout(b.baseline, traced({"x-loopgate-sandbox": b.routing_key}, trace))
     observed = [r for r in runtime.observed_requests(b) if trace in (r.traceparent or "")]
     # gateway → orders → inventory: three hops, the last one reaching the fork; the tag survived each.
-    assert {r.service for r in observed} == {"gateway", "orders", "inventory", "payments"}
+    assert {r.service for r in observed} == {"gateway", "orders", "inventory", "payments", "pricing"}
     assert all(r.routing_key == b.routing_key for r in observed)
     assert hops(observed, trace)["inventory"] == {b.routing_key}
 
@@ -127,7 +127,7 @@ def test_similar_keys_never_match(
     assert plane.await_access_log()
     log = plane.access_log
     seen = [r for r in read_access_log(log)[0] if trace in (r.traceparent or "")]
-    assert {r.service for r in seen} == {"gateway", "orders", "inventory", "payments"}
+    assert {r.service for r in seen} == {"gateway", "orders", "inventory", "payments", "pricing"}
     assert all(r.routing_key == near and r.target is None for r in seen)  # its own key, served by baseline
 
 

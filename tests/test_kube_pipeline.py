@@ -4,7 +4,7 @@ kubernetes}`, verified against the Kubernetes contract fake.
 The fake's API server validates every object the official client sends against the published schemas
 (any 422 is an error here); its node runs each pod as a real process of the shop at the image's commit;
 its mesh routes by the VirtualServices or HTTPRoutes loopgate writes. The baseline is the team's own:
-four Deployments and Services the test creates, as a cluster would have them, with an `istio-proxy`
+five Deployments and Services the test creates, as a cluster would have them, with an `istio-proxy`
 container whose log carries the mesh's access log.
 
 Every verify starts two controls beside the candidate (`verify.diff.control`, on by default): forks of the
@@ -38,13 +38,16 @@ from tests.gitrepo import GitRepo
 from tests.kube_fake import FakeCluster
 from tests.kube_fake.images import ImageSpec
 
-SERVICES = ("gateway", "inventory", "orders", "payments")
-NEIGHBOURS = {"gateway": ("orders", "inventory"), "orders": ("inventory", "payments")}
+SERVICES = ("gateway", "inventory", "orders", "payments", "pricing")
+NEIGHBOURS = {"gateway": ("orders", "inventory"), "orders": ("inventory", "payments", "pricing")}
 NAMESPACE = "shop"
 SIDECAR_IMAGE = "docker.io/istio/proxyv2:1.30.3"
 MANAGED = "app.kubernetes.io/managed-by=loopgate"
 PORT = "{port}"
 """Where the fake node tells a service to listen."""
+HTTP_READY = {"httpGet": {"path": "/healthz", "port": 8080}}
+READINESS = {"pricing": {"tcpSocket": {"port": 8080}}}
+"""pricing answers no HTTP GET: ready once its gRPC port accepts connections."""
 
 
 @dataclass
@@ -76,7 +79,12 @@ def _images(repo: GitRepo, sha: str, worktrees: Path) -> dict[str, ImageSpec]:
             cwd=tree / "services" / name,
         )
         for name in SERVICES
+        if name != "pricing"
     }
+    # pricing speaks gRPC (h2c), which the fake mesh proxies on the same Service ports.
+    images[f"shop/pricing:{sha}"] = ImageSpec(
+        argv=[sys.executable, "-m", "pricing_server", "--port", PORT], cwd=tree / "services" / "pricing"
+    )
     images[f"shop/e2e:{sha}"] = ImageSpec(argv=["true"], cwd=tree)
     return images
 
@@ -106,7 +114,7 @@ def _baseline(service: str, sha: str, payments_db: str) -> tuple[dict[str, Any],
                             "image": f"shop/{service}:{sha}",
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "env": env,
-                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                            "readinessProbe": READINESS.get(service, HTTP_READY),
                         },
                         {"name": "istio-proxy", "image": SIDECAR_IMAGE},
                     ]
@@ -195,7 +203,7 @@ def payments_db() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def istio_shop(tmp_path_factory: pytest.TempPathFactory, payments_db: str) -> Iterator[Shop]:
-    changes = ["refactor-orders", "contract-break", "stock-not-reserved"]
+    changes = ["refactor-orders", "contract-break", "stock-not-reserved", "quote-currency"]
     yield from _start_shop(tmp_path_factory.mktemp("istio"), "istio", changes, payments_db)
 
 
@@ -290,6 +298,17 @@ def test_a_contract_break_fails_on_the_cluster(istio_shop: Shop) -> None:
     assert evidence.verdict is Verdict.FAIL, evidence.reasons
     failed = [f.test for s in evidence.suites for f in s.failures]
     assert any("test_checkout_in_stock_then_read_order" in test for test in failed), failed
+    assert _leftovers(istio_shop.cluster) == []
+
+
+def test_a_grpc_fork_gets_its_tagged_calls_through_the_mesh(istio_shop: Shop) -> None:
+    """pricing speaks gRPC: orders' Quote calls cross the mesh as h2c, and the tagged ones reach the
+    fork by the same VirtualService routes as HTTP requests; a new optional field breaks nobody."""
+    evidence = _verify(istio_shop, "agent/quote-currency")
+    assert evidence.verdict is Verdict.PASS, (evidence.reasons, evidence.notes)
+    pricing = evidence.service("pricing")
+    assert pricing is not None and pricing.forked and pricing.tagged_requests > 0
+    assert pricing.image_or_source == f"shop/pricing:{istio_shop.heads['quote-currency']}"
     assert _leftovers(istio_shop.cluster) == []
 
 
