@@ -28,7 +28,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,9 @@ from psycopg import sql
 
 from tests.conftest import stop_process
 
+# One fixture starts the whole zoo (some seventy processes) and runs two dozen suites: minutes on a
+# small shared machine, past the suite-wide per-test limit.
+pytestmark = pytest.mark.timeout(900)
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 CHANGES = SHOP / "changes"
 MANIFEST = CHANGES / "zoo.yml"
@@ -63,7 +66,7 @@ CALLERS = {
 FIELDS = {"name", "patch", "kind", "service", "expected", "suite_only", "expect_finding", "description"}
 OPTIONAL_FIELDS = {"base_patch"}
 POSTGRES_URL = os.environ.get("LOOPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-READY_TIMEOUT_S = 120
+READY_TIMEOUT_S = 180
 SUITES_AT_ONCE = 6
 """Suites running at once: each call has the storefront's 4 s budget, which two dozen suites sharing a
 small machine's cores with the services they call would blow."""
@@ -567,12 +570,17 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
                 stack, repos[change.name], names, _ports(names, baseline.urls), state, logs
             )
 
-        # The baseline and its seed first: the changes' services (some sixty processes) starting beside
-        # them on a small machine could keep them from finishing in time.
+        # The baseline, its seed, its suite and its probes first, then the changes' services (some sixty
+        # processes), all started before any of their suites runs: on a small machine, a suite whose
+        # calls compete with that many starting processes blows its 4 s budget per call.
+        base_repo = base_copy.result()[0]
         baseline.wait_ready()
         timings["baseline ready"] = time.monotonic() - t0
-        seeded = _run_seed(base_copy.result()[0], baseline.urls)
+        seeded = _run_seed(base_repo, baseline.urls)
         timings["seeded"] = time.monotonic() - t0
+        baseline_run = _run_suite(base_repo, baseline.urls["gateway"], tmp / "base.xml", "base")
+        baseline_probes = _probe(Probed(baseline.urls, baseline.urls, baseline.logs, seeded))
+        timings["baseline verified"] = time.monotonic() - t0
         # A fork of a stateful service gets a copy of the baseline's data made after the seed wrote it.
         for change in ready:
             if not set(change.services) & set(STATEFUL):
@@ -584,6 +592,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
                 if "payments" in change.services:
                     copied["payments"] = _database_url(databases.create(change.name, template=base_db))
                 spawn(change, copied)
+        started = {name: pool.submit(fork.wait_ready) for name, fork in forks.items()}
+        wait(started.values())
+        timings["changes ready"] = time.monotonic() - t0
 
         suites = threading.BoundedSemaphore(SUITES_AT_ONCE)
 
@@ -595,7 +606,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
             outcome = outcomes[change.name]
             try:
                 fork = forks[change.name]
-                fork.wait_ready()
+                started[change.name].result()
                 outcome.suite = suite(
                     repos[change.name], fork.urls["gateway"], tmp / f"{change.name}.xml", change.name
                 )
@@ -610,11 +621,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
             except Exception as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
 
-        base_repo = base_copy.result()[0]
-        control = pool.submit(suite, base_repo, baseline.urls["gateway"], tmp / "base.xml", "base")
         verified = [pool.submit(verify, change) for change in ready]
-        baseline_run = control.result()
-        baseline_probes = _probe(Probed(baseline.urls, baseline.urls, baseline.logs, seeded))
         for future in verified:
             future.result()
         for (name, service), proc in units.items():
