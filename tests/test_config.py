@@ -68,7 +68,10 @@ def test_unknown_key_among_several_errors_says_how_many_more() -> None:
 
 def test_example_shop_config_loads() -> None:
     config = load_config(ROOT / "examples" / "shop" / ".loopgate.yml")
-    assert set(config.services) == {"gateway", "orders", "inventory", "payments"}
+    assert set(config.services) == {"gateway", "orders", "inventory", "payments", "pricing"}
+    pricing = config.services["pricing"]
+    assert pricing.protocol == "grpc" and pricing.grpc is not None
+    assert pricing.grpc.protos == ["services/pricing/proto/*.proto"]
     orders = config.services["orders"]
     assert orders.state is not None and orders.state.sqlite == "orders.db"
     assert config.routing.baggage_member == "loopgate-sandbox"

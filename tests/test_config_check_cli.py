@@ -40,7 +40,7 @@ def test_with_diff_it_says_which_services_would_fork_and_why(tmp_path: Path) -> 
     assert ".loopgate.yml at main (" in done.stdout
     assert "2 changed files" in done.stdout
     assert "  would fork orders: services/orders/orders_app.py matches services/orders/**\n" in done.stdout
-    assert "  baseline only: gateway, inventory, payments\n" in done.stdout
+    assert "  baseline only: gateway, inventory, payments, pricing\n" in done.stdout
     assert "head's suites would also run" in done.stdout  # e2e/** changed
 
     docs = run_cli("config", "check", "--repo", str(repo.path), "--diff", "main..agent/docs")

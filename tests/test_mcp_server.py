@@ -97,6 +97,7 @@ def test_the_agent_loop_over_mcp(shop: GitRepo, state_dir: Path, tmp_path: Path)
                 "inventory": "reforked",
                 "orders": "baseline",
                 "payments": "baseline",
+                "pricing": "baseline",
             }
 
             failed, suite = await agent.call("run_suite", key=key, suite="e2e")
