@@ -98,6 +98,8 @@ def _baseline(service: str, sha: str, payments_db: str) -> tuple[dict[str, Any],
     if service == "payments":
         env.append({"name": "LOOPGATE_STATE", "value": payments_db})
     labels = {"app": service}
+    # pricing speaks gRPC: its Service port declares it (appProtocol), so the mesh speaks HTTP/2 to it.
+    port_name, app = ("grpc", {"appProtocol": "grpc"}) if service == "pricing" else ("http", {})
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -112,7 +114,7 @@ def _baseline(service: str, sha: str, payments_db: str) -> tuple[dict[str, Any],
                         {
                             "name": service,
                             "image": f"shop/{service}:{sha}",
-                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "ports": [{"name": port_name, "containerPort": 8080}],
                             "env": env,
                             "readinessProbe": READINESS.get(service, HTTP_READY),
                         },
@@ -126,7 +128,10 @@ def _baseline(service: str, sha: str, payments_db: str) -> tuple[dict[str, Any],
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": service, "namespace": NAMESPACE, "labels": labels},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        "spec": {
+            "selector": labels,
+            "ports": [{"name": port_name, "port": 80, "targetPort": port_name, **app}],
+        },
     }
     return deployment, svc
 
