@@ -165,10 +165,13 @@ def _start_shop(tmp_path: Path, routing: str, changes: list[str], payments_db: s
             NAMESPACE,
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-admin"}, "stringData": admin},
         )
-        for service in SERVICES:
-            deployment, svc = _baseline(service, base, payments_db)
-            apps.create_namespaced_deployment(NAMESPACE, deployment)
+        # Services first: the mesh picks a Service port's transport (gRPC where it declares HTTP/2) when
+        # the address is first resolved, and orders' pods resolve pricing's address as they start.
+        baseline = [_baseline(service, base, payments_db) for service in SERVICES]
+        for _, svc in baseline:
             core.create_namespaced_service(NAMESPACE, svc)
+        for deployment, _ in baseline:
+            apps.create_namespaced_deployment(NAMESPACE, deployment)
         _wait_available(cluster, SERVICES)
         yield Shop(repo, base, {**heads, "unbuilt": unbuilt}, cluster)
     for tree in worktrees.iterdir() if worktrees.exists() else []:
