@@ -90,6 +90,21 @@ def baseline_objects(port_name: str = "grpc") -> list[dict[str, Any]]:
     ]
 
 
+def pricing_fork(spec: Any, key: str, expires_at: str) -> dict[str, Any]:
+    """The Deployment loopgate makes to fork the baseline's pricing under `key`."""
+    baseline, baseline_service = baseline_objects()
+    return objects.fork_deployment(
+        baseline,
+        service="pricing",
+        spec=spec,
+        key=key,
+        image="pricing:head",
+        namespace=NS,
+        expires_at=expires_at,
+        services_in_namespace=[baseline_service],
+    )
+
+
 def config(routing: str) -> Config:
     return Config.model_validate(
         {
@@ -201,18 +216,8 @@ def test_abc123_does_not_match_abc1234(images: dict[str, ImageSpec]) -> None:
         spec = config("gateway-api").services["pricing"].kubernetes
         assert spec is not None
         stamp = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        baseline, baseline_service = baseline_objects()
         for key in ("abc123", "abc1234"):
-            fork = objects.fork_deployment(
-                baseline,
-                service="pricing",
-                spec=spec,
-                key=key,
-                image="pricing:head",
-                namespace=NS,
-                expires_at=stamp,
-                services_in_namespace=[baseline_service],
-            )
+            fork = pricing_fork(spec, key, stamp)
             fork["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "NAME", "value": key}]
             store.create(fork)
             store.create(
@@ -252,17 +257,7 @@ def test_a_fork_service_without_http2_is_caught_by_the_mesh(images: dict[str, Im
         spec = config("gateway-api").services["pricing"].kubernetes
         assert spec is not None
         stamp = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        baseline, baseline_service = baseline_objects()
-        fork = objects.fork_deployment(
-            baseline,
-            service="pricing",
-            spec=spec,
-            key="abc123",
-            image="pricing:head",
-            namespace=NS,
-            expires_at=stamp,
-            services_in_namespace=[baseline_service],
-        )
+        fork = pricing_fork(spec, "abc123", stamp)
         store.create(fork)
         store.create(objects.fork_service(fork, service="pricing", spec=spec, key="abc123", expires_at=stamp))
         routing = config("gateway-api").routing
@@ -327,19 +322,9 @@ def test_gc_removes_grpcroutes_expired_or_whose_fork_is_gone(tmp_path: Path) -> 
         now = datetime.now(UTC)
         spec = config("gateway-api").services["pricing"].kubernetes
         assert spec is not None
-        baseline, baseline_service = baseline_objects()
         later = (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         earlier = (now - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        fork = objects.fork_deployment(
-            baseline,
-            service="pricing",
-            spec=spec,
-            key="live0001",
-            image="pricing:head",
-            namespace=NS,
-            expires_at=later,
-            services_in_namespace=[baseline_service],
-        )
+        fork = pricing_fork(spec, "live0001", later)
         store.create(fork)
         for key, stamp in (("live0001", later), ("orphan01", later), ("expired1", earlier)):
             store.create(
