@@ -8,6 +8,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,15 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     without_suites = config.split("verify:")[0] + "verify:\n  suites: []\n"
     repo.branch("agent/drop-suite", {".loopgate.yml": without_suites}, start="agent/contract-break")
     return repo
+
+
+@pytest.fixture(scope="module")
+def server(fake: GitHubFake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The module's App, beating for its runs every 20 ms: a beat then falls between a run's verdict
+    and the end of its teardown (50-150 ms), where a verdict already out must not read as a lost claim."""
+    beat = {"LOOPGATE_HEARTBEAT_S": "0.02"}
+    with app_server(fake, tmp_path_factory.mktemp("app-state"), extra_env=beat) as running:
+        yield running
 
 
 def push_payload(fake: GitHubFake, repo: GitRepo, branch: str, head: str, before: str | None = None) -> dict:  # type: ignore[type-arg]

@@ -308,7 +308,7 @@ def huge_evidence() -> Evidence:
             name=f"e2e-{k}",
             source="base",
             status="failed",
-            counts=Counts(tests=4000, passed=1000, failed=3000),
+            counts=Counts(tests=2000, passed=1000, failed=1000),
             failures=[
                 Failure(
                     test=f"e2e/test_{k}.py::test_{i}",
@@ -316,7 +316,7 @@ def huge_evidence() -> Evidence:
                     file=f"e2e/test_{k}.py",
                     line=i,
                 )
-                for i in range(3000)
+                for i in range(1000)
             ],
             log_tail=log,
         )

@@ -10,7 +10,7 @@ the `Shrink` knobs allow and say what was left out; `fit` finds the largest knob
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, Literal, TypeVar
 
@@ -88,14 +88,44 @@ def tail(text: str, limit: int | None) -> LogTail:
     return LogTail(kept, len(text) - len(kept))
 
 
-def fit(render: Callable[[Shrink], str], budget: Budget, start: Shrink = FULL) -> str:
+Render = Callable[[Shrink], Iterable[str]]
+"""A Markdown output rendered with the given knobs, as the template's chunks: a probe that does not
+fit stops reading them once the budget is passed, so a huge report costs about a budget's worth of
+rendering per probe, not its whole size."""
+
+
+def markdown_text(chunks: Iterable[str]) -> str:
+    """The output whole, ending in exactly one newline: sections end in a blank line to separate them,
+    the last needs none."""
+    return "".join(chunks).rstrip("\n") + "\n"
+
+
+def fits_streamed(chunks: Iterable[str], budget: Budget) -> bool:
+    """Would `markdown_text(chunks)` fit? Reads no further than the first chunk past the budget: the
+    trailing newlines a chunk ends in may yet be trimmed, all else only grows."""
+    size = trailing = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        size += budget.measure(chunk)
+        if chunk[-1] != "\n":
+            trailing = 0
+        else:
+            stripped = chunk.rstrip("\n")
+            trailing = len(chunk) - len(stripped) + (trailing if not stripped else 0)
+        if size - trailing + 1 > budget.limit:
+            return False
+    return True
+
+
+def fit(render: Render, budget: Budget, start: Shrink = FULL) -> str:
     """The render with the largest knobs, taken in `KNOBS` order, whose output fits the budget.
 
     `start` is what the output shows when nothing needs cutting (a short output may cap its lists by
     design). Deterministic: the same Evidence gives the same output. Each knob is searched with the
     earlier ones at zero; the note is sized with the widest number it can show, then filled in.
     """
-    full = render(start)
+    full = markdown_text(render(start))
     if budget.fits(full):
         return full
     size = len(full)
@@ -104,14 +134,12 @@ def fit(render: Callable[[Shrink], str], budget: Budget, start: Shrink = FULL) -
         shrink, fitted = _largest(render, budget, shrink, knob, size)
         if fitted:
             break
-    candidate = render(shrink)
-    final = render(replace(shrink, omitted=max(size - len(candidate), 1)))
+    candidate = markdown_text(render(shrink))
+    final = markdown_text(render(replace(shrink, omitted=max(size - len(candidate), 1))))
     return final if budget.fits(final) else cut(final, budget)
 
 
-def _largest(
-    render: Callable[[Shrink], str], budget: Budget, shrink: Shrink, knob: str, high: int
-) -> tuple[Shrink, bool]:
+def _largest(render: Render, budget: Budget, shrink: Shrink, knob: str, high: int) -> tuple[Shrink, bool]:
     """The largest value of `knob` in [0, high] that fits, or 0 and False when even 0 does not.
 
     The search gallops up from 1 before it bisects, so most probes render about a budget's worth of
@@ -119,7 +147,7 @@ def _largest(
     """
 
     def fits(value: int) -> bool:
-        return budget.fits(render(replace(shrink, **{knob: value})))
+        return fits_streamed(render(replace(shrink, **{knob: value})), budget)
 
     if not fits(0):
         return replace(shrink, **{knob: 0}), False

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from jinja2 import Template
 
 from bot.evidence import Evidence
 from bot.report import budget
-from bot.report.budget import FULL, Budget, Shrink, fit
+from bot.report.budget import FULL, Budget, Shrink, fit, markdown_text
 from bot.report.display import clip
 from bot.report.environment import html_environment, markdown_environment
 
@@ -41,7 +42,7 @@ def render_comment(evidence: Evidence) -> str:
 
 def render_check(evidence: Evidence) -> CheckOutput:
     template = markdown_environment().get_template("check.md.j2")
-    title = _block(template, "title", evidence, FULL).strip()
+    title = markdown_text(_block(template, "title", evidence, FULL)).strip()
     return CheckOutput(
         title=clip(title, budget.CHECK_TITLE_CHARS),
         summary=fit(
@@ -74,14 +75,9 @@ def render_json(evidence: Evidence) -> str:
 
 def _fitted(name: str, evidence: Evidence, limit: Budget) -> str:
     template = markdown_environment().get_template(name)
-    return fit(lambda shrink: _ending(template.render(evidence=evidence, shrink=shrink)), limit)
+    return fit(lambda shrink: template.generate(evidence=evidence, shrink=shrink), limit)
 
 
-def _block(template: Template, name: str, evidence: Evidence, shrink: Shrink) -> str:
-    context = template.new_context({"evidence": evidence, "shrink": shrink})
-    return _ending("".join(template.blocks[name](context)))
-
-
-def _ending(markdown: str) -> str:
-    """One newline at the end: sections end in a blank line to separate them, the last needs none."""
-    return markdown.rstrip("\n") + "\n"
+def _block(template: Template, name: str, evidence: Evidence, shrink: Shrink) -> Iterator[str]:
+    """One block of a template, as its chunks."""
+    return template.blocks[name](template.new_context({"evidence": evidence, "shrink": shrink}))

@@ -90,10 +90,11 @@ class RunExecutor:
     def __init__(self, env: RunEnvironment) -> None:
         self.env = env
         self._lost = threading.Event()
+        self._verdict_out = threading.Event()
 
     def execute(self, run: RunSnapshot) -> None:
         """Run it with a heartbeat all along, so no replica reaps a run that is alive."""
-        self._lost = threading.Event()
+        self._lost, self._verdict_out = threading.Event(), threading.Event()
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(run, stop), daemon=True)
         beat.start()
@@ -260,6 +261,10 @@ class RunExecutor:
             """The verdict goes out before the sandbox is torn down (#13): checks, comment and gate
             do not wait for the cleanup."""
             published.append(verified)
+            # Set before the run is concluded: a beat that then finds it no longer running must not
+            # take its own conclusion for another replica's takeover (which would drop teardown's
+            # outcome from the Evidence).
+            self._verdict_out.set()
             if self._lost.is_set():
                 log.warning("run %s was taken over by another replica; not reported here", run.id)
                 return
@@ -322,10 +327,11 @@ class RunExecutor:
     def _heartbeat(self, run: RunSnapshot, stop: threading.Event) -> None:
         """Beat for this worker's claim; a claim another replica took over stops the run."""
         worker = run.claimed_by or ""
-        while not stop.wait(self.env.settings.heartbeat_s):
+        while not stop.wait(self.env.settings.heartbeat_s) and not self._verdict_out.is_set():
             try:
                 if self.env.store.heartbeat(run.id, worker) and not self.env.store.holds(run.id, worker):
-                    self._lost.set()
+                    if not self._verdict_out.is_set():  # concluded by this worker, not taken over
+                        self._lost.set()
                     return
             except Exception:  # the database may be briefly away; a missed beat is not fatal
                 log.exception("heartbeat of run %s failed", run.id)
