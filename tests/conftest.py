@@ -201,5 +201,22 @@ def postgres_database() -> Iterator[str]:
         yield url
 
 
+LONGEST_FIRST = (
+    "test_zoo_patches.py",
+    "test_action.py",
+    "test_app_events.py",
+    "test_kube_pipeline.py",
+    "test_app_flow.py",
+    "test_app_gating.py",
+)
+"""The files that take a minute or more: `make test` hands whole files to two workers in collection
+order, and one of these started last would leave a worker running alone at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 # The App tests' `fake` and `server` fixtures (each test module brings its own `shop`).
 pytest_plugins = ["tests.app_harness"]
