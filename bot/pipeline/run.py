@@ -72,6 +72,14 @@ class VerifyRequest:
     the cleanup; teardown's own outcome is added to the same Evidence afterwards."""
 
 
+def _apart(evidence: Evidence, check: Callable[[Evidence], None]) -> Evidence:
+    """`check` run on a copy of the Evidence with findings and notes of its own, so that checks running
+    side by side never interleave theirs."""
+    part = evidence.model_copy(update={"diff": [], "notes": []})
+    check(part)
+    return part
+
+
 @dataclass
 class Kept:
     """What `--keep` left running, so the caller can tell the user how to reach and delete it."""
@@ -249,45 +257,66 @@ class Pipeline(Preparation):
                         self.runtime, evidence, sandbox, self.controls, request, self._stopping
                     )
                     evidence.suites.append(judge_suite(suite.name, "head", suite.gating, outcome))
-            config = plan.config.verify.diff
-            boxes = [sandbox, *self.controls] if len(self.controls) == 2 else [sandbox]
-            with ThreadPoolExecutor(max_workers=len(boxes)) as pool:  # each waits for the log to settle
-                observed, *seen = pool.map(self.runtime.observed_requests, boxes)
-            compared = [s.name for s in evidence.forks] if seen else []
-            grpc = [name for name, spec in plan.config.services.items() if spec.protocol == "grpc"]
-            sides = Sides(self.runtime, config, sandbox, self.controls, compared, grpc)
-            evidence.diff = sides.compare(observed, seen)
-            suites_traffic = observed
-            if evidence.diff:
-                observed = self.runtime.observed_requests(sandbox)
-            forked = [s.name for s in evidence.forks]
-            counts = tagged_counts(sandbox.routing_key, observed, forked=forked)
-            for service in evidence.services:
-                service.tagged_requests = counts.get(service.name, 0)
-            evidence.request_map = request_map(sandbox.routing_key, observed)
-            # After the coverage count, as contract probes: the seed's reads are loopgate's traffic, not
-            # the suites', and prove nothing about whether the suites reach a fork.
-            seeded = self.runtime.seed_reads(sandbox.baseline) if isinstance(self.runtime, SeedReads) else []
-            evidence.diff += sides.replay(seeded)
-            if any(counts.get(name, 0) == 0 for name in forked):
-                evidence.propagation = diagnose(sandbox.routing_key, observed)
-                last = last_tagged_hop(sandbox.routing_key, observed)
-                if not evidence.propagation and last is not None:
-                    evidence.notes.append(f"the sandbox's tag was last seen at {last}")
-                set_aside_values_past_a_lost_tag(evidence)
-            contract_traffic = [*suites_traffic, *seeded]  # the seed's reads name data that exists
-            # After the coverage count: a probe sent straight to a fork proves nothing about whether the
-            # suites' traffic reaches it.
-            self._check_contracts(evidence, plan, sandbox, contract_traffic)
-            repo = Path(evidence.repo)
-            add_proto_findings(evidence, plan.config, repo, plan.base_sha, plan.merge_sha)
-            add_grpc_probes(evidence, plan.config, repo, plan.base_sha, self.runtime, sandbox, self.controls)
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="loopgate-checks") as pool:
+                self._compare(pool, evidence, plan, sandbox)
             for index, request, times in repeats:  # last: every comparison is made by now
                 evidence.suites[index] = repeated(
                     self.runtime, evidence.suites[index], request, sandbox, times, self._checkpoint
                 )
             if any(s.status != "passed" and not s.pre_existing for s in evidence.suites if s.gating):
                 result.outcome = "failed"
+
+    def _compare(self, pool: ThreadPoolExecutor, evidence: Evidence, plan: Plan, sandbox: Sandbox) -> None:
+        """Every comparison after the suites, side by side where nothing orders them: the proto check
+        sends nothing, so it runs beside everything; the seed's reads, the contract probes and the gRPC
+        probes go out together once the suites' coverage is counted (a probe sent straight to a fork
+        proves nothing about whether the suites' traffic reaches it). Findings and notes are added in a
+        fixed order whatever finishes first."""
+        repo = Path(evidence.repo)
+        protos = pool.submit(
+            _apart,
+            evidence,
+            lambda part: add_proto_findings(part, plan.config, repo, plan.base_sha, plan.merge_sha),
+        )
+        boxes = [sandbox, *self.controls] if len(self.controls) == 2 else [sandbox]
+        observed, *seen = pool.map(self.runtime.observed_requests, boxes)  # each waits for the log to settle
+        compared = [s.name for s in evidence.forks] if seen else []
+        grpc = [name for name, spec in plan.config.services.items() if spec.protocol == "grpc"]
+        sides = Sides(self.runtime, plan.config.verify.diff, sandbox, self.controls, compared, grpc)
+        evidence.diff = sides.compare(observed, seen)
+        suites_traffic = observed
+        if evidence.diff:
+            observed = self.runtime.observed_requests(sandbox)
+        forked = [s.name for s in evidence.forks]
+        counts = tagged_counts(sandbox.routing_key, observed, forked=forked)
+        for service in evidence.services:
+            service.tagged_requests = counts.get(service.name, 0)
+        evidence.request_map = request_map(sandbox.routing_key, observed)
+        # After the coverage count, as contract probes: the seed's reads are loopgate's traffic, not
+        # the suites', and prove nothing about whether the suites reach a fork.
+        seeded = self.runtime.seed_reads(sandbox.baseline) if isinstance(self.runtime, SeedReads) else []
+        replayed = pool.submit(sides.replay, seeded)
+        contract_traffic = [*suites_traffic, *seeded]  # the seed's reads name data that exists
+        contracts = pool.submit(
+            _apart, evidence, lambda part: self._check_contracts(part, plan, sandbox, contract_traffic)
+        )
+        probed = pool.submit(
+            _apart,
+            evidence,
+            lambda part: add_grpc_probes(
+                part, plan.config, repo, plan.base_sha, self.runtime, sandbox, self.controls
+            ),
+        )
+        evidence.diff += replayed.result()
+        if any(counts.get(name, 0) == 0 for name in forked):
+            evidence.propagation = diagnose(sandbox.routing_key, observed)
+            last = last_tagged_hop(sandbox.routing_key, observed)
+            if not evidence.propagation and last is not None:
+                evidence.notes.append(f"the sandbox's tag was last seen at {last}")
+            set_aside_values_past_a_lost_tag(evidence)
+        for part in (contracts.result(), protos.result(), probed.result()):
+            evidence.diff += part.diff
+            evidence.notes += part.notes
 
     def _check_contracts(
         self, evidence: Evidence, plan: Plan, sandbox: Sandbox, observed: list[ObservedRequest]
