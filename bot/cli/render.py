@@ -12,15 +12,6 @@ from bot.cli.output import _fail
 from bot.cli.root import app
 from bot.config import ConfigError
 from bot.config.loader import ConfigFile, read_config, read_limited
-from bot.runtimes.kubernetes import objects
-from bot.runtimes.kubernetes.render import (
-    ROUTINGS,
-    control_keys,
-    header,
-    render_sandbox,
-    settings_of,
-    to_yaml,
-)
 
 NEEDS_KUBERNETES = "render needs --runtime kubernetes"
 
@@ -72,6 +63,17 @@ def render(
     ] = False,
 ) -> None:
     """Print every object the Kubernetes runtime would create or patch for a sandbox, as YAML."""
+    # Here, not at the top: the Kubernetes client costs every other command a third of a second to load.
+    from bot.runtimes.kubernetes import objects
+    from bot.runtimes.kubernetes.render import (
+        ROUTINGS,
+        control_keys,
+        header,
+        render_sandbox,
+        settings_of,
+        to_yaml,
+    )
+
     if runtime is not None and runtime != "kubernetes":
         raise _fail(NEEDS_KUBERNETES, 2)
     if not objects.is_routing_key(sandbox):
