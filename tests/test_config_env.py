@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -421,9 +422,17 @@ def test_a_service_moved_off_a_taken_port_is_routed_there_before_its_dependents_
     with socket.socket() as thief:
         thief.bind(("127.0.0.1", 0))
         thief.listen()
-        chosen = iter([None, thief.getsockname()[1]])  # services are given ports in name order: needy, slow
-        real = runtime_module.free_port
-        monkeypatch.setattr(runtime_module, "free_port", lambda: next(chosen, None) or real())
+        real = runtime_module.free_ports
+        calls: list[int] = []
+
+        def stolen(count: int, avoid: Collection[int] = ()) -> list[int]:
+            """The listeners' ports as chosen; of the services' (in name order: needy, slow), slow's
+            is the thief's."""
+            calls.append(count)
+            ports = real(count, avoid)
+            return ports if len(calls) == 1 else [ports[0], thief.getsockname()[1]]
+
+        monkeypatch.setattr(runtime_module, "free_ports", stolen)
         runtime = LocalRuntime(RuntimeSettings(state_dir=tmp_path / "state"))
         baseline = runtime.up_baseline(base, parse_config(good))
         try:

@@ -28,7 +28,7 @@ from bot.runtimes.local.helpers import (
     _wait,
     infrastructure,
 )
-from bot.runtimes.local.ports import free_port, ports_from
+from bot.runtimes.local.ports import free_ports, ports_from
 from bot.runtimes.local.postgres import database_name
 from bot.runtimes.local.processes import ProcessRef, cause_line, stop_group, tail
 from bot.runtimes.local.registry import EnvRecord, ProcessRecord, env_id_for
@@ -117,7 +117,7 @@ class LocalRuntime(Suites, Collector):
         if self.settings.envoy_base_port:
             ports = ports_from(self.settings.envoy_base_port, len(names), "Envoy")
         else:
-            ports = [free_port() for _ in names]
+            ports = free_ports(len(names))
         return dict(zip(names, ports, strict=True))
 
     def _start_env(self, record: EnvRecord, base: Source, config: Config) -> None:
@@ -133,7 +133,9 @@ class LocalRuntime(Suites, Collector):
             self.confinement.give(env_dir / "worktree")
             journal.checkout(env_dir / "pristine")
             pristine.materialise(base.repo, base.sha, env_dir / "pristine")
-            ports = {name: free_port() for name in sorted(config.services)}
+            names = sorted(config.services)
+            chosen = free_ports(len(names), avoid=set(record.listeners.values()))
+            ports = dict(zip(names, chosen, strict=True))
             self._start_envoy(record, ports, config)
             pause.point("envoy-started")
             failed = self._start_baseline_services(record, config, ports)
