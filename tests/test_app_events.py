@@ -22,9 +22,13 @@ CHECK = "loopgate / sandbox verification"
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
-    return make_shop(
+    repo = make_shop(
         tmp_path_factory.mktemp("events") / "shop", ["refactor-orders", "contract-break"], controls=False
     )
+    # Fails in a second (its fork exits at start): for tests of what re-runs do, not of why runs fail.
+    orders = (repo.path / "services/orders/orders_app.py").read_text()
+    repo.branch("agent/orders-crash", {"services/orders/orders_app.py": orders + "\nraise SystemExit(3)\n"})
+    return repo
 
 
 def run_branch(fake: GitHubFake, shop: GitRepo, server: AppServer, branch: str) -> dict[str, Any]:
@@ -36,7 +40,7 @@ def run_branch(fake: GitHubFake, shop: GitRepo, server: AppServer, branch: str) 
 def test_rerequested_check_and_rerun_button_start_new_attempts(
     shop: GitRepo, fake: GitHubFake, server: AppServer
 ) -> None:
-    first = run_branch(fake, shop, server, "agent/contract-break")
+    first = run_branch(fake, shop, server, "agent/orders-crash")
     head = first["head_sha"]
     check = next(c for c in fake.check_runs(REPO, head_sha=head) if c.name == CHECK)
     rerequest = adapted(
@@ -44,7 +48,7 @@ def test_rerequested_check_and_rerun_button_start_new_attempts(
         "check_run",
         "rerequested",
         head_sha=head,
-        head_ref="agent/contract-break",
+        head_ref="agent/orders-crash",
         check_run_id=check.id,
         check_name=CHECK,
         app_id=fake.app_id,
@@ -55,7 +59,7 @@ def test_rerequested_check_and_rerun_button_start_new_attempts(
         "check_run",
         "requested_action",
         head_sha=head,
-        head_ref="agent/contract-break",
+        head_ref="agent/orders-crash",
         check_run_id=check.id,
         check_name=CHECK,
         app_id=fake.app_id,
@@ -221,7 +225,8 @@ def test_missing_setting_stops_start_up_by_name(tmp_path: Path) -> None:
 
 
 def test_a_later_pass_marks_the_drafted_pr_ready(shop: GitRepo, fake: GitHubFake, server: AppServer) -> None:
-    shop.branch("agent/fixed-later", patch=SHOP / "changes" / "contract-break.patch")
+    orders = "services/orders/orders_app.py"
+    shop.branch("agent/fixed-later", {orders: shop.git("show", f"agent/orders-crash:{orders}") + "\n"})
     pull = fake.open_pull(REPO, "agent/fixed-later", "main", title="agent change")
     assert run_branch(fake, shop, server, "agent/fixed-later")["verdict"] == "fail"
     assert fake.pull(REPO, pull.number).draft
@@ -231,8 +236,8 @@ def test_a_later_pass_marks_the_drafted_pr_ready(shop: GitRepo, fake: GitHubFake
     shop.git("checkout", "-q", "main")
     assert run_branch(fake, shop, server, "agent/fixed-later")["verdict"] == "fail"
     shop.git("checkout", "-q", "agent/fixed-later")
-    shop.git("apply", "-R", "--index", str(SHOP / "changes" / "contract-break.patch"))
-    shop.commit("agent: keep the field name")
+    shop.git("checkout", "-q", "main", "--", orders)
+    shop.commit("agent: orders starts again")
     shop.git("checkout", "-q", "main")
     assert run_branch(fake, shop, server, "agent/fixed-later")["verdict"] == "pass"
     assert not fake.pull(REPO, pull.number).draft
