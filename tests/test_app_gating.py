@@ -38,6 +38,15 @@ def push(fake: GitHubFake, server: AppServer, shop: GitRepo, branch: str, sha: s
     assert server.deliver("push", payload).status_code == 202
 
 
+ORDERS = "services/orders/orders_app.py"
+
+
+def crash(shop: GitRepo) -> dict[str, str]:
+    """A change that fails in a second (its orders fork exits at start): for tests of what is done
+    with a failing verdict, not of why it fails."""
+    return {ORDERS: shop.git("show", f"main:{ORDERS}") + "\nraise SystemExit(3)\n"}
+
+
 def commits(shop: GitRepo, branch: str, *steps: dict[str, str] | Path) -> list[str]:
     """Commits on a new branch off main, one per step (files to write, or a patch to apply)."""
     shop.git("checkout", "-q", "-b", branch, "main")
@@ -163,7 +172,7 @@ def test_a_rerun_of_an_old_passing_commit_never_readies_the_pr(
     shop: GitRepo, fake: GitHubFake, server: AppServer
 ) -> None:
     main = shop.git("rev-parse", "main")
-    good, bad = commits(shop, "agent/rerun-old", {"docs/RERUN.md": "passes\n"}, BREAK)
+    good, bad = commits(shop, "agent/rerun-old", {"docs/RERUN.md": "passes\n"}, crash(shop))
     shop.git("branch", "-f", "agent/rerun-old", good)  # the branch is at `good` while it is verified
     pull = fake.open_pull(REPO, "agent/rerun-old", "main", title="agent change")
     push(fake, server, shop, "agent/rerun-old", good, main)
@@ -196,7 +205,8 @@ def test_drafts_are_data_the_authors_draft_stays_and_loopgates_survives_a_restar
     """Loopgate drafts two PRs; the author readies one and drafts it again by hand; after a restart,
     fixes pass on both: only loopgate's own draft is marked ready."""
     main = shop.git("rev-parse", "main")
-    heads = {b: commits(shop, b, BREAK, {"docs/WHOSE.md": b})[-1] for b in ("agent/ours", "agent/authors")}
+    broken = crash(shop)
+    heads = {b: commits(shop, b, broken, {"docs/WHOSE.md": b})[-1] for b in ("agent/ours", "agent/authors")}
     pulls = {branch: fake.open_pull(REPO, branch, "main", title=branch).number for branch in heads}
     state = tmp_path / "state"
     with app_server(fake, state) as first:
@@ -215,8 +225,8 @@ def test_drafts_are_data_the_authors_draft_stays_and_loopgates_survives_a_restar
     with app_server(fake, state) as second:
         for branch, head in heads.items():
             shop.git("checkout", "-q", branch)
-            shop.git("apply", "-R", "--index", str(BREAK))
-            fixed = shop.commit("agent: keep the field name")
+            shop.git("checkout", "-q", "main", "--", ORDERS)
+            fixed = shop.commit("agent: orders starts again")
             shop.git("checkout", "-q", "main")
             push(fake, second, shop, branch, fixed, head)
             assert second.wait_for_run(fixed, timeout=240)["verdict"] == "pass"
