@@ -140,12 +140,15 @@ def test_contract_break_fails_the_step_with_annotations_and_drafts_the_pr(
     assert result.stdout[group:].split("\n", 2)[1].startswith("::stop-commands::")
 
 
-def fix_break(origin: GitRepo, branch: str) -> str:
-    """The agent's next push: the contract break undone, a note kept so the branch still differs."""
+ORDERS = "services/orders/orders_app.py"
+
+
+def fix_crash(origin: GitRepo, branch: str) -> str:
+    """The agent's next push: orders starts again, a note kept so the branch still differs."""
     origin.git("checkout", "-q", branch)
-    origin.git("apply", "-R", "--index", str(BREAK))
-    origin.write("docs/NOTE.md", "Kept the field name.\n")
-    fixed = origin.commit("agent: keep the field name")
+    origin.git("checkout", "-q", "main", "--", ORDERS)
+    origin.write("docs/NOTE.md", "Orders starts again.\n")
+    fixed = origin.commit("agent: orders starts again")
     origin.git("checkout", "-q", "main")
     return fixed
 
@@ -158,13 +161,15 @@ def test_a_pass_of_the_head_readies_the_draft_the_action_made(
     origin: GitRepo, github: GitHubFake, state_dir: Path, tmp_path: Path
 ) -> None:
     """No state survives a workflow run: the Action finds its own draft in GitHub's record of who drafted."""
-    origin.branch("agent/fixed-later", patch=BREAK)
-    pull = github.open_pull(REPO, "agent/fixed-later", "main", title="agent: rename a field, then not")
+    # Fails in a second (its orders fork exits at start): what is tested is what a pass does after a fail.
+    crashing = origin.git("show", f"main:{ORDERS}") + "\nraise SystemExit(3)\n"
+    origin.branch("agent/fixed-later", {ORDERS: crashing})
+    pull = github.open_pull(REPO, "agent/fixed-later", "main", title="agent: break orders, then not")
     failed = push(origin, github, "agent/fixed-later", tmp_path / "first")
     assert failed.outputs["verdict"] == "fail", failed.stdout[-4000:] + failed.stderr[-4000:]
     assert github.pull(REPO, pull.number).draft
 
-    fix_break(origin, "agent/fixed-later")
+    fix_crash(origin, "agent/fixed-later")
     passed = push(origin, github, "agent/fixed-later", tmp_path / "second")
     assert passed.code == 0, passed.stdout[-4000:] + passed.stderr[-4000:]
     assert passed.outputs["verdict"] == "pass" and passed.outputs["pr-number"] == str(pull.number)
