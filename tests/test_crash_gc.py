@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ from bot.evidence import ErrorKind, Verdict
 from bot.pipeline import make_plan
 from bot.runtimes.local import LocalRuntime
 from bot.runtimes.local import runtime as runtime_module
-from bot.runtimes.local.ports import free_port
+from bot.runtimes.local.ports import free_ports
 from bot.runtimes.local.registry import env_id_for
 from bot.runtimes.protocol import Source
 from tests.conftest import LOOPGATE, processes_under, run_cli, stop_process
@@ -164,16 +164,18 @@ def test_a_half_started_env_is_broken_not_reused(
 
 
 class _TakenFirst:
-    """`free_port` that first hands out a port someone else holds, then real free ones."""
+    """`free_ports` whose first `times` choices each start with a port someone else holds (for the
+    first service by name), the rest real free ones."""
 
-    def __init__(self, taken: int, pattern: list[bool]) -> None:
-        self.taken, self.pattern, self.handed = taken, list(pattern), 0
+    def __init__(self, taken: int, times: int) -> None:
+        self.taken, self.times, self.handed = taken, times, 0
 
-    def __call__(self) -> int:
-        if self.pattern and self.pattern.pop(0):
-            self.handed += 1
-            return self.taken
-        return free_port()
+    def __call__(self, count: int, avoid: Collection[int] = ()) -> list[int]:
+        ports = free_ports(count, avoid)
+        if self.times:
+            self.times, self.handed = self.times - 1, self.handed + 1
+            return [self.taken, *ports[1:]]
+        return ports
 
 
 @pytest.fixture
@@ -187,10 +189,10 @@ def held_port() -> Iterator[int]:
 def test_a_port_taken_before_binding_is_retried_on_a_fresh_one(
     repo: GitRepo, runtime: LocalRuntime, held_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Calls: api's and notes' service ports, then the listeners of api and notes. api's service port
-    # and api's listener are both taken by the time they are bound.
-    chooser = _TakenFirst(held_port, [True, False, True, False])
-    monkeypatch.setattr(runtime_module, "free_port", chooser)
+    # Choices: the listeners of api and notes, then their service ports. api's listener and api's
+    # service port are both taken by the time they are bound.
+    chooser = _TakenFirst(held_port, times=2)
+    monkeypatch.setattr(runtime_module, "free_ports", chooser)
     plan = make_plan(repo.path, "main", "main")
     baseline = runtime.up_baseline(Source(repo.path, plan.base_sha), plan.config)
     try:

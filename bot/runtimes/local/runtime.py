@@ -44,7 +44,7 @@ CLAIM_WAIT_S = 900.0
 
 
 class LocalRuntime(Suites, Collector):
-    """Every part of the local runtime, and starting a baseline (its `free_port` is this module's)."""
+    """Every part of the local runtime, and starting a baseline (its `free_ports` is this module's)."""
 
     # -- baseline ----------------------------------------------------------------------------------
 
