@@ -421,10 +421,16 @@ def _page_default_changed(p: Probed, http: httpx.Client) -> bool:
 
 
 def _seeded_orders_unreadable(p: Probed, http: httpx.Client) -> bool:
-    """old-orders-unreadable: reading an order the seed wrote before the change answers 5xx."""
-    return any(
-        _read(http, f"{p.urls['orders']}/orders/{order_id}").status_code >= 500 for order_id in p.seeded
-    )
+    """old-orders-unreadable: reading an order the seed wrote before the change answers 5xx, or no
+    answer at all (uvicorn may reset the connection of a request whose handler raised)."""
+
+    def unreadable(order_id: str) -> bool:
+        try:
+            return _read(http, f"{p.urls['orders']}/orders/{order_id}").status_code >= 500
+        except httpx.TransportError:
+            return True
+
+    return any(unreadable(order_id) for order_id in p.seeded)
 
 
 def _status_differs_on_read(p: Probed, http: httpx.Client) -> bool:
