@@ -259,8 +259,13 @@ def test_killed_server_leaves_no_run_pending_and_no_sandbox(shop: GitRepo, tmp_p
         with app_server(fake, state) as first:
             first.deliver("push", push_payload(fake, shop, "agent/interrupted", head))
             first.wait_for_run(head, status=("running",))
+            # The sandbox is recorded on a claimed baseline before the baseline has started anything:
+            # wait for its Envoy too (it outlives its starter, as it would after a crash mid-run).
             deadline = time.monotonic() + 60
-            while not list(state.glob("envs/*/sandboxes/*/sandbox.json")) and time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (
+                list(state.glob("envs/*/sandboxes/*/sandbox.json"))
+                and any("envoy" in p for p in processes_under(state))
+            ):
                 time.sleep(0.2)
             assert list(state.glob("envs/*/sandboxes/*/sandbox.json")), "the run never made its sandbox"
             first.stop(signal.SIGKILL)
