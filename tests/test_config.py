@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -313,20 +312,19 @@ def _laughs(levels: int, width: int) -> str:
     ],
 )
 def test_alias_bombs_are_refused_small_and_fast(levels: int, width: int, message: str) -> None:
-    """An input bound, not a benchmark: generous limits, far below what expanding the bomb takes."""
+    """An input bound, not a benchmark (bench/hostile_inputs.py times it): far below what expanding
+    the bomb takes."""
     bomb = _laughs(levels, width)
     assert len(bomb) < 1024
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(ConfigError) as caught:
             parse_config(bomb)
-        elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert str(caught.value) == message
-    assert elapsed < 1.0 and peak < 10 * 1024 * 1024, (elapsed, peak)
+    assert peak < 10 * 1024 * 1024, peak
 
 
 def test_docs_state_the_limits() -> None:

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -253,37 +252,40 @@ def test_a_suites_env_comes_from_the_base_config_only() -> None:
 
 
 def test_start_order_waits_for_prerequisites_and_keeps_the_rest_parallel() -> None:
+    """Rendezvous, not timings: `db` ends only once `lone` has started, and `lone` only once the whole
+    chain db → api → web has ended, so each wait is met only if those jobs really run side by side."""
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
+    seen = {name: threading.Event() for name in ("start lone", "end web")}
 
-    def job(name: str, seconds: float, result: str | None = None) -> object:
+    def job(name: str, waits_for: str | None = None, result: str | None = None) -> object:
         def run() -> str | None:
             with lock:
                 events.append(("start", name))
-            time.sleep(seconds)
+            seen.get(f"start {name}", threading.Event()).set()
+            if waits_for is not None and not seen[waits_for].wait(timeout=30):
+                return f"{name} waited for {waits_for!r} in vain"
             with lock:
                 events.append(("end", name))
+            seen.get(f"end {name}", threading.Event()).set()
             return result
 
         return run
 
-    started = time.monotonic()
     results = _in_order(
         {
-            "db": job("db", 0.3),  # type: ignore[dict-item]
-            "api": job("api", 0.1),  # type: ignore[dict-item]
-            "web": job("web", 0.1),  # type: ignore[dict-item]
-            "lone": job("lone", 0.3),  # type: ignore[dict-item]
-            "broken": job("broken", 0.05, "exited with code 1"),  # type: ignore[dict-item]
-            "needs-broken": job("needs-broken", 0.05),  # type: ignore[dict-item]
+            "db": job("db", waits_for="start lone"),  # type: ignore[dict-item]
+            "api": job("api"),  # type: ignore[dict-item]
+            "web": job("web"),  # type: ignore[dict-item]
+            "lone": job("lone", waits_for="end web"),  # type: ignore[dict-item]
+            "broken": job("broken", result="exited with code 1"),  # type: ignore[dict-item]
+            "needs-broken": job("needs-broken"),  # type: ignore[dict-item]
         },
         {"api": ["db"], "web": ["api", "db"], "needs-broken": ["broken"]},
     )
-    elapsed = time.monotonic() - started
+    assert (results["db"], results["lone"]) == (None, None)  # both rendezvous were met
     assert events.index(("end", "db")) < events.index(("start", "api"))
     assert events.index(("end", "api")) < events.index(("start", "web"))
-    assert events.index(("start", "lone")) < events.index(("end", "db"))  # not serialised behind anything
-    assert elapsed < 0.9  # db → api → web, with lone alongside: 0.5 s, not 0.9
     assert results["broken"] == "exited with code 1"
     assert results["needs-broken"] == "not started: broken, which it starts after, did not start"
     assert ("start", "needs-broken") not in events

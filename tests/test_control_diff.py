@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,16 +216,15 @@ def test_hostile_json_deep_huge_nan_like_and_unicode() -> None:
     assert value_findings(answer(keys), Response(200, {"content-type": "text/plain"}, b"x"), []) == []
 
 
-def test_noise_in_a_long_list_is_learned_fast_and_reported_as_a_pattern() -> None:
+def test_noise_in_a_long_list_is_learned_and_reported_as_a_pattern() -> None:
+    """What learning it costs is measured by bench/hostile_inputs.py, not here."""
     primary = {"orders": [{"id": f"a{i}", "qty": i % 3} for i in range(6_000)]}
     secondary = {"orders": [{"id": f"b{i}", "qty": i % 3} for i in range(6_000)]}
     candidate = {"orders": [{"id": f"c{i}", "qty": i % 3} for i in range(6_000)]}
     candidate["orders"][7]["qty"] = 99
     probe = Probe("svc", "GET", "/orders")
     sides = {"primary": answer(primary), "secondary": answer(secondary), "candidate": answer(candidate)}
-    started = time.monotonic()
     [result] = run_control_diff(Diff(), [Pair(probe, (probe, probe))], lambda _, side: sides[side])
-    assert time.monotonic() - started < 10
     assert result.noise == ["/orders/*/id"]
     assert [(f.kind, f.pointer, f.baseline, f.sandbox) for f in result.findings] == [
         ("value_changed", "/orders/7/qty", "1", "99")

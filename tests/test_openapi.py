@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from typing import Any
 
 import pytest
@@ -404,7 +403,7 @@ def test_a_ref_that_does_not_resolve_is_a_note() -> None:
     assert ("type_changed", True) in {(f.kind, f.breaking) for r in results for f in r.findings}
 
 
-def test_a_ref_bomb_stays_cheap() -> None:
+def test_a_ref_bomb_stays_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each level names the next twice: 2^40 paths through the document, compared once per schema."""
     schemas = {
         f"L{i}": obj(
@@ -414,9 +413,8 @@ def test_a_ref_bomb_stays_cheap() -> None:
     }
     schemas["L40"] = obj(["x"], x=STR)
     base = document({"/a": get(response={"$ref": "#/components/schemas/L0"})}, schemas)
-    started = time.monotonic()
-    findings(base, base)
-    assert time.monotonic() - started < 5
+    monkeypatch.setattr(openapi, "MAX_STEPS", 400)
+    assert compare_documents(base, base, "svc") == ([], [])  # done within 400 comparisons
 
 
 # --- hostile documents -------------------------------------------------------------------------
@@ -465,15 +463,16 @@ def test_too_much_comparison_work_is_bounded_and_noted(monkeypatch: pytest.Monke
     assert notes == ["the OpenAPI descriptions need over 1,000 schema comparisons: compared up to GET /a"]
 
 
-def test_the_largest_description_is_compared_in_seconds() -> None:
+def test_the_largest_description_is_compared_up_to_the_bound() -> None:
+    """What that costs is measured by bench/hostile_inputs.py, not here."""
     wide = obj([], **{f"f{i}": {"type": "integer", "maximum": i} for i in range(MAX_STEPS)})
     body = json.dumps({"openapi": "3.1.0", "paths": {"/a": get(response=wide)}}).encode()
     assert len(body) < MAX_DOCUMENT_BYTES
-    started = time.monotonic()
     base = parse_document(body)
     _, notes = compare_documents(base, base, "svc")
-    assert time.monotonic() - started < 10
-    assert "schema comparisons" in notes[0]
+    assert notes == [
+        f"the OpenAPI descriptions need over {MAX_STEPS:,} schema comparisons: compared up to GET /a"
+    ]
 
 
 def test_a_schema_that_contains_itself_ends() -> None:
