@@ -166,16 +166,25 @@ class Git:
         bookkeeping after the directory's last part (`worktree`, `worktree1`, ...): two adds at once can
         pick the same name and break each other (a baseline's and a sandbox's worktree are made at once
         while the baseline starts during the builds), and a prune can remove an add's half-made entry."""
-        found = self.run("rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
-        if found.returncode != 0:  # no repository any more: git's own error follows, unlocked
+        common = self._common_dir()
+        if common is None:  # no repository any more: git's own error follows, unlocked
             yield
             return
-        with open(Path(found.stdout.strip()) / "loopgate-worktrees.lock", "a") as handle:
+        with open(common / "loopgate-worktrees.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _common_dir(self) -> Path | None:
+        """The repository's shared `.git`: read from the disk for a plain checkout's top level (what
+        loopgate is given), else asked of git (a linked worktree, a subdirectory, a bare repository)."""
+        dot = self.repo / ".git"
+        if dot.is_dir() and not (dot / "commondir").exists():
+            return dot.resolve()
+        found = self.run("rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
+        return Path(found.stdout.strip()) if found.returncode == 0 else None
 
     def worktrees(self) -> list[Path]:
         out = self.run("worktree", "list", "--porcelain").stdout
