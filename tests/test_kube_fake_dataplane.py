@@ -34,7 +34,7 @@ from tests.kube_fake.mesh import (
 )
 from tests.kube_fake.store import Store
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails in 3 min; a busy 2-core CI host is no hang
 
 NS = "shop"
 KEY = "abc123"

@@ -28,7 +28,7 @@ from tests.grpc_fixture import call_quote
 from tests.kube_fake import FakeCluster
 from tests.kube_fake.images import ImageSpec
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)  # a hang fails in 3 min; a busy 2-core CI host is no hang
 
 NS = "shop"
 PORT = 50051

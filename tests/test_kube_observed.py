@@ -21,7 +21,7 @@ from bot.runtimes.kubernetes import observed
 from bot.runtimes.kubernetes.observed import parse_app_line, parse_line, routing_key
 from tests.kube_fake import FakeCluster
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails in 3 min; a busy 2-core CI host is no hang
 
 NS = "shop"
 KEY = "abc123"

@@ -21,7 +21,7 @@ from bot.runtimes.kubernetes.forks import Fork
 from bot.runtimes.kubernetes.routes import add_istio_route, remove_istio_routes
 from tests.kube_fake import FakeCluster
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)  # a hang fails in 3 min; a busy 2-core CI host is no hang
 
 NS = "shop"
 HOST = f"orders.{NS}.svc.cluster.local"

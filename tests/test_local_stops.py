@@ -26,7 +26,7 @@ from bot.runtimes.protocol import Baseline, Sandbox, Source
 from tests.conftest import TINY_CONFIG, processes_under
 from tests.gitrepo import GitRepo
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)  # a hang fails in 3 min; a busy 2-core CI host is no hang
 
 # `trap '' TERM` is inherited: the shell and the server it starts both ignore SIGTERM.
 HOSTILE_RUN = "trap '' TERM; python -m http.server {port} --bind 127.0.0.1; sleep 60"

@@ -670,7 +670,7 @@ def _claim_everything(url: str, name: str, threads: int, start: Any, results: An
     results.put(claimed)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_workers_in_two_processes_claim_each_run_exactly_once(store: Store, url: str) -> None:
     runs = [enqueued(store, f"agent/b{i:03}") for i in range(200)]
     context = multiprocessing.get_context("spawn")
