@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,6 +217,24 @@ order, and one of these started last would leave a worker running alone at the e
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+_FILE_SECONDS: Counter[str] = Counter()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each file's time, setup and teardown included (module fixtures are most of some files')."""
+    _FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The slowest files, so LONGEST_FIRST can be kept to what takes longest (`--dist loadfile`)."""
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("slowest files")
+    for path, seconds in _FILE_SECONDS.most_common(12):
+        first = " (in LONGEST_FIRST)" if Path(path).name in LONGEST_FIRST else ""
+        terminalreporter.write_line(f"{seconds:8.1f}s {path}{first}")
 
 
 # The App tests' `fake` and `server` fixtures (each test module brings its own `shop`).
