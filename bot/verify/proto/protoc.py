@@ -4,7 +4,7 @@ It runs as a child process, not in this one: protoc prints its errors on the C++
 only a child's pipe captures, and a child can be timed out and can crash on a pathological input without
 taking the worker with it. The child is a bare interpreter (`-I -S`: no site, no environment) that
 loads grpc_tools' compiler module and nothing else: `python -m grpc_tools.protoc` spends about 80 ms
-importing what its entry point needs to find one directory, this about 20 ms in all. Like that entry
+importing what its entry point needs to find one directory, this about 30 ms in all. Like that entry
 point, it adds grpc_tools' include directory last, so the well-known types
 (`google/protobuf/timestamp.proto`, ...) resolve from the bundled copies while the repository's files
 win.
@@ -30,6 +30,10 @@ from bot.verify.proto import limits
 _LOCATED = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$")
 
 
+class CompileError(Exception):
+    """protoc refused the files: one line, `repo/path.proto:line:column: message`."""
+
+
 _LAUNCH = (
     "import sys; sys.path.insert(0, sys.argv[1]); from grpc_tools import _protoc_compiler; "
     "sys.exit(_protoc_compiler.run_main([a.encode() for a in ['protoc', *sys.argv[3:], '-I' + sys.argv[2]]]))"
@@ -45,10 +49,6 @@ def _grpc_tools() -> tuple[str, str]:
         raise CompileError("protoc could not start: grpcio-tools is not installed")
     package = Path(next(iter(spec.submodule_search_locations)))
     return str(package.parent), str(package / "_proto")
-
-
-class CompileError(Exception):
-    """protoc refused the files: one line, `repo/path.proto:line:column: message`."""
 
 
 def compile_protos(
